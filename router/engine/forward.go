@@ -1,0 +1,484 @@
+package engine
+
+// The forwarding loop of one port:
+//
+//	Read(bufs) ─► for each frame: parse once ─► L2 checks, ARP/NDP answers
+//	  ─► source check ─► echo to the gateway? answer
+//	  ─► Lookup(dst) ─► unreachable: ICMP unreachable
+//	                 ─► local/egress port q: TTL (routed hops) ─► MTU ─► stage on q
+//	─► flush: q.Write(staged) for every q touched
+//
+// Design notes: a worker owns its read buffers, one Parsed value, the staged
+// batches (one slice per port index) and a few scratch buffers for the
+// packets it originates (ARP/NDP answers, ICMP errors, fragments); staging
+// keeps sub-slices of the read buffers, so nothing is copied until the next
+// port's Write. Buffers leave link.Headroom + an Ethernet header of room in
+// front of each packet (readOffset), so a frame can be re-headed in place.
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+
+	"github.com/podrouter/podrouter/router/link"
+	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/route"
+)
+
+const (
+	// readOffset is where a read packet starts in its buffer.
+	readOffset = 2 * link.Headroom
+	// maxBatch caps the batch a worker reads.
+	maxBatch = 128
+	// numScratch is how many packets a worker may originate per batch
+	// before it flushes early.
+	numScratch = 64
+)
+
+type worker struct {
+	e      *Engine
+	in     *Port
+	bufs   [][]byte
+	sizes  []int
+	pp     packet.Parsed
+	snap   *snapshot
+	staged [][][]byte // by port index
+	dirty  []int32    // port indexes with staged packets
+	// scratch buffers for originated packets, reused every batch.
+	scratch  [][]byte
+	nScratch int
+}
+
+func newWorker(e *Engine, p *Port) *worker {
+	batch := min(max(p.dev.BatchSize(), 1), maxBatch)
+	size := readOffset + packet.EthernetLen + p.cfg.MTU
+	w := &worker{e: e, in: p, bufs: make([][]byte, batch), sizes: make([]int, batch)}
+	for i := range w.bufs {
+		w.bufs[i] = make([]byte, size)
+	}
+	w.scratch = make([][]byte, numScratch)
+	for i := range w.scratch {
+		// Fragments of a full read buffer and ICMP errors both fit.
+		w.scratch[i] = make([]byte, max(size, readOffset+packet.EthernetLen+1280+64))
+	}
+	return w
+}
+
+// run is the port's worker.
+func (e *Engine) run(p *Port) {
+	defer e.workers.Done()
+	defer close(p.done)
+	w := newWorker(e, p)
+	for {
+		n, err := p.dev.Read(w.bufs, w.sizes, readOffset)
+		if n > 0 {
+			w.process(n)
+		}
+		if err != nil {
+			if !errors.Is(err, link.ErrClosed) {
+				e.log.Warn("port read failed; worker stops")
+			}
+			return
+		}
+	}
+}
+
+// process handles n frames of w.bufs and flushes what it staged.
+func (w *worker) process(n int) {
+	w.snap = w.e.state.Load()
+	if len(w.staged) < len(w.snap.ports) {
+		w.staged = append(w.staged, make([][][]byte, len(w.snap.ports)-len(w.staged))...)
+	}
+	var bytes uint64
+	for i := range n {
+		sz := w.sizes[i]
+		bytes += uint64(sz)
+		w.handle(w.bufs[i], readOffset, readOffset+sz)
+	}
+	w.in.c.rxPackets.Add(uint64(n))
+	w.in.c.rxBytes.Add(bytes)
+	w.flush()
+}
+
+// flush writes every staged batch to its port.
+func (w *worker) flush() {
+	for _, qi := range w.dirty {
+		q := w.snap.ports[qi]
+		batch := w.staged[qi]
+		if _, err := q.dev.Write(batch, link.Headroom); err != nil {
+			w.in.c.drops[DropTxError].Add(uint64(len(batch)))
+		} else {
+			var bytes uint64
+			for _, b := range batch {
+				bytes += uint64(len(b) - link.Headroom)
+			}
+			q.c.txPackets.Add(uint64(len(batch)))
+			q.c.txBytes.Add(bytes)
+		}
+		clear(batch)
+		w.staged[qi] = batch[:0]
+	}
+	w.dirty = w.dirty[:0]
+	w.nScratch = 0
+}
+
+// scratchBuf returns a buffer for an originated packet, flushing first
+// when the worker has used them all in this batch. Returns nil when the
+// staged packets of this batch still need the buffers (never in practice:
+// flush releases them all).
+func (w *worker) scratchBuf() []byte {
+	if w.nScratch == len(w.scratch) {
+		w.flush()
+	}
+	b := w.scratch[w.nScratch]
+	w.nScratch++
+	return b
+}
+
+func (w *worker) drop(r DropReason) { w.in.c.drops[r].Add(1) }
+
+// handle decides on the frame buf[start:end].
+func (w *worker) handle(buf []byte, start, end int) {
+	in := w.in
+	frame := buf[start:end]
+	pp := &w.pp
+	switch st := packet.Parse(frame, in.cfg.L2, pp); st {
+	case packet.OK:
+	case packet.IsARP:
+		w.handleARP(frame)
+		return
+	case packet.TooShort:
+		w.drop(DropTooShort)
+		return
+	case packet.BadChecksum:
+		w.drop(DropBadChecksum)
+		return
+	case packet.BadEtherType:
+		w.drop(DropEtherType)
+		return
+	default:
+		w.drop(DropMalformed)
+		return
+	}
+	if in.cfg.L2 {
+		eth := packet.Ethernet(frame)
+		dst := eth.Dst()
+		if in.peerMAC.Load() == nil {
+			m := eth.Src()
+			in.peerMAC.Store(&m)
+		}
+		if dst != w.e.cfg.GatewayMAC && !dst.IsMulticast() {
+			w.drop(DropNotForUs)
+			return
+		}
+	}
+	if pp.Version == 6 && pp.Proto == packet.ProtoICMPv6 && !pp.FragOff {
+		switch pp.ICMPType() {
+		case packet.ICMPv6NeighborSolicit:
+			w.handleNS(frame)
+			return
+		case packet.ICMPv6RouterSolicit, packet.ICMPv6RouterAdvert, packet.ICMPv6NeighborAdvert, 137:
+			w.drop(DropNeighbor)
+			return
+		}
+	}
+	if pp.Dst.IsMulticast() || (pp.Version == 4 && w.isBroadcast4(pp.Dst)) {
+		w.drop(DropMulticast)
+		return
+	}
+	if in.cfg.Kind == KindPod && !w.sourceOK(pp.Src) {
+		w.drop(DropSpoofed)
+		return
+	}
+	if pp.Dst == w.e.gw4 || (pp.Version == 6 && pp.Dst == w.e.gw6) {
+		w.answerEcho(frame)
+		return
+	}
+	w.forward(buf, start, end, false)
+}
+
+// sourceOK reports whether a pod port may send from src.
+func (w *worker) sourceOK(src netip.Addr) bool {
+	for _, a := range w.in.addrs {
+		if a == src {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *worker) isBroadcast4(a netip.Addr) bool {
+	if a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return true
+	}
+	pc := w.e.cfg.PodCIDR
+	if !pc.Contains(a) {
+		return false
+	}
+	// The podCIDR's broadcast address: all host bits set.
+	b := a.As4()
+	host := ^uint32(0) >> pc.Bits()
+	return binary.BigEndian.Uint32(b[:])&host == host
+}
+
+// forward routes the parsed packet at buf[start:end] (w.pp describes it).
+// originated is set for packets the engine made itself: no ICMP errors are
+// sent about them.
+func (w *worker) forward(buf []byte, start, end int, originated bool) {
+	pp := &w.pp
+	nh, ok := w.snap.table.Lookup(pp.Dst)
+	if !ok {
+		nh.Kind = route.Unreachable
+	}
+	var q *Port
+	switch nh.Kind {
+	case route.Local, route.Egress:
+		if int(nh.Port) < len(w.snap.ports) {
+			q = w.snap.ports[nh.Port]
+		}
+	case route.Blackhole:
+		w.drop(DropNoRoute)
+		return
+	case route.Peer:
+		w.drop(DropNoPeer)
+		return
+	}
+	if q == nil {
+		w.drop(DropNoRoute)
+		if !originated {
+			w.unreachable(buf[start:end])
+		}
+		return
+	}
+	ipOff := start + pp.IPOff
+	ip := buf[ipOff : start+pp.IPEnd]
+	// A hop between two pods of this node is switched, as on a bridge: no
+	// TTL decrement. Every other hop is routed.
+	routed := !originated && !(q.cfg.Kind == KindPod && w.in.cfg.Kind == KindPod)
+	if routed && pp.TTL <= 1 {
+		w.drop(DropTTL)
+		w.icmpError(buf[start:end], timeExceeded(pp.Version))
+		return
+	}
+	tooLarge := len(ip) > q.cfg.MTU
+	if tooLarge && (pp.Version == 6 || pp.DF) {
+		// As Linux's ip_forward: the error quotes the packet as it arrived.
+		w.drop(DropTooBig)
+		if !originated {
+			w.icmpError(buf[start:end], tooBig(pp.Version, q.cfg.MTU))
+		}
+		return
+	}
+	if routed {
+		if pp.Version == 4 {
+			packet.IPv4(ip).DecTTL()
+		} else {
+			ip[7]--
+		}
+	}
+	if tooLarge {
+		w.fragment4(ip, q)
+		return
+	}
+	w.stage(q, buf, ipOff, ipOff+len(ip), pp.Version)
+}
+
+// stage queues the IP packet buf[ipStart:ipEnd] on q, writing an Ethernet
+// header in front of it for L2 ports.
+func (w *worker) stage(q *Port, buf []byte, ipStart, ipEnd int, version uint8) {
+	s := ipStart
+	if q.cfg.L2 {
+		s -= packet.EthernetLen
+		dst := packet.Broadcast
+		if m := q.peerMAC.Load(); m != nil {
+			dst = *m
+		}
+		typ := uint16(packet.EtherTypeIPv4)
+		if version == 6 {
+			typ = packet.EtherTypeIPv6
+		}
+		packet.Ethernet(buf[s:]).Encode(dst, w.e.cfg.GatewayMAC, typ)
+	}
+	w.stageFrame(q, buf[s-link.Headroom:ipEnd])
+}
+
+func (w *worker) stageFrame(q *Port, b []byte) {
+	qi := q.idx
+	if len(w.staged[qi]) == 0 {
+		w.dirty = append(w.dirty, qi)
+	}
+	w.staged[qi] = append(w.staged[qi], b)
+}
+
+type icmpKind struct {
+	typ, code uint8
+	rest      uint32
+}
+
+func timeExceeded(v uint8) icmpKind {
+	if v == 4 {
+		return icmpKind{typ: packet.ICMPv4TimeExceeded}
+	}
+	return icmpKind{typ: packet.ICMPv6TimeExceeded, code: packet.ICMPv6HopLimitExceeded}
+}
+
+func tooBig(v uint8, mtu int) icmpKind {
+	if v == 4 {
+		return icmpKind{typ: packet.ICMPv4DstUnreachable, code: packet.ICMPv4FragNeeded, rest: uint32(mtu)}
+	}
+	return icmpKind{typ: packet.ICMPv6PacketTooBig, rest: uint32(mtu)}
+}
+
+// unreachable sends net or host unreachable about frame: host unreachable
+// for an address of this node's podCIDR with no pod, net unreachable else.
+func (w *worker) unreachable(frame []byte) {
+	pp := &w.pp
+	host := w.e.inPodCIDR(pp.Dst)
+	var k icmpKind
+	switch {
+	case pp.Version == 4 && host:
+		k = icmpKind{typ: packet.ICMPv4DstUnreachable, code: packet.ICMPv4HostUnreachable}
+	case pp.Version == 4:
+		k = icmpKind{typ: packet.ICMPv4DstUnreachable, code: packet.ICMPv4NetUnreachable}
+	case host:
+		k = icmpKind{typ: packet.ICMPv6DstUnreachable, code: packet.ICMPv6AddrUnreachable}
+	default:
+		k = icmpKind{typ: packet.ICMPv6DstUnreachable, code: packet.ICMPv6NoRoute}
+	}
+	w.icmpError(frame, k)
+}
+
+// icmpError sends an ICMP error about the packet in frame (w.pp describes
+// it) back toward its source, within the rate limit.
+func (w *worker) icmpError(frame []byte, k icmpKind) {
+	pp := &w.pp
+	if !packet.ICMPErrorAllowed(pp) {
+		return
+	}
+	src := w.e.gw4
+	if pp.Version == 6 {
+		src = w.e.gw6
+		if !src.IsValid() {
+			return
+		}
+	}
+	if !w.e.icmp.Allow() {
+		w.e.icmpLimited.Add(1)
+		return
+	}
+	orig := frame[pp.IPOff:pp.IPEnd]
+	buf := w.scratchBuf()
+	n := packet.BuildICMPError(buf[readOffset:], orig, pp, src, k.typ, k.code, k.rest)
+	if n == 0 {
+		w.drop(DropNoBuffer)
+		return
+	}
+	w.e.icmpSent.Add(1)
+	w.originate(buf, readOffset, readOffset+n)
+}
+
+// originate routes an IP packet the engine made at buf[start:end].
+func (w *worker) originate(buf []byte, start, end int) {
+	if packet.Parse(buf[start:end], false, &w.pp) != packet.OK {
+		return
+	}
+	w.forward(buf, start, end, true)
+}
+
+// answerEcho answers an ICMP echo request to the gateway address; anything
+// else addressed to the gateway is dropped.
+func (w *worker) answerEcho(frame []byte) {
+	pp := &w.pp
+	echo, reply := uint8(packet.ICMPv4Echo), uint8(packet.ICMPv4EchoReply)
+	if pp.Version == 6 {
+		echo, reply = packet.ICMPv6EchoRequest, packet.ICMPv6EchoReply
+	}
+	if pp.ICMPType() != int(echo) || pp.Frag {
+		w.drop(DropToGateway)
+		return
+	}
+	buf := w.scratchBuf()
+	orig := frame[pp.IPOff:pp.IPEnd]
+	if readOffset+len(orig) > len(buf) {
+		w.drop(DropNoBuffer)
+		return
+	}
+	out := buf[readOffset : readOffset+len(orig)]
+	copy(out, orig)
+	l4 := pp.L4Off - pp.IPOff
+	src, dst := pp.Src, pp.Dst
+	if pp.Version == 4 {
+		hl := packet.IPv4(out).HeaderLen()
+		packet.IPv4(out).Encode(packet.IPv4Fields{TotalLen: uint16(len(out)), TTL: 64, Protocol: packet.ProtoICMPv4, Src: dst, Dst: src})
+		if hl != packet.IPv4MinLen { // drop options: move the ICMP message up
+			n := copy(out[packet.IPv4MinLen:], out[hl:])
+			out = out[:packet.IPv4MinLen+n]
+			binary.BigEndian.PutUint16(out[2:4], uint16(len(out)))
+			packet.IPv4(out).SetChecksum()
+			l4 = packet.IPv4MinLen
+		}
+		c := out[l4:]
+		c[0] = reply
+		c[2], c[3] = 0, 0
+		binary.BigEndian.PutUint16(c[2:4], ^packet.Checksum(c, 0))
+	} else {
+		if l4 != packet.IPv6Len { // extension headers: not worth answering
+			w.drop(DropToGateway)
+			return
+		}
+		packet.IPv6(out).Encode(uint16(len(out)-packet.IPv6Len), packet.ProtoICMPv6, 64, dst, src)
+		c := out[l4:]
+		c[0] = reply
+		c[2], c[3] = 0, 0
+		binary.BigEndian.PutUint16(c[2:4], ^packet.Checksum(c, packet.PseudoHeaderSum(dst, src, packet.ProtoICMPv6, len(c))))
+	}
+	w.originate(buf, readOffset, readOffset+len(out))
+}
+
+// fragment4 splits the IPv4 packet ip (DF clear, TTL already handled) into
+// fragments that fit q's MTU (RFC 791). Options are kept in the first
+// fragment only.
+func (w *worker) fragment4(ip []byte, q *Port) {
+	h := packet.IPv4(ip)
+	hl := h.HeaderLen()
+	payload := ip[hl:]
+	ff := h.FlagsFrag()
+	baseOff := int(ff&packet.IPv4FragOffMask) * 8
+	moreAfter := ff&packet.IPv4FlagMF != 0
+	for off, first := 0, true; off < len(payload); first = false {
+		fhl := packet.IPv4MinLen
+		if first {
+			fhl = hl
+		}
+		chunk := (q.cfg.MTU - fhl) &^ 7
+		if chunk <= 0 {
+			w.drop(DropTooBig)
+			return
+		}
+		last := off+chunk >= len(payload)
+		if last {
+			chunk = len(payload) - off
+		}
+		buf := w.scratchBuf()
+		if readOffset+fhl+chunk > len(buf) {
+			w.drop(DropNoBuffer)
+			return
+		}
+		f := buf[readOffset : readOffset+fhl+chunk]
+		copy(f[:packet.IPv4MinLen], ip[:packet.IPv4MinLen])
+		if first {
+			copy(f[packet.IPv4MinLen:fhl], ip[packet.IPv4MinLen:hl])
+		}
+		f[0] = 0x40 | byte(fhl/4)
+		copy(f[fhl:], payload[off:off+chunk])
+		binary.BigEndian.PutUint16(f[2:4], uint16(len(f)))
+		flags := uint16((baseOff + off) / 8)
+		if !last || moreAfter {
+			flags |= packet.IPv4FlagMF
+		}
+		binary.BigEndian.PutUint16(f[6:8], flags)
+		packet.IPv4(f).SetChecksum()
+		w.stage(q, buf, readOffset, readOffset+len(f), 4)
+		off += chunk
+	}
+}
