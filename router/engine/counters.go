@@ -8,21 +8,21 @@ type DropReason uint8
 
 // Drop reasons.
 const (
-	DropTooShort      DropReason = iota // truncated frame or header
-	DropMalformed                       // bad version, header length, extension chain, ARP
-	DropBadChecksum                     // IPv4 header checksum wrong
-	DropEtherType                       // neither IPv4, IPv6 nor ARP
-	DropNotForUs                        // L2 unicast to another MAC
-	DropMulticast                       // IP multicast/broadcast (no multicast routing)
-	DropSpoofed                         // source address not the port's own
-	DropNoRoute                         // no route, or an unreachable route (ICMP unreachable sent)
-	DropTTL                             // TTL/hop limit expired (ICMP time exceeded sent)
-	DropTooBig                          // larger than the next hop's MTU with DF (ICMP sent)
-	DropToGateway                       // addressed to the gateway, not an echo request
-	DropNeighbor                        // ARP/NDP not answered (probe, not in the podCIDR)
-	DropNoPeer                          // peer route without an underlay
-	DropTxError                         // the next port's Write failed
-	DropNoBuffer                        // no scratch buffer for a reply or fragment
+	DropTooShort    DropReason = iota // truncated frame or header
+	DropMalformed                     // bad version, header length, extension chain, ARP
+	DropBadChecksum                   // IPv4 header checksum wrong
+	DropEtherType                     // neither IPv4, IPv6 nor ARP
+	DropNotForUs                      // L2 unicast to another MAC
+	DropMulticast                     // IP multicast/broadcast (no multicast routing)
+	DropSpoofed                       // source address not the port's own
+	DropNoRoute                       // no route, or an unreachable route (ICMP unreachable sent)
+	DropTTL                           // TTL/hop limit expired (ICMP time exceeded sent)
+	DropTooBig                        // larger than the next hop's MTU with DF (ICMP sent)
+	DropToGateway                     // addressed to the gateway, not an echo request
+	DropNeighbor                      // ARP/NDP not answered (probe, not in the podCIDR)
+	DropNoPeer                        // peer route without an underlay
+	DropTxError                       // the next port's Write failed
+	DropNoBuffer                      // no scratch buffer for a reply or fragment
 	numDropReasons
 )
 

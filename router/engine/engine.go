@@ -41,10 +41,10 @@ type PortKind uint8
 
 // Port kinds.
 const (
-	KindPod     PortKind = iota // a pod's interface: may only send from its own addresses
-	KindUplink                  // the node itself (host TUN)
-	KindEgress                  // the way out of the cluster
-	KindNetstack                // a netstack service port
+	KindPod      PortKind = iota // a pod's interface: may only send from its own addresses
+	KindUplink                   // the node itself (host TUN)
+	KindEgress                   // the way out of the cluster
+	KindNetstack                 // a netstack service port
 	numPortKinds
 )
 

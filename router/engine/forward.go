@@ -33,6 +33,8 @@ const (
 	// numScratch is how many packets a worker may originate per batch
 	// before it flushes early.
 	numScratch = 64
+	// minRxMTU is the smallest IP packet size a worker accepts on read.
+	minRxMTU = 9000
 )
 
 type worker struct {
@@ -51,7 +53,10 @@ type worker struct {
 
 func newWorker(e *Engine, p *Port) *worker {
 	batch := min(max(p.dev.BatchSize(), 1), maxBatch)
-	size := readOffset + packet.EthernetLen + p.cfg.MTU
+	// Read buffers take frames larger than the port's MTU, so that a host
+	// configured with a larger MTU than its port gets ICMP errors from the
+	// next hop's MTU check instead of a silent black hole.
+	size := readOffset + packet.EthernetLen + max(p.cfg.MTU, minRxMTU)
 	w := &worker{e: e, in: p, bufs: make([][]byte, batch), sizes: make([]int, batch)}
 	for i := range w.bufs {
 		w.bufs[i] = make([]byte, size)

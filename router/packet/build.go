@@ -151,7 +151,8 @@ func ParseNeighborSolicit(icmp []byte, hopLimit uint8) (NeighborSolicit, bool) {
 const NeighborAdvertLen = EthernetLen + IPv6Len + ndpOptionsOff + 8
 
 // BuildNeighborAdvert writes into frame an Ethernet frame carrying a
-// solicited neighbour advertisement "target is at mac" from target to dst
+// solicited neighbour advertisement (the S flag set: callers answer only
+// unicast-sourced solicitations, never DAD probes from ::) "target is at mac" from target to dst
 // (the solicitation's source) at dstMAC, with the router flag when router
 // is set.
 func BuildNeighborAdvert(frame []byte, dstMAC, mac MAC, target, dst netip.Addr, router bool) int {

@@ -39,7 +39,7 @@ type Parsed struct {
 	EthType uint16     // EtherType (for L3 input, derived from the version nibble)
 	IPOff   int        // offset of the IP header in the frame
 	IPEnd   int        // IPOff + IP total length (trailing link padding excluded)
-	L4Off   int        // offset of the transport header; == IPEnd when absent
+	L4Off   int        // offset of the transport header (of the fragment data for a non-first fragment; IPEnd with no next header)
 	Version uint8      // 4 or 6
 	Proto   uint8      // transport protocol (after IPv6 extension headers)
 	TTL     uint8      // TTL or hop limit
@@ -195,7 +195,8 @@ func (p *Parsed) parse6(b []byte, off int) Status {
 	return OK
 }
 
-// parseL4 fills the ports from the transport header, when present and whole.
+// parseL4 fills the ports from the transport header when its first bytes
+// are present (4 for TCP/UDP ports, 8 for ICMP); the engine needs no more.
 func (p *Parsed) parseL4(l4 []byte) {
 	if p.FragOff {
 		return
