@@ -20,7 +20,7 @@ const (
 	DropTooBig                        // larger than the next hop's MTU with DF (ICMP sent)
 	DropToGateway                     // addressed to the gateway, not an echo request
 	DropNeighbor                      // ARP/NDP not answered (probe, not in the podCIDR)
-	DropNoPeer                        // peer route without an underlay
+	DropNotLocal                      // from a peer, but not for this node's podCIDR
 	DropTxError                       // the next port's Write failed
 	DropNoBuffer                      // no scratch buffer for a reply or fragment
 	numDropReasons
@@ -29,7 +29,7 @@ const (
 var dropNames = [numDropReasons]string{
 	"too-short", "malformed", "bad-checksum", "ethertype", "not-for-us", "multicast",
 	"spoofed-source", "no-route", "ttl-exceeded", "too-big", "to-gateway", "neighbor",
-	"no-peer", "tx-error", "no-buffer",
+	"not-local", "tx-error", "no-buffer",
 }
 
 // String returns the reason's kebab-case name, as metrics and the CLI show it.

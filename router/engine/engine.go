@@ -45,10 +45,11 @@ const (
 	KindUplink                   // the node itself (host TUN)
 	KindEgress                   // the way out of the cluster
 	KindNetstack                 // a netstack service port
+	KindPeer                     // another node, through the underlay: its device encapsulates and decapsulates
 	numPortKinds
 )
 
-var kindNames = [numPortKinds]string{"pod", "uplink", "egress", "netstack"}
+var kindNames = [numPortKinds]string{"pod", "uplink", "egress", "netstack", "peer"}
 
 // String returns the kind's name.
 func (k PortKind) String() string {
@@ -134,7 +135,40 @@ type Port struct {
 	addrs   []netip.Addr
 	c       counters
 	done    chan struct{}
+	tap     atomic.Pointer[Tap]
 }
+
+// Direction says which way a tapped packet crossed a port.
+type Direction uint8
+
+// Directions.
+const (
+	Rx Direction = iota // read from the port's device (the host sent it)
+	Tx                  // written to the port's device (the host receives it)
+)
+
+// String returns "rx" or "tx".
+func (d Direction) String() string {
+	if d == Rx {
+		return "rx"
+	}
+	return "tx"
+}
+
+// Tap receives copies of the packets crossing a port (a packet capture).
+// Fn runs on a worker goroutine with a frame that is only valid during the
+// call, as the port frames it (Ethernet on L2 ports, IP on L3); it must be
+// quick and must not block.
+type Tap struct {
+	Fn func(dir Direction, frame []byte)
+}
+
+// SetTap installs t on the port, or removes the tap when t is nil. With no
+// tap the data path pays one atomic load per batch.
+func (p *Port) SetTap(t *Tap) { p.tap.Store(t) }
+
+// Index returns the port's index, as route next hops name it.
+func (p *Port) Index() int32 { return p.idx }
 
 // Name returns the port's name.
 func (p *Port) Name() string { return p.cfg.Name }
@@ -295,7 +329,8 @@ func (e *Engine) Ports() []*Port {
 
 // SetRoutes replaces the control plane's routes (peer podCIDRs, egress
 // default, ...). Routes to local pods come from their ports and need not be
-// listed; a listed route's port must be attached.
+// listed; a listed route's port must be attached. A Peer next hop names, in
+// NextHop.Peer, the index of the KindPeer port that reaches that node.
 func (e *Engine) SetRoutes(rs []route.Route) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -372,11 +407,21 @@ func (e *Engine) publishLocked() error {
 		}
 	}
 	for _, r := range e.routes {
+		i, needsPort := int32(0), true
 		switch r.NextHop.Kind {
 		case route.Local, route.Egress:
-			i := r.NextHop.Port
+			i = r.NextHop.Port
+		case route.Peer:
+			i = r.NextHop.Peer
+		default:
+			needsPort = false
+		}
+		if needsPort {
 			if i < 0 || int(i) >= len(e.ports) || e.ports[i] == nil {
 				return fmt.Errorf("engine: route %s: port %d not attached", r.Prefix, i)
+			}
+			if r.NextHop.Kind == route.Peer && e.ports[i].cfg.Kind != KindPeer {
+				return fmt.Errorf("engine: route %s: peer next hop on port %s of kind %s", r.Prefix, e.ports[i].cfg.Name, e.ports[i].cfg.Kind)
 			}
 		}
 		if err := add(r.Prefix, r.NextHop); err != nil {

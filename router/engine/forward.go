@@ -95,9 +95,13 @@ func (w *worker) process(n int) {
 		w.staged = append(w.staged, make([][][]byte, len(w.snap.ports)-len(w.staged))...)
 	}
 	var bytes uint64
+	tap := w.in.tap.Load()
 	for i := range n {
 		sz := w.sizes[i]
 		bytes += uint64(sz)
+		if tap != nil {
+			tap.Fn(Rx, w.bufs[i][readOffset:readOffset+sz])
+		}
 		w.handle(w.bufs[i], readOffset, readOffset+sz)
 	}
 	w.in.c.rxPackets.Add(uint64(n))
@@ -110,6 +114,11 @@ func (w *worker) flush() {
 	for _, qi := range w.dirty {
 		q := w.snap.ports[qi]
 		batch := w.staged[qi]
+		if tap := q.tap.Load(); tap != nil {
+			for _, b := range batch {
+				tap.Fn(Tx, b[link.Headroom:])
+			}
+		}
 		if _, err := q.dev.Write(batch, link.Headroom); err != nil {
 			w.in.c.drops[DropTxError].Add(uint64(len(batch)))
 		} else {
@@ -191,9 +200,18 @@ func (w *worker) handle(buf []byte, start, end int) {
 		w.drop(DropMulticast)
 		return
 	}
-	if in.cfg.Kind == KindPod && !w.sourceOK(pp.Src) {
-		w.drop(DropSpoofed)
-		return
+	switch in.cfg.Kind {
+	case KindPod:
+		if !w.sourceOK(pp.Src) {
+			w.drop(DropSpoofed)
+			return
+		}
+	case KindPeer:
+		// The underlay carries traffic for this node's pods only.
+		if !w.e.inPodCIDR(pp.Dst) {
+			w.drop(DropNotLocal)
+			return
+		}
 	}
 	if pp.Dst == w.e.gw4 || (pp.Version == 6 && pp.Dst == w.e.gw6) {
 		w.answerEcho(frame)
@@ -245,8 +263,9 @@ func (w *worker) forward(buf []byte, start, end int, originated bool) {
 		w.drop(DropNoRoute)
 		return
 	case route.Peer:
-		w.drop(DropNoPeer)
-		return
+		if int(nh.Peer) < len(w.snap.ports) {
+			q = w.snap.ports[nh.Peer]
+		}
 	}
 	if q == nil {
 		w.drop(DropNoRoute)
