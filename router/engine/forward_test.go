@@ -61,10 +61,14 @@ func benchRig(tb testing.TB, size int, routed bool) (*worker, *sink, func()) {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	pp, err := e.AddPort(newSink(), PortConfig{Name: "peer", Kind: KindPeer, MTU: 1450})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	// A realistic table: a default route and 1000 peer podCIDRs.
 	rs := []route.Route{{Prefix: netip.MustParsePrefix("0.0.0.0/0"), NextHop: route.ToEgress(po.idx)}}
 	for i := range 1000 {
-		rs = append(rs, route.Route{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + i/256), byte(i), 0}), 24), NextHop: route.ToPeer(int32(i))})
+		rs = append(rs, route.Route{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + i/256), byte(i), 0}), 24), NextHop: route.ToPeer(pp.idx)})
 	}
 	if err := e.SetRoutes(rs); err != nil {
 		tb.Fatal(err)
