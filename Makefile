@@ -9,7 +9,7 @@ PKGS      := ./...
 BENCHTIME ?= 1s
 FUZZTIME  ?= 10s
 
-.PHONY: all build lab test check vet race bench fuzz clean
+.PHONY: all build deps lab test check vet race bench fuzz clean
 
 all: build
 
@@ -20,9 +20,14 @@ build:
 lab: build
 	./$(BIN)/podrouter lab
 
+# System packages for the privileged tests and benchmarks (installed when
+# missing and root; otherwise those tests skip and say why).
+deps:
+	@bash .ci/deps
+
 # Every test: formatting, vet, the whole suite, then the race detector over
 # the same packages (-short there: the long transfers run once, above).
-test: check
+test: deps check
 	$(GO) test -count=1 -timeout 20m $(PKGS)
 	$(GO) test -count=1 -race -short -timeout 20m $(PKGS)
 

@@ -4,6 +4,8 @@ go 1.26.3
 
 require (
 	github.com/gaissmai/bart v0.30.0
+	github.com/vishvananda/netlink v1.3.1
+	github.com/vishvananda/netns v0.0.5
 	go.uber.org/zap v1.28.0
 	gvisor.dev/gvisor v0.0.0-20260905035102-160fafc42237
 )
