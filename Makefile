@@ -9,7 +9,7 @@ PKGS      := ./...
 BENCHTIME ?= 1s
 FUZZTIME  ?= 10s
 
-.PHONY: all build deps lab test check vet race bench fuzz clean
+.PHONY: all build deps lab test check vet race bench bench-e2e fuzz clean
 
 all: build
 
@@ -41,6 +41,10 @@ vet:
 # Datapath benchmarks (ns/op, allocs/op, pkt/s, Gbit/s and ratios).
 bench:
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=$(BENCHTIME) ./router/... ./netstackx/...
+
+# End-to-end benchmarks against kernel baselines in the same run (root).
+bench-e2e: deps build
+	$(GO) run ./bench/e2e -podrouter $(BIN)/podrouter
 
 # A short run of every fuzz target (seeds live in testdata/fuzz).
 fuzz:
