@@ -3,33 +3,40 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
-	"os/signal"
+	"slices"
 	"strings"
-	"syscall"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-
-	"github.com/podrouter/podrouter/cmd/podrouter/internal/lab"
 )
 
-const usage = `podrouter: a userspace virtual router for Kubernetes pod networking.
+// command is a subcommand. Each lives in its own file and registers itself
+// in init, so main.go stays the dispatcher.
+type command struct {
+	name    string
+	summary string // one line for the usage text
+	run     func(args []string, stdout, stderr io.Writer) int
+}
 
-Usage:
-  podrouter lab [flags]     build a node of virtual pods in this process, check every
-                            pod pair (ICMP, TCP, UDP, IPv4 and IPv6), measure TCP
-                            throughput, print a report; exit 0 when all is well
-  podrouter help [command]  show help
+var commands []command
 
-Run 'podrouter help lab' for the lab's flags.
-`
+func register(c command) { commands = append(commands, c) }
+
+func usage() string {
+	var b strings.Builder
+	b.WriteString("podrouter: a userspace virtual router for Kubernetes pod networking.\n\nUsage:\n")
+	slices.SortFunc(commands, func(a, b command) int { return strings.Compare(a.name, b.name) })
+	for _, c := range commands {
+		fmt.Fprintf(&b, "  podrouter %-10s %s\n", c.name, c.summary)
+	}
+	b.WriteString("  podrouter help [command]\n\nRun 'podrouter help COMMAND' (or COMMAND -h) for a command's flags.\n")
+	return b.String()
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -37,22 +44,30 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage())
 		return 2
 	}
-	switch args[0] {
-	case "lab":
-		return runLab(args[1:], stdout, stderr)
-	case "help", "-h", "-help", "--help":
-		if len(args) > 1 && args[1] == "lab" {
-			return runLab([]string{"-h"}, stdout, stderr)
+	name := args[0]
+	if name == "help" || name == "-h" || name == "-help" || name == "--help" {
+		if len(args) > 1 {
+			for _, c := range commands {
+				if c.name == args[1] {
+					return c.run([]string{"-h"}, stdout, stderr)
+				}
+			}
+			fmt.Fprintf(stderr, "podrouter: unknown command %q (try 'podrouter help')\n", args[1])
+			return 2
 		}
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage())
 		return 0
-	default:
-		fmt.Fprintf(stderr, "podrouter: unknown command %q (try 'podrouter help')\n", args[0])
-		return 2
 	}
+	for _, c := range commands {
+		if c.name == name {
+			return c.run(args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "podrouter: unknown command %q (try 'podrouter help')\n", name)
+	return 2
 }
 
 // prefixFlag is a flag.Value holding a netip.Prefix, validated when parsed.
@@ -105,60 +120,6 @@ func (l *logFlags) build(stderr io.Writer) (*zap.Logger, error) {
 		return nil, fmt.Errorf("--log-format %q: want console or json", l.format)
 	}
 	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(stderr), lvl)), nil
-}
-
-func runLab(args []string, stdout, stderr io.Writer) int {
-	var cfg lab.Config
-	var lf logFlags
-	fs := flag.NewFlagSet("lab", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Var(prefixFlag{&cfg.ClusterCIDR}, "cluster-cidr", "cluster CIDR (default 10.244.0.0/16)")
-	fs.Var(prefixFlag{&cfg.PodCIDR}, "pod-cidr", "this node's podCIDR, inside the cluster CIDR (default: its first /24)")
-	fs.Var(prefixFlag{&cfg.PodCIDR6}, "pod-cidr6", "this node's IPv6 podCIDR (default fd00:10:244::/64)")
-	fs.BoolVar(&cfg.NoIPv6, "no-ipv6", false, "IPv4 only: no IPv6 addresses or checks")
-	fs.IntVar(&cfg.Pods, "pods", 4, "number of virtual pods (2..250)")
-	fs.IntVar(&cfg.MTU, "mtu", 1500, "pod MTU (1280..65535)")
-	fs.DurationVar(&cfg.Duration, "duration", lab.DefaultDuration, "TCP throughput measurement time (0 skips it)")
-	fs.DurationVar(&cfg.Timeout, "timeout", 5e9, "time limit of each pair's checks")
-	fs.IntVar(&cfg.Parallel, "parallel", 8, "pairs checked at once")
-	lf.register(fs, "warn")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, "Usage: podrouter lab [flags]\n\n"+
-				"Builds one node in this process, without privileges: the engine with its podCIDR\n"+
-				"and gateway, and virtual pods (gVisor netstacks) on L2 ports. Checks every ordered\n"+
-				"pod pair with ICMP echo, a TCP echo and a UDP echo (IPv4 and IPv6), measures TCP\n"+
-				"throughput from pod-0 to pod-1, and prints the results and the engine's counters.\n"+
-				"Exits 0 when every check passed, 1 naming the failed pairs otherwise, 2 on bad flags.\n\nFlags:\n")
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return 0
-		}
-		fmt.Fprintf(stderr, "podrouter lab: %s\n", firstLine(err.Error()))
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "podrouter lab: unexpected argument %q\n", fs.Arg(0))
-		return 2
-	}
-	log, err := lf.build(stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "podrouter lab: %v\n", err)
-		return 2
-	}
-	defer func() { _ = log.Sync() }()
-	cfg.Logger = log
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(stderr, "podrouter lab: %v\n", err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if _, err := lab.Run(ctx, cfg, stdout); err != nil {
-		fmt.Fprintf(stderr, "podrouter lab: %v\n", err)
-		return 1
-	}
-	return 0
 }
 
 func firstLine(s string) string {
