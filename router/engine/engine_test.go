@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -44,8 +45,26 @@ type rig struct {
 	pa, pb, egress *Port
 }
 
+// checkGoroutines fails the test if, after its cleanups, goroutines
+// started during it are still running (workers that did not stop).
+func checkGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(2 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<16)
+				t.Errorf("goroutines leaked: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	checkGoroutines(t)
 	e, err := New(Config{PodCIDR: podCIDR, PodCIDR6: podCIDR6, ClusterCIDRs: []netip.Prefix{clusterCIDR, podCIDR6}, Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
