@@ -136,6 +136,10 @@ type Port struct {
 	c       counters
 	done    chan struct{}
 	tap     atomic.Pointer[Tap]
+	// gsoDev is dev as a GSODevice (nil when it is not one), offloads
+	// what its WriteGSO accepts.
+	gsoDev   link.GSODevice
+	offloads link.Offloads
 }
 
 // Direction says which way a tapped packet crossed a port.
@@ -275,6 +279,9 @@ func (e *Engine) AddPort(dev link.Device, pc PortConfig) (*Port, error) {
 		}
 	}
 	p := &Port{e: e, cfg: pc, dev: dev, addrs: slices.Clone(pc.Addrs), done: make(chan struct{})}
+	if g, ok := dev.(link.GSODevice); ok {
+		p.gsoDev, p.offloads = g, g.Offloads()
+	}
 	p.cfg.Addrs = p.addrs
 	if pc.PeerMAC != (packet.MAC{}) {
 		m := pc.PeerMAC

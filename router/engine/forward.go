@@ -10,10 +10,18 @@ package engine
 //
 // Design notes: a worker owns its read buffers, one Parsed value, the staged
 // batches (one slice per port index) and a few scratch buffers for the
-// packets it originates (ARP/NDP answers, ICMP errors, fragments); staging
-// keeps sub-slices of the read buffers, so nothing is copied until the next
-// port's Write. Buffers leave link.Headroom + an Ethernet header of room in
-// front of each packet (readOffset), so a frame can be re-headed in place.
+// packets it originates (ARP/NDP answers, ICMP errors, fragments, software
+// segments); staging keeps sub-slices of the read buffers, so nothing is
+// copied until the next port's Write. Buffers leave link.Headroom + an
+// Ethernet header of room in front of each packet (readOffset), so a frame
+// can be re-headed in place.
+//
+// Offloads: a port whose device is a link.GSODevice hands the engine TSO/USO
+// super-packets and packets with partial checksums, each described by a
+// link.GSO. The engine routes a super-packet once, checks the next hop's MTU
+// against its segment size, and passes it whole to a next port that accepts
+// it (TAP to TAP: the kernel never segments); toward any other port it
+// segments (or finishes the checksum) in software.
 
 import (
 	"encoding/binary"
@@ -35,6 +43,12 @@ const (
 	numScratch = 64
 	// minRxMTU is the smallest IP packet size a worker accepts on read.
 	minRxMTU = 9000
+	// gsoBatch caps the batch of a port that reads 64 KiB super-packets.
+	gsoBatch = 32
+	// maxIPPacket is the largest IP packet (a super-packet).
+	maxIPPacket = 65535
+	// minScratch is the smallest IP packet a scratch buffer holds.
+	minScratch = 9216
 )
 
 type worker struct {
@@ -47,8 +61,16 @@ type worker struct {
 	staged [][][]byte // by port index
 	dirty  []int32    // port indexes with staged packets
 	// scratch buffers for originated packets, reused every batch.
-	scratch  [][]byte
-	nScratch int
+	scratch     [][]byte
+	nScratch    int
+	scratchSize int
+	// offloads: the input device's GSO view, the descriptors of the read
+	// batch, and the staged packets' descriptors by port index.
+	gsoIn     link.GSODevice
+	gso       []link.GSO
+	stagedGSO [][]link.GSO
+	segBufs   [][]byte
+	segSizes  []int
 }
 
 func newWorker(e *Engine, p *Port) *worker {
@@ -56,17 +78,29 @@ func newWorker(e *Engine, p *Port) *worker {
 	// Read buffers take frames larger than the port's MTU, so that a host
 	// configured with a larger MTU than its port gets ICMP errors from the
 	// next hop's MTU check instead of a silent black hole.
-	size := readOffset + packet.EthernetLen + max(p.cfg.MTU, minRxMTU)
-	w := &worker{e: e, in: p, bufs: make([][]byte, batch), sizes: make([]int, batch)}
+	rx := max(p.cfg.MTU, minRxMTU)
+	w := &worker{e: e, in: p}
+	if p.gsoDev != nil {
+		w.gsoIn = p.gsoDev
+		batch = min(batch, gsoBatch)
+		rx = maxIPPacket
+	}
+	size := readOffset + packet.EthernetLen + rx
+	w.bufs, w.sizes, w.gso = make([][]byte, batch), make([]int, batch), make([]link.GSO, batch)
 	for i := range w.bufs {
 		w.bufs[i] = make([]byte, size)
 	}
-	w.scratch = make([][]byte, numScratch)
-	for i := range w.scratch {
-		// Fragments of a full read buffer and ICMP errors both fit.
-		w.scratch[i] = make([]byte, max(size, readOffset+packet.EthernetLen+1280+64))
-	}
+	// Scratch holds fragments, segments and ICMP errors; it grows (once)
+	// when a super-packet needs more segments than it has.
+	w.scratchSize = readOffset + packet.EthernetLen + max(p.cfg.MTU, minScratch)
+	w.growScratch(numScratch)
 	return w
+}
+
+func (w *worker) growScratch(n int) {
+	for len(w.scratch) < n {
+		w.scratch = append(w.scratch, make([]byte, w.scratchSize))
+	}
 }
 
 // run is the port's worker.
@@ -75,7 +109,13 @@ func (e *Engine) run(p *Port) {
 	defer close(p.done)
 	w := newWorker(e, p)
 	for {
-		n, err := p.dev.Read(w.bufs, w.sizes, readOffset)
+		var n int
+		var err error
+		if w.gsoIn != nil {
+			n, err = w.gsoIn.ReadGSO(w.bufs, w.sizes, w.gso, readOffset)
+		} else {
+			n, err = p.dev.Read(w.bufs, w.sizes, readOffset)
+		}
 		if n > 0 {
 			w.process(n)
 		}
@@ -93,6 +133,7 @@ func (w *worker) process(n int) {
 	w.snap = w.e.state.Load()
 	if len(w.staged) < len(w.snap.ports) {
 		w.staged = append(w.staged, make([][][]byte, len(w.snap.ports)-len(w.staged))...)
+		w.stagedGSO = append(w.stagedGSO, make([][]link.GSO, len(w.snap.ports)-len(w.stagedGSO))...)
 	}
 	var bytes uint64
 	tap := w.in.tap.Load()
@@ -102,7 +143,7 @@ func (w *worker) process(n int) {
 		if tap != nil {
 			tap.Fn(Rx, w.bufs[i][readOffset:readOffset+sz])
 		}
-		w.handle(w.bufs[i], readOffset, readOffset+sz)
+		w.handle(w.bufs[i], readOffset, readOffset+sz, w.gso[i])
 	}
 	w.in.c.rxPackets.Add(uint64(n))
 	w.in.c.rxBytes.Add(bytes)
@@ -119,7 +160,13 @@ func (w *worker) flush() {
 				tap.Fn(Tx, b[link.Headroom:])
 			}
 		}
-		if _, err := q.dev.Write(batch, link.Headroom); err != nil {
+		var err error
+		if q.gsoDev != nil {
+			_, err = q.gsoDev.WriteGSO(batch, w.stagedGSO[qi], link.Headroom)
+		} else {
+			_, err = q.dev.Write(batch, link.Headroom)
+		}
+		if err != nil {
 			w.in.c.drops[DropTxError].Add(uint64(len(batch)))
 		} else {
 			var bytes uint64
@@ -131,15 +178,14 @@ func (w *worker) flush() {
 		}
 		clear(batch)
 		w.staged[qi] = batch[:0]
+		w.stagedGSO[qi] = w.stagedGSO[qi][:0]
 	}
 	w.dirty = w.dirty[:0]
 	w.nScratch = 0
 }
 
 // scratchBuf returns a buffer for an originated packet, flushing first
-// when the worker has used them all in this batch. Returns nil when the
-// staged packets of this batch still need the buffers (never in practice:
-// flush releases them all).
+// when the worker has used them all in this batch (flush releases them).
 func (w *worker) scratchBuf() []byte {
 	if w.nScratch == len(w.scratch) {
 		w.flush()
@@ -149,10 +195,21 @@ func (w *worker) scratchBuf() []byte {
 	return b
 }
 
+// scratchBufs returns n scratch buffers at once (software segments).
+func (w *worker) scratchBufs(n int) [][]byte {
+	w.growScratch(n)
+	if w.nScratch+n > len(w.scratch) {
+		w.flush()
+	}
+	b := w.scratch[w.nScratch : w.nScratch+n]
+	w.nScratch += n
+	return b
+}
+
 func (w *worker) drop(r DropReason) { w.in.c.drops[r].Add(1) }
 
-// handle decides on the frame buf[start:end].
-func (w *worker) handle(buf []byte, start, end int) {
+// handle decides on the frame buf[start:end], described by g.
+func (w *worker) handle(buf []byte, start, end int, g link.GSO) {
 	in := w.in
 	frame := buf[start:end]
 	pp := &w.pp
@@ -217,7 +274,7 @@ func (w *worker) handle(buf []byte, start, end int) {
 		w.answerEcho(frame)
 		return
 	}
-	w.forward(buf, start, end, false)
+	w.forward(buf, start, end, g, false)
 }
 
 // sourceOK reports whether a pod port may send from src.
@@ -244,10 +301,10 @@ func (w *worker) isBroadcast4(a netip.Addr) bool {
 	return binary.BigEndian.Uint32(b[:])&host == host
 }
 
-// forward routes the parsed packet at buf[start:end] (w.pp describes it).
-// originated is set for packets the engine made itself: no ICMP errors are
-// sent about them.
-func (w *worker) forward(buf []byte, start, end int, originated bool) {
+// forward routes the parsed packet at buf[start:end] (w.pp describes it, g
+// its offload state). originated is set for packets the engine made
+// itself: no ICMP errors are sent about them.
+func (w *worker) forward(buf []byte, start, end int, g link.GSO, originated bool) {
 	pp := &w.pp
 	nh, ok := w.snap.table.Lookup(pp.Dst)
 	if !ok {
@@ -284,7 +341,12 @@ func (w *worker) forward(buf []byte, start, end int, originated bool) {
 		w.icmpError(buf[start:end], timeExceeded(pp.Version))
 		return
 	}
-	tooLarge := len(ip) > q.cfg.MTU
+	// A super-packet leaves as segments of HdrLen+Size bytes.
+	segLen := len(ip)
+	if g.Type != link.GSONone {
+		segLen = int(g.HdrLen) + int(g.Size)
+	}
+	tooLarge := segLen > q.cfg.MTU
 	if tooLarge && (pp.Version == 6 || pp.DF) {
 		// As Linux's ip_forward: the error quotes the packet as it arrived.
 		w.drop(DropTooBig)
@@ -300,16 +362,59 @@ func (w *worker) forward(buf []byte, start, end int, originated bool) {
 			ip[7]--
 		}
 	}
-	if tooLarge {
+	if tooLarge && g.Type == link.GSONone {
 		w.fragment4(ip, q)
 		return
 	}
-	w.stage(q, buf, ipOff, ipOff+len(ip), pp.Version)
+	w.emit(q, buf, ipOff, ipOff+len(ip), pp.Version, g)
 }
 
-// stage queues the IP packet buf[ipStart:ipEnd] on q, writing an Ethernet
-// header in front of it for L2 ports.
-func (w *worker) stage(q *Port, buf []byte, ipStart, ipEnd int, version uint8) {
+// emit stages the IP packet buf[ipStart:ipEnd] on q as it is when q takes
+// its offload state g, and otherwise finishes its checksum or cuts it into
+// segments (each fragmented if it is still too big and may be).
+func (w *worker) emit(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g link.GSO) {
+	if (g.Type == link.GSONone && !g.NeedsCsum) || q.offloads.Accepts(g) {
+		w.stage(q, buf, ipStart, ipEnd, version, g)
+		return
+	}
+	ip := buf[ipStart:ipEnd]
+	if g.Type == link.GSONone {
+		if err := packet.FinishChecksum(ip, g); err != nil {
+			w.drop(DropMalformed)
+			return
+		}
+		w.stage(q, buf, ipStart, ipEnd, version, link.GSO{})
+		return
+	}
+	if g.Size == 0 || int(g.HdrLen)+int(g.Size) > w.scratchSize-readOffset-packet.EthernetLen {
+		w.drop(DropNoBuffer)
+		return
+	}
+	payload := len(ip) - int(g.HdrLen)
+	need := max(1, (payload+int(g.Size)-1)/int(g.Size))
+	bufs := w.scratchBufs(need)
+	if cap(w.segSizes) < need {
+		w.segSizes = make([]int, need)
+	}
+	sizes := w.segSizes[:need]
+	n, err := packet.GSOSegment(ip, g, bufs, sizes, readOffset)
+	if err != nil {
+		w.drop(DropMalformed)
+		return
+	}
+	for i := range n {
+		seg := bufs[i][readOffset : readOffset+sizes[i]]
+		if len(seg) > q.cfg.MTU {
+			w.fragment4(seg, q)
+			continue
+		}
+		w.stage(q, bufs[i], readOffset, readOffset+sizes[i], version, link.GSO{})
+	}
+}
+
+// stage queues the IP packet buf[ipStart:ipEnd] with offload state g on q,
+// writing an Ethernet header in front of it for L2 ports.
+func (w *worker) stage(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g link.GSO) {
 	s := ipStart
 	if q.cfg.L2 {
 		s -= packet.EthernetLen
@@ -323,15 +428,16 @@ func (w *worker) stage(q *Port, buf []byte, ipStart, ipEnd int, version uint8) {
 		}
 		packet.Ethernet(buf[s:]).Encode(dst, w.e.cfg.GatewayMAC, typ)
 	}
-	w.stageFrame(q, buf[s-link.Headroom:ipEnd])
+	w.stageFrame(q, buf[s-link.Headroom:ipEnd], g)
 }
 
-func (w *worker) stageFrame(q *Port, b []byte) {
+func (w *worker) stageFrame(q *Port, b []byte, g link.GSO) {
 	qi := q.idx
 	if len(w.staged[qi]) == 0 {
 		w.dirty = append(w.dirty, qi)
 	}
 	w.staged[qi] = append(w.staged[qi], b)
+	w.stagedGSO[qi] = append(w.stagedGSO[qi], g)
 }
 
 type icmpKind struct {
@@ -406,7 +512,7 @@ func (w *worker) originate(buf []byte, start, end int) {
 	if packet.Parse(buf[start:end], false, &w.pp) != packet.OK {
 		return
 	}
-	w.forward(buf, start, end, true)
+	w.forward(buf, start, end, link.GSO{}, true)
 }
 
 // answerEcho answers an ICMP echo request to the gateway address; anything
@@ -502,7 +608,7 @@ func (w *worker) fragment4(ip []byte, q *Port) {
 		}
 		binary.BigEndian.PutUint16(f[6:8], flags)
 		packet.IPv4(f).SetChecksum()
-		w.stage(q, buf, readOffset, readOffset+len(f), 4)
+		w.stage(q, buf, readOffset, readOffset+len(f), 4, link.GSO{})
 		off += chunk
 	}
 }
