@@ -116,6 +116,25 @@ type Engine struct {
 	workers sync.WaitGroup
 
 	icmpSent, icmpLimited atomic.Uint64
+	offload               struct {
+		whole, segmented, segments, csums atomic.Uint64
+	}
+}
+
+// OffloadStats counts the engine's offload work.
+type OffloadStats struct {
+	SuperPackets    uint64 // super-packets passed whole to a port that takes them
+	Segmented       uint64 // super-packets cut in software
+	Segments        uint64 // the segments those made
+	ChecksumsFilled uint64 // partial checksums finished in software
+}
+
+// OffloadStats returns the offload counters.
+func (e *Engine) OffloadStats() OffloadStats {
+	return OffloadStats{
+		SuperPackets: e.offload.whole.Load(), Segmented: e.offload.segmented.Load(),
+		Segments: e.offload.segments.Load(), ChecksumsFilled: e.offload.csums.Load(),
+	}
 }
 
 // snapshot is what a worker reads per batch: a consistent route table and

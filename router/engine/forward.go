@@ -374,6 +374,9 @@ func (w *worker) forward(buf []byte, start, end int, g link.GSO, originated bool
 // segments (each fragmented if it is still too big and may be).
 func (w *worker) emit(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g link.GSO) {
 	if (g.Type == link.GSONone && !g.NeedsCsum) || q.offloads.Accepts(g) {
+		if g.Type != link.GSONone {
+			w.e.offload.whole.Add(1)
+		}
 		w.stage(q, buf, ipStart, ipEnd, version, g)
 		return
 	}
@@ -383,6 +386,7 @@ func (w *worker) emit(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g 
 			w.drop(DropMalformed)
 			return
 		}
+		w.e.offload.csums.Add(1)
 		w.stage(q, buf, ipStart, ipEnd, version, link.GSO{})
 		return
 	}
@@ -402,6 +406,8 @@ func (w *worker) emit(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g 
 		w.drop(DropMalformed)
 		return
 	}
+	w.e.offload.segmented.Add(1)
+	w.e.offload.segments.Add(uint64(n))
 	for i := range n {
 		seg := bufs[i][readOffset : readOffset+sizes[i]]
 		if len(seg) > q.cfg.MTU {

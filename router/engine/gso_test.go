@@ -68,7 +68,7 @@ func (d *gsoDev) Write(bufs [][]byte, offset int) (int, error) {
 	return d.WriteGSO(bufs, make([]link.GSO, len(bufs)), offset)
 }
 
-func (d *gsoDev) BatchSize() int         { return 8 }
+func (d *gsoDev) BatchSize() int          { return 8 }
 func (d *gsoDev) Offloads() link.Offloads { return d.offloads }
 func (d *gsoDev) Close() error {
 	d.once.Do(func() { close(d.closed) })
@@ -141,6 +141,9 @@ func TestGSOPassedWhole(t *testing.T) {
 	if !bytes.Equal(checkEth(t, e, f.b, macB), ip) {
 		t.Fatal("super-packet changed")
 	}
+	if s := e.OffloadStats(); s.SuperPackets != 1 || s.Segmented != 0 {
+		t.Fatalf("offload stats %+v", s)
+	}
 }
 
 func TestGSOSegmentedForPlainPort(t *testing.T) {
@@ -166,6 +169,9 @@ func TestGSOSegmentedForPlainPort(t *testing.T) {
 	}
 	if !bytes.Equal(payload, ip[40:]) {
 		t.Fatal("segments do not add up to the super-packet")
+	}
+	if s := e.OffloadStats(); s.Segmented != 1 || s.Segments != 4 {
+		t.Fatalf("offload stats %+v", s)
 	}
 }
 
