@@ -190,6 +190,10 @@ type Tap struct {
 // tap the data path pays one atomic load per batch.
 func (p *Port) SetTap(t *Tap) { p.tap.Store(t) }
 
+// SwapTap installs t only if the port's tap is still old, so that two
+// captures never steal each other's tap; it reports whether it did.
+func (p *Port) SwapTap(old, t *Tap) bool { return p.tap.CompareAndSwap(old, t) }
+
 // Index returns the port's index, as route next hops name it.
 func (p *Port) Index() int32 { return p.idx }
 
