@@ -39,8 +39,8 @@ type Case struct {
 
 // Options are the harness flags every case sees.
 type Options struct {
-	Duration time.Duration // per iperf3 measurement
-	Podrouter string       // path of the podrouter binary
+	Duration  time.Duration // per iperf3 measurement
+	Podrouter string        // path of the podrouter binary
 }
 
 var cases []Case

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/podrouter/podrouter/cmd/podrouter/internal/daemon"
+	"github.com/podrouter/podrouter/router/api"
+)
+
+func init() {
+	register(command{
+		name:    "daemon",
+		summary: "run the node daemon: the engine, the uplink, the pods' ports and the local API for the CNI plugin",
+		run:     runDaemon,
+	})
+}
+
+// prefixListFlag collects repeated (or comma-separated) prefixes.
+type prefixListFlag struct{ ps *[]netip.Prefix }
+
+func (f prefixListFlag) String() string {
+	if f.ps == nil {
+		return ""
+	}
+	var s []string
+	for _, p := range *f.ps {
+		s = append(s, p.String())
+	}
+	return strings.Join(s, ",")
+}
+
+func (f prefixListFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		var p netip.Prefix
+		if err := (prefixFlag{&p}).Set(strings.TrimSpace(s)); err != nil {
+			return fmt.Errorf("%q: %w", s, err)
+		}
+		*f.ps = append(*f.ps, p)
+	}
+	return nil
+}
+
+// addrListFlag collects repeated (or comma-separated) addresses.
+type addrListFlag struct{ as *[]netip.Addr }
+
+func (f addrListFlag) String() string {
+	if f.as == nil {
+		return ""
+	}
+	var s []string
+	for _, a := range *f.as {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, ",")
+}
+
+func (f addrListFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			return fmt.Errorf("%q: not an IP address", s)
+		}
+		*f.as = append(*f.as, a)
+	}
+	return nil
+}
+
+func runDaemon(args []string, stdout, stderr io.Writer) int {
+	var cfg daemon.Config
+	var lf logFlags
+	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Var(prefixFlag{&cfg.PodCIDR}, "pod-cidr", "this node's IPv4 podCIDR (required), e.g. 10.244.1.0/24; its first address is the pods' gateway")
+	fs.Var(prefixFlag{&cfg.PodCIDR6}, "pod-cidr6", "this node's IPv6 podCIDR (optional)")
+	fs.Var(prefixListFlag{&cfg.ClusterCIDRs}, "cluster-cidr", "cluster CIDR, repeatable (default: the podCIDRs); unrouted destinations inside it are unreachable")
+	fs.Var(addrListFlag{&cfg.NodeIPs}, "node-ip", "the node's own address, repeatable: pods reach it through the uplink, and the node reaches its pods from it (default: the uplink takes everything outside the cluster)")
+	fs.StringVar(&cfg.StateDir, "state-dir", daemon.DefaultStateDir, "directory of the attachment records (locked while the daemon runs)")
+	fs.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "local API socket (its directory is made 0700, the socket 0600)")
+	fs.StringVar(&cfg.Uplink, "uplink", daemon.DefaultUplink, "name of the uplink TUN device in this network namespace")
+	fs.IntVar(&cfg.MTU, "mtu", daemon.DefaultMTU, "pods' default MTU and the uplink's MTU (1280..65535)")
+	lf.register(fs, "info")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, "Usage: podrouter daemon --pod-cidr CIDR [flags]\n\n"+
+				"Runs the node daemon in this network namespace: the engine with the podCIDR and\n"+
+				"its gateway, the uplink TUN (routes to the podCIDRs), and the local API on a\n"+
+				"root-only unix socket that podrouter-cni attaches pods through. Pods recorded in\n"+
+				"the state directory are re-attached at start, without CNI. SIGTERM or SIGINT\n"+
+				"stops it cleanly: the pods keep their interfaces for the next start.\n"+
+				"Exits 0 after a clean stop, 1 when it fails, 2 on bad flags.\n\nFlags:\n")
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintf(stderr, "podrouter daemon: %s\n", firstLine(err.Error()))
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "podrouter daemon: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	log, err := lf.build(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
+		return 2
+	}
+	defer func() { _ = log.Sync() }()
+	cfg.Logger = log
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	d, err := daemon.New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
+		return 1
+	}
+	if err := d.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,206 @@
+package main
+
+// The operator CLI: podrouter status | routes | ports | pods read the
+// daemon's local API and print a table (or, with --json, the API's JSON).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/podrouter/podrouter/router/api"
+)
+
+func init() {
+	register(command{name: "status", summary: "show the daemon's status (exit 0 when ready, 1 when not)", run: runStatus})
+	register(command{name: "routes", summary: "show the engine's routing table", run: runRoutes})
+	register(command{name: "ports", summary: "show the engine's ports with their counters and drop reasons", run: runPorts})
+	register(command{name: "pods", summary: "show the attached pods", run: runPods})
+}
+
+// clientFlags are the flags of every command that reads the API.
+type clientFlags struct {
+	socket  string
+	json    bool
+	timeout time.Duration
+}
+
+// parse parses args for command name; it returns an exit code >= 0 when
+// the command must stop (help printed, or a bad flag).
+func (c *clientFlags) parse(name, doc string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.socket, "socket", api.DefaultSocket, "the daemon's local API socket")
+	fs.BoolVar(&c.json, "json", false, "print the API's JSON instead of a table")
+	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "time limit of the request")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stdout, "Usage: podrouter %s [flags]\n\n%s\n\nFlags:\n", name, doc)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintf(stderr, "podrouter %s: %s\n", name, firstLine(err.Error()))
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "podrouter %s: unexpected argument %q\n", name, fs.Arg(0))
+		return 2
+	}
+	if c.timeout <= 0 {
+		fmt.Fprintf(stderr, "podrouter %s: --timeout %v: want a positive duration\n", name, c.timeout)
+		return 2
+	}
+	return -1
+}
+
+func (c *clientFlags) client() *api.Client { return &api.Client{Path: c.socket, Timeout: c.timeout} }
+
+func printJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func joinStringers[T fmt.Stringer](xs []T) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = x.String()
+	}
+	if len(s) == 0 {
+		return "-"
+	}
+	return strings.Join(s, ",")
+}
+
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	var cf clientFlags
+	if rc := cf.parse("status", "Shows the daemon's status. Exits 0 when the daemon is ready, 1 when it is\nnot ready or does not answer, 2 on bad flags.", args, stdout, stderr); rc >= 0 {
+		return rc
+	}
+	st, err := cf.client().Status(context.Background())
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter status: %v\n", err)
+		return 1
+	}
+	if cf.json {
+		printJSON(stdout, st)
+	} else {
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+		gw := st.Gateway.String()
+		if st.Gateway6.IsValid() {
+			gw += "," + st.Gateway6.String()
+		}
+		for _, kv := range [][2]string{
+			{"ready", fmt.Sprint(st.Ready)},
+			{"pid", fmt.Sprint(st.PID)},
+			{"started", st.Started.Format(time.RFC3339)},
+			{"pod CIDRs", joinStringers(st.PodCIDRs)},
+			{"cluster CIDRs", joinStringers(st.ClusterCIDRs)},
+			{"gateway", gw + " (" + st.GatewayMAC.String() + ")"},
+			{"uplink", st.Uplink},
+			{"mtu", fmt.Sprint(st.MTU)},
+			{"attachments", fmt.Sprint(st.Attachments)},
+			{"re-attached", fmt.Sprintf("%d in %v (%d failed)", st.Reattached, st.ReattachTime.Round(time.Microsecond), st.ReattachFailed)},
+			{"goroutines", fmt.Sprint(st.Goroutines)},
+			{"open fds", fmt.Sprint(st.FDs)},
+		} {
+			fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+		}
+		_ = tw.Flush()
+	}
+	if !st.Ready {
+		return 1
+	}
+	return 0
+}
+
+func runRoutes(args []string, stdout, stderr io.Writer) int {
+	var cf clientFlags
+	if rc := cf.parse("routes", "Shows the engine's routing table: prefix, next hop kind and port.", args, stdout, stderr); rc >= 0 {
+		return rc
+	}
+	rs, err := cf.client().Routes(context.Background())
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter routes: %v\n", err)
+		return 1
+	}
+	if cf.json {
+		printJSON(stdout, rs)
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PREFIX\tNEXT HOP\tPORT")
+	for _, r := range rs {
+		port := "-"
+		if r.Port >= 0 && r.Kind != "unreachable" && r.Kind != "blackhole" {
+			port = fmt.Sprintf("%d %s", r.Port, r.PortName)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Prefix, r.Kind, port)
+	}
+	_ = tw.Flush()
+	return 0
+}
+
+func runPorts(args []string, stdout, stderr io.Writer) int {
+	var cf clientFlags
+	if rc := cf.parse("ports", "Shows the engine's ports: packets and bytes each way and drops by reason.", args, stdout, stderr); rc >= 0 {
+		return rc
+	}
+	ps, err := cf.client().Ports(context.Background())
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter ports: %v\n", err)
+		return 1
+	}
+	if cf.json {
+		printJSON(stdout, ps)
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "INDEX\tNAME\tKIND\tMTU\tADDRS\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tDROPS")
+	for _, p := range ps {
+		var drops []string
+		for r, n := range p.Drops {
+			drops = append(drops, fmt.Sprintf("%s=%d", r, n))
+		}
+		slices.Sort(drops)
+		d := "-"
+		if len(drops) > 0 {
+			d = strings.Join(drops, ",")
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", p.Index, p.Name, p.Kind, p.MTU, joinStringers(p.Addrs),
+			p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, d)
+	}
+	_ = tw.Flush()
+	return 0
+}
+
+func runPods(args []string, stdout, stderr io.Writer) int {
+	var cf clientFlags
+	if rc := cf.parse("pods", "Shows the attached pods: container, interface, netns, MAC, MTU, addresses and port\n(port -1: recorded but not attached, its re-attach failed).", args, stdout, stderr); rc >= 0 {
+		return rc
+	}
+	as, err := cf.client().Attachments(context.Background())
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter pods: %v\n", err)
+		return 1
+	}
+	if cf.json {
+		printJSON(stdout, as)
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONTAINER\tIFNAME\tNETNS\tMAC\tMTU\tADDRS\tPORT")
+	for _, a := range as {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\n", a.ContainerID, a.IfName, a.Netns, a.MAC, a.MTU, joinStringers(a.Addrs), a.PortIndex)
+	}
+	_ = tw.Flush()
+	return 0
+}

@@ -1,0 +1,905 @@
+package cni_test
+
+// End-to-end tests (root): the real daemon binary in a throwaway "node"
+// netns, pods as throwaway netns, set up by the real cnitool through the
+// real podrouter-cni and host-local binaries. Nothing touches the host's
+// own network namespace: the node's uplink, its routes (only the test's
+// podCIDR) and its address (on the node netns's lo) live in the node netns.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/podrouter/podrouter/router/api"
+	"github.com/podrouter/podrouter/router/nstest"
+)
+
+// helperEnv makes the test binary act as a small tool inside a netns:
+// "http-serve ADDR" serves GET / with "hello from ADDR"; "http-get URL"
+// prints the body.
+const helperEnv = "PODROUTER_E2E_HELPER"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(helperEnv) {
+	case "http-serve":
+		addr := os.Args[len(os.Args)-1]
+		err := http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			fmt.Fprintf(w, "hello from %s", addr)
+		}))
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	case "http-get":
+		c := &http.Client{Timeout: 5 * time.Second}
+		resp, err := c.Get(os.Args[len(os.Args)-1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		_, _ = io.Copy(os.Stdout, resp.Body)
+		_ = resp.Body.Close()
+		os.Exit(0)
+	}
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string // podrouter and podrouter-cni, built for this run
+	toolDir   string // cnitool and host-local (.cache/bin of the repo)
+	buildErr  error
+)
+
+// repoRoot returns the module root.
+func repoRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// buildBinaries builds podrouter and podrouter-cni into a temporary
+// directory, and cnitool and host-local into .cache/bin when missing.
+func buildBinaries(t *testing.T) (bin, tools string) {
+	t.Helper()
+	buildOnce.Do(func() {
+		root, err := repoRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binDir, err = os.MkdirTemp("", "podrouter-e2e-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		toolDir = filepath.Join(root, ".cache", "bin")
+		build := func(out, pkg string) error {
+			c := exec.Command("go", "build", "-o", out, pkg)
+			c.Dir = root
+			if b, err := c.CombinedOutput(); err != nil {
+				return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+			}
+			return nil
+		}
+		for _, b := range []struct{ out, pkg string }{
+			{filepath.Join(binDir, "podrouter"), "./cmd/podrouter"},
+			{filepath.Join(binDir, "podrouter-cni"), "./cmd/podrouter-cni"},
+		} {
+			if buildErr = build(b.out, b.pkg); buildErr != nil {
+				return
+			}
+		}
+		for _, b := range []struct{ out, pkg string }{
+			{filepath.Join(toolDir, "cnitool"), "github.com/containernetworking/cni/cnitool"},
+			{filepath.Join(toolDir, "host-local"), "github.com/containernetworking/plugins/plugins/ipam/host-local"},
+		} {
+			if _, err := os.Stat(b.out); err == nil {
+				continue
+			}
+			if buildErr = build(b.out, b.pkg); buildErr != nil {
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir, toolDir
+}
+
+// node is one test node: a netns with the daemon in it, and the CNI
+// configuration that reaches that daemon.
+type node struct {
+	t        *testing.T
+	ns       *nstest.NS
+	bin      string
+	cniPath  string
+	podCIDR  netip.Prefix
+	nodeIP   netip.Addr
+	uplink   string
+	dir      string // state, run, net, ipam
+	socket   string
+	netDir   string
+	ipamDir  string
+	confList []byte
+
+	mu     sync.Mutex
+	daemon *exec.Cmd
+	exited chan struct{}
+	logs   *bytes.Buffer
+}
+
+const netName = "podr-e2e"
+
+// newNode builds a node netns with a podCIDR 10.250.X.0/24 and the node
+// address 10.251.X.1 on its lo, and writes the conflist. It does not start
+// the daemon.
+func newNode(t *testing.T) *node {
+	t.Helper()
+	nstest.RequireRoot(t)
+	nstest.RequireCommand(t, "iperf3", "ping")
+	bin, tools := buildBinaries(t)
+	x := 1 + rand.IntN(250)
+	n := &node{
+		t:       t,
+		ns:      nstest.New(t),
+		bin:     bin,
+		cniPath: bin + string(os.PathListSeparator) + tools,
+		podCIDR: netip.MustParsePrefix(fmt.Sprintf("10.250.%d.0/24", x)),
+		nodeIP:  netip.MustParseAddr(fmt.Sprintf("10.251.%d.1", x)),
+		uplink:  fmt.Sprintf("prt%05x", rand.IntN(1<<20)),
+		dir:     t.TempDir(),
+		logs:    &bytes.Buffer{},
+	}
+	n.socket = filepath.Join(n.dir, "run", "podrouter.sock")
+	n.netDir = filepath.Join(n.dir, "net")
+	n.ipamDir = filepath.Join(n.dir, "ipam")
+	n.ns.Run(t, "ip", "addr", "add", n.nodeIP.String()+"/32", "dev", "lo")
+	n.confList = []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"podrouter-cni","socket":%q,"ipam":{"type":"host-local","dataDir":%q},"dns":{"nameservers":["10.96.0.10"]}}]}`,
+		netName, n.socket, n.ipamDir))
+	if err := os.MkdirAll(n.netDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.netDir, "10-podr.conflist"), n.confList, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		n.stopDaemon(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", n.logText())
+		}
+	})
+	return n
+}
+
+func (n *node) logText() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.logs.String()
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// startDaemon starts the daemon in the node netns and waits until it is
+// ready; it returns how long that took.
+func (n *node) startDaemon() time.Duration {
+	n.t.Helper()
+	t0 := time.Now()
+	c := n.ns.Command(context.Background(), filepath.Join(n.bin, "podrouter"), "daemon",
+		"--pod-cidr", n.podCIDR.String(), "--node-ip", n.nodeIP.String(),
+		"--state-dir", filepath.Join(n.dir, "state"), "--socket", n.socket, "--uplink", n.uplink,
+		"--log-level", "info")
+	c.Stdout = lockedWriter{&n.mu, n.logs}
+	c.Stderr = lockedWriter{&n.mu, n.logs}
+	if err := c.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = c.Wait(); close(exited) }()
+	n.mu.Lock()
+	n.daemon, n.exited = c, exited
+	n.mu.Unlock()
+	cl := n.client()
+	for {
+		st, err := cl.Status(context.Background())
+		if err == nil && st.Ready {
+			return time.Since(t0)
+		}
+		select {
+		case <-exited:
+			n.t.Fatalf("daemon exited during start:\n%s", n.logText())
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Since(t0) > 15*time.Second {
+			n.t.Fatalf("daemon not ready after 15s: %v\n%s", err, n.logText())
+		}
+	}
+}
+
+// stopDaemon signals the daemon and waits for it to exit.
+func (n *node) stopDaemon(sig syscall.Signal) {
+	n.mu.Lock()
+	c, exited := n.daemon, n.exited
+	n.daemon = nil
+	n.mu.Unlock()
+	if c == nil {
+		return
+	}
+	_ = c.Process.Signal(sig)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = c.Process.Kill()
+		<-exited
+		n.t.Errorf("daemon did not exit on %v", sig)
+	}
+}
+
+func (n *node) daemonPID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.daemon.Process.Pid
+}
+
+func (n *node) client() *api.Client { return &api.Client{Path: n.socket, Timeout: 5 * time.Second} }
+
+// pod is a pod netns with its interface added by cnitool.
+type pod struct {
+	ns  *nstest.NS
+	ip  netip.Addr
+	mac string
+}
+
+// cnitool runs cnitool cmd for the netns and returns its output.
+func (n *node) cnitool(cmd string, netns *nstest.NS) ([]byte, error) {
+	return n.cnitoolNet(cmd, netName, netns)
+}
+
+// cnitoolNet is cnitool for network name.
+func (n *node) cnitoolNet(cmd, name string, netns *nstest.NS) ([]byte, error) {
+	c := exec.Command(filepath.Join(toolDir, "cnitool"), cmd, name, "/run/netns/"+netns.Name)
+	c.Env = append(os.Environ(), "CNI_PATH="+n.cniPath, "NETCONFPATH="+n.netDir)
+	var out bytes.Buffer
+	c.Stdout, c.Stderr = &out, &out
+	err := c.Run()
+	return out.Bytes(), err
+}
+
+// addPod makes a pod netns and runs CNI ADD for it.
+func (n *node) addPod() *pod {
+	n.t.Helper()
+	p := &pod{ns: nstest.New(n.t)}
+	// DEL is idempotent: this one also clears libcni's result cache
+	// (/var/lib/cni/results) for pods a test GC'd or left.
+	n.t.Cleanup(func() { _, _ = n.cnitool("del", p.ns) })
+	out, err := n.cnitool("add", p.ns)
+	if err != nil {
+		n.t.Fatalf("cnitool add: %v\n%s\ndaemon:\n%s", err, out, n.logText())
+	}
+	var res struct {
+		Interfaces []struct {
+			Name, Mac, Sandbox string
+			Mtu                int
+		}
+		IPs []struct {
+			Address   string
+			Gateway   string
+			Interface *int
+		}
+		Routes []struct{ Dst, GW string }
+		DNS    struct{ Nameservers []string }
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		n.t.Fatalf("cnitool add result: %v\n%s", err, out)
+	}
+	gw := n.podCIDR.Addr().Next().String()
+	if len(res.Interfaces) != 1 || res.Interfaces[0].Name != "eth0" || res.Interfaces[0].Sandbox != "/run/netns/"+p.ns.Name ||
+		res.Interfaces[0].Mtu != 1500 || len(res.IPs) != 1 || res.IPs[0].Interface == nil || *res.IPs[0].Interface != 0 ||
+		res.IPs[0].Gateway != gw || len(res.Routes) != 1 || res.Routes[0].Dst != "0.0.0.0/0" || res.Routes[0].GW != gw ||
+		len(res.DNS.Nameservers) != 1 {
+		n.t.Fatalf("incomplete ADD result:\n%s", out)
+	}
+	pfx, err := netip.ParsePrefix(res.IPs[0].Address)
+	if err != nil || !n.podCIDR.Contains(pfx.Addr()) || pfx.Bits() != n.podCIDR.Bits() {
+		n.t.Fatalf("ADD address %q not in %s", res.IPs[0].Address, n.podCIDR)
+	}
+	p.ip, p.mac = pfx.Addr(), res.Interfaces[0].Mac
+	return p
+}
+
+func ping(t *testing.T, from *nstest.NS, to netip.Addr) {
+	t.Helper()
+	from.Run(t, "ping", "-c", "2", "-i", "0.2", "-W", "2", to.String())
+}
+
+func tapExists(t *testing.T, p *pod) bool {
+	t.Helper()
+	out := p.ns.Run(t, "ip", "-o", "link", "show")
+	return strings.Contains(out, "eth0")
+}
+
+// ipamFiles lists host-local's reservations (address files).
+func ipamFiles(t *testing.T, n *node) []string {
+	t.Helper()
+	return ipamFilesIn(t, filepath.Join(n.ipamDir, netName))
+}
+
+func ipamFilesIn(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		if _, err := netip.ParseAddr(e.Name()); err == nil {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// httpServe serves HTTP in p's netns on port 8080 until the test ends.
+func httpServe(t *testing.T, p *pod) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	c := p.ns.Command(ctx, os.Args[0], "-test.run=^$", p.ip.String()+":8080")
+	c.Env = append(os.Environ(), helperEnv+"=http-serve")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = c.Wait() })
+}
+
+// httpGet fetches url from inside netns.
+func httpGet(t *testing.T, from *nstest.NS, url string) string {
+	t.Helper()
+	var last string
+	for i := 0; i < 20; i++ { // the server may still be starting
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c := from.Command(ctx, os.Args[0], "-test.run=^$", url)
+		c.Env = append(os.Environ(), helperEnv+"=http-get")
+		out, err := c.CombinedOutput()
+		cancel()
+		if err == nil {
+			return string(out)
+		}
+		last = fmt.Sprintf("%v: %s", err, out)
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("GET %s: %s", url, last)
+	return ""
+}
+
+// iperfResult is what the tests read of iperf3 -J.
+type iperfResult struct {
+	End struct {
+		SumSent struct {
+			Bytes       float64 `json:"bytes"`
+			BitsPerSec  float64 `json:"bits_per_second"`
+			Retransmits int     `json:"retransmits"`
+		} `json:"sum_sent"`
+		SumReceived struct {
+			Bytes      float64 `json:"bytes"`
+			BitsPerSec float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+		Sum struct {
+			Packets     int     `json:"packets"`
+			LostPercent float64 `json:"lost_percent"`
+			BitsPerSec  float64 `json:"bits_per_second"`
+		} `json:"sum"`
+	} `json:"end"`
+	Error string `json:"error"`
+}
+
+// iperf runs an iperf3 server in srv (one test) and a client in cli.
+func iperf(t *testing.T, srv, cli *pod, port int, args ...string) (iperfResult, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s := srv.ns.Command(ctx, "iperf3", "-s", "-1", "-B", srv.ip.String(), "-p", strconv.Itoa(port))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Process.Kill(); _ = s.Wait() }()
+	var out []byte
+	var err error
+	for i := 0; i < 50; i++ { // until the server listens
+		c := cli.ns.Command(ctx, "iperf3", append([]string{"-c", srv.ip.String(), "-p", strconv.Itoa(port), "-J"}, args...)...)
+		out, err = c.Output()
+		var r iperfResult
+		if jerr := json.Unmarshal(out, &r); jerr == nil && strings.Contains(r.Error, "unable to connect") {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		break
+	}
+	var r iperfResult
+	if jerr := json.Unmarshal(out, &r); jerr != nil {
+		return r, fmt.Errorf("iperf3: %v, %v: %s", err, jerr, out)
+	}
+	if err != nil || r.Error != "" {
+		return r, fmt.Errorf("iperf3: %v: %s", err, r.Error)
+	}
+	return r, nil
+}
+
+func cniConfigList(t *testing.T, n *node) (*libcni.CNIConfig, *libcni.NetworkConfigList) {
+	t.Helper()
+	list, err := libcni.ConfListFromBytes(n.confList)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return libcni.NewCNIConfig(filepath.SplitList(n.cniPath), nil), list
+}
+
+// TestPods: three pods on one node: ping, HTTP, iperf3 TCP and UDP between
+// pods, node <-> pod through the uplink, the operator CLI, CHECK, DEL twice,
+// GC with valid attachments, STATUS, a clean SIGTERM stop and DEL without
+// the daemon.
+func TestPods(t *testing.T) {
+	n := newNode(t)
+	n.startDaemon()
+	pods := []*pod{n.addPod(), n.addPod(), n.addPod()}
+
+	t.Run("ping", func(t *testing.T) {
+		for i, a := range pods {
+			for j, b := range pods {
+				if i != j {
+					ping(t, a.ns, b.ip)
+				}
+			}
+			ping(t, a.ns, n.podCIDR.Addr().Next()) // the gateway
+		}
+	})
+	t.Run("node-pod", func(t *testing.T) {
+		ping(t, n.ns, pods[0].ip)
+		ping(t, pods[1].ns, n.nodeIP)
+		httpServe(t, pods[2])
+		url := fmt.Sprintf("http://%s:8080/", pods[2].ip)
+		if got := httpGet(t, n.ns, url); got != "hello from "+pods[2].ip.String()+":8080" {
+			t.Errorf("node GET %s = %q", url, got)
+		}
+		if got := httpGet(t, pods[0].ns, url); got != "hello from "+pods[2].ip.String()+":8080" {
+			t.Errorf("pod GET %s = %q", url, got)
+		}
+	})
+	t.Run("iperf3", func(t *testing.T) {
+		secs := "2"
+		if testing.Short() {
+			secs = "1"
+		}
+		r, err := iperf(t, pods[1], pods[0], 5201, "-t", secs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.End.SumReceived.Bytes <= 0 {
+			t.Fatalf("TCP: nothing received: %+v", r.End)
+		}
+		t.Logf("TCP pod->pod: %.2f Gbit/s, %d retransmits", r.End.SumReceived.BitsPerSec/1e9, r.End.SumSent.Retransmits)
+		r, err = iperf(t, pods[0], pods[1], 5202, "-u", "-b", "100M", "-l", "1200", "-t", secs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.End.Sum.Packets == 0 || r.End.Sum.LostPercent > 10 {
+			t.Fatalf("UDP: %d packets, %.1f%% lost", r.End.Sum.Packets, r.End.Sum.LostPercent)
+		}
+		t.Logf("UDP pod->pod at 100 Mbit/s: %d packets, %.2f%% lost", r.End.Sum.Packets, r.End.Sum.LostPercent)
+	})
+	t.Run("cli", func(t *testing.T) {
+		run := func(args ...string) []byte {
+			out, err := exec.Command(filepath.Join(n.bin, "podrouter"), append(args, "--socket", n.socket)...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("podrouter %v: %v\n%s", args, err, out)
+			}
+			return out
+		}
+		var st api.Status
+		if err := json.Unmarshal(run("status", "--json"), &st); err != nil || !st.Ready || st.Attachments != 3 || st.Uplink != n.uplink {
+			t.Errorf("status --json: %+v %v", st, err)
+		}
+		var ports []api.Port
+		if err := json.Unmarshal(run("ports", "--json"), &ports); err != nil || len(ports) != 4 {
+			t.Fatalf("ports --json: %d ports, %v", len(ports), err)
+		}
+		for _, p := range ports {
+			if p.RxPackets == 0 || p.TxPackets == 0 {
+				t.Errorf("port %s: rx %d tx %d packets after traffic", p.Name, p.RxPackets, p.TxPackets)
+			}
+		}
+		var routes []api.Route
+		if err := json.Unmarshal(run("routes", "--json"), &routes); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{n.nodeIP.String() + "/32": "egress", n.podCIDR.String(): "unreachable"}
+		for _, p := range pods {
+			want[p.ip.String()+"/32"] = "local"
+		}
+		for _, r := range routes {
+			if want[r.Prefix.String()] == r.Kind {
+				delete(want, r.Prefix.String())
+			}
+		}
+		if len(want) > 0 {
+			t.Errorf("routes lack %v: %+v", want, routes)
+		}
+		for _, cmd := range []string{"status", "routes", "ports", "pods"} {
+			out := string(run(cmd))
+			if !strings.Contains(out, pods[0].ip.String()) && cmd != "status" || cmd == "status" && !strings.Contains(out, "ready:") {
+				t.Errorf("podrouter %s table:\n%s", cmd, out)
+			}
+		}
+	})
+	t.Run("check", func(t *testing.T) {
+		for _, p := range pods {
+			if out, err := n.cnitool("check", p.ns); err != nil {
+				t.Fatalf("cnitool check: %v\n%s", err, out)
+			}
+		}
+		// Break pod 0's default route: CHECK must notice.
+		pods[0].ns.Run(t, "ip", "route", "del", "default")
+		if out, err := n.cnitool("check", pods[0].ns); err == nil || !strings.Contains(string(out), "route") {
+			t.Errorf("cnitool check without the default route: %v\n%s", err, out)
+		}
+		pods[0].ns.Run(t, "ip", "route", "add", "default", "via", n.podCIDR.Addr().Next().String())
+	})
+	t.Run("del-twice", func(t *testing.T) {
+		p := pods[2]
+		for i := range 2 {
+			if out, err := n.cnitool("del", p.ns); err != nil {
+				t.Fatalf("cnitool del #%d: %v\n%s", i+1, err, out)
+			}
+		}
+		if tapExists(t, p) {
+			t.Error("eth0 left after DEL")
+		}
+		if files := ipamFiles(t, n); len(files) != 2 {
+			t.Errorf("IPAM reservations after DEL: %v, want 2", files)
+		}
+		as, err := n.client().Attachments(context.Background())
+		if err != nil || len(as) != 2 {
+			t.Errorf("attachments after DEL: %d, %v", len(as), err)
+		}
+		// DEL of a netns that no longer exists.
+		p.ns.Delete()
+		if out, err := n.cnitool("del", p.ns); err != nil {
+			t.Fatalf("cnitool del, netns gone: %v\n%s", err, out)
+		}
+	})
+	t.Run("gc", func(t *testing.T) {
+		cn, list := cniConfigList(t, n)
+		as, err := n.client().Attachments(context.Background())
+		if err != nil || len(as) != 2 {
+			t.Fatalf("attachments: %d, %v", len(as), err)
+		}
+		keep, drop := as[0], as[1]
+		if drop.Netns == "/run/netns/"+pods[0].ns.Name {
+			keep, drop = drop, keep
+		}
+		err = cn.GCNetworkList(context.Background(), list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: keep.ContainerID, IfName: keep.IfName}}})
+		if err != nil {
+			t.Fatalf("GC: %v", err)
+		}
+		as, err = n.client().Attachments(context.Background())
+		if err != nil || len(as) != 1 || as[0].AttachmentID != keep.AttachmentID {
+			t.Fatalf("attachments after GC: %+v, %v", as, err)
+		}
+		if files := ipamFiles(t, n); len(files) != 1 || files[0] != keep.Addrs[0].String() {
+			t.Errorf("IPAM reservations after GC: %v, want %s", files, keep.Addrs[0])
+		}
+		if tapExists(t, pods[1]) {
+			t.Error("GC left pod 1's eth0")
+		}
+		ping(t, pods[0].ns, n.podCIDR.Addr().Next())
+	})
+	t.Run("status", func(t *testing.T) {
+		cn, list := cniConfigList(t, n)
+		if err := cn.GetStatusNetworkList(context.Background(), list); err != nil {
+			t.Fatalf("STATUS with the daemon up: %v", err)
+		}
+		// SIGTERM: a clean stop; the pod keeps its interface.
+		n.stopDaemon(syscall.SIGTERM)
+		if !tapExists(t, pods[0]) {
+			t.Error("pod 0 lost eth0 when the daemon stopped")
+		}
+		if strings.Contains(n.ns.Run(t, "ip", "-o", "link"), n.uplink) {
+			t.Error("uplink left after the daemon stopped")
+		}
+		err := cn.GetStatusNetworkList(context.Background(), list)
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != types.ErrPluginNotAvailable {
+			t.Fatalf("STATUS with the daemon down: %v, want code 50", err)
+		}
+	})
+	t.Run("del-daemon-gone", func(t *testing.T) {
+		if out, err := n.cnitool("del", pods[0].ns); err != nil {
+			t.Fatalf("cnitool del, daemon gone: %v\n%s", err, out)
+		}
+		if tapExists(t, pods[0]) {
+			t.Error("eth0 left after DEL")
+		}
+		if files := ipamFiles(t, n); len(files) != 0 {
+			t.Errorf("IPAM reservations after the last DEL: %v", files)
+		}
+		// The next daemon finds the record of a pod whose TAP is gone
+		// and drops it.
+		n.startDaemon()
+		st, err := n.client().Status(context.Background())
+		if err != nil || st.Attachments != 0 || st.Reattached != 0 || st.ReattachFailed != 0 {
+			t.Errorf("status after restart: %+v, %v", st, err)
+		}
+	})
+}
+
+// TestDaemonRestartUnderLoad kills the daemon (SIGKILL) while an iperf3 TCP
+// stream runs between two pods, and starts it again: the stream must
+// complete without a reset, and the pods must reach each other again within
+// a second of the restart.
+func TestDaemonRestartUnderLoad(t *testing.T) {
+	n := newNode(t)
+	n.startDaemon()
+	a, b := n.addPod(), n.addPod()
+
+	// Pings every 10 ms, with timestamps, for the whole test.
+	ctx, cancel := context.WithCancel(context.Background())
+	pc := a.ns.Command(ctx, "ping", "-D", "-i", "0.01", "-W", "1", b.ip.String())
+	stdout, err := pc.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var replies []time.Time
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			line := sc.Text()
+			if !strings.HasPrefix(line, "[") || !strings.Contains(line, "bytes from") {
+				continue
+			}
+			ts, _, _ := strings.Cut(line[1:], "]")
+			f, err := strconv.ParseFloat(ts, 64)
+			if err != nil {
+				continue
+			}
+			mu.Lock()
+			replies = append(replies, time.Unix(0, int64(f*1e9)))
+			mu.Unlock()
+		}
+	}()
+	defer func() { cancel(); _ = pc.Wait(); <-readDone }()
+
+	secs := 6
+	if testing.Short() {
+		secs = 4
+	}
+	type result struct {
+		r   iperfResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := iperf(t, b, a, 5201, "-t", strconv.Itoa(secs))
+		done <- result{r, err}
+	}()
+	time.Sleep(time.Duration(secs) * time.Second / 3)
+	killed := time.Now()
+	n.stopDaemon(syscall.SIGKILL)
+	restarted := time.Now()
+	readyAfter := n.startDaemon()
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("iperf3 across the restart: %v\ndaemon:\n%s", res.err, n.logText())
+	}
+	if res.r.End.SumReceived.Bytes <= 0 {
+		t.Fatalf("iperf3 received nothing: %+v", res.r.End)
+	}
+	st, err := n.client().Status(context.Background())
+	if err != nil || st.Reattached != 2 || st.ReattachFailed != 0 {
+		t.Fatalf("status after restart: %+v, %v", st, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	var before, after time.Time
+	for _, r := range replies {
+		if r.Before(killed) {
+			before = r
+		} else if r.After(restarted) && after.IsZero() {
+			after = r
+		}
+	}
+	mu.Unlock()
+	if before.IsZero() || after.IsZero() {
+		t.Fatalf("no ping replies around the restart (before %v, after %v)", before, after)
+	}
+	reach := after.Sub(restarted)
+	t.Logf("restart under load: daemon ready %v after exec, re-attach %v; pods reachable %v after the restart (%v after the kill); "+
+		"iperf3 TCP %.2f Gbit/s over %ds, %d retransmits, no reset",
+		readyAfter.Round(time.Millisecond), st.ReattachTime.Round(time.Microsecond), reach.Round(time.Millisecond),
+		after.Sub(killed).Round(time.Millisecond), res.r.End.SumReceived.BitsPerSec/1e9, secs, res.r.End.SumSent.Retransmits)
+	if reach > time.Second {
+		t.Errorf("pods reachable %v after the restart, want within 1s", reach)
+	}
+}
+
+// TestAddDelCycles runs ADD and DEL 200 times (20 with -short) on one netns
+// and checks that nothing stays behind: no TAP, no IPAM reservation, no
+// attachment, and the daemon's fds and goroutines back where they were.
+func TestAddDelCycles(t *testing.T) {
+	n := newNode(t)
+	n.startDaemon()
+	p := &pod{ns: nstest.New(t)}
+	t.Cleanup(func() { _, _ = n.cnitool("del", p.ns) })
+	cycle := func(i int) {
+		if out, err := n.cnitool("add", p.ns); err != nil {
+			t.Fatalf("cycle %d: add: %v\n%s", i, err, out)
+		}
+		if out, err := n.cnitool("del", p.ns); err != nil {
+			t.Fatalf("cycle %d: del: %v\n%s", i, err, out)
+		}
+	}
+	cycle(0) // warm-up: the daemon's first connections, lazily made state
+	st0, err := n.client().Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds := func() int {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", n.daemonPID()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	fd0 := fds()
+	cycles := 200
+	if testing.Short() {
+		cycles = 20
+	}
+	t0 := time.Now()
+	for i := 1; i <= cycles; i++ {
+		cycle(i)
+	}
+	t.Logf("%d ADD/DEL cycles in %v (%v per cycle)", cycles, time.Since(t0).Round(time.Millisecond), (time.Since(t0) / time.Duration(cycles)).Round(time.Microsecond))
+	if tapExists(t, p) {
+		t.Error("eth0 left after the cycles")
+	}
+	if out := p.ns.Run(t, "ip", "-o", "link"); strings.Count(out, "\n") != 1 {
+		t.Errorf("links left in the pod netns:\n%s", out)
+	}
+	if files := ipamFiles(t, n); len(files) != 0 {
+		t.Errorf("IPAM reservations left: %v", files)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	var st api.Status
+	for {
+		st, err = n.client().Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Goroutines <= st0.Goroutines && fds() <= fd0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st.Attachments != 0 {
+		t.Errorf("attachments left: %d", st.Attachments)
+	}
+	if st.Goroutines > st0.Goroutines {
+		t.Errorf("daemon goroutines %d -> %d after %d cycles", st0.Goroutines, st.Goroutines, cycles)
+	}
+	if f := fds(); f > fd0 {
+		t.Errorf("daemon fds %d -> %d after %d cycles", fd0, f, cycles)
+	}
+	if ents, err := os.ReadDir(filepath.Join(n.dir, "state", "attachments")); err != nil || len(ents) != 0 {
+		t.Errorf("attachment records left: %d, %v", len(ents), err)
+	}
+}
+
+// TestAddRollback makes ADD fail at each stage and checks that it leaves
+// nothing behind.
+func TestAddRollback(t *testing.T) {
+	n := newNode(t)
+	p := &pod{ns: nstest.New(t)}
+	t.Cleanup(func() {
+		_, _ = n.cnitool("del", p.ns)
+		_, _ = n.cnitoolNet("del", "podr-other", p.ns)
+	})
+	noTrace := func(t *testing.T, dir string) {
+		t.Helper()
+		if files := ipamFilesIn(t, dir); len(files) != 0 {
+			t.Errorf("IPAM reservations left: %v", files)
+		}
+		as, err := n.client().Attachments(context.Background())
+		if err == nil && len(as) != 0 {
+			t.Errorf("attachments left: %+v", as)
+		}
+	}
+	t.Run("daemon-down", func(t *testing.T) {
+		out, err := n.cnitool("add", p.ns)
+		if err == nil || !strings.Contains(string(out), "not ready") {
+			t.Fatalf("ADD without the daemon: %v\n%s", err, out)
+		}
+		if tapExists(t, p) {
+			t.Error("eth0 created")
+		}
+		noTrace(t, filepath.Join(n.ipamDir, netName))
+	})
+	n.startDaemon()
+	t.Run("interface-exists", func(t *testing.T) {
+		p.ns.Run(t, "ip", "link", "add", "eth0", "type", "bridge")
+		out, err := n.cnitool("add", p.ns)
+		if err == nil || !strings.Contains(string(out), "already exists") {
+			t.Fatalf("ADD over an existing eth0: %v\n%s", err, out)
+		}
+		if !strings.Contains(p.ns.Run(t, "ip", "-d", "link", "show", "eth0"), "bridge") {
+			t.Error("the existing eth0 was touched")
+		}
+		p.ns.Run(t, "ip", "link", "del", "eth0")
+		noTrace(t, filepath.Join(n.ipamDir, netName))
+	})
+	t.Run("attach-refused", func(t *testing.T) {
+		// A second network with its own host-local store and a range of
+		// one address hands out the first pod's address again: the daemon
+		// refuses the second attach.
+		first := n.addPod()
+		otherDir := filepath.Join(n.dir, "ipam-other")
+		other := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"podr-other","plugins":[{"type":"podrouter-cni","socket":%q,`+
+			`"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q,"rangeStart":%q,"rangeEnd":%q}]]}}]}`,
+			n.socket, otherDir, n.podCIDR, first.ip, first.ip)
+		if err := os.WriteFile(filepath.Join(n.netDir, "20-other.conflist"), []byte(other), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := n.cnitoolNet("add", "podr-other", p.ns)
+		if err == nil || !strings.Contains(string(out), "conflict") {
+			t.Fatalf("ADD of an address in use: %v\n%s", err, out)
+		}
+		if tapExists(t, p) {
+			t.Error("eth0 left after the refused attach")
+		}
+		if files := ipamFilesIn(t, otherDir+"/podr-other"); len(files) != 0 {
+			t.Errorf("IPAM reservations left: %v", files)
+		}
+		ping(t, first.ns, n.podCIDR.Addr().Next())
+	})
+}

@@ -1,0 +1,323 @@
+// Package api is the node daemon's local API: a root-only unix socket over
+// which the CNI plugin attaches and detaches pods (the pod's TAP file
+// descriptor travels with the attach request, by SCM_RIGHTS) and the operator
+// CLI reads status, routes, ports and attachments.
+//
+//	client: dial ─► one request (JSON line, + the TAP fd for attach) ─► one reply ─► close
+//	server: accept ─► SO_PEERCRED check ─► read request (+ fds) ─► Handler ─► reply
+//
+// Design notes. One request per connection keeps the protocol trivially
+// correct about which fd belongs to which request and lets the server bound
+// every exchange with one deadline. The socket is a SOCK_STREAM unix socket
+// carrying newline-terminated JSON (Version below); the fd of an attach
+// request rides on the first bytes of the request, the only place the
+// server looks for it. Errors cross the socket as a code (Code) that the
+// client turns back into this package's sentinel errors, so callers match
+// them with errors.Is on either side.
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/podrouter/podrouter/router/packet"
+)
+
+// DefaultSocket is where the daemon listens unless configured otherwise.
+const DefaultSocket = "/run/podrouter/podrouter.sock"
+
+// Version is the protocol version every request and reply carries. A server
+// refuses requests of another version with ErrBadRequest.
+const Version = 1
+
+// Sentinel errors. A Handler returns them (wrapped with %w) to pick the
+// code the client sees; Client methods return them wrapped with the
+// server's message.
+var (
+	// ErrNotFound: the attachment (or other named object) does not exist.
+	ErrNotFound = errors.New("api: not found")
+	// ErrNotReady: the daemon is starting (re-attaching pods) or stopping;
+	// try again later.
+	ErrNotReady = errors.New("api: daemon not ready")
+	// ErrBadRequest: the request is malformed or names invalid values.
+	ErrBadRequest = errors.New("api: bad request")
+	// ErrConflict: the request conflicts with existing state (an address
+	// attached to another pod).
+	ErrConflict = errors.New("api: conflict")
+	// ErrPermission: the peer is not allowed to use the socket.
+	ErrPermission = errors.New("api: permission denied")
+	// ErrInternal: the daemon failed to carry out a valid request.
+	ErrInternal = errors.New("api: internal error")
+	// ErrUnavailable: no daemon answers on the socket (absent, refused,
+	// timed out). Only the client returns it.
+	ErrUnavailable = errors.New("api: daemon unavailable")
+)
+
+// Code is an error's name on the wire.
+type Code string
+
+// Error codes.
+const (
+	CodeNotFound   Code = "not-found"
+	CodeNotReady   Code = "not-ready"
+	CodeBadRequest Code = "bad-request"
+	CodeConflict   Code = "conflict"
+	CodePermission Code = "permission"
+	CodeInternal   Code = "internal"
+)
+
+var codeErrs = []struct {
+	code Code
+	err  error
+}{
+	{CodeNotFound, ErrNotFound},
+	{CodeNotReady, ErrNotReady},
+	{CodeBadRequest, ErrBadRequest},
+	{CodeConflict, ErrConflict},
+	{CodePermission, ErrPermission},
+	{CodeInternal, ErrInternal},
+}
+
+// codeOf returns the wire code for err (CodeInternal for unknown errors).
+func codeOf(err error) Code {
+	for _, c := range codeErrs {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	return CodeInternal
+}
+
+// errOf returns the sentinel error for a wire code.
+func errOf(c Code) error {
+	for _, ce := range codeErrs {
+		if ce.code == c {
+			return ce.err
+		}
+	}
+	return ErrInternal
+}
+
+// Op names a request.
+type Op string
+
+// Operations.
+const (
+	OpAttach      Op = "attach"      // AttachRequest + the TAP fd -> Attachment
+	OpDetach      Op = "detach"      // AttachmentID -> nothing
+	OpStatus      Op = "status"      // -> Status
+	OpRoutes      Op = "routes"      // -> []Route
+	OpPorts       Op = "ports"       // -> []Port
+	OpAttachments Op = "attachments" // -> []Attachment
+)
+
+// AttachmentID names one attachment as CNI does: the container and the
+// interface name inside it.
+type AttachmentID struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// String returns "containerID/ifName" (an interface name has no '/').
+func (id AttachmentID) String() string { return id.ContainerID + "/" + id.IfName }
+
+// Validate checks the ID as CNI does: a container ID of letters, digits,
+// '_', '.' and '-' starting with a letter or digit, and a Linux interface
+// name (1..15 bytes, no '/', ':' or white space, not "." or "..").
+func (id AttachmentID) Validate() error {
+	if err := validContainerID(id.ContainerID); err != nil {
+		return fmt.Errorf("%w: container ID: %w", ErrBadRequest, err)
+	}
+	if err := ValidIfName(id.IfName); err != nil {
+		return fmt.Errorf("%w: interface name: %w", ErrBadRequest, err)
+	}
+	return nil
+}
+
+func validContainerID(s string) error {
+	if s == "" {
+		return errors.New("empty")
+	}
+	if len(s) > 1024 {
+		return errors.New("longer than 1024 bytes")
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || (c != '_' && c != '.' && c != '-')) {
+			return fmt.Errorf("%q: want letters, digits, '_', '.', '-', starting with a letter or digit", s)
+		}
+	}
+	return nil
+}
+
+// ValidIfName reports whether name is a valid Linux interface name.
+func ValidIfName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty")
+	case len(name) > 15:
+		return fmt.Errorf("%q longer than 15 bytes", name)
+	case name == "." || name == "..":
+		return fmt.Errorf("%q not allowed", name)
+	case strings.ContainsAny(name, "/: \t\n\r\v\f\x00"):
+		return fmt.Errorf("%q contains '/', ':' or white space", name)
+	}
+	return nil
+}
+
+// MAC is an Ethernet address that reads and writes itself as
+// "aa:bb:cc:dd:ee:ff" in JSON.
+type MAC packet.MAC
+
+// MarshalText implements encoding.TextMarshaler.
+func (m MAC) MarshalText() ([]byte, error) { return []byte(packet.MAC(m).String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (m *MAC) UnmarshalText(b []byte) error {
+	hw, err := net.ParseMAC(string(b))
+	if err != nil || len(hw) != 6 {
+		return fmt.Errorf("MAC %q: want six colon-separated hex bytes", b)
+	}
+	copy(m[:], hw)
+	return nil
+}
+
+// String returns the colon form.
+func (m MAC) String() string { return packet.MAC(m).String() }
+
+// AttachRequest asks the daemon to attach a pod interface whose TAP fd
+// travels with the request.
+type AttachRequest struct {
+	AttachmentID
+	// Netns is the path of the pod's network namespace
+	// (/var/run/netns/NAME, /proc/PID/ns/net): the daemon re-opens the TAP
+	// inside it after a restart.
+	Netns string `json:"netns"`
+	// MAC is the pod interface's address (the engine's frames go to it).
+	MAC MAC `json:"mac"`
+	// MTU of the pod interface.
+	MTU int `json:"mtu"`
+	// Addrs are the pod's addresses (one per family, from the podCIDRs).
+	Addrs []netip.Addr `json:"addrs"`
+}
+
+// Validate checks what the client can check without the daemon.
+func (r *AttachRequest) Validate() error {
+	if err := r.AttachmentID.Validate(); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(r.Netns, "/") {
+		return fmt.Errorf("%w: netns %q: want an absolute path", ErrBadRequest, r.Netns)
+	}
+	if packet.MAC(r.MAC).IsMulticast() || r.MAC == (MAC{}) {
+		return fmt.Errorf("%w: MAC %s: want a unicast address", ErrBadRequest, r.MAC)
+	}
+	if r.MTU < 68 || r.MTU > 65535 {
+		return fmt.Errorf("%w: MTU %d out of range 68..65535", ErrBadRequest, r.MTU)
+	}
+	if len(r.Addrs) == 0 {
+		return fmt.Errorf("%w: no addresses", ErrBadRequest)
+	}
+	for _, a := range r.Addrs {
+		if !a.IsValid() || a.Zone() != "" || a.Is4In6() {
+			return fmt.Errorf("%w: address %s: want a plain IPv4 or IPv6 address", ErrBadRequest, a)
+		}
+	}
+	return nil
+}
+
+// Attachment is an attached pod interface, as the daemon keeps it.
+type Attachment struct {
+	AttachRequest
+	// Port is the engine port's name; PortIndex its index (-1 while the
+	// attachment is recorded but not attached, e.g. its re-attach failed).
+	Port      string    `json:"port"`
+	PortIndex int32     `json:"portIndex"`
+	Created   time.Time `json:"created"`
+}
+
+// Status is the daemon's state.
+type Status struct {
+	// Ready is true once the engine, the uplink and every re-attachment
+	// are up; attach requests before that fail with ErrNotReady.
+	Ready        bool           `json:"ready"`
+	PID          int            `json:"pid"`
+	Started      time.Time      `json:"started"`
+	PodCIDRs     []netip.Prefix `json:"podCIDRs"`
+	ClusterCIDRs []netip.Prefix `json:"clusterCIDRs"`
+	Gateway      netip.Addr     `json:"gateway"`
+	Gateway6     netip.Addr     `json:"gateway6,omitzero"`
+	GatewayMAC   MAC            `json:"gatewayMAC"`
+	// Uplink is the host-side TUN device's name.
+	Uplink string `json:"uplink"`
+	// MTU is the default pod MTU.
+	MTU         int `json:"mtu"`
+	Attachments int `json:"attachments"`
+	// Reattached and ReattachFailed count the recorded attachments the
+	// daemon re-opened at start; ReattachTime is how long that took.
+	Reattached     int           `json:"reattached"`
+	ReattachFailed int           `json:"reattachFailed"`
+	ReattachTime   time.Duration `json:"reattachTime"`
+	// Goroutines and FDs are the process's goroutine and open fd counts
+	// (leak checks).
+	Goroutines int `json:"goroutines"`
+	FDs        int `json:"fds"`
+}
+
+// Route is one entry of the engine's table.
+type Route struct {
+	Prefix netip.Prefix `json:"prefix"`
+	// Kind is the next hop's kind: local, egress, peer, unreachable,
+	// blackhole.
+	Kind string `json:"kind"`
+	// Port is the next hop's port index (local, egress) or peer index
+	// (peer); PortName names the port when there is one.
+	Port     int32  `json:"port"`
+	PortName string `json:"portName,omitempty"`
+}
+
+// Port is one engine port with its counters.
+type Port struct {
+	Index     int32             `json:"index"`
+	Name      string            `json:"name"`
+	Kind      string            `json:"kind"`
+	L2        bool              `json:"l2"`
+	MTU       int               `json:"mtu"`
+	Addrs     []netip.Addr      `json:"addrs,omitempty"`
+	RxPackets uint64            `json:"rxPackets"`
+	RxBytes   uint64            `json:"rxBytes"`
+	TxPackets uint64            `json:"txPackets"`
+	TxBytes   uint64            `json:"txBytes"`
+	Drops     map[string]uint64 `json:"drops,omitempty"` // by reason, non-zero only
+}
+
+// request is the wire form of a request.
+type request struct {
+	V      int            `json:"v"`
+	Op     Op             `json:"op"`
+	Attach *AttachRequest `json:"attach,omitempty"`
+	ID     *AttachmentID  `json:"id,omitempty"`
+}
+
+// wireError is the wire form of an error.
+type wireError struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+}
+
+// reply is the wire form of a reply: Error, or the field of the request's
+// op.
+type reply struct {
+	V           int          `json:"v"`
+	Error       *wireError   `json:"error,omitempty"`
+	Attachment  *Attachment  `json:"attachment,omitempty"`
+	Status      *Status      `json:"status,omitempty"`
+	Routes      []Route      `json:"routes,omitempty"`
+	Ports       []Port       `json:"ports,omitempty"`
+	Attachments []Attachment `json:"attachments,omitempty"`
+}

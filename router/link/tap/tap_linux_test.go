@@ -1,0 +1,971 @@
+package tap_test
+
+// Privileged tests: TAP devices in throwaway network namespaces. Two
+// namespaces, each with a TAP whose kernel side is 10.99.0.x/24, are joined
+// only by a Go copy loop (pump) over the devices, so ping and iperf3 between
+// them cross ReadGSO/WriteGSO (or Read/Write) and nothing else. Smaller
+// tests use the kernel of one namespace as the far end: it answers pings,
+// sends USO super-packets from a UDP_SEGMENT socket, and verifies the
+// checksums of what the device writes (the checksums of packets without
+// offload flags are checked by the receiving stack).
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/podrouter/podrouter/router/link"
+	"github.com/podrouter/podrouter/router/link/tap"
+	"github.com/podrouter/podrouter/router/nstest"
+	"github.com/podrouter/podrouter/router/packet"
+)
+
+const off = link.Headroom // offset of every frame in the tests' buffers
+
+var (
+	addrA   = netip.MustParseAddr("10.99.0.1")
+	addrB   = netip.MustParseAddr("10.99.0.2")
+	addrA6  = netip.MustParseAddr("fd99::1")
+	addrB6  = netip.MustParseAddr("fd99::2")
+	fakeMAC = net.HardwareAddr{0x02, 0x99, 0, 0, 0, 0x02} // the far end when the test plays it
+)
+
+// checkFDs fails the test when it ends with more open descriptors than it
+// had when checkFDs was called. Register it after the namespaces (whose
+// handles are closed later) and before the devices.
+func checkFDs(t *testing.T) {
+	t.Helper()
+	count := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	before := count()
+	t.Cleanup(func() {
+		// Descriptors of exited helpers close asynchronously; wait a little.
+		deadline := time.Now().Add(2 * time.Second)
+		for count() > before && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n := count(); n > before {
+			t.Errorf("descriptor leak: %d open, %d before", n, before)
+		}
+	})
+}
+
+// create makes a TAP named name in ns and closes it at the end of the test.
+func create(t *testing.T, ns *nstest.NS, name string, cfg tap.Config) *tap.Device {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = zaptest.NewLogger(t)
+	}
+	var d *tap.Device
+	if err := ns.Do(func() (err error) {
+		d, err = tap.Create(name, cfg)
+		return err
+	}); err != nil {
+		t.Fatalf("Create %s in %s: %v", name, ns.Name, err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+// linkIn returns the link name in ns.
+func linkIn(t *testing.T, ns *nstest.NS, name string) (netlink.Link, error) {
+	t.Helper()
+	var l netlink.Link
+	err := ns.Do(func() (err error) {
+		l, err = netlink.LinkByName(name)
+		return err
+	})
+	return l, err
+}
+
+// up gives the kernel side of dev in ns its addresses and brings it up.
+func up(t *testing.T, ns *nstest.NS, dev string, v4, v6 netip.Addr) {
+	t.Helper()
+	ns.Run(t, "ip", "addr", "replace", netip.PrefixFrom(v4, 24).String(), "dev", dev)
+	if v6.IsValid() {
+		ns.Run(t, "ip", "addr", "replace", netip.PrefixFrom(v6, 64).String(), "dev", dev, "nodad")
+	}
+	ns.Run(t, "ip", "link", "set", dev, "up")
+}
+
+// pump copies frames from src to dst until src is closed, as the engine
+// forwards between two ports: with gso, super-packets pass whole when dst
+// takes them and are cut with packet.GSOSegment when it does not; without,
+// through Read and Write.
+func pump(src, dst *tap.Device, gso bool, wg *sync.WaitGroup, st *pumpStats) {
+	defer wg.Done()
+	bufs := make([][]byte, tap.BatchSize)
+	for i := range bufs {
+		bufs[i] = make([]byte, off+tap.MaxFrame)
+	}
+	sizes := make([]int, len(bufs))
+	descs := make([]link.GSO, len(bufs))
+	seg := make([][]byte, 256)
+	for i := range seg {
+		seg[i] = make([]byte, off+14+9000)
+	}
+	segSizes := make([]int, len(seg))
+	var out [][]byte
+	var outG []link.GSO
+	for {
+		var n int
+		var err error
+		if gso {
+			n, err = src.ReadGSO(bufs, sizes, descs, off)
+		} else {
+			n, err = src.Read(bufs, sizes, off)
+		}
+		if err != nil {
+			return
+		}
+		st.reads.Add(1)
+		st.frames.Add(uint64(n))
+		for _, sz := range sizes[:n] {
+			if uint64(sz) > st.maxFrame.Load() {
+				st.maxFrame.Store(uint64(sz))
+			}
+		}
+		out, outG = out[:0], outG[:0]
+		used := 0
+		for i := range n {
+			frame := bufs[i][:off+sizes[i]]
+			if !gso || dst.Offloads().Accepts(descs[i]) {
+				out = append(out, frame)
+				outG = append(outG, descs[i])
+				continue
+			}
+			if nseg, _ := packet.GSOSegments(frame[off+14:], descs[i]); used+nseg > len(seg) {
+				if _, err := dst.WriteGSO(out, outG, off); err != nil {
+					return
+				}
+				out, outG, used = out[:0], outG[:0], 0
+			}
+			k, err := packet.GSOSegment(frame[off+14:], descs[i], seg[used:], segSizes[used:], off+14)
+			if err != nil {
+				panic(fmt.Sprintf("GSOSegment %+v: %v", descs[i], err))
+			}
+			for j := used; j < used+k; j++ {
+				copy(seg[j][off:], frame[off:off+14])
+				out = append(out, seg[j][:off+14+segSizes[j]])
+				outG = append(outG, link.GSO{})
+			}
+			used += k
+		}
+		if gso {
+			_, err = dst.WriteGSO(out, outG, off)
+		} else {
+			_, err = dst.Write(out, off)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// pumpStats counts a pump's reads, the frames they returned and the
+// largest frame.
+type pumpStats struct{ reads, frames, maxFrame atomic.Uint64 }
+
+// pair is two namespaces, each with a TAP (kernel side A 10.99.0.1, B
+// 10.99.0.2, fd99::1 and ::2), joined by two pumps.
+type pair struct {
+	a, b     *nstest.NS
+	da, db   *tap.Device
+	pumpsRun sync.WaitGroup
+	ab, ba   pumpStats
+}
+
+func newPair(t *testing.T, cfgA, cfgB tap.Config, gso bool) *pair {
+	t.Helper()
+	p := &pair{a: nstest.New(t), b: nstest.New(t)}
+	checkFDs(t)
+	p.da = create(t, p.a, "pra", cfgA)
+	p.db = create(t, p.b, "prb", cfgB)
+	up(t, p.a, "pra", addrA, addrA6)
+	up(t, p.b, "prb", addrB, addrB6)
+	p.pumpsRun.Add(2)
+	go pump(p.da, p.db, gso, &p.pumpsRun, &p.ab)
+	go pump(p.db, p.da, gso, &p.pumpsRun, &p.ba)
+	t.Cleanup(func() {
+		_ = p.da.Close()
+		_ = p.db.Close()
+		done := make(chan struct{})
+		go func() { p.pumpsRun.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("pumps still running 5 s after Close")
+		}
+	})
+	return p
+}
+
+// iperf3 runs an iperf3 TCP test from client to a server at srv in server's
+// namespace and returns the receiver's Gbit/s.
+func iperf3(t *testing.T, client, server *nstest.NS, srv netip.Addr, seconds int) float64 {
+	t.Helper()
+	nstest.RequireCommand(t, "iperf3")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds+30)*time.Second)
+	defer cancel()
+	s := server.Command(ctx, "iperf3", "-s", "-1", "-B", srv.String(), "-p", "5201")
+	var serr bytes.Buffer
+	s.Stderr = &serr
+	if err := s.Start(); err != nil {
+		t.Fatalf("iperf3 server: %v", err)
+	}
+	defer func() { cancel(); _ = s.Wait() }()
+	var out []byte
+	var err error
+	for try := 0; try < 50; try++ { // until the server listens
+		family := "-4"
+		if srv.Is6() {
+			family = "-6"
+		}
+		out, err = client.Command(ctx, "iperf3", family, "-c", srv.String(), "-p", "5201", "-t", fmt.Sprint(seconds), "-J").Output()
+		if !strings.Contains(string(out), "unable to connect") { // iperf3 -J may exit 0 on it
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("iperf3 client: %v\n%s\nserver: %s", err, out, serr.String())
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+				Bytes         float64 `json:"bytes"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("iperf3 output: %v\n%s", err, out)
+	}
+	if res.End.SumReceived.Bytes == 0 {
+		t.Fatalf("iperf3 moved no data:\n%s", out)
+	}
+	return res.End.SumReceived.BitsPerSecond / 1e9
+}
+
+// TestPairPingIperf joins two namespaces through two TAPs and the pump:
+// ping over IPv4 and IPv6, then an iperf3 TCP stream. With offloads on both
+// sides the super-packets pass whole (counted in Stats); with the receiving
+// side off the pump cuts them (and the receiving kernel checks every
+// checksum); with Read/Write the device cuts them itself; with offloads off
+// the kernels hand over MTU-sized packets only.
+func TestPairPingIperf(t *testing.T) {
+	nstest.RequireRoot(t)
+	nstest.RequireCommand(t, "ping", "iperf3")
+	noOff := tap.Config{DisableOffloads: true}
+	tests := []struct {
+		name     string
+		a, b     tap.Config
+		gso      bool
+		wantGSO  bool // super-packets read from A
+		seconds  int
+		ipv6Perf bool
+	}{
+		{"offloads-on", tap.Config{}, tap.Config{}, true, true, 3, true},
+		{"offloads-off", noOff, noOff, true, false, 3, false},
+		{"receiver-off-pump-segments", tap.Config{}, noOff, true, true, 2, false},
+		{"read-write-segments", tap.Config{}, tap.Config{}, false, true, 2, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPair(t, tc.a, tc.b, tc.gso)
+			p.a.Run(t, "ping", "-c", "3", "-i", "0.2", "-W", "2", addrB.String())
+			p.a.Run(t, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", addrB6.String())
+			seconds := tc.seconds
+			if testing.Short() {
+				seconds = 1
+			}
+			gbps := iperf3(t, p.a, p.b, addrB, seconds)
+			sa, sb := p.da.Stats(), p.db.Stats()
+			t.Logf("iperf3 TCP A->B over IPv4: %.2f Gbit/s (offloads A %v, B %v, gso %v)", gbps, p.da.Offloads(), p.db.Offloads(), tc.gso)
+			t.Logf("A: %+v", sa)
+			t.Logf("B: %+v", sb)
+			t.Logf("frames per read: A->B %.2f, B->A %.2f", float64(p.ab.frames.Load())/float64(p.ab.reads.Load()),
+				float64(p.ba.frames.Load())/float64(p.ba.reads.Load()))
+			if tc.ipv6Perf && !testing.Short() {
+				t.Logf("iperf3 TCP A->B over IPv6: %.2f Gbit/s", iperf3(t, p.a, p.b, addrB6, 1))
+			}
+			if !tc.wantGSO && p.ab.maxFrame.Load() > 14+1500 {
+				t.Errorf("without offloads A handed over a %d-byte frame", p.ab.maxFrame.Load())
+			}
+			if tc.wantGSO != (sa.RxGSO > 0) {
+				t.Errorf("A read %d super-packets, want some: %v", sa.RxGSO, tc.wantGSO)
+			}
+			switch {
+			case tc.wantGSO && tc.gso && p.db.Offloads() != 0:
+				if sb.TxGSO == 0 || sb.TxSoftware != 0 {
+					t.Errorf("B: %d super-packets passed whole, %d cut in software; want some, none", sb.TxGSO, sb.TxSoftware)
+				}
+			case tc.wantGSO && !tc.gso:
+				if sa.RxSegmented == 0 || sb.TxGSO != 0 {
+					t.Errorf("Read cut %d super-packets, B wrote %d whole; want some, none", sa.RxSegmented, sb.TxGSO)
+				}
+			default:
+				if sb.TxGSO != 0 {
+					t.Errorf("B got %d super-packets, want none", sb.TxGSO)
+				}
+			}
+			if sa.RxDropped+sb.RxDropped+sa.TxDropped+sb.TxDropped != 0 {
+				t.Errorf("drops: A %+v, B %+v", sa, sb)
+			}
+		})
+	}
+}
+
+// farEnd prepares ns for the tests that play the far end of a TAP
+// themselves: the kernel side named dev gets 10.99.0.1/24 and is up, IPv6
+// is off (no stray neighbor discovery) and 10.99.0.2 is a static neighbor
+// at fakeMAC. It returns the kernel side's MAC.
+func farEnd(t *testing.T, ns *nstest.NS, dev string) net.HardwareAddr {
+	t.Helper()
+	ns.Run(t, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+	up(t, ns, dev, addrA, netip.Addr{})
+	ns.Run(t, "ip", "neigh", "replace", addrB.String(), "lladdr", fakeMAC.String(), "dev", dev, "nud", "permanent")
+	l, err := linkIn(t, ns, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Attrs().HardwareAddr
+}
+
+func gv(a netip.Addr) tcpip.Address { return tcpip.AddrFrom4(a.As4()) }
+
+// ethIPv4 builds, with gVisor's header package, an Ethernet frame from
+// fakeMAC/10.99.0.2 to dst/10.99.0.1 carrying l4 (protocol proto), at
+// off in a buffer with room for a 64 KiB frame.
+func ethIPv4(dst net.HardwareAddr, proto uint8, id uint16, l4 []byte) []byte {
+	b := make([]byte, off+14+20+len(l4), off+tap.MaxFrame)
+	header.Ethernet(b[off:]).Encode(&header.EthernetFields{
+		SrcAddr: tcpip.LinkAddress(fakeMAC), DstAddr: tcpip.LinkAddress(dst), Type: header.IPv4ProtocolNumber,
+	})
+	ip := header.IPv4(b[off+14:])
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(20 + len(l4)), ID: id, TTL: 64, Protocol: proto,
+		SrcAddr: gv(addrB), DstAddr: gv(addrA),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	copy(b[off+34:], l4)
+	return b
+}
+
+// echoRequest is an ICMP echo request frame to the kernel side.
+func echoRequest(dst net.HardwareAddr, seq uint16) []byte {
+	icmp := header.ICMPv4(make([]byte, header.ICMPv4MinimumSize+32))
+	icmp.SetType(header.ICMPv4Echo)
+	icmp.SetIdent(0x4242)
+	icmp.SetSequence(seq)
+	icmp.SetChecksum(header.ICMPv4Checksum(icmp, 0))
+	return ethIPv4(dst, uint8(header.ICMPv4ProtocolNumber), seq, icmp)
+}
+
+// udpSuper is a UDP packet from 10.99.0.2:7000 to 10.99.0.1:port carrying
+// payload. With gso it is a USO super-packet of size-byte segments with a
+// partial checksum; otherwise a plain packet, its checksum partial or full.
+func udpSuper(dst net.HardwareAddr, port uint16, payload []byte, gso bool, size uint16, partial bool) ([]byte, link.GSO) {
+	u := header.UDP(make([]byte, 8+len(payload)))
+	u.Encode(&header.UDPFields{SrcPort: 7000, DstPort: port, Length: uint16(len(u))})
+	copy(u[8:], payload)
+	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, gv(addrB), gv(addrA), uint16(len(u)))
+	g := link.GSO{NeedsCsum: partial || gso, CsumStart: 20, CsumOffset: 6}
+	if g.NeedsCsum {
+		u.SetChecksum(xsum)
+	} else {
+		u.SetChecksum(^u.CalculateChecksum(checksum.Checksum(payload, xsum)))
+	}
+	if gso {
+		g.Type, g.Size, g.HdrLen = link.GSOUDPL4, size, 28
+	}
+	return ethIPv4(dst, uint8(header.UDPProtocolNumber), 1, u), g
+}
+
+// listenUDP opens a UDP socket on 10.99.0.1:port in ns.
+func listenUDP(t *testing.T, ns *nstest.NS, port int) *net.UDPConn {
+	t.Helper()
+	var c *net.UDPConn
+	if err := ns.Do(func() (err error) {
+		c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IP(addrA.AsSlice()), Port: port})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// recvAll reads datagrams from c until want bytes came or a second passed
+// without one, and returns them.
+func recvAll(t *testing.T, c *net.UDPConn, want int) [][]byte {
+	t.Helper()
+	var got [][]byte
+	total := 0
+	buf := make([]byte, 70000)
+	for total < want {
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			break
+		}
+		got = append(got, bytes.Clone(buf[:n]))
+		total += n
+	}
+	return got
+}
+
+// readUntil reads from d until a frame satisfies match or 2 s pass, and
+// returns it with its descriptor. It reads with ReadGSO when gso is set.
+func readUntil(t *testing.T, d *tap.Device, bufs [][]byte, gso bool, match func([]byte, link.GSO) bool) ([]byte, link.GSO) {
+	t.Helper()
+	sizes := make([]int, len(bufs))
+	descs := make([]link.GSO, len(bufs))
+	type res struct {
+		frame []byte
+		g     link.GSO
+		err   error
+	}
+	done := make(chan res, 1)
+	go func() {
+		for {
+			var n int
+			var err error
+			if gso {
+				n, err = d.ReadGSO(bufs, sizes, descs, off)
+			} else {
+				n, err = d.Read(bufs, sizes, off)
+			}
+			if err != nil {
+				done <- res{err: err}
+				return
+			}
+			for i := range n {
+				if f := bufs[i][off : off+sizes[i]]; match(f, descs[i]) {
+					done <- res{frame: bytes.Clone(f), g: descs[i]}
+					return
+				}
+			}
+		}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("read: %v", r.err)
+		}
+		return r.frame, r.g
+	case <-time.After(2 * time.Second):
+		_ = d.Close() // ends the reader
+		t.Fatal("no matching frame within 2 s")
+	}
+	return nil, link.GSO{}
+}
+
+func bufsOf(n, size int) [][]byte {
+	b := make([][]byte, n)
+	for i := range b {
+		b[i] = make([]byte, size)
+	}
+	return b
+}
+
+// isEchoReply matches the kernel's answer to echoRequest(seq).
+func isEchoReply(seq uint16) func([]byte, link.GSO) bool {
+	return func(f []byte, _ link.GSO) bool {
+		if len(f) < 14+20+8 || header.Ethernet(f).Type() != header.IPv4ProtocolNumber {
+			return false
+		}
+		ip := header.IPv4(f[14:])
+		icmp := header.ICMPv4(ip.Payload())
+		return ip.Protocol() == uint8(header.ICMPv4ProtocolNumber) && icmp.Type() == header.ICMPv4EchoReply && icmp.Sequence() == seq
+	}
+}
+
+// TestKernelEcho writes echo requests to the kernel side and reads its
+// replies, through Write/Read and WriteGSO/ReadGSO, and shows that neither
+// allocates in steady state.
+func TestKernelEcho(t *testing.T) {
+	ns := nstest.New(t)
+	checkFDs(t)
+	d := create(t, ns, "pre", tap.Config{MTU: 1400})
+	mac := farEnd(t, ns, "pre")
+	if l, _ := linkIn(t, ns, "pre"); l.Attrs().MTU != 1400 {
+		t.Fatalf("MTU %d, want 1400", l.Attrs().MTU)
+	}
+	bufs := bufsOf(tap.BatchSize, off+tap.MaxFrame)
+	for seq := uint16(1); seq <= 3; seq++ {
+		if _, err := d.Write([][]byte{echoRequest(mac, seq)}, off); err != nil {
+			t.Fatal(err)
+		}
+		f, g := readUntil(t, d, bufs, seq%2 == 0, isEchoReply(seq))
+		if g != (link.GSO{}) {
+			t.Fatalf("echo reply with descriptor %+v", g)
+		}
+		if !header.IPv4(f[14:]).IsChecksumValid() || header.ICMPv4(header.IPv4(f[14:]).Payload()).Checksum() == 0 {
+			t.Fatal("echo reply with a bad checksum")
+		}
+	}
+
+	// Steady state: one echo out, its reply in, no allocation.
+	req := echoRequest(mac, 100)
+	out := [][]byte{req}
+	gout := []link.GSO{{}}
+	sizes := make([]int, len(bufs))
+	descs := make([]link.GSO, len(bufs))
+	allocs := testing.AllocsPerRun(50, func() {
+		if _, err := d.WriteGSO(out, gout, off); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.ReadGSO(bufs, sizes, descs, off); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Write(out, off); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Read(bufs, sizes, off); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per echo round trip, want 0", allocs)
+	}
+}
+
+// TestWriteGSO writes a USO super-packet and a packet with a partial
+// checksum to the kernel: passed whole to a TAP with offloads, cut and
+// checksummed in software for one without; either way a socket in the
+// namespace receives every datagram intact (the kernel drops any with a bad
+// checksum).
+func TestWriteGSO(t *testing.T) {
+	for _, disable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("offloads-disabled=%v", disable), func(t *testing.T) {
+			ns := nstest.New(t)
+			checkFDs(t)
+			d := create(t, ns, "prw", tap.Config{DisableOffloads: disable})
+			mac := farEnd(t, ns, "prw")
+			c := listenUDP(t, ns, 7001)
+			payload := make([]byte, 4500)
+			for i := range payload {
+				payload[i] = byte(i * 7)
+			}
+			super, gs := udpSuper(mac, 7001, payload, true, 1000, true)
+			plain, gp := udpSuper(mac, 7001, payload[:300], false, 0, true)
+			full, gf := udpSuper(mac, 7001, payload[:200], false, 0, false)
+			n, err := d.WriteGSO([][]byte{super, plain, full}, []link.GSO{gs, gp, gf}, off)
+			if err != nil || n != 3 {
+				t.Fatalf("WriteGSO = %d, %v", n, err)
+			}
+			got := recvAll(t, c, len(payload)+500)
+			want := [][]byte{payload[0:1000], payload[1000:2000], payload[2000:3000], payload[3000:4000], payload[4000:4500], payload[:300], payload[:200]}
+			if len(got) != len(want) {
+				t.Fatalf("received %d datagrams, want %d (stats %+v)", len(got), len(want), d.Stats())
+			}
+			for i := range want {
+				if !bytes.Equal(got[i], want[i]) {
+					t.Fatalf("datagram %d: %d bytes, differs from the %d sent", i, len(got[i]), len(want[i]))
+				}
+			}
+			s := d.Stats()
+			if disable {
+				if d.Offloads() != 0 || s.TxSoftware != 2 || s.TxGSO != 0 || s.TxFrames != 7 {
+					t.Fatalf("offloads %v, stats %+v; want software for 2 packets, 7 frames", d.Offloads(), s)
+				}
+			} else if d.Offloads()&link.OffloadUSO == 0 {
+				t.Logf("kernel without USO (offloads %v): cut in software", d.Offloads())
+			} else if s.TxSoftware != 0 || s.TxGSO != 1 || s.TxFrames != 3 {
+				t.Fatalf("stats %+v; want 1 super-packet, 3 frames, no software", s)
+			}
+
+			// The same from concurrent writers, each with its own buffers.
+			rc, _ := c.SyscallConn()
+			_ = rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) })
+			const writers, rounds = 4, 10
+			var wg sync.WaitGroup
+			for range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					bufs := [][]byte{bytes.Clone(super), bytes.Clone(plain), bytes.Clone(full)}
+					for range rounds {
+						if _, err := d.WriteGSO(bufs, []link.GSO{gs, gp, gf}, off); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			got = recvAll(t, c, writers*rounds*(len(payload)+500))
+			if len(got) != writers*rounds*len(want) {
+				t.Fatalf("concurrent writers: received %d datagrams, want %d (stats %+v)", len(got), writers*rounds*len(want), d.Stats())
+			}
+			for i, g := range got {
+				if !slices.ContainsFunc(want, func(w []byte) bool { return bytes.Equal(g, w) }) {
+					t.Fatalf("concurrent writers: datagram %d (%d bytes) is none of those sent", i, len(g))
+				}
+			}
+		})
+	}
+}
+
+// TestReadSegments has the kernel send a USO super-packet (a UDP_SEGMENT
+// socket) and reads it: whole with ReadGSO; cut into segments by ReadGSO
+// when the buffers are smaller than MaxFrame; and by Read, over several
+// calls when its batch is smaller than the segments' number.
+func TestReadSegments(t *testing.T) {
+	ns := nstest.New(t)
+	checkFDs(t)
+	d := create(t, ns, "prr", tap.Config{})
+	if d.Offloads()&link.OffloadUSO == 0 {
+		t.Skipf("skipped: the kernel refused USO (offloads %v)", d.Offloads())
+	}
+	farEnd(t, ns, "prr")
+	var s *net.UDPConn
+	if err := ns.Do(func() (err error) {
+		s, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.IP(addrA.AsSlice()), Port: 7002}, &net.UDPAddr{IP: net.IP(addrB.AsSlice()), Port: 7003})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rc, _ := s.SyscallConn()
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT, 1000) }); err != nil || serr != nil {
+		t.Fatalf("UDP_SEGMENT: %v %v", err, serr)
+	}
+	payload := make([]byte, 4500)
+	for i := range payload {
+		payload[i] = byte(i * 13)
+	}
+	isOurs := func(f []byte) bool {
+		return len(f) >= 42 && header.Ethernet(f).Type() == header.IPv4ProtocolNumber &&
+			header.IPv4(f[14:]).Protocol() == uint8(header.UDPProtocolNumber) && header.UDP(f[34:]).DestinationPort() == 7003
+	}
+	// checkSegs verifies segments of payload as they came out of the device.
+	checkSegs := func(frames [][]byte) {
+		t.Helper()
+		var got []byte
+		for i, f := range frames {
+			ip := header.IPv4(f[14:])
+			u := header.UDP(ip.Payload())
+			if !ip.IsChecksumValid() || !u.IsChecksumValid(ip.SourceAddress(), ip.DestinationAddress(), checksum.Checksum(u.Payload(), 0)) {
+				t.Fatalf("segment %d: bad checksum", i)
+			}
+			if len(u.Payload()) > 1000 {
+				t.Fatalf("segment %d: %d bytes", i, len(u.Payload()))
+			}
+			got = append(got, u.Payload()...)
+		}
+		if !bytes.Equal(got, payload) {
+			t.Fatalf("segments carry %d bytes, differ from the %d sent", len(got), len(payload))
+		}
+	}
+
+	t.Run("ReadGSO-whole", func(t *testing.T) {
+		if _, err := s.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+		f, g := readUntil(t, d, bufsOf(8, off+tap.MaxFrame), true, func(f []byte, _ link.GSO) bool { return isOurs(f) })
+		if g.Type != link.GSOUDPL4 || g.Size != 1000 || !g.NeedsCsum || g.CsumStart != 20 || g.CsumOffset != 6 || g.HdrLen != 28 {
+			t.Fatalf("descriptor %+v, want USO of 1000-byte segments", g)
+		}
+		out := bufsOf(8, 1100)
+		sizes := make([]int, 8)
+		n, err := packet.GSOSegment(f[14:], g, out, sizes, 14)
+		if err != nil || n != 5 {
+			t.Fatalf("GSOSegment = %d, %v", n, err)
+		}
+		var frames [][]byte
+		for i := range n {
+			copy(out[i], f[:14])
+			frames = append(frames, out[i][:14+sizes[i]])
+		}
+		checkSegs(frames)
+	})
+	collect := func(t *testing.T, read func() (int, [][]byte, []int, []link.GSO, error)) (frames [][]byte, calls []int) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for len(frames) < 5 && time.Now().Before(deadline) {
+			n, bufs, sizes, descs, err := read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := 0
+			for i := range n {
+				if f := bufs[i][off : off+sizes[i]]; isOurs(f) {
+					if descs != nil && descs[i] != (link.GSO{}) {
+						t.Fatalf("segment with descriptor %+v", descs[i])
+					}
+					frames = append(frames, bytes.Clone(f))
+					k++
+				}
+			}
+			calls = append(calls, k)
+		}
+		return frames, calls
+	}
+	t.Run("ReadGSO-short-buffers", func(t *testing.T) {
+		before := d.Stats().RxSegmented
+		if _, err := s.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+		bufs, sizes, descs := bufsOf(8, off+1100), make([]int, 8), make([]link.GSO, 8)
+		frames, _ := collect(t, func() (int, [][]byte, []int, []link.GSO, error) {
+			n, err := d.ReadGSO(bufs, sizes, descs, off)
+			return n, bufs, sizes, descs, err
+		})
+		checkSegs(frames)
+		if d.Stats().RxSegmented != before+1 {
+			t.Fatalf("RxSegmented %d, want %d", d.Stats().RxSegmented, before+1)
+		}
+	})
+	t.Run("Read-batch-of-2", func(t *testing.T) {
+		if _, err := s.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+		bufs, sizes := bufsOf(2, off+1100), make([]int, 2)
+		frames, calls := collect(t, func() (int, [][]byte, []int, []link.GSO, error) {
+			n, err := d.Read(bufs, sizes, off)
+			return n, bufs, sizes, nil, err
+		})
+		checkSegs(frames)
+		if len(calls) != 3 || calls[0] != 2 || calls[1] != 2 || calls[2] != 1 {
+			t.Fatalf("segments per Read %v, want [2 2 1]", calls)
+		}
+	})
+	if s := d.Stats(); s.RxGSO < 3 || s.RxDropped != 0 {
+		t.Fatalf("stats %+v: want 3 super-packets read, no drops", s)
+	}
+}
+
+// TestPersist closes a persistent TAP, finds it still there with its
+// address, re-attaches with Create, is refused a second attachment, and
+// deletes it by clearing persistence before closing.
+func TestPersist(t *testing.T) {
+	ns := nstest.New(t)
+	checkFDs(t)
+	d := create(t, ns, "prp", tap.Config{Persist: true})
+	up(t, ns, "prp", addrA, netip.Addr{})
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := linkIn(t, ns, "prp"); err != nil {
+		t.Fatalf("persistent TAP gone after Close: %v", err)
+	}
+	if out := ns.Run(t, "ip", "-4", "addr", "show", "dev", "prp"); !strings.Contains(out, addrA.String()) {
+		t.Fatalf("address lost: %s", out)
+	}
+	d2 := create(t, ns, "prp", tap.Config{Persist: true})
+	if d2.Name() != "prp" {
+		t.Fatalf("re-attached to %q", d2.Name())
+	}
+	if err := ns.Do(func() error { _, err := tap.Create("prp", tap.Config{}); return err }); !errors.Is(err, tap.ErrBusy) {
+		t.Fatalf("second attachment: %v, want ErrBusy", err)
+	}
+	// Traffic flows on the re-attached descriptor.
+	mac := farEnd(t, ns, "prp")
+	if _, err := d2.Write([][]byte{echoRequest(mac, 7)}, off); err != nil {
+		t.Fatal(err)
+	}
+	readUntil(t, d2, bufsOf(8, off+tap.MaxFrame), true, isEchoReply(7))
+	if err := d2.SetPersist(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := linkIn(t, ns, "prp"); err == nil {
+		t.Fatal("TAP still there after SetPersist(false) and Close")
+	}
+
+	// Create without Persist on a persistent TAP makes it go with Close.
+	create(t, ns, "prq", tap.Config{Persist: true}).Close()
+	create(t, ns, "prq", tap.Config{}).Close()
+	if _, err := linkIn(t, ns, "prq"); err == nil {
+		t.Fatal("TAP still there after a non-persistent attachment closed")
+	}
+}
+
+// openRaw opens /dev/net/tun in ns with the given TUNSETIFF flags, as a CNI
+// plugin would (blocking), and returns it as a file.
+func openRaw(t *testing.T, ns *nstest.NS, name string, flags uint16) *os.File {
+	t.Helper()
+	var f *os.File
+	if err := ns.Do(func() error {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		ifr, _ := unix.NewIfreq(name)
+		ifr.SetUint16(flags)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		f = os.NewFile(uintptr(fd), "/dev/net/tun")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	return f
+}
+
+// TestFromFile wraps descriptors opened elsewhere: a TAP made in a pod's
+// namespace and handed to a process in another (here the test's own), whose
+// MTU must be set in the pod's namespace; and descriptors it must refuse.
+func TestFromFile(t *testing.T) {
+	ns := nstest.New(t)
+	checkFDs(t)
+	f := openRaw(t, ns, "prf", unix.IFF_TAP|unix.IFF_NO_PI|unix.IFF_VNET_HDR)
+	d, err := tap.FromFile(f, tap.Config{MTU: 1300, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	if _, err := f.Stat(); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("FromFile left its file open: %v", err)
+	}
+	if d.Name() != "prf" || d.Offloads() == 0 {
+		t.Fatalf("name %q, offloads %v", d.Name(), d.Offloads())
+	}
+	l, err := linkIn(t, ns, "prf")
+	if err != nil || l.Attrs().MTU != 1300 {
+		t.Fatalf("MTU in the device's namespace: %v, %v; want 1300", l, err)
+	}
+	mac := farEnd(t, ns, "prf")
+	if _, err := d.Write([][]byte{echoRequest(mac, 9)}, off); err != nil {
+		t.Fatal(err)
+	}
+	readUntil(t, d, bufsOf(8, off+tap.MaxFrame), true, isEchoReply(9))
+
+	for _, tc := range []struct {
+		name  string
+		flags uint16
+		want  error
+	}{
+		{"tun", unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR, tap.ErrNotTAP},
+		{"no-vnet-hdr", unix.IFF_TAP | unix.IFF_NO_PI, tap.ErrNoVnetHdr},
+	} {
+		f := openRaw(t, ns, "prx", tc.flags)
+		if _, err := tap.FromFile(f, tap.Config{}); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+		if _, err := f.Stat(); err != nil {
+			t.Errorf("%s: FromFile closed the file it refused: %v", tc.name, err)
+		}
+		_ = f.Close() // the TAP goes with it, freeing the name
+	}
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	if _, err := tap.FromFile(null, tap.Config{}); !errors.Is(err, tap.ErrNotTAP) {
+		t.Errorf("/dev/null: %v, want ErrNotTAP", err)
+	}
+	if _, err := tap.FromFile(null, tap.Config{MTU: 20}); !errors.Is(err, tap.ErrConfig) {
+		t.Errorf("MTU 20: %v, want ErrConfig", err)
+	}
+}
+
+// TestClose unblocks a blocked Read, is idempotent, and makes every later
+// call fail with link.ErrClosed.
+func TestClose(t *testing.T) {
+	ns := nstest.New(t)
+	checkFDs(t)
+	d := create(t, ns, "prc", tap.Config{})
+	bufs, sizes := bufsOf(4, off+tap.MaxFrame), make([]int, 4)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := d.Read(bufs, sizes, off)
+		errc <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-errc:
+		t.Fatalf("Read returned before Close: %v", err)
+	default:
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, link.ErrClosed) {
+			t.Fatalf("blocked Read returned %v, want link.ErrClosed", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Close did not unblock Read")
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := d.Read(bufs, sizes, off); !errors.Is(err, link.ErrClosed) {
+		t.Fatalf("Read after Close: %v", err)
+	}
+	if _, err := d.Write(bufs[:1], off); !errors.Is(err, link.ErrClosed) {
+		t.Fatalf("Write after Close: %v", err)
+	}
+	if _, err := d.Write(bufs[:1], 4); !errors.Is(err, tap.ErrHeadroom) {
+		t.Fatalf("Write with 4 bytes of headroom: %v", err)
+	}
+	if _, err := linkIn(t, ns, "prc"); err == nil {
+		t.Fatal("non-persistent TAP still there after Close")
+	}
+}
+
+// TestDetached deletes the TAP under an open device: a blocked Read and a
+// later Write fail with ErrDetached instead of hanging or succeeding.
+func TestDetached(t *testing.T) {
+	ns := nstest.New(t)
+	checkFDs(t)
+	d := create(t, ns, "prd", tap.Config{})
+	mac := farEnd(t, ns, "prd")
+	bufs, sizes := bufsOf(4, off+tap.MaxFrame), make([]int, 4)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := d.Read(bufs, sizes, off); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	ns.Run(t, "ip", "link", "del", "prd")
+	select {
+	case err := <-errc:
+		if !errors.Is(err, tap.ErrDetached) {
+			t.Fatalf("Read on a deleted TAP: %v, want ErrDetached", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Read still blocked 2 s after the TAP was deleted")
+	}
+	if _, err := d.Write([][]byte{echoRequest(mac, 1)}, off); !errors.Is(err, tap.ErrDetached) {
+		t.Fatalf("Write on a deleted TAP: %v, want ErrDetached", err)
+	}
+}
