@@ -9,7 +9,7 @@ PKGS      := ./...
 BENCHTIME ?= 1s
 FUZZTIME  ?= 10s
 
-.PHONY: all build deps lab test check vet race bench bench-e2e fuzz clean
+.PHONY: all build tools deps lab test check vet race bench bench-e2e fuzz clean
 
 all: build
 
@@ -20,6 +20,12 @@ build:
 lab: build
 	./$(BIN)/podrouter lab
 
+# Helper binaries the end-to-end tests drive (cnitool, host-local IPAM),
+# from the tool directives in go.mod, cached under $(CACHE)/bin.
+tools:
+	@mkdir -p $(CACHE)/bin
+	$(GO) build -o $(CACHE)/bin/ tool
+
 # System packages for the privileged tests and benchmarks (installed when
 # missing and root; otherwise those tests skip and say why).
 deps:
@@ -27,7 +33,7 @@ deps:
 
 # Every test: formatting, vet, the whole suite, then the race detector over
 # the same packages (-short there: the long transfers run once, above).
-test: deps check
+test: deps tools check
 	$(GO) test -count=1 -timeout 20m $(PKGS)
 	$(GO) test -count=1 -race -short -timeout 20m $(PKGS)
 
@@ -43,7 +49,7 @@ bench:
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=$(BENCHTIME) ./router/... ./netstackx/...
 
 # End-to-end benchmarks against kernel baselines in the same run (root).
-bench-e2e: deps build
+bench-e2e: deps tools build
 	$(GO) run ./bench/e2e -podrouter $(BIN)/podrouter
 
 # A short run of every fuzz target (seeds live in testdata/fuzz).

@@ -1,33 +1,34 @@
-// Package lab builds a podrouter node on one machine without privileges: an
-// engine plus virtual pods (gVisor netstacks on engine ports), checks that
-// every pod reaches every other one (ICMP echo, TCP, UDP, IPv4 and IPv6),
-// measures pod-to-pod TCP throughput and reports it all as a table.
+// Package lab builds a podrouter cluster on one machine: N nodes, each its
+// own engine with a podCIDR carved from the cluster CIDR and its own UDP
+// underlay on loopback, and M pods per node. It checks that every pod
+// reaches every other one (ICMP echo, TCP, UDP, IPv4 and IPv6), measures
+// TCP throughput within a node and across nodes, and reports it all.
 //
-//	pod-0 ─┐
-//	pod-1 ─┼─ engine (podCIDR, gateway = first address, L2 ports, ARP/NDP proxy)
-//	pod-N ─┘
+//	node n0 (engine, podCIDR 10.244.0.0/24)        node n1 (10.244.1.0/24)
+//	  n0-pod-0 ─┐                                     ┌─ n1-pod-0
+//	  n0-pod-1 ─┼─ engine ─ peer port ─┐   ┌─ ... ─ engine ─┼─ n1-pod-1
+//	            │           rx port ◄──┼───┼─ UDP 127.0.0.1:port (udp|vxlan)
+//	            └──────────────────────┘   └──────────────────┘
+//
+// Pods are virtual by default (gVisor netstacks on engine ports: no
+// privileges at all), or network namespaces whose eth0 is a TAP held by
+// the engine (PodMode netns, as root): then the pods' own kernels talk, and
+// `podrouter lab exec` runs commands inside them while the lab holds.
+//
+// A one-node lab has no underlay: it is the switch of one node, as before
+// nodes existed.
 package lab
 
 import (
-	"bytes"
-	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
-	"net"
+	"math/big"
 	"net/netip"
-	"slices"
-	"strings"
-	"sync"
-	"text/tabwriter"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/podrouter/podrouter/netstackx"
-	"github.com/podrouter/podrouter/router/engine"
-	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/underlay"
 )
 
 // Ports the lab's pods serve on.
@@ -41,57 +42,133 @@ const (
 // DefaultDuration is the default throughput measurement time.
 const DefaultDuration = 2 * time.Second
 
-// Config describes a lab. Validate fills in defaults.
-type Config struct {
-	ClusterCIDR netip.Prefix  // default 10.244.0.0/16
-	PodCIDR     netip.Prefix  // the node's podCIDR; default the first /24 of ClusterCIDR
-	PodCIDR6    netip.Prefix  // default fd00:10:244::/64; IPv6 checks run when valid
-	NoIPv6      bool          // run IPv4 only
-	Pods        int           // virtual pods, 2..250; default 4
-	MTU         int           // pod MTU, 1280..65535; default 1500
-	Duration    time.Duration // throughput measurement; 0 skips it; default 2s
-	Timeout     time.Duration // per check; default 5s
-	Parallel    int           // pairs checked at once; default 8
-	Logger      *zap.Logger
+// Limits.
+const (
+	MaxNodes = 64
+	MaxPods  = 250 // per node
+)
+
+// PodMode is what a lab pod is.
+type PodMode uint8
+
+// Pod modes.
+const (
+	// Virtual pods are gVisor netstacks on L2 engine ports: no privileges.
+	Virtual PodMode = iota
+	// Netns pods are network namespaces whose eth0 is a TAP device held by
+	// the engine: the pods' kernels talk. Needs root (or CAP_NET_ADMIN and
+	// CAP_SYS_ADMIN) and /dev/net/tun.
+	Netns
+)
+
+// String returns "virtual" or "netns".
+func (m PodMode) String() string {
+	if m == Netns {
+		return "netns"
+	}
+	return "virtual"
 }
 
-// Validate checks cfg and fills in defaults. Errors name the flag.
+// ParsePodMode parses "virtual" or "netns".
+func ParsePodMode(s string) (PodMode, error) {
+	switch s {
+	case "virtual":
+		return Virtual, nil
+	case "netns":
+		return Netns, nil
+	}
+	return 0, fmt.Errorf("%q: want virtual or netns", s)
+}
+
+// NodeSpec is one node of a lab.
+type NodeSpec struct {
+	Name     string
+	PodCIDR  netip.Prefix // IPv4 podCIDR, inside the cluster CIDR
+	PodCIDR6 netip.Prefix // IPv6 podCIDR; zero for IPv4 only
+	Pods     int          // 1..MaxPods
+}
+
+// Config describes a lab. Validate fills in defaults. Errors from
+// Validate name the flag (or, for Topology, the topology file's field).
+type Config struct {
+	ClusterCIDR  netip.Prefix // default 10.244.0.0/16
+	ClusterCIDR6 netip.Prefix // default: node 0's PodCIDR6 widened by 8 bits (fd00:10:244::/56)
+	// PodCIDR is node 0's podCIDR (default: the first /24 of the cluster
+	// CIDR); node i gets the i-th next prefix of the same length.
+	PodCIDR netip.Prefix
+	// PodCIDR6 is node 0's IPv6 podCIDR (default fd00:10:244::/64), node i
+	// the i-th next. IPv6 checks run when valid.
+	PodCIDR6 netip.Prefix
+	NoIPv6   bool // IPv4 only
+	Nodes    int  // nodes, 1..MaxNodes; default 1
+	Pods     int  // pods per node; default 4 (at least 2 on one node)
+	// Topology lists the nodes explicitly (a topology file); when set,
+	// Nodes, Pods, PodCIDR and PodCIDR6 are ignored.
+	Topology []NodeSpec
+	// Backend is the underlay encapsulation between nodes (default vxlan).
+	Backend underlay.Encap
+	// UnderlayMTU is the underlay's MTU, 576..65535 (default 1500).
+	UnderlayMTU int
+	// MTU is the pods' MTU, 1280..65535. Default: 1500 on one node; the
+	// underlay MTU less the encapsulation overhead on several (as flannel
+	// sets it), so that no packet needs PMTUD.
+	MTU      int
+	PodMode  PodMode       // default Virtual
+	Duration time.Duration // throughput measurement; 0 skips it; default 2s
+	Timeout  time.Duration // per pair's checks; default 5s
+	Parallel int           // pairs checked at once; default 8
+	Logger   *zap.Logger
+}
+
+// Validate checks cfg and fills in defaults, Topology included.
 func (c *Config) Validate() error {
+	fromFile := len(c.Topology) > 0
+	// name returns the flag or field name for error messages.
+	name := func(flagName, field string) string {
+		if fromFile {
+			return field
+		}
+		return "--" + flagName
+	}
 	if !c.ClusterCIDR.IsValid() {
 		c.ClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
 	}
 	if !c.ClusterCIDR.Addr().Is4() || c.ClusterCIDR != c.ClusterCIDR.Masked() {
-		return fmt.Errorf("--cluster-cidr %s: want a masked IPv4 prefix such as 10.244.0.0/16", c.ClusterCIDR)
+		return fmt.Errorf("%s %s: want a masked IPv4 prefix such as 10.244.0.0/16", name("cluster-cidr", "clusterCIDR"), c.ClusterCIDR)
 	}
-	if !c.PodCIDR.IsValid() {
-		// The first /24, as kube-controller-manager gives the first node.
-		c.PodCIDR = netip.PrefixFrom(c.ClusterCIDR.Addr(), max(c.ClusterCIDR.Bits(), 24))
+	if c.Backend == 0 {
+		c.Backend = underlay.EncapVXLAN
 	}
-	if !c.PodCIDR.Addr().Is4() || c.PodCIDR != c.PodCIDR.Masked() {
-		return fmt.Errorf("--pod-cidr %s: want a masked IPv4 prefix such as 10.244.1.0/24", c.PodCIDR)
+	if c.Backend != underlay.EncapUDP && c.Backend != underlay.EncapVXLAN {
+		return fmt.Errorf("%s %d: want udp or vxlan", name("backend", "backend"), c.Backend)
 	}
-	if !c.ClusterCIDR.Contains(c.PodCIDR.Addr()) || c.PodCIDR.Bits() < c.ClusterCIDR.Bits() {
-		return fmt.Errorf("--pod-cidr %s: not inside --cluster-cidr %s", c.PodCIDR, c.ClusterCIDR)
+	if c.UnderlayMTU == 0 {
+		c.UnderlayMTU = 1500
 	}
-	if c.Pods == 0 {
-		c.Pods = 4
+	if c.UnderlayMTU < 576 || c.UnderlayMTU > 65535 {
+		return fmt.Errorf("%s %d: want 576..65535", name("underlay-mtu", "underlayMTU"), c.UnderlayMTU)
 	}
-	if c.Pods < 2 || c.Pods > 250 {
-		return fmt.Errorf("--pods %d: want 2..250", c.Pods)
-	}
-	if hosts := 1<<(32-c.PodCIDR.Bits()) - 3; c.Pods > hosts { // network, gateway, broadcast
-		return fmt.Errorf("--pods %d: --pod-cidr %s holds at most %d pods", c.Pods, c.PodCIDR, max(hosts, 0))
-	}
-	if c.NoIPv6 {
-		c.PodCIDR6 = netip.Prefix{}
-	} else if !c.PodCIDR6.IsValid() {
-		c.PodCIDR6 = netip.MustParsePrefix("fd00:10:244::/64")
+	if fromFile {
+		if err := c.validateTopology(); err != nil {
+			return err
+		}
+	} else if err := c.carveNodes(); err != nil {
+		return err
 	}
 	if c.MTU == 0 {
 		c.MTU = 1500
+		if len(c.Topology) > 1 {
+			c.MTU = c.UnderlayMTU - c.Backend.Overhead(false)
+		}
 	}
 	if c.MTU < 1280 || c.MTU > 65535 {
-		return fmt.Errorf("--mtu %d: want 1280..65535", c.MTU)
+		return fmt.Errorf("%s %d: want 1280..65535", name("mtu", "podMTU"), c.MTU)
+	}
+	if len(c.Topology) > 1 && c.UnderlayMTU-c.Backend.Overhead(false) < 1280 && c.PodCIDR6.IsValid() {
+		return fmt.Errorf("%s %d: IPv6 needs 1280 bytes across nodes, over %s %d - %d", name("underlay-mtu", "underlayMTU"), c.UnderlayMTU, c.Backend, c.UnderlayMTU, c.Backend.Overhead(false))
+	}
+	if c.PodMode != Virtual && c.PodMode != Netns {
+		return fmt.Errorf("%s %d: want virtual or netns", name("pod-mode", "podMode"), c.PodMode)
 	}
 	if c.Duration < 0 {
 		return fmt.Errorf("--duration %s: must not be negative", c.Duration)
@@ -111,428 +188,175 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Check is one check of one pair.
-type Check struct {
-	Name string        // ping, ping6, tcp, tcp6, udp
-	RTT  time.Duration // for pings
-	Err  error
-}
-
-// PairResult holds the checks from one pod to another.
-type PairResult struct {
-	Src, Dst string
-	Checks   []Check
-}
-
-// Failed returns the failed checks.
-func (p PairResult) Failed() []Check {
-	var out []Check
-	for _, c := range p.Checks {
-		if c.Err != nil {
-			out = append(out, c)
+// carveNodes builds Topology from the flags: node i gets the i-th podCIDR
+// after PodCIDR (and PodCIDR6), as kube-controller-manager hands them out.
+func (c *Config) carveNodes() error {
+	if c.Nodes == 0 {
+		c.Nodes = 1
+	}
+	if c.Nodes < 1 || c.Nodes > MaxNodes {
+		return fmt.Errorf("--nodes %d: want 1..%d", c.Nodes, MaxNodes)
+	}
+	if !c.PodCIDR.IsValid() {
+		c.PodCIDR = netip.PrefixFrom(c.ClusterCIDR.Addr(), max(c.ClusterCIDR.Bits(), 24))
+	}
+	if !c.PodCIDR.Addr().Is4() || c.PodCIDR != c.PodCIDR.Masked() {
+		return fmt.Errorf("--pod-cidr %s: want a masked IPv4 prefix such as 10.244.1.0/24", c.PodCIDR)
+	}
+	if !c.ClusterCIDR.Contains(c.PodCIDR.Addr()) || c.PodCIDR.Bits() < c.ClusterCIDR.Bits() {
+		return fmt.Errorf("--pod-cidr %s: not inside --cluster-cidr %s", c.PodCIDR, c.ClusterCIDR)
+	}
+	if c.PodCIDR.Bits() > 30 {
+		return fmt.Errorf("--pod-cidr %s: want at most /30", c.PodCIDR)
+	}
+	if c.Pods == 0 {
+		c.Pods = 4
+	}
+	minPods := 1
+	if c.Nodes == 1 {
+		minPods = 2
+	}
+	if c.Pods < minPods || c.Pods > MaxPods {
+		return fmt.Errorf("--pods %d: want %d..%d", c.Pods, minPods, MaxPods)
+	}
+	if hosts := podCapacity(c.PodCIDR); c.Pods > hosts {
+		return fmt.Errorf("--pods %d: --pod-cidr %s holds at most %d pods", c.Pods, c.PodCIDR, max(hosts, 0))
+	}
+	if c.NoIPv6 {
+		c.PodCIDR6, c.ClusterCIDR6 = netip.Prefix{}, netip.Prefix{}
+	} else {
+		if !c.PodCIDR6.IsValid() {
+			c.PodCIDR6 = netip.MustParsePrefix("fd00:10:244::/64")
+		}
+		if !c.PodCIDR6.Addr().Is6() || c.PodCIDR6.Addr().Is4In6() || c.PodCIDR6 != c.PodCIDR6.Masked() || c.PodCIDR6.Bits() > 120 {
+			return fmt.Errorf("--pod-cidr6 %s: want a masked IPv6 prefix of at most /120", c.PodCIDR6)
+		}
+		if !c.ClusterCIDR6.IsValid() {
+			c.ClusterCIDR6 = netip.PrefixFrom(c.PodCIDR6.Addr(), max(c.PodCIDR6.Bits()-8, 0)).Masked()
+		}
+		if !c.ClusterCIDR6.Addr().Is6() || c.ClusterCIDR6 != c.ClusterCIDR6.Masked() {
+			return fmt.Errorf("--cluster-cidr6 %s: want a masked IPv6 prefix", c.ClusterCIDR6)
 		}
 	}
-	return out
-}
-
-// Result is what a lab run found.
-type Result struct {
-	Pairs      []PairResult
-	Throughput float64 // Gbit/s, pod-0 -> pod-1
-	ThroughErr error
-}
-
-// Failures lists every failed check as "src -> dst: check: error".
-func (r *Result) Failures() []string {
-	var out []string
-	for _, p := range r.Pairs {
-		for _, c := range p.Failed() {
-			out = append(out, fmt.Sprintf("%s -> %s: %s: %v", p.Src, p.Dst, c.Name, c.Err))
+	c.Topology = make([]NodeSpec, c.Nodes)
+	for i := range c.Topology {
+		n := NodeSpec{Name: fmt.Sprintf("n%d", i), Pods: c.Pods}
+		var ok bool
+		if n.PodCIDR, ok = nthPrefix(c.PodCIDR, i); !ok || !contains(c.ClusterCIDR, n.PodCIDR) {
+			return fmt.Errorf("--nodes %d: --cluster-cidr %s has no room for %d podCIDRs of /%d from %s", c.Nodes, c.ClusterCIDR, c.Nodes, c.PodCIDR.Bits(), c.PodCIDR)
 		}
-	}
-	if r.ThroughErr != nil {
-		out = append(out, fmt.Sprintf("throughput: %v", r.ThroughErr))
-	}
-	return out
-}
-
-// Lab is a running single-node lab.
-type Lab struct {
-	cfg  Config
-	Eng  *engine.Engine
-	Pods []*netstackx.Pod
-	wg   sync.WaitGroup
-	lns  []io.Closer
-}
-
-// Start builds the engine and the pods and starts the pods' servers.
-func Start(cfg Config) (*Lab, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	ecfg := engine.Config{PodCIDR: cfg.PodCIDR, ClusterCIDRs: []netip.Prefix{cfg.ClusterCIDR}, Logger: cfg.Logger}
-	if cfg.PodCIDR6.IsValid() {
-		ecfg.PodCIDR6 = cfg.PodCIDR6
-		ecfg.ClusterCIDRs = append(ecfg.ClusterCIDRs, cfg.PodCIDR6)
-	}
-	eng, err := engine.New(ecfg)
-	if err != nil {
-		return nil, fmt.Errorf("lab: engine: %w", err)
-	}
-	l := &Lab{cfg: cfg, Eng: eng}
-	success := false
-	defer func() {
-		if !success {
-			l.Close()
-		}
-	}()
-	a4, a6 := eng.Gateway(), eng.Gateway6()
-	for i := range cfg.Pods {
-		a4 = a4.Next()
-		pc := netstackx.PodConfig{
-			Name: fmt.Sprintf("pod-%d", i), Addr: netip.PrefixFrom(a4, cfg.PodCIDR.Bits()),
-			Gateway: eng.Gateway(), MTU: cfg.MTU,
-		}
-		addrs := []netip.Addr{a4}
-		if cfg.PodCIDR6.IsValid() {
-			a6 = a6.Next()
-			pc.Addr6, pc.Gateway6 = netip.PrefixFrom(a6, cfg.PodCIDR6.Bits()), eng.Gateway6()
-			addrs = append(addrs, a6)
-		}
-		pod, err := netstackx.NewPod(pc)
-		if err != nil {
-			return nil, fmt.Errorf("lab: %w", err)
-		}
-		l.Pods = append(l.Pods, pod)
-		if _, err := eng.AddPort(pod.Device(), engine.PortConfig{
-			Name: pc.Name, Kind: engine.KindPod, L2: true, PeerMAC: packet.MAC(pod.MAC()), MTU: cfg.MTU, Addrs: addrs,
-		}); err != nil {
-			return nil, fmt.Errorf("lab: attach %s: %w", pc.Name, err)
-		}
-		if err := l.serve(pod); err != nil {
-			return nil, fmt.Errorf("lab: %s: %w", pc.Name, err)
-		}
-	}
-	success = true
-	return l, nil
-}
-
-// serve starts the pod's TCP echo, UDP echo and TCP discard servers.
-func (l *Lab) serve(pod *netstackx.Pod) error {
-	echo, err := pod.ListenTCP(echoPort)
-	if err != nil {
-		return err
-	}
-	l.lns = append(l.lns, echo)
-	sink, err := pod.ListenTCP(sinkPort)
-	if err != nil {
-		return err
-	}
-	l.lns = append(l.lns, sink)
-	uecho, err := pod.ListenUDP(echoPort)
-	if err != nil {
-		return err
-	}
-	l.lns = append(l.lns, uecho)
-	accept := func(ln net.Listener, handle func(net.Conn)) {
-		defer l.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			l.wg.Add(1)
-			go func() {
-				defer l.wg.Done()
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}
-	l.wg.Add(3)
-	go accept(echo, func(c net.Conn) { _, _ = io.Copy(c, c) })
-	go accept(sink, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
-	go func() {
-		defer l.wg.Done()
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := uecho.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = uecho.WriteTo(buf[:n], from)
-		}
-	}()
-	return nil
-}
-
-// Close stops everything the lab started.
-func (l *Lab) Close() {
-	for _, c := range l.lns {
-		_ = c.Close()
-	}
-	if l.Eng != nil {
-		_ = l.Eng.Close()
-	}
-	for _, p := range l.Pods {
-		_ = p.Close()
-	}
-	l.wg.Wait()
-}
-
-// CheckPairs checks every ordered pair of pods.
-func (l *Lab) CheckPairs(ctx context.Context) []PairResult {
-	var pairs []PairResult
-	for i := range l.Pods {
-		for j := range l.Pods {
-			if i != j {
-				pairs = append(pairs, PairResult{Src: l.Pods[i].Name(), Dst: l.Pods[j].Name()})
+		if c.PodCIDR6.IsValid() {
+			if n.PodCIDR6, ok = nthPrefix(c.PodCIDR6, i); !ok || !contains(c.ClusterCIDR6, n.PodCIDR6) {
+				return fmt.Errorf("--nodes %d: --cluster-cidr6 %s has no room for %d podCIDRs of /%d from %s", c.Nodes, c.ClusterCIDR6, c.Nodes, c.PodCIDR6.Bits(), c.PodCIDR6)
 			}
 		}
-	}
-	sem := make(chan struct{}, l.cfg.Parallel)
-	var wg sync.WaitGroup
-	for k := range pairs {
-		i, j := k/(len(l.Pods)-1), k%(len(l.Pods)-1)
-		if j >= i {
-			j++
-		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			pairs[k].Checks = l.checkPair(ctx, l.Pods[i], l.Pods[j])
-		}()
-	}
-	wg.Wait()
-	return pairs
-}
-
-func (l *Lab) checkPair(ctx context.Context, src, dst *netstackx.Pod) []Check {
-	ctx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
-	defer cancel()
-	var checks []Check
-	ping := func(name string, a netip.Addr) {
-		rtt, err := src.Ping(ctx, a, 56)
-		checks = append(checks, Check{Name: name, RTT: rtt, Err: err})
-	}
-	ping("ping", dst.Addr())
-	checks = append(checks, Check{Name: "tcp", Err: tcpEcho(ctx, src, netip.AddrPortFrom(dst.Addr(), echoPort))})
-	checks = append(checks, Check{Name: "udp", Err: udpEcho(ctx, src, netip.AddrPortFrom(dst.Addr(), echoPort))})
-	if a6 := dst.Addr6(); a6.IsValid() {
-		ping("ping6", a6)
-		checks = append(checks, Check{Name: "tcp6", Err: tcpEcho(ctx, src, netip.AddrPortFrom(a6, echoPort))})
-	}
-	return checks
-}
-
-// tcpEcho sends random bytes to an echo server and checks they come back.
-func tcpEcho(ctx context.Context, pod *netstackx.Pod, dst netip.AddrPort) error {
-	c, err := pod.DialTCP(ctx, dst)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if d, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(d)
-	}
-	want := make([]byte, tcpPayload)
-	_, _ = rand.Read(want)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := c.Write(want)
-		errc <- err
-	}()
-	got := make([]byte, len(want))
-	if _, err := io.ReadFull(c, got); err != nil {
-		return fmt.Errorf("read echo: %w", err)
-	}
-	if err := <-errc; err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if !bytes.Equal(got, want) {
-		return errors.New("echoed bytes differ")
+		c.Topology[i] = n
 	}
 	return nil
 }
 
-// udpEcho sends a datagram to an echo server, retrying a few times within
-// the context's deadline, and checks the reply.
-func udpEcho(ctx context.Context, pod *netstackx.Pod, dst netip.AddrPort) error {
-	c, err := pod.DialUDP(dst)
-	if err != nil {
-		return err
+// validateTopology checks explicit nodes; errors name the topology file's
+// fields.
+func (c *Config) validateTopology() error {
+	if len(c.Topology) > MaxNodes {
+		return fmt.Errorf("nodes: %d nodes, want at most %d", len(c.Topology), MaxNodes)
 	}
-	defer c.Close()
-	want := make([]byte, udpPayload)
-	_, _ = rand.Read(want)
-	got := make([]byte, 2*udpPayload)
-	deadline, _ := ctx.Deadline()
-	for attempt := 0; ; attempt++ {
-		if _, err := c.Write(want); err != nil {
-			return err
+	ipv6 := c.Topology[0].PodCIDR6.IsValid()
+	if ipv6 && !c.ClusterCIDR6.IsValid() {
+		return errors.New("clusterCIDR6: required with IPv6 podCIDRs")
+	}
+	if c.ClusterCIDR6.IsValid() && (!c.ClusterCIDR6.Addr().Is6() || c.ClusterCIDR6 != c.ClusterCIDR6.Masked()) {
+		return fmt.Errorf("clusterCIDR6 %s: want a masked IPv6 prefix", c.ClusterCIDR6)
+	}
+	total := 0
+	names := map[string]bool{}
+	for i, n := range c.Topology {
+		f := fmt.Sprintf("nodes[%d]", i)
+		if n.Name == "" {
+			return fmt.Errorf("%s.name: required", f)
 		}
-		rd := time.Now().Add(500 * time.Millisecond)
-		if !deadline.IsZero() && deadline.Before(rd) {
-			rd = deadline
+		if !validName(n.Name) {
+			return fmt.Errorf("%s.name %q: want 1..15 letters, digits and dashes", f, n.Name)
 		}
-		_ = c.SetReadDeadline(rd)
-		n, err := c.Read(got)
-		if err == nil {
-			if !bytes.Equal(got[:n], want) {
-				return errors.New("echoed datagram differs")
+		if names[n.Name] {
+			return fmt.Errorf("%s.name %q: used by another node", f, n.Name)
+		}
+		names[n.Name] = true
+		if !n.PodCIDR.IsValid() || !n.PodCIDR.Addr().Is4() || n.PodCIDR != n.PodCIDR.Masked() || n.PodCIDR.Bits() > 30 {
+			return fmt.Errorf("%s.podCIDR %s: want a masked IPv4 prefix of at most /30", f, n.PodCIDR)
+		}
+		if !contains(c.ClusterCIDR, n.PodCIDR) {
+			return fmt.Errorf("%s.podCIDR %s: not inside clusterCIDR %s", f, n.PodCIDR, c.ClusterCIDR)
+		}
+		if n.PodCIDR6.IsValid() != ipv6 {
+			return fmt.Errorf("%s.podCIDR6: give every node an IPv6 podCIDR or none", f)
+		}
+		if ipv6 {
+			if !n.PodCIDR6.Addr().Is6() || n.PodCIDR6 != n.PodCIDR6.Masked() || n.PodCIDR6.Bits() > 120 {
+				return fmt.Errorf("%s.podCIDR6 %s: want a masked IPv6 prefix of at most /120", f, n.PodCIDR6)
 			}
-			return nil
-		}
-		if ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) {
-			return fmt.Errorf("no reply after %d attempts: %w", attempt+1, err)
-		}
-	}
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// Throughput streams TCP from src to dst's discard server for d, then
-// half-closes and waits until the server has read everything, and returns
-// Gbit/s of payload delivered over the whole time.
-func Throughput(ctx context.Context, src, dst *netstackx.Pod, d time.Duration) (float64, error) {
-	c, err := src.DialTCP(ctx, netip.AddrPortFrom(dst.Addr(), sinkPort))
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	buf := make([]byte, 256<<10)
-	var n int64
-	start := time.Now()
-	end := start.Add(d)
-	_ = c.SetDeadline(end.Add(30 * time.Second))
-	for time.Now().Before(end) {
-		k, err := c.Write(buf)
-		n += int64(k)
-		if err != nil {
-			return 0, err
-		}
-	}
-	cw, ok := c.(interface{ CloseWrite() error })
-	if !ok {
-		return 0, errors.New("connection cannot half-close")
-	}
-	if err := cw.CloseWrite(); err != nil {
-		return 0, err
-	}
-	// The server closes once it has read our FIN: every byte was delivered.
-	if _, err := io.Copy(io.Discard, c); err != nil {
-		return 0, fmt.Errorf("waiting for the receiver: %w", err)
-	}
-	return float64(n) * 8 / time.Since(start).Seconds() / 1e9, nil
-}
-
-// Run starts a lab, checks it, measures it, writes the report to out and
-// closes it. The error is non-nil when any check failed.
-func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
-	l, err := Start(cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer l.Close()
-	cfg = l.cfg
-	fmt.Fprintf(out, "podrouter lab: 1 node, podCIDR %s", cfg.PodCIDR)
-	if cfg.PodCIDR6.IsValid() {
-		fmt.Fprintf(out, " + %s", cfg.PodCIDR6)
-	}
-	fmt.Fprintf(out, ", gateway %s, %d virtual pods, MTU %d\n\n", l.Eng.Gateway(), len(l.Pods), cfg.MTU)
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "POD\tIPv4\tIPv6\tMAC")
-	for _, p := range l.Pods {
-		a6 := "-"
-		if p.Addr6().IsValid() {
-			a6 = p.Addr6().String()
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name(), p.Addr(), a6, p.MAC())
-	}
-	_ = tw.Flush()
-	fmt.Fprintln(out)
-
-	res := &Result{Pairs: l.CheckPairs(ctx)}
-	writePairs(out, res.Pairs)
-
-	if cfg.Duration > 0 {
-		res.Throughput, res.ThroughErr = Throughput(ctx, l.Pods[0], l.Pods[1], cfg.Duration)
-		if res.ThroughErr == nil {
-			fmt.Fprintf(out, "\nthroughput %s -> %s TCP: %.2f Gbit/s over %s\n", l.Pods[0].Name(), l.Pods[1].Name(), res.Throughput, cfg.Duration)
-		}
-	}
-	writeCounters(out, l.Eng)
-
-	fails := res.Failures()
-	nPairs := len(res.Pairs)
-	okPairs := 0
-	for _, p := range res.Pairs {
-		if len(p.Failed()) == 0 {
-			okPairs++
-		}
-	}
-	fmt.Fprintf(out, "\nresult: %d/%d pairs ok", okPairs, nPairs)
-	if len(fails) == 0 {
-		fmt.Fprintln(out, ": PASS")
-		return res, nil
-	}
-	fmt.Fprintln(out, ": FAIL")
-	for _, f := range fails {
-		fmt.Fprintf(out, "FAIL %s\n", f)
-	}
-	return res, fmt.Errorf("lab: %d checks failed", len(fails))
-}
-
-func writePairs(out io.Writer, pairs []PairResult) {
-	var names []string
-	for _, c := range pairs[0].Checks {
-		names = append(names, strings.ToUpper(c.Name))
-	}
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "SRC\tDST\t%s\n", strings.Join(names, "\t"))
-	for _, p := range pairs {
-		cells := make([]string, len(p.Checks))
-		for i, c := range p.Checks {
-			switch {
-			case c.Err != nil:
-				cells[i] = "FAIL"
-			case c.RTT > 0:
-				cells[i] = c.RTT.Round(time.Microsecond).String()
-			default:
-				cells[i] = "ok"
+			if !contains(c.ClusterCIDR6, n.PodCIDR6) {
+				return fmt.Errorf("%s.podCIDR6 %s: not inside clusterCIDR6 %s", f, n.PodCIDR6, c.ClusterCIDR6)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Src, p.Dst, strings.Join(cells, "\t"))
-	}
-	_ = tw.Flush()
-}
-
-func writeCounters(out io.Writer, eng *engine.Engine) {
-	fmt.Fprintln(out)
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PORT\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tDROPS")
-	ports := eng.Ports()
-	slices.SortFunc(ports, func(a, b *engine.Port) int { return strings.Compare(a.Name(), b.Name()) })
-	for _, p := range ports {
-		s := p.Stats()
-		var drops []string
-		for _, r := range engine.DropReasons() {
-			if n := s.Drops[r]; n > 0 {
-				drops = append(drops, fmt.Sprintf("%s=%d", r, n))
+		for j, m := range c.Topology[:i] {
+			if n.PodCIDR.Overlaps(m.PodCIDR) || (ipv6 && n.PodCIDR6.Overlaps(m.PodCIDR6)) {
+				return fmt.Errorf("%s: podCIDRs overlap those of nodes[%d] (%s)", f, j, m.Name)
 			}
 		}
-		d := "0"
-		if len(drops) > 0 {
-			d = strings.Join(drops, ",")
+		if n.Pods < 0 || n.Pods > MaxPods {
+			return fmt.Errorf("%s.pods %d: want 0..%d", f, n.Pods, MaxPods)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", p.Name(), s.RxPackets, s.RxBytes, s.TxPackets, s.TxBytes, d)
+		if n.Pods > podCapacity(n.PodCIDR) {
+			return fmt.Errorf("%s.pods %d: podCIDR %s holds at most %d pods", f, n.Pods, n.PodCIDR, podCapacity(n.PodCIDR))
+		}
+		total += n.Pods
 	}
-	_ = tw.Flush()
-	sent, limited := eng.ICMPStats()
-	fmt.Fprintf(out, "icmp errors sent %d, rate-limited %d\n", sent, limited)
+	if total < 2 {
+		return fmt.Errorf("nodes: %d pods in all, want at least 2", total)
+	}
+	c.PodCIDR, c.PodCIDR6 = c.Topology[0].PodCIDR, c.Topology[0].PodCIDR6
+	c.Nodes, c.NoIPv6 = len(c.Topology), !ipv6
+	return nil
+}
+
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 15 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// podCapacity is how many pods a podCIDR holds: all but the network
+// address, the gateway and (IPv4) the broadcast address.
+func podCapacity(p netip.Prefix) int {
+	host := p.Addr().BitLen() - p.Bits()
+	if host >= 16 {
+		return MaxPods
+	}
+	return 1<<host - 3
+}
+
+func contains(outer, inner netip.Prefix) bool {
+	return outer.IsValid() && inner.Bits() >= outer.Bits() && outer.Contains(inner.Addr())
+}
+
+// nthPrefix returns the i-th prefix of p's length after p (p itself for
+// i = 0); false when it would leave the address space.
+func nthPrefix(p netip.Prefix, i int) (netip.Prefix, bool) {
+	b := p.Addr().AsSlice()
+	n := new(big.Int).SetBytes(b)
+	n.Add(n, new(big.Int).Lsh(big.NewInt(int64(i)), uint(p.Addr().BitLen()-p.Bits())))
+	if n.BitLen() > len(b)*8 {
+		return netip.Prefix{}, false
+	}
+	out := make([]byte, len(b))
+	n.FillBytes(out)
+	a, _ := netip.AddrFromSlice(out)
+	return netip.PrefixFrom(a, p.Bits()), true
 }
