@@ -45,8 +45,9 @@ const (
 	minRxMTU = 9000
 	// gsoBatch caps the batch of a port that reads 64 KiB super-packets.
 	gsoBatch = 32
-	// maxIPPacket is the largest IP packet (a super-packet).
-	maxIPPacket = 65535
+	// maxIPPacket is the largest IP packet (an IPv6 super-packet: a full
+	// payload length plus the fixed header).
+	maxIPPacket = 65535 + packet.IPv6Len
 	// minScratch is the smallest IP packet a scratch buffer holds.
 	minScratch = 9216
 )
@@ -394,8 +395,11 @@ func (w *worker) emit(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g 
 		w.drop(DropNoBuffer)
 		return
 	}
-	payload := len(ip) - int(g.HdrLen)
-	need := max(1, (payload+int(g.Size)-1)/int(g.Size))
+	need, err := packet.GSOSegments(ip, g)
+	if err != nil {
+		w.drop(DropMalformed)
+		return
+	}
 	bufs := w.scratchBufs(need)
 	if cap(w.segSizes) < need {
 		w.segSizes = make([]int, need)

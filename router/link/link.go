@@ -31,7 +31,10 @@ type Device interface {
 	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)
 
 	// Write sends the packets bufs[i][offset:]. The device may overwrite
-	// bufs[i][:offset] (headroom) with its own headers. It returns the
+	// bufs[i][:offset] (headroom) with its own headers, and may rewrite a
+	// packet in place or grow it into bufs[i]'s spare capacity (GRO
+	// coalescing, as wireguard-go's tun does), so a caller hands each
+	// packet in a buffer of its own. It returns the
 	// number of packets accepted; a packet the device had to drop (full
 	// queue, peer gone) still counts as accepted, and an error means the
 	// device itself is broken or closed. Write is safe for concurrent use
