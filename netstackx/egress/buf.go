@@ -1,0 +1,54 @@
+package egress
+
+// Idle flows hold no buffers: a relay waits until its source has data,
+// then borrows a buffer from a pool for one read and one write. A node
+// with ten thousand mostly idle connections then pays for goroutine stacks
+// and gVisor's queued data, not for 2 x 64 KiB per connection.
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+)
+
+// bufSize fits any datagram and is a good TCP copy size.
+const bufSize = 64 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+func getBuf() *[]byte  { return bufPool.Get().(*[]byte) }
+func putBuf(b *[]byte) { bufPool.Put(b) }
+
+// waitData blocks until a read on c would not block (data, EOF or an
+// error is pending), without a buffer, and returns the socket error it
+// found, if any: the peek consumes it (SO_ERROR), so the caller takes it as
+// its read's error. It peeks rather than just waiting for readiness
+// because the netpoller is edge-triggered and data left by an earlier short
+// read raises no new edge. For connections that are not sockets it
+// returns at once (the caller's Read then blocks with its buffer).
+func waitData(c net.Conn) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var one [1]byte
+	var serr error
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
+			return false
+		}
+		serr = err
+		return true
+	})
+	if serr != nil {
+		return &net.OpError{Op: "read", Net: "peek", Err: os.NewSyscallError("recvfrom", serr)}
+	}
+	return err // the connection was closed meanwhile
+}
