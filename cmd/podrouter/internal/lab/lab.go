@@ -33,8 +33,8 @@ import (
 
 // Ports the lab's pods serve on.
 const (
-	echoPort   = 7    // TCP and UDP echo
-	sinkPort   = 5201 // TCP discard, for throughput
+	echoPort   = 7 // TCP and UDP echo
+	sinkPort   = 9 // TCP discard (RFC 863), for throughput; iperf3 keeps 5201
 	tcpPayload = 64 << 10
 	udpPayload = 512
 )
@@ -117,7 +117,11 @@ type Config struct {
 	Duration time.Duration // throughput measurement; 0 skips it; default 2s
 	Timeout  time.Duration // per pair's checks; default 5s
 	Parallel int           // pairs checked at once; default 8
-	Logger   *zap.Logger
+	// Hold keeps the lab running after the report until Run's context
+	// ends, described in StateFile for `podrouter lab exec`.
+	Hold      bool
+	StateFile string // default DefaultStateFile()
+	Logger    *zap.Logger
 }
 
 // Validate checks cfg and fills in defaults, Topology included.
@@ -155,17 +159,19 @@ func (c *Config) Validate() error {
 	} else if err := c.carveNodes(); err != nil {
 		return err
 	}
+	peerMTU := c.UnderlayMTU - c.Backend.Overhead(false)
+	if len(c.Topology) > 1 && peerMTU < 1280 && (c.MTU == 0 || c.PodCIDR6.IsValid()) {
+		return fmt.Errorf("%s %d: leaves %d bytes for pod packets across nodes over %s, want at least 1280",
+			name("underlay-mtu", "underlayMTU"), c.UnderlayMTU, peerMTU, c.Backend)
+	}
 	if c.MTU == 0 {
 		c.MTU = 1500
 		if len(c.Topology) > 1 {
-			c.MTU = c.UnderlayMTU - c.Backend.Overhead(false)
+			c.MTU = peerMTU
 		}
 	}
 	if c.MTU < 1280 || c.MTU > 65535 {
 		return fmt.Errorf("%s %d: want 1280..65535", name("mtu", "podMTU"), c.MTU)
-	}
-	if len(c.Topology) > 1 && c.UnderlayMTU-c.Backend.Overhead(false) < 1280 && c.PodCIDR6.IsValid() {
-		return fmt.Errorf("%s %d: IPv6 needs 1280 bytes across nodes, over %s %d - %d", name("underlay-mtu", "underlayMTU"), c.UnderlayMTU, c.Backend, c.UnderlayMTU, c.Backend.Overhead(false))
 	}
 	if c.PodMode != Virtual && c.PodMode != Netns {
 		return fmt.Errorf("%s %d: want virtual or netns", name("pod-mode", "podMode"), c.PodMode)
@@ -181,6 +187,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Parallel <= 0 {
 		c.Parallel = 8
+	}
+	if c.StateFile == "" {
+		c.StateFile = DefaultStateFile()
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()

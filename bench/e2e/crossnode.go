@@ -1,0 +1,494 @@
+package main
+
+// Case cross-node: two nodes, one pod on each, built four ways in one run.
+// The nodes are network namespaces joined by a veth (the underlay,
+// 192.168.251.0/24, MTU 1500); pod A (10.251.1.2, node A) sends to pod B
+// (10.251.2.2, node B).
+//
+//	host-gw:         pod ═veth═ cni0 ─ route 10.251.2.0/24 via 192.168.251.2 ─ ul0 ═══ ul0 ─ cni0 ═veth═ pod
+//	                 (no encapsulation: flannel's host-gw, a VPC router's job)
+//	kernel-vxlan:    pod ═veth═ cni0 ─ flannel.1 (vxlan id 1, 8472, static FDB/neigh) ─ ul0 ═══ ...
+//	                 (flannel's vxlan backend, the baseline)
+//	podrouter-udp:   pod eth0 (TAP) ─ engine ─ underlay udp 192.168.251.1:8285 ─ ul0 ═══ ul0 ─ underlay ─ engine ─ TAP
+//	podrouter-vxlan: the same with vxlan (8472)
+//
+// podrouter's nodes are composed in this process (engine, underlay socket
+// opened inside the node's namespace, TAP pods), as the daemon will once it
+// runs an underlay. Each variant is measured with iperf3: one TCP stream
+// (Gbit/s at the receiver) and UDP with 64-byte payloads (packets/s
+// received). Every namespace is the case's own and removed when the variant
+// ends; traffic stays inside them.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+	"go.uber.org/zap"
+
+	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/link/tap"
+	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/route"
+	"github.com/podrouter/podrouter/router/underlay"
+)
+
+func init() {
+	register(Case{Name: "cross-node", Baseline: "kernel-vxlan", Run: runCrossNode})
+}
+
+// The case's addresses: node i (0, 1) has underlay address xnUnder[i] and
+// podCIDR 10.251.(i+1).0/24; its pod is .2.
+var (
+	xnUnder   = [2]netip.Addr{netip.MustParseAddr("192.168.251.1"), netip.MustParseAddr("192.168.251.2")}
+	xnCluster = netip.MustParsePrefix("10.251.0.0/16")
+)
+
+func xnPodCIDR(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 251, byte(i + 1), 0}), 24)
+}
+
+func xnPodAddr(i int) netip.Addr { return xnPodCIDR(i).Addr().Next().Next() }
+
+func xnGateway(i int) netip.Addr { return xnPodCIDR(i).Addr().Next() }
+
+func runCrossNode(ctx context.Context, opt Options) ([]Result, error) {
+	for _, c := range []string{"iperf3", "ip", "bridge", "ethtool"} {
+		if _, err := exec.LookPath(c); err != nil {
+			return nil, fmt.Errorf("%s is not installed (make deps)", c)
+		}
+	}
+	impls := []struct {
+		name  string
+		build func(*xnTopo) (func(), error)
+	}{
+		{"host-gw", (*xnTopo).hostGW},
+		{"kernel-vxlan", (*xnTopo).kernelVXLAN},
+		{"podrouter-udp", func(t *xnTopo) (func(), error) { return t.podrouter(underlay.EncapUDP) }},
+		{"podrouter-vxlan", func(t *xnTopo) (func(), error) { return t.podrouter(underlay.EncapVXLAN) }},
+	}
+	var res []Result
+	var errs []error
+	for _, impl := range impls {
+		if ctx.Err() != nil {
+			break
+		}
+		r, err := crossNodeOnce(ctx, opt, impl.name, impl.build)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "case=cross-node impl=%s error: %v\n", impl.name, err)
+			errs = append(errs, fmt.Errorf("%s: %w", impl.name, err))
+			continue
+		}
+		res = append(res, r)
+	}
+	if len(res) == 0 {
+		return nil, errors.Join(errs...)
+	}
+	return res, nil
+}
+
+// crossNodeOnce builds the topology, lets build add an implementation,
+// measures pod 0 -> pod 1 and tears it all down.
+func crossNodeOnce(ctx context.Context, opt Options, impl string, build func(*xnTopo) (func(), error)) (Result, error) {
+	t, err := newXNTopo()
+	if err != nil {
+		return Result{}, err
+	}
+	defer t.close()
+	stop, err := build(t)
+	if err != nil {
+		return Result{}, err
+	}
+	defer stop()
+	// The path works before it is measured.
+	if err := t.pods[0].run("ping", "-c", "1", "-W", "5", xnPodAddr(1).String()); err != nil {
+		return Result{}, fmt.Errorf("no connectivity: %w", err)
+	}
+	tcp, udp, err := xnMeasure(ctx, opt, t.pods[1], t.pods[0], xnPodAddr(1).String())
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Impl: impl, TCPGbps: tcp, UDPKpps: udp}, nil
+}
+
+// xnTopo is the part every variant shares: two node namespaces joined by
+// the underlay veth (ul0, MTU 1500), and a pod namespace per node.
+type xnTopo struct {
+	nodes, pods [2]*xnNS
+}
+
+func newXNTopo() (t *xnTopo, err error) {
+	t = &xnTopo{}
+	defer func() {
+		if err != nil {
+			t.close()
+		}
+	}()
+	for i := range 2 {
+		if t.nodes[i], err = newXNNS(); err != nil {
+			return nil, err
+		}
+		if t.pods[i], err = newXNNS(); err != nil {
+			return nil, err
+		}
+	}
+	if err := t.nodes[0].run("ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", t.nodes[1].name); err != nil {
+		return nil, fmt.Errorf("(veth needed) %w", err)
+	}
+	for i, n := range t.nodes {
+		for _, c := range [][]string{
+			{"ip", "addr", "add", xnUnder[i].String() + "/24", "dev", "ul0"},
+			{"ip", "link", "set", "ul0", "up"},
+			{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		} {
+			if err := n.run(c[0], c[1:]...); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return t, nil
+}
+
+func (t *xnTopo) close() {
+	for _, n := range append(t.pods[:], t.nodes[:]...) {
+		if n != nil {
+			n.del()
+		}
+	}
+}
+
+// kernelPod joins node i's pod to a cni0 bridge through a veth, as the
+// bridge CNI plugin does.
+func (t *xnTopo) kernelPod(i, mtu int) error {
+	n, p := t.nodes[i], t.pods[i]
+	m := strconv.Itoa(mtu)
+	gw := netip.PrefixFrom(xnGateway(i), 24).String()
+	for _, c := range [][]string{
+		{"ip", "link", "add", "cni0", "mtu", m, "type", "bridge"},
+		{"ip", "addr", "add", gw, "dev", "cni0"},
+		{"ip", "link", "set", "cni0", "up"},
+		{"ip", "link", "add", "vpod", "mtu", m, "type", "veth", "peer", "name", "eth0", "netns", p.name},
+		{"ip", "link", "set", "vpod", "master", "cni0", "up"},
+	} {
+		if err := n.run(c[0], c[1:]...); err != nil {
+			return err
+		}
+	}
+	for _, c := range [][]string{
+		{"ip", "addr", "add", netip.PrefixFrom(xnPodAddr(i), 24).String(), "dev", "eth0"},
+		{"ip", "link", "set", "eth0", "mtu", m, "up"},
+		{"ip", "route", "add", "default", "via", xnGateway(i).String()},
+	} {
+		if err := p.run(c[0], c[1:]...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hostGW routes each podCIDR to its node's underlay address: no
+// encapsulation, the VPC-router setup.
+func (t *xnTopo) hostGW() (func(), error) {
+	for i, n := range t.nodes {
+		if err := t.kernelPod(i, 1500); err != nil {
+			return nil, err
+		}
+		if err := n.run("ip", "route", "add", xnPodCIDR(1-i).String(), "via", xnUnder[1-i].String()); err != nil {
+			return nil, err
+		}
+	}
+	return func() {}, nil
+}
+
+// kernelVXLAN configures flannel's vxlan backend on both nodes.
+func (t *xnTopo) kernelVXLAN() (func(), error) {
+	mac := func(i int) string { return fmt.Sprintf("0e:00:00:00:00:%02x", i+1) }
+	for i, n := range t.nodes {
+		if err := t.kernelPod(i, 1450); err != nil {
+			return nil, err
+		}
+		peer := xnPodCIDR(1 - i)
+		for _, c := range [][]string{
+			{"ip", "link", "add", "flannel.1", "address", mac(i), "type", "vxlan", "id", "1", "local", xnUnder[i].String(), "dstport", "8472", "nolearning", "dev", "ul0"},
+			{"ip", "link", "set", "flannel.1", "mtu", "1450", "up"},
+			{"ip", "addr", "add", xnPodCIDR(i).Addr().String() + "/32", "dev", "flannel.1"},
+			{"bridge", "fdb", "append", mac(1 - i), "dev", "flannel.1", "dst", xnUnder[1-i].String()},
+			{"ip", "neigh", "replace", peer.Addr().String(), "lladdr", mac(1 - i), "dev", "flannel.1", "nud", "permanent"},
+			{"ip", "route", "add", peer.String(), "via", peer.Addr().String(), "dev", "flannel.1", "onlink"},
+		} {
+			if err := n.run(c[0], c[1:]...); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return func() {}, nil
+}
+
+// xnNode is one podrouter node of the case.
+type xnNode struct {
+	eng *engine.Engine
+	u   *underlay.Underlay
+}
+
+// podrouter composes a podrouter node in each node namespace: the
+// underlay's socket opened there, an engine, and the pod's eth0 a TAP the
+// engine holds.
+func (t *xnTopo) podrouter(encap underlay.Encap) (stop func(), err error) {
+	var nodes [2]*xnNode
+	stop = func() {
+		for i, n := range nodes {
+			if n != nil && n.u != nil {
+				// Context for the numbers, on stderr: how much went whole.
+				us, es := n.u.Stats(), n.eng.OffloadStats()
+				fmt.Fprintf(os.Stderr, "cross-node podrouter-%s node%d: underlay tx %d pkts in %d sendmmsg (%d GSO), rx %d pkts in %d recvmmsg (%d GRO), drops %d; engine super-packets whole %d, cut %d\n",
+					encap, i, us.TxPackets, us.TxCalls, us.TxGSO, us.RxPackets, us.RxCalls, us.RxGRO, us.TotalDrops(), es.SuperPackets, es.Segmented)
+			}
+		}
+		for _, n := range nodes {
+			if n != nil {
+				_ = n.eng.Close()
+				if n.u != nil {
+					_ = n.u.Close()
+				}
+			}
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	log := zap.NewNop()
+	for i := range 2 {
+		eng, err := engine.New(engine.Config{PodCIDR: xnPodCIDR(i), ClusterCIDRs: []netip.Prefix{xnCluster}, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		n := &xnNode{eng: eng}
+		nodes[i] = n
+		if err := t.nodes[i].do(func() (err error) {
+			n.u, err = underlay.New(underlay.Config{
+				Encap: encap, Listen: netip.AddrPortFrom(xnUnder[i], encap.DefaultPort()), Interface: "ul0", Logger: log,
+			})
+			return err
+		}); err != nil {
+			return nil, err
+		}
+		if _, err := eng.AddPort(n.u.RxDevice(), engine.PortConfig{Name: "underlay", Kind: engine.KindPeer, MTU: n.u.MTU()}); err != nil {
+			return nil, err
+		}
+		if err := t.tapPod(i, n); err != nil {
+			return nil, err
+		}
+	}
+	for i, n := range nodes {
+		m := nodes[1-i]
+		name := fmt.Sprintf("node%d", 1-i)
+		if err := n.u.SetPeers([]underlay.Peer{{Name: name, Addr: m.u.LocalAddr(), VTEPMAC: m.u.VTEPMAC(), PodCIDRs: []netip.Prefix{xnPodCIDR(1 - i)}}}); err != nil {
+			return nil, err
+		}
+		p, err := n.eng.AddPort(n.u.PeerDevice(name), engine.PortConfig{Name: "peer-" + name, Kind: engine.KindPeer, MTU: n.u.MTU()})
+		if err != nil {
+			return nil, err
+		}
+		if err := n.eng.SetRoutes([]route.Route{{Prefix: xnPodCIDR(1 - i), NextHop: route.ToPeer(p.Index())}}); err != nil {
+			return nil, err
+		}
+	}
+	return stop, nil
+}
+
+// tapPod makes node i's pod eth0 a TAP attached to n's engine, configured
+// as a CNI plugin would.
+func (t *xnTopo) tapPod(i int, n *xnNode) error {
+	var dev *tap.Device
+	var mac net.HardwareAddr
+	mtu := n.u.MTU()
+	err := t.pods[i].do(func() (err error) {
+		if dev, err = tap.Create("eth0", tap.Config{MTU: mtu}); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		mac = l.Attrs().HardwareAddr
+		a := xnPodAddr(i)
+		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: xnGateway(i).AsSlice()})
+	})
+	if err != nil {
+		if dev != nil {
+			_ = dev.Close()
+		}
+		return fmt.Errorf("pod %d: %w", i, err)
+	}
+	if _, err := n.eng.AddPort(dev, engine.PortConfig{
+		Name: "pod", Kind: engine.KindPod, L2: true, PeerMAC: packet.MAC(mac), MTU: mtu, Addrs: []netip.Addr{xnPodAddr(i)},
+	}); err != nil {
+		_ = dev.Close()
+		return err
+	}
+	return nil
+}
+
+var xnSeq atomic.Uint32
+
+// xnNS is a namespace of this case, named prx-<pid>-<n>.
+type xnNS struct {
+	name string
+	h    vnetns.NsHandle
+}
+
+func newXNNS() (*xnNS, error) {
+	n := &xnNS{name: fmt.Sprintf("prx-%d-%d", os.Getpid(), xnSeq.Add(1))}
+	if out, err := exec.Command("ip", "netns", "add", n.name).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("ip netns add: %v: %s", err, bytes.TrimSpace(out))
+	}
+	h, err := vnetns.GetFromName(n.name)
+	if err != nil {
+		n.del()
+		return nil, err
+	}
+	n.h = h
+	if err := n.run("ip", "link", "set", "lo", "up"); err != nil {
+		n.del()
+		return nil, err
+	}
+	return n, nil
+}
+
+// do runs fn on a thread switched into the namespace; sockets and devices
+// fn creates stay in it.
+func (n *xnNS) do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // not unlocked if switching back fails: the thread dies
+		orig, err := vnetns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := vnetns.Set(n.h); err != nil {
+			errc <- err
+			return
+		}
+		ferr := fn()
+		if err := vnetns.Set(orig); err != nil {
+			errc <- err
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+func (n *xnNS) cmd(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.name, name}, args...)...)
+}
+
+func (n *xnNS) run(name string, args ...string) error {
+	out, err := n.cmd(context.Background(), name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %s %s: %v: %s", n.name, name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// del kills what runs inside and removes the namespace.
+func (n *xnNS) del() {
+	if out, err := exec.Command("ip", "netns", "pids", n.name).Output(); err == nil {
+		for _, f := range strings.Fields(string(out)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+	if n.h.IsOpen() {
+		_ = n.h.Close()
+	}
+	for range 50 {
+		if exec.Command("ip", "netns", "del", n.name).Run() == nil {
+			return
+		}
+		if _, err := os.Stat("/run/netns/" + n.name); err != nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// xnMeasure runs iperf3 from client to a server at dst in srv: one TCP
+// stream, then UDP with 64-byte payloads as fast as iperf3 sends.
+func xnMeasure(ctx context.Context, opt Options, srv, client *xnNS, dst string) (tcpGbps, udpKpps float64, err error) {
+	secs := strconv.Itoa(max(1, int(opt.Duration.Seconds())))
+	s := srv.cmd(ctx, "iperf3", "-s", "-B", dst)
+	if err := s.Start(); err != nil {
+		return 0, 0, err
+	}
+	defer func() { _ = s.Process.Kill(); _ = s.Wait() }()
+	iperf := func(args ...string) (map[string]any, error) {
+		var out []byte
+		var err error
+		for range 50 { // until the server listens
+			out, err = client.cmd(ctx, "iperf3", append([]string{"-c", dst, "-J", "-t", secs}, args...)...).Output()
+			if !bytes.Contains(out, []byte("unable to connect")) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		var m map[string]any
+		if jerr := json.Unmarshal(out, &m); jerr != nil {
+			return nil, fmt.Errorf("iperf3 %v: %v, %v", args, err, jerr)
+		}
+		if e, _ := m["error"].(string); e != "" || err != nil {
+			return nil, fmt.Errorf("iperf3 %v: %v %s", args, err, e)
+		}
+		return m, nil
+	}
+	m, err := iperf()
+	if err != nil {
+		return 0, 0, err
+	}
+	tcpGbps = xnNum(m, "end", "sum_received", "bits_per_second") / 1e9
+	m, err = iperf("-u", "-b", "0", "-l", "64")
+	if err != nil {
+		return 0, 0, err
+	}
+	pkts := xnNum(m, "end", "sum", "packets") - xnNum(m, "end", "sum", "lost_packets")
+	if s := xnNum(m, "end", "sum", "seconds"); s > 0 {
+		udpKpps = pkts / s / 1e3
+	}
+	return tcpGbps, udpKpps, nil
+}
+
+func xnNum(m map[string]any, path ...string) float64 {
+	var v any = m
+	for _, p := range path {
+		mm, _ := v.(map[string]any)
+		v = mm[p]
+	}
+	f, _ := v.(float64)
+	return f
+}
