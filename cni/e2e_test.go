@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -29,6 +30,9 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/nstest"
@@ -214,15 +218,15 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 	return l.w.Write(b)
 }
 
-// startDaemon starts the daemon in the node netns and waits until it is
-// ready; it returns how long that took.
-func (n *node) startDaemon() time.Duration {
+// startDaemon starts the daemon in the node netns, with the extra flags
+// given, and waits until it is ready; it returns how long that took.
+func (n *node) startDaemon(extra ...string) time.Duration {
 	n.t.Helper()
 	t0 := time.Now()
-	c := n.ns.Command(context.Background(), filepath.Join(n.bin, "podrouter"), "daemon",
+	c := n.ns.Command(context.Background(), filepath.Join(n.bin, "podrouter"), append([]string{"daemon",
 		"--pod-cidr", n.podCIDR.String(), "--node-ip", n.nodeIP.String(),
 		"--state-dir", filepath.Join(n.dir, "state"), "--socket", n.socket, "--uplink", n.uplink,
-		"--log-level", "info")
+		"--log-level", "info"}, extra...)...)
 	c.Stdout = lockedWriter{&n.mu, n.logs}
 	c.Stderr = lockedWriter{&n.mu, n.logs}
 	if err := c.Start(); err != nil {
@@ -299,10 +303,14 @@ func (n *node) cnitoolNet(cmd, name string, netns *nstest.NS) ([]byte, error) {
 	return out.Bytes(), err
 }
 
-// addPod makes a pod netns and runs CNI ADD for it.
-func (n *node) addPod() *pod {
+// addPod makes a pod netns, runs the setup funcs in it, and runs CNI ADD
+// for it.
+func (n *node) addPod(setup ...func(*nstest.NS)) *pod {
 	n.t.Helper()
 	p := &pod{ns: nstest.New(n.t)}
+	for _, f := range setup {
+		f(p.ns)
+	}
 	// DEL is idempotent: this one also clears libcni's result cache
 	// (/var/lib/cni/results) for pods a test GC'd or left.
 	n.t.Cleanup(func() { _, _ = n.cnitool("del", p.ns) })
@@ -901,5 +909,336 @@ func TestAddRollback(t *testing.T) {
 			t.Errorf("IPAM reservations left: %v", files)
 		}
 		ping(t, first.ns, n.podCIDR.Addr().Next())
+	})
+}
+
+// metricsHTTP returns an HTTP client whose connections start inside the
+// node netns, where the daemon serves its metrics on the netns's loopback.
+func (n *node) metricsHTTP() *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := n.ns.Do(func() error {
+				var err error
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+}
+
+// metricsBase is the daemon's default --metrics-addr.
+const metricsBase = "http://127.0.0.1:9602"
+
+func httpGetCode(t *testing.T, c *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// scrape fetches /metrics and parses it with the Prometheus text parser.
+func scrape(t *testing.T, c *http.Client) metricSet {
+	t.Helper()
+	resp, err := c.Get(metricsBase + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("scrape: HTTP %d", resp.StatusCode)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	return metricSet{t, fams}
+}
+
+type metricSet struct {
+	t    *testing.T
+	fams map[string]*dto.MetricFamily
+}
+
+// get returns the value of family name's series whose labels include
+// want, summed over the matching series (0 when none match).
+func (m metricSet) get(name string, want map[string]string) float64 {
+	m.t.Helper()
+	f, ok := m.fams[name]
+	if !ok {
+		m.t.Fatalf("no metric family %s", name)
+	}
+	sum := 0.0
+next:
+	for _, s := range f.GetMetric() {
+		for _, l := range s.GetLabel() {
+			if v, ok := want[l.GetName()]; ok && v != l.GetValue() {
+				continue next
+			}
+		}
+		switch {
+		case s.GetCounter() != nil:
+			sum += s.GetCounter().GetValue()
+		case s.GetGauge() != nil:
+			sum += s.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
+
+// TestOperability runs the daemon with its default metrics address and
+// JSON logs, two pods, and checks what an operator sees: /healthz and
+// /readyz, /metrics moving by exactly the traffic sent, a pcap written by
+// `podrouter pcap` that tcpdump reads back, `podrouter peers` and status,
+// and structured logs with nothing logged per packet.
+func TestOperability(t *testing.T) {
+	nstest.RequireCommand(t, "tcpdump")
+	n := newNode(t)
+	n.startDaemon("--log-format", "json")
+	hc := n.metricsHTTP()
+
+	t.Run("health", func(t *testing.T) {
+		if code, body := httpGetCode(t, hc, metricsBase+"/healthz"); code != 200 || body != "ok\n" {
+			t.Errorf("/healthz: %d %q", code, body)
+		}
+		if code, body := httpGetCode(t, hc, metricsBase+"/readyz"); code != 200 || body != "ok\n" {
+			t.Errorf("/readyz of a ready daemon: %d %q", code, body)
+		}
+	})
+	// The node is IPv4 only, and so are its pods here: a pod's kernel
+	// otherwise sends IPv6 router solicitations and MLD reports for ~10 s
+	// after its eth0 comes up, which the engine counts as multicast drops,
+	// and the counts below are exact.
+	noIPv6 := func(ns *nstest.NS) {
+		ns.Run(t, "sh", "-c", "echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6")
+	}
+	a, b := n.addPod(noIPv6), n.addPod(noIPv6)
+	portOf := map[netip.Addr]string{}
+	as, err := n.client().Attachments(context.Background())
+	if err != nil || len(as) != 2 {
+		t.Fatalf("attachments: %+v, %v", as, err)
+	}
+	for _, at := range as {
+		portOf[at.Addrs[0]] = at.Port
+	}
+	pa, pb := portOf[a.ip], portOf[b.ip]
+
+	t.Run("metrics", func(t *testing.T) {
+		// Warm up: both pods resolve each other (ARP) before the count.
+		ping(t, a.ns, b.ip)
+		logLines := strings.Count(n.logText(), "\n")
+		const pings = 50
+		before := scrape(t, hc)
+		a.ns.Run(t, "ping", "-q", "-c", strconv.Itoa(pings), "-i", "0.01", "-W", "2", b.ip.String())
+		pkts := func(m metricSet, port, dir string) float64 {
+			return m.get("podrouter_port_packets_total", map[string]string{"port": port, "direction": dir})
+		}
+		// The engine counts a batch once it is written: wait for the last
+		// reply to be counted.
+		var after metricSet
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			after = scrape(t, hc)
+			if pkts(after, pa, "tx")-pkts(before, pa, "tx") >= pings || time.Now().After(deadline) {
+				break
+			}
+		}
+		// Echo requests cross a (rx) then b (tx), replies b (rx) then a
+		// (tx). The only other packets a pod may send meanwhile are a
+		// neighbour re-probe of its peer or the gateway (at most one
+		// each way).
+		var deltas []string
+		for _, c := range []struct{ port, dir string }{{pa, "rx"}, {pb, "tx"}, {pb, "rx"}, {pa, "tx"}} {
+			d := pkts(after, c.port, c.dir) - pkts(before, c.port, c.dir)
+			if d < pings || d > pings+2 {
+				t.Errorf("%s %s: %v packets during %d pings, want %d..%d", c.port, c.dir, d, pings, pings, pings+2)
+			}
+			deltas = append(deltas, fmt.Sprintf("%s %s %v", c.port, c.dir, d))
+		}
+		t.Logf("packets during %d pings: %s", pings, strings.Join(deltas, ", "))
+		// ICMP echo frames are 98 bytes (14 Ethernet + 20 IPv4 + 8 ICMP + 56).
+		if d := after.get("podrouter_port_bytes_total", map[string]string{"port": pb, "direction": "tx"}) -
+			before.get("podrouter_port_bytes_total", map[string]string{"port": pb, "direction": "tx"}); d < 98*pings || d > 98*pings+2*98 {
+			t.Errorf("%s tx bytes: %v during %d pings, want %d (+ at most two ARP frames)", pb, d, pings, 98*pings)
+		}
+		for _, port := range []string{pa, pb} {
+			if d := after.get("podrouter_port_drops_total", map[string]string{"port": port}) -
+				before.get("podrouter_port_drops_total", map[string]string{"port": port}); d != 0 {
+				t.Errorf("%s: %v drops during the pings", port, d)
+			}
+		}
+		for _, c := range []struct {
+			name   string
+			labels map[string]string
+			want   float64
+		}{
+			{"podrouter_api_requests_total", map[string]string{"op": "attach", "result": "ok"}, 2},
+			{"podrouter_api_requests_total", map[string]string{"op": "attach", "result": "internal"}, 0},
+			{"podrouter_attachments", map[string]string{"state": "attached"}, 2},
+			{"podrouter_attachments", map[string]string{"state": "unattached"}, 0},
+			{"podrouter_ports", map[string]string{"kind": "pod"}, 2},
+			{"podrouter_ports", map[string]string{"kind": "uplink"}, 1},
+			{"podrouter_routes", nil, 4}, // two pods, the node IP, the podCIDR
+			{"podrouter_ready", nil, 1},
+			{"podrouter_reattach_pods", map[string]string{"result": "failed"}, 0},
+		} {
+			if got := after.get(c.name, c.labels); got != c.want {
+				t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+			}
+		}
+		if got := after.get("podrouter_api_requests_total", map[string]string{"op": "status", "result": "ok"}); got < 1 {
+			t.Errorf("status requests (CNI ADD asks first) = %v", got)
+		}
+		if got := strings.Count(n.logText(), "\n"); got != logLines {
+			t.Errorf("the daemon logged %d lines during the pings:\n%s", got-logLines, n.logText())
+		}
+	})
+
+	t.Run("pcap", func(t *testing.T) {
+		// Pings run until the capture has its 8 packets.
+		ctx, cancel := context.WithCancel(context.Background())
+		pinger := a.ns.Command(ctx, "ping", "-i", "0.05", b.ip.String())
+		if err := pinger.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cancel(); _ = pinger.Wait() }()
+		file := filepath.Join(n.dir, "a.pcap")
+		out, err := exec.Command(filepath.Join(n.bin, "podrouter"), "pcap", a.ip.String(), "-c", "8", "-w", file,
+			"--duration", "20s", "--socket", n.socket).CombinedOutput()
+		if err != nil {
+			t.Fatalf("podrouter pcap: %v\n%s", err, out)
+		}
+		if want := "captured 8 packets (0 dropped) on " + pa + "\n"; string(out) != want {
+			t.Errorf("podrouter pcap said %q, want %q", out, want)
+		}
+		dump, err := exec.Command("tcpdump", "-n", "-e", "-r", file).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tcpdump -r: %v\n%s", err, dump)
+		}
+		var reqs, reps, lines int
+		for _, l := range strings.Split(string(dump), "\n") {
+			switch {
+			case strings.Contains(l, a.ip.String()+" > "+b.ip.String()+": ICMP echo request"):
+				reqs++
+			case strings.Contains(l, b.ip.String()+" > "+a.ip.String()+": ICMP echo reply"):
+				reps++
+			}
+			if strings.Contains(l, "ethertype IPv4") {
+				lines++
+			}
+		}
+		// 8 consecutive packets of a steady ping: requests and replies
+		// alternate, whichever the capture started with.
+		if lines != 8 || reqs < 3 || reps < 3 || reqs+reps != 8 || !strings.Contains(string(dump), a.mac) {
+			t.Errorf("tcpdump read %d frames, %d echo requests %s > %s, %d replies, MAC %s:\n%s", lines, reqs, a.ip, b.ip, reps, a.mac, dump)
+		}
+
+		// Live: the pcap on stdout, piped into tcpdump, stopped by Ctrl-C.
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var live, liveErr bytes.Buffer
+		td := exec.Command("tcpdump", "-n", "-r", "-")
+		td.Stdin, td.Stdout, td.Stderr = pr, &live, &live
+		pc := exec.Command(filepath.Join(n.bin, "podrouter"), "pcap", pa, "--duration", "30s", "--socket", n.socket)
+		pc.Stdout, pc.Stderr = pw, &liveErr
+		if err := td.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := pc.Start(); err != nil {
+			t.Fatal(err)
+		}
+		_ = pr.Close()
+		_ = pw.Close()
+		time.Sleep(time.Second)
+		t0 := time.Now()
+		_ = pc.Process.Signal(os.Interrupt)
+		perr := pc.Wait()
+		stopped := time.Since(t0)
+		_ = td.Wait()
+		if perr != nil || stopped > 3*time.Second || !strings.HasPrefix(liveErr.String(), "captured ") {
+			t.Errorf("pcap to stdout stopped by SIGINT: %v after %v, stderr %q", perr, stopped, liveErr.String())
+		}
+		t.Logf("live capture stopped by SIGINT after 1s: %s", strings.TrimSpace(liveErr.String()))
+		if c := strings.Count(live.String(), ": ICMP echo request"); c < 5 {
+			t.Errorf("tcpdump -r - of the live capture saw %d echo requests in 1s of pings every 50ms:\n%s", c, live.String())
+		}
+
+		// The uplink is an L3 port: raw IP, the node's side of a ping.
+		nodePing := a.ns.Command(ctx, "ping", "-i", "0.05", n.nodeIP.String())
+		if err := nodePing.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cancel(); _ = nodePing.Wait() }()
+		upFile := filepath.Join(n.dir, "up.pcap")
+		if out, err := exec.Command(filepath.Join(n.bin, "podrouter"), "pcap", n.uplink, "-c", "4", "-w", upFile,
+			"--socket", n.socket).CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "captured 4 packets") {
+			t.Fatalf("podrouter pcap %s: %v\n%s", n.uplink, err, out)
+		}
+		dump, err = exec.Command("tcpdump", "-n", "-r", upFile).CombinedOutput()
+		if err != nil || !strings.Contains(string(dump), "link-type RAW") ||
+			!strings.Contains(string(dump), a.ip.String()+" > "+n.nodeIP.String()+": ICMP echo request") {
+			t.Errorf("tcpdump -r of the uplink capture: %v\n%s", err, dump)
+		}
+
+		// An unknown pod is an error naming it, and leaves no file.
+		bad := filepath.Join(n.dir, "none.pcap")
+		out, err = exec.Command(filepath.Join(n.bin, "podrouter"), "pcap", "10.250.254.254", "-w", bad, "--socket", n.socket).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "not found") {
+			t.Errorf("pcap of an unknown pod: %v\n%s", err, out)
+		}
+		if _, err := os.Stat(bad); !os.IsNotExist(err) {
+			t.Errorf("failed capture left %s: %v", bad, err)
+		}
+	})
+
+	t.Run("cli", func(t *testing.T) {
+		out, err := exec.Command(filepath.Join(n.bin, "podrouter"), "peers", "--json", "--socket", n.socket).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "[]" {
+			t.Errorf("peers --json on a node without peers: %v %q", err, out)
+		}
+		out, err = exec.Command(filepath.Join(n.bin, "podrouter"), "status", "--socket", n.socket).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "readiness:") || !strings.Contains(string(out), "ok") {
+			t.Errorf("status: %v\n%s", err, out)
+		}
+		m := scrape(t, hc)
+		if got := m.get("podrouter_api_requests_total", map[string]string{"op": "capture", "result": "ok"}); got != 3 {
+			t.Errorf("capture requests ok = %v, want 3", got)
+		}
+		if got := m.get("podrouter_api_requests_total", map[string]string{"op": "capture", "result": "not-found"}); got != 1 {
+			t.Errorf("capture requests not-found = %v, want 1", got)
+		}
+	})
+
+	t.Run("logs", func(t *testing.T) {
+		msgs := map[string]int{}
+		for _, l := range strings.Split(strings.TrimSpace(n.logText()), "\n") {
+			var e struct {
+				Level, Msg, Logger string
+			}
+			if err := json.Unmarshal([]byte(l), &e); err != nil || e.Level == "" || e.Msg == "" {
+				t.Errorf("not a structured log line: %q (%v)", l, err)
+				continue
+			}
+			msgs[e.Level+" "+e.Msg]++
+		}
+		for _, want := range []string{"info ready", "info serving metrics and health", "info pod attached", "info capture done"} {
+			if msgs[want] == 0 {
+				t.Errorf("no %q log line; got %v", want, msgs)
+			}
+		}
+		if msgs["info pod attached"] != 2 {
+			t.Errorf("%d 'pod attached' lines, want 2", msgs["info pod attached"])
+		}
 	})
 }

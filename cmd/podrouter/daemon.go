@@ -74,8 +74,36 @@ func (f addrListFlag) Set(v string) error {
 	return nil
 }
 
+// listenAddrFlag holds the metrics listener's address: IP:PORT ([IPv6]:PORT),
+// :PORT for every address, or "" / "off" for none (the zero AddrPort).
+type listenAddrFlag struct{ ap *netip.AddrPort }
+
+func (f listenAddrFlag) String() string {
+	if f.ap == nil || !f.ap.IsValid() {
+		return "off"
+	}
+	return f.ap.String()
+}
+
+func (f listenAddrFlag) Set(s string) error {
+	switch {
+	case s == "" || s == "off":
+		*f.ap = netip.AddrPort{}
+		return nil
+	case strings.HasPrefix(s, ":"):
+		s = "[::]" + s
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Addr().Zone() != "" {
+		return fmt.Errorf("want IP:PORT, [IPv6]:PORT, :PORT or off")
+	}
+	*f.ap = ap
+	return nil
+}
+
 func runDaemon(args []string, stdout, stderr io.Writer) int {
 	var cfg daemon.Config
+	cfg.MetricsAddr = daemon.DefaultMetricsAddr
 	var lf logFlags
 	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -87,6 +115,7 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "local API socket (its directory is made 0700, the socket 0600)")
 	fs.StringVar(&cfg.Uplink, "uplink", daemon.DefaultUplink, "name of the uplink TUN device in this network namespace")
 	fs.IntVar(&cfg.MTU, "mtu", daemon.DefaultMTU, "pods' default MTU and the uplink's MTU (1280..65535)")
+	fs.Var(listenAddrFlag{&cfg.MetricsAddr}, "metrics-addr", "where to serve /metrics, /healthz and /readyz over HTTP: IP:PORT, :PORT (every address), or off")
 	lf.register(fs, "info")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -94,8 +123,11 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 				"Runs the node daemon in this network namespace: the engine with the podCIDR and\n"+
 				"its gateway, the uplink TUN (routes to the podCIDRs), and the local API on a\n"+
 				"root-only unix socket that podrouter-cni attaches pods through. Pods recorded in\n"+
-				"the state directory are re-attached at start, without CNI. SIGTERM or SIGINT\n"+
-				"stops it cleanly: the pods keep their interfaces for the next start.\n"+
+				"the state directory are re-attached at start, without CNI. Prometheus metrics,\n"+
+				"/healthz and /readyz are served over HTTP on --metrics-addr (/readyz answers 503\n"+
+				"until the routes are synced, the uplink is up, the API serves and the recorded\n"+
+				"pods are re-attached, and again while stopping). SIGTERM or SIGINT stops it\n"+
+				"cleanly: the pods keep their interfaces for the next start.\n"+
 				"Exits 0 after a clean stop, 1 when it fails, 2 on bad flags.\n\nFlags:\n")
 			fs.SetOutput(stdout)
 			fs.PrintDefaults()

@@ -1,7 +1,8 @@
 package main
 
-// The operator CLI: podrouter status | routes | ports | pods read the
-// daemon's local API and print a table (or, with --json, the API's JSON).
+// The operator CLI: podrouter status | routes | ports | pods | peers read
+// the daemon's local API and print a table (or, with --json, the API's
+// JSON). podrouter pcap lives in pcap.go.
 
 import (
 	"context"
@@ -10,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -23,6 +25,7 @@ func init() {
 	register(command{name: "routes", summary: "show the engine's routing table", run: runRoutes})
 	register(command{name: "ports", summary: "show the engine's ports with their counters and drop reasons", run: runPorts})
 	register(command{name: "pods", summary: "show the attached pods", run: runPods})
+	register(command{name: "peers", summary: "show the peer nodes' ports and the podCIDRs routed to them", run: runPeers})
 }
 
 // clientFlags are the flags of every command that reads the API.
@@ -100,6 +103,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		}
 		for _, kv := range [][2]string{
 			{"ready", fmt.Sprint(st.Ready)},
+			{"readiness", readiness(st)},
 			{"pid", fmt.Sprint(st.PID)},
 			{"started", st.Started.Format(time.RFC3339)},
 			{"pod CIDRs", joinStringers(st.PodCIDRs)},
@@ -120,6 +124,14 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// readiness is what /readyz says.
+func readiness(st api.Status) string {
+	if st.NotReady == "" {
+		return "ok"
+	}
+	return "not ready: " + st.NotReady
 }
 
 func runRoutes(args []string, stdout, stderr io.Writer) int {
@@ -166,20 +178,24 @@ func runPorts(args []string, stdout, stderr io.Writer) int {
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "INDEX\tNAME\tKIND\tMTU\tADDRS\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tDROPS")
 	for _, p := range ps {
-		var drops []string
-		for r, n := range p.Drops {
-			drops = append(drops, fmt.Sprintf("%s=%d", r, n))
-		}
-		slices.Sort(drops)
-		d := "-"
-		if len(drops) > 0 {
-			d = strings.Join(drops, ",")
-		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", p.Index, p.Name, p.Kind, p.MTU, joinStringers(p.Addrs),
-			p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, d)
+			p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, dropsText(p.Drops))
 	}
 	_ = tw.Flush()
 	return 0
+}
+
+// dropsText prints drops by reason as "a=1,b=2" (sorted), or "-".
+func dropsText(drops map[string]uint64) string {
+	var ds []string
+	for r, n := range drops {
+		ds = append(ds, fmt.Sprintf("%s=%d", r, n))
+	}
+	if len(ds) == 0 {
+		return "-"
+	}
+	slices.Sort(ds)
+	return strings.Join(ds, ",")
 }
 
 func runPods(args []string, stdout, stderr io.Writer) int {
@@ -200,6 +216,64 @@ func runPods(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(tw, "CONTAINER\tIFNAME\tNETNS\tMAC\tMTU\tADDRS\tPORT")
 	for _, a := range as {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\n", a.ContainerID, a.IfName, a.Netns, a.MAC, a.MTU, joinStringers(a.Addrs), a.PortIndex)
+	}
+	_ = tw.Flush()
+	return 0
+}
+
+// peer is one peer port with the prefixes routed to it, as podrouter peers
+// prints it.
+type peer struct {
+	api.Port
+	Prefixes []netip.Prefix `json:"prefixes"`
+}
+
+// peersOf joins the peer ports with the peer routes that name them.
+func peersOf(ps []api.Port, rs []api.Route) []peer {
+	out := []peer{}
+	for _, p := range ps {
+		if p.Kind != "peer" {
+			continue
+		}
+		pr := peer{Port: p, Prefixes: []netip.Prefix{}}
+		for _, r := range rs {
+			if r.Kind == "peer" && r.Port == p.Index {
+				pr.Prefixes = append(pr.Prefixes, r.Prefix)
+			}
+		}
+		out = append(out, pr)
+	}
+	return out
+}
+
+func runPeers(args []string, stdout, stderr io.Writer) int {
+	var cf clientFlags
+	if rc := cf.parse("peers", "Shows the engine's peer ports (other nodes, through the underlay) with their\n"+
+		"counters and the podCIDRs routed to each. A daemon without peers shows none.", args, stdout, stderr); rc >= 0 {
+		return rc
+	}
+	ctx := context.Background()
+	c := cf.client()
+	ps, err := c.Ports(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter peers: %v\n", err)
+		return 1
+	}
+	rs, err := c.Routes(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter peers: %v\n", err)
+		return 1
+	}
+	peers := peersOf(ps, rs)
+	if cf.json {
+		printJSON(stdout, peers)
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "INDEX\tNAME\tMTU\tPREFIXES\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tDROPS")
+	for _, p := range peers {
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", p.Index, p.Name, p.MTU, joinStringers(p.Prefixes),
+			p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, dropsText(p.Drops))
 	}
 	_ = tw.Flush()
 	return 0

@@ -1,14 +1,16 @@
 // Package api is the node daemon's local API: a root-only unix socket over
 // which the CNI plugin attaches and detaches pods (the pod's TAP file
 // descriptor travels with the attach request, by SCM_RIGHTS) and the operator
-// CLI reads status, routes, ports and attachments.
+// CLI reads status, routes, ports and attachments and captures a pod's
+// traffic (the output file's descriptor travels with the capture request).
 //
-//	client: dial ─► one request (JSON line, + the TAP fd for attach) ─► one reply ─► close
+//	client: dial ─► one request (JSON line, + the TAP or output fd) ─► one reply ─► close
 //	server: accept ─► SO_PEERCRED check ─► read request (+ fds) ─► Handler ─► reply
 //
 // Design notes. One request per connection keeps the protocol trivially
 // correct about which fd belongs to which request and lets the server bound
-// every exchange with one deadline. The socket is a SOCK_STREAM unix socket
+// every exchange with one deadline (a capture carries its own, longer bound: its duration plus
+// the usual timeout, capped by MaxCaptureDuration). The socket is a SOCK_STREAM unix socket
 // carrying newline-terminated JSON (Version below); the fd of an attach
 // request rides on the first bytes of the request, the only place the
 // server looks for it. Errors cross the socket as a code (Code) that the
@@ -113,7 +115,27 @@ const (
 	OpRoutes      Op = "routes"      // -> []Route
 	OpPorts       Op = "ports"       // -> []Port
 	OpAttachments Op = "attachments" // -> []Attachment
+	OpCapture     Op = "capture"     // CaptureRequest + the output fd -> CaptureStats
+	// OpUnknown is what ServerConfig.Observe reports for a request that
+	// named no known op or could not be read (so metrics labels stay a
+	// fixed set whatever a client sends).
+	OpUnknown Op = "unknown"
 )
+
+// Ops returns every known operation (not OpUnknown).
+func Ops() []Op {
+	return []Op{OpAttach, OpDetach, OpStatus, OpRoutes, OpPorts, OpAttachments, OpCapture}
+}
+
+// known reports whether op is one of Ops.
+func (op Op) known() bool {
+	for _, o := range Ops() {
+		if o == op {
+			return true
+		}
+	}
+	return false
+}
 
 // AttachmentID names one attachment as CNI does: the container and the
 // interface name inside it.
@@ -245,7 +267,12 @@ type Attachment struct {
 type Status struct {
 	// Ready is true once the engine, the uplink and every re-attachment
 	// are up; attach requests before that fail with ErrNotReady.
-	Ready        bool           `json:"ready"`
+	Ready bool `json:"ready"`
+	// NotReady is why the daemon's /readyz fails now (routes not synced,
+	// uplink down, API not serving, re-attaching, shutting down), empty
+	// when it passes. It can be set while Ready is true: the uplink went
+	// down after the start.
+	NotReady     string         `json:"notReady,omitempty"`
 	PID          int            `json:"pid"`
 	Started      time.Time      `json:"started"`
 	PodCIDRs     []netip.Prefix `json:"podCIDRs"`
@@ -296,12 +323,88 @@ type Port struct {
 	Drops     map[string]uint64 `json:"drops,omitempty"` // by reason, non-zero only
 }
 
+// Capture bounds.
+const (
+	// DefaultCaptureDuration bounds a capture that names neither a count
+	// nor a duration.
+	DefaultCaptureDuration = 10 * time.Second
+	// MaxCaptureDuration is the longest capture, and the bound of one that
+	// names only a count.
+	MaxCaptureDuration = 10 * time.Minute
+	// MaxCaptureCount is the most packets one capture may ask for.
+	MaxCaptureCount = 10_000_000
+	// MaxSnaplen is the most bytes kept of one packet (a whole 64 KiB
+	// super-packet with its link header fits).
+	MaxSnaplen = 262144
+)
+
+// CaptureRequest asks the daemon to capture a pod's traffic, both
+// directions as its port sees them, into the pcap file whose descriptor
+// travels with the request.
+type CaptureRequest struct {
+	// Pod names the port: its exact port name (a pod's is
+	// "containerID/ifName"; the uplink's is its device name), a pod
+	// address, or a container ID or a prefix of one that matches exactly
+	// one attachment.
+	Pod string `json:"pod"`
+	// Count stops the capture after this many packets (0: no count).
+	Count int `json:"count,omitempty"`
+	// Duration stops the capture after this long. Normalize sets it when
+	// it is zero: DefaultCaptureDuration without a Count, else
+	// MaxCaptureDuration.
+	Duration time.Duration `json:"duration,omitempty"`
+	// Snaplen is the most bytes kept of each packet (0: MaxSnaplen).
+	Snaplen int `json:"snaplen,omitempty"`
+}
+
+// Normalize fills in the default bound and checks every field; errors wrap
+// ErrBadRequest and name the field.
+func (r *CaptureRequest) Normalize() error {
+	if r.Pod == "" {
+		return fmt.Errorf("%w: capture: pod: empty", ErrBadRequest)
+	}
+	if len(r.Pod) > 1100 || strings.ContainsFunc(r.Pod, func(c rune) bool { return c < 0x21 || c == 0x7f }) {
+		return fmt.Errorf("%w: capture: pod %.40q: want a port name, container ID or address", ErrBadRequest, r.Pod)
+	}
+	if r.Count < 0 || r.Count > MaxCaptureCount {
+		return fmt.Errorf("%w: capture: count %d out of range 0..%d", ErrBadRequest, r.Count, MaxCaptureCount)
+	}
+	if r.Duration < 0 || r.Duration > MaxCaptureDuration {
+		return fmt.Errorf("%w: capture: duration %v out of range 0..%v", ErrBadRequest, r.Duration, MaxCaptureDuration)
+	}
+	if r.Snaplen < 0 || r.Snaplen > MaxSnaplen {
+		return fmt.Errorf("%w: capture: snaplen %d out of range 0..%d", ErrBadRequest, r.Snaplen, MaxSnaplen)
+	}
+	if r.Duration == 0 {
+		r.Duration = DefaultCaptureDuration
+		if r.Count > 0 {
+			r.Duration = MaxCaptureDuration
+		}
+	}
+	if r.Snaplen == 0 {
+		r.Snaplen = MaxSnaplen
+	}
+	return nil
+}
+
+// CaptureStats reports a finished capture.
+type CaptureStats struct {
+	// Port is the captured port's name.
+	Port string `json:"port"`
+	// Captured packets were written to the file; Dropped ones crossed the
+	// port while the writer was behind (the data path never waits for a
+	// capture).
+	Captured int    `json:"captured"`
+	Dropped  uint64 `json:"dropped"`
+}
+
 // request is the wire form of a request.
 type request struct {
-	V      int            `json:"v"`
-	Op     Op             `json:"op"`
-	Attach *AttachRequest `json:"attach,omitempty"`
-	ID     *AttachmentID  `json:"id,omitempty"`
+	V       int             `json:"v"`
+	Op      Op              `json:"op"`
+	Attach  *AttachRequest  `json:"attach,omitempty"`
+	ID      *AttachmentID   `json:"id,omitempty"`
+	Capture *CaptureRequest `json:"capture,omitempty"`
 }
 
 // wireError is the wire form of an error.
@@ -313,11 +416,12 @@ type wireError struct {
 // reply is the wire form of a reply: Error, or the field of the request's
 // op.
 type reply struct {
-	V           int          `json:"v"`
-	Error       *wireError   `json:"error,omitempty"`
-	Attachment  *Attachment  `json:"attachment,omitempty"`
-	Status      *Status      `json:"status,omitempty"`
-	Routes      []Route      `json:"routes,omitempty"`
-	Ports       []Port       `json:"ports,omitempty"`
-	Attachments []Attachment `json:"attachments,omitempty"`
+	V           int           `json:"v"`
+	Error       *wireError    `json:"error,omitempty"`
+	Attachment  *Attachment   `json:"attachment,omitempty"`
+	Status      *Status       `json:"status,omitempty"`
+	Routes      []Route       `json:"routes,omitempty"`
+	Ports       []Port        `json:"ports,omitempty"`
+	Attachments []Attachment  `json:"attachments,omitempty"`
+	Capture     *CaptureStats `json:"capture,omitempty"`
 }

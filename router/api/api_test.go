@@ -361,3 +361,239 @@ func TestMACText(t *testing.T) {
 		t.Fatal("8-byte MAC accepted")
 	}
 }
+
+// captureHandler is fakeHandler with OpCapture: it writes one line naming
+// the pod into the passed fd, or (pod "wait") waits for its context.
+type captureHandler struct {
+	fakeHandler
+	mu  sync.Mutex
+	got []CaptureRequest
+}
+
+func (h *captureHandler) Capture(ctx context.Context, req CaptureRequest, out *os.File) (CaptureStats, error) {
+	defer out.Close()
+	h.mu.Lock()
+	h.got = append(h.got, req)
+	h.mu.Unlock()
+	switch req.Pod {
+	case "missing":
+		return CaptureStats{}, fmt.Errorf("%w: no pod or port %q", ErrNotFound, req.Pod)
+	case "wait":
+		<-ctx.Done()
+		return CaptureStats{Port: "w/eth0", Captured: 7, Dropped: 1}, nil
+	}
+	if _, err := fmt.Fprintf(out, "pcap of %s\n", req.Pod); err != nil {
+		return CaptureStats{}, err
+	}
+	return CaptureStats{Port: req.Pod + "/eth0", Captured: req.Count}, nil
+}
+
+func (h *captureHandler) last() CaptureRequest {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.got[len(h.got)-1]
+}
+
+func startCaptureServer(t *testing.T, timeout time.Duration, h Handler, observe func(Op, Code, time.Duration)) (*Server, *Client) {
+	t.Helper()
+	uid := uint32(os.Getuid())
+	s, err := Listen(ServerConfig{Path: filepath.Join(t.TempDir(), "run", "api.sock"), AllowUID: &uid, Timeout: timeout,
+		Observe: observe, Logger: zaptest.NewLogger(t)}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve() }()
+	t.Cleanup(func() {
+		_ = s.Close()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return s, &Client{Path: s.Path(), Timeout: timeout}
+}
+
+func TestCapturePassesDescriptor(t *testing.T) {
+	h := &captureHandler{}
+	_, c := startCaptureServer(t, 2*time.Second, h, nil)
+	ctx := context.Background()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	st, err := c.Capture(ctx, CaptureRequest{Pod: "p1", Count: 3}, w)
+	if err != nil || st.Captured != 3 || st.Port != "p1/eth0" {
+		t.Fatalf("Capture = %+v, %v", st, err)
+	}
+	_ = w.Close() // the handler closed its copy: EOF after the line
+	b, err := io.ReadAll(r)
+	if err != nil || string(b) != "pcap of p1\n" {
+		t.Fatalf("read through the passed fd: %q, %v", b, err)
+	}
+	// Defaults: the bound comes with the request.
+	if got := h.last(); got.Duration != MaxCaptureDuration || got.Snaplen != MaxSnaplen {
+		t.Errorf("count-only capture reached the handler as %+v, want Duration %v", got, MaxCaptureDuration)
+	}
+	_, w2, _ := os.Pipe()
+	defer w2.Close()
+	if _, err := c.Capture(ctx, CaptureRequest{Pod: "p2"}, w2); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.last(); got.Duration != DefaultCaptureDuration {
+		t.Errorf("unbounded capture reached the handler as %+v, want Duration %v", got, DefaultCaptureDuration)
+	}
+	if _, err := c.Capture(ctx, CaptureRequest{Pod: "missing", Count: 1}, w2); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown pod: %v, want ErrNotFound", err)
+	}
+}
+
+func TestCaptureBounds(t *testing.T) {
+	h := &captureHandler{}
+	_, c := startCaptureServer(t, 2*time.Second, h, nil)
+	_, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for _, tc := range []struct {
+		name string
+		req  CaptureRequest
+	}{
+		{"no pod", CaptureRequest{Count: 1}},
+		{"pod with space", CaptureRequest{Pod: "a b", Count: 1}},
+		{"negative count", CaptureRequest{Pod: "p", Count: -1}},
+		{"count too big", CaptureRequest{Pod: "p", Count: MaxCaptureCount + 1}},
+		{"duration too long", CaptureRequest{Pod: "p", Duration: MaxCaptureDuration + time.Second}},
+		{"negative duration", CaptureRequest{Pod: "p", Duration: -time.Second}},
+		{"snaplen", CaptureRequest{Pod: "p", Snaplen: MaxSnaplen + 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := c.Capture(context.Background(), tc.req, w); !errors.Is(err, ErrBadRequest) {
+				t.Errorf("client: %v, want ErrBadRequest", err)
+			}
+			// The server checks too (a client that skips Normalize).
+			req := tc.req
+			if _, err := c.do(context.Background(), request{Op: OpCapture, Capture: &req}, w); !errors.Is(err, ErrBadRequest) {
+				t.Errorf("server: %v, want ErrBadRequest", err)
+			}
+		})
+	}
+	if _, err := c.do(context.Background(), request{Op: OpCapture, Capture: &CaptureRequest{Pod: "p", Count: 1}}, nil); !errors.Is(err, ErrBadRequest) {
+		t.Errorf("capture without an fd: %v, want ErrBadRequest", err)
+	}
+	if _, err := c.do(context.Background(), request{Op: OpCapture}, w); !errors.Is(err, ErrBadRequest) {
+		t.Errorf("capture without its request: %v, want ErrBadRequest", err)
+	}
+	if len(h.got) != 0 {
+		t.Errorf("the handler saw invalid requests: %+v", h.got)
+	}
+	// A daemon whose handler does not capture says so.
+	_, c2 := startCaptureServer(t, 2*time.Second, struct{ Handler }{&fakeHandler{}}, nil)
+	if _, err := c2.Capture(context.Background(), CaptureRequest{Pod: "p", Count: 1}, w); !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "does not capture") {
+		t.Errorf("capture on a handler without Capture: %v", err)
+	}
+}
+
+// TestCaptureOutlivesTimeout: a capture runs for its duration, past the
+// server's per-request timeout, and ends early when the client asks.
+func TestCaptureOutlivesTimeout(t *testing.T) {
+	h := &captureHandler{}
+	s, c := startCaptureServer(t, 200*time.Millisecond, h, nil)
+	_, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	t0 := time.Now()
+	st, err := c.Capture(context.Background(), CaptureRequest{Pod: "wait", Duration: 600 * time.Millisecond}, w)
+	took := time.Since(t0)
+	if err != nil || st.Captured != 7 || st.Dropped != 1 {
+		t.Fatalf("capture past the timeout: %+v, %v", st, err)
+	}
+	if took < 600*time.Millisecond || took > 3*time.Second {
+		t.Errorf("capture of 600ms (+200ms timeout) took %v", took)
+	}
+
+	// The client stops a long capture early and still gets the stats.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	t0 = time.Now()
+	st, err = c.Capture(ctx, CaptureRequest{Pod: "wait", Duration: time.Minute}, w)
+	if took := time.Since(t0); err != nil || st.Captured != 7 || took > 2*time.Second {
+		t.Fatalf("capture stopped by the client after %v: %+v, %v", took, st, err)
+	}
+
+	// Closing the server ends a capture in progress; it still replies.
+	type res struct {
+		st  CaptureStats
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		st, err := c.Capture(context.Background(), CaptureRequest{Pod: "wait", Duration: time.Minute}, w)
+		done <- res{st, err}
+	}()
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		h.mu.Lock()
+		n := len(h.got)
+		h.mu.Unlock()
+		if n == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("third capture never reached the handler")
+		}
+	}
+	t0 = time.Now()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if took := time.Since(t0); r.err != nil || r.st.Captured != 7 || took > time.Second {
+		t.Fatalf("capture ended by Close after %v: %+v, %v", took, r.st, r.err)
+	}
+}
+
+func TestObserve(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	observe := func(op Op, code Code, _ time.Duration) {
+		mu.Lock()
+		got = append(got, string(op)+"/"+string(code))
+		mu.Unlock()
+	}
+	s, c := startCaptureServer(t, 2*time.Second, &captureHandler{fakeHandler: fakeHandler{attached: map[AttachmentID]Attachment{}}}, observe)
+	ctx := context.Background()
+	_, _ = c.Status(ctx)
+	_ = c.Detach(ctx, AttachmentID{ContainerID: "nope", IfName: "eth0"})
+	_, _ = c.do(ctx, request{Op: "reboot"}, nil)
+	_, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	_, _ = c.Capture(ctx, CaptureRequest{Pod: "p", Count: 1}, w)
+	conn, err := net.Dial("unix", s.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.WriteString(conn, "garbage\n")
+	_, _ = io.ReadAll(conn)
+	conn.Close()
+	want := []string{"status/", "detach/not-found", "unknown/bad-request", "capture/", "unknown/bad-request"}
+	// Observe runs after the reply is written: wait for the last one.
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n >= len(want) || time.Now().After(deadline) {
+			break
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("observed %v, want %v", got, want)
+	}
+}

@@ -76,32 +76,81 @@ func (c *Client) Attachments(ctx context.Context) ([]Attachment, error) {
 	return rep.Attachments, err
 }
 
+// Capture asks the daemon to capture req.Pod's traffic into out: the daemon
+// writes a pcap stream (Ethernet link type for a pod's L2 port, raw IP for
+// an L3 port) straight into its own copy of the descriptor, so the file is
+// opened with the caller's rights; the caller still owns out and closes it.
+// req is normalized first (its defaults filled in). Capture returns when the
+// capture ends at req's Count or Duration. When ctx ends first, the client
+// shuts down its side of the connection: the daemon stops the capture and
+// replies with what it wrote, and Capture returns that (within the
+// client's Timeout). An unknown pod gives an error wrapping ErrNotFound, a
+// port already being captured one wrapping ErrConflict.
+func (c *Client) Capture(ctx context.Context, req CaptureRequest, out *os.File) (CaptureStats, error) {
+	if err := req.Normalize(); err != nil {
+		return CaptureStats{}, err
+	}
+	if out == nil {
+		return CaptureStats{}, fmt.Errorf("%w: capture without an output file", ErrBadRequest)
+	}
+	rep, err := c.exchange(ctx, request{Op: OpCapture, Capture: &req}, out, req.Duration)
+	if err != nil {
+		return CaptureStats{}, err
+	}
+	if rep.Capture == nil {
+		return CaptureStats{}, fmt.Errorf("%w: capture reply without the stats", ErrInternal)
+	}
+	return *rep.Capture, nil
+}
+
+func (c *Client) timeout() time.Duration {
+	if c.Timeout <= 0 {
+		return 10 * time.Second
+	}
+	return c.Timeout
+}
+
 // do sends one request (with f's descriptor when f is not nil) and reads
 // the reply. A daemon that cannot be reached gives ErrUnavailable; a reply
 // with an error gives that error's sentinel, wrapped with its message.
 func (c *Client) do(ctx context.Context, req request, f *os.File) (reply, error) {
+	return c.exchange(ctx, req, f, 0)
+}
+
+// exchange is do for a request that may run for long on top of the
+// timeout. With long > 0 the end of ctx does not abandon the exchange: it
+// shuts down the write side, which asks the server to finish early and
+// reply, and the reply is awaited for at most one more timeout.
+func (c *Client) exchange(ctx context.Context, req request, f *os.File, long time.Duration) (reply, error) {
 	path := c.Path
 	if path == "" {
 		path = DefaultSocket
 	}
-	timeout := c.Timeout
-	if timeout <= 0 {
-		timeout = 10 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	timeout := c.timeout()
+	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, "unix", path)
+	nc, err := d.DialContext(dctx, "unix", path)
 	if err != nil {
 		return reply{}, fmt.Errorf("%w: %s: %w", ErrUnavailable, path, err)
 	}
 	conn := nc.(*net.UnixConn)
 	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
+	hard := time.Now().Add(timeout + long)
+	if long > 0 {
+		hard = hard.Add(captureReplyGrace)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
-	defer stop()
+	if long == 0 {
+		if dl, ok := dctx.Deadline(); ok {
+			hard = dl
+		}
+		ctx = dctx
+	}
+	_ = conn.SetDeadline(hard)
+	if long == 0 {
+		stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+		defer stop()
+	}
 	req.V = Version
 	b, err := json.Marshal(req)
 	if err != nil {
@@ -117,6 +166,15 @@ func (c *Client) do(ctx context.Context, req request, f *os.File) (reply, error)
 		_, err = conn.Write(b[n:])
 	}
 	sendErr := err
+	if long > 0 && sendErr == nil {
+		stop := context.AfterFunc(ctx, func() {
+			_ = conn.CloseWrite()
+			if grace := time.Now().Add(timeout); grace.Before(hard) {
+				_ = conn.SetDeadline(grace)
+			}
+		})
+		defer stop()
+	}
 	// Read the reply even when the send failed: a server that refuses a
 	// peer answers and closes without reading the request.
 	line, err := bufio.NewReaderSize(conn, 64<<10).ReadBytes('\n')
@@ -126,6 +184,9 @@ func (c *Client) do(ctx context.Context, req request, f *os.File) (reply, error)
 	if err != nil {
 		if ctx.Err() != nil {
 			return reply{}, fmt.Errorf("%w: no reply: %w", ErrUnavailable, ctx.Err())
+		}
+		if time.Now().After(hard) {
+			return reply{}, fmt.Errorf("%w: no reply within %v: %w", ErrUnavailable, timeout+long, err)
 		}
 		return reply{}, fmt.Errorf("%w: read reply: %w", ErrUnavailable, err)
 	}

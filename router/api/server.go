@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +34,18 @@ type Handler interface {
 	Attachments(ctx context.Context) ([]Attachment, error)
 }
 
+// CaptureHandler is a Handler that also serves OpCapture; a Server whose
+// Handler is not one answers capture requests with ErrBadRequest.
+type CaptureHandler interface {
+	Handler
+	// Capture writes a pcap stream of req.Pod's traffic to out until req's
+	// Count or Duration is reached or ctx ends (the client stopped the
+	// capture early, or the server is closing), and returns what it wrote.
+	// req is normalized (CaptureRequest.Normalize). Capture owns out: it
+	// closes it whatever it returns. An unknown pod is ErrNotFound.
+	Capture(ctx context.Context, req CaptureRequest, out *os.File) (CaptureStats, error)
+}
+
 // ErrDaemonRunning is returned by Listen when another process answers on
 // the socket.
 var ErrDaemonRunning = errors.New("api: another daemon is listening on the socket")
@@ -46,8 +59,15 @@ type ServerConfig struct {
 	// AllowUID is the only peer uid served (SO_PEERCRED); default 0.
 	// Tests running unprivileged set their own uid.
 	AllowUID *uint32
-	// Timeout bounds one request, from accept to reply (default 10s).
+	// Timeout bounds one request, from accept to reply (default 10s). A
+	// capture gets its duration on top.
 	Timeout time.Duration
+	// Observe, when set, is called once per connection after the reply is
+	// written: the request's op (OpUnknown when it named none this package
+	// knows, or could not be read, or the peer was refused), its error
+	// code ("" on success) and how long it took from accept. It runs on the
+	// connection's goroutine and must be quick.
+	Observe func(op Op, code Code, elapsed time.Duration)
 	Logger  *zap.Logger
 }
 
@@ -63,10 +83,17 @@ type Server struct {
 	conns   map[*net.UnixConn]struct{}
 	closed  bool
 	closeCh chan struct{}
+	serving atomic.Bool
+	// stop ends long requests (captures) when the server closes.
+	stop       context.Context
+	stopCancel context.CancelFunc
 }
 
 // maxRequest bounds a request's size.
 const maxRequest = 64 << 10
+
+// captureReplyGrace is how long past its bound a capture's reply may take.
+const captureReplyGrace = time.Second
 
 // Listen creates the socket (directory 0700, socket 0600), replacing a stale
 // socket file that nobody answers on, and returns a Server that does not
@@ -82,6 +109,7 @@ func Listen(cfg ServerConfig, h Handler) (*Server, error) {
 		cfg.Logger = zap.NewNop()
 	}
 	s := &Server{cfg: cfg, h: h, log: cfg.Logger.Named("api"), conns: map[*net.UnixConn]struct{}{}, closeCh: make(chan struct{})}
+	s.stop, s.stopCancel = context.WithCancel(context.Background())
 	if cfg.AllowUID != nil {
 		s.allow = *cfg.AllowUID
 	}
@@ -136,8 +164,13 @@ func (s *Server) prepareDir() error {
 // Path returns the socket path.
 func (s *Server) Path() string { return s.cfg.Path }
 
+// Serving reports whether Serve is accepting connections.
+func (s *Server) Serving() bool { return s.serving.Load() }
+
 // Serve accepts connections until Close; it returns nil after Close.
 func (s *Server) Serve() error {
+	s.serving.Store(true)
+	defer s.serving.Store(false)
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
@@ -171,7 +204,8 @@ func (s *Server) Serve() error {
 	}
 }
 
-// Close stops accepting, waits for the requests in progress (closing their
+// Close stops accepting, ends the captures in progress (they reply with
+// what they wrote), waits for the other requests in progress (closing their
 // connections after a grace period of one request timeout) and removes the
 // socket file. It is idempotent.
 func (s *Server) Close() error {
@@ -183,6 +217,7 @@ func (s *Server) Close() error {
 	s.closed = true
 	close(s.closeCh)
 	s.mu.Unlock()
+	s.stopCancel()
 	err := s.ln.Close()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -201,12 +236,20 @@ func (s *Server) Close() error {
 
 func (s *Server) serveConn(c *net.UnixConn) {
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
-	defer cancel()
-	_ = c.SetDeadline(time.Now().Add(s.cfg.Timeout))
+	t0 := time.Now()
+	op, code := OpUnknown, Code("")
+	if s.cfg.Observe != nil {
+		defer func() { s.cfg.Observe(op, code, time.Since(t0)) }()
+	}
+	fail := func(err error) {
+		code = codeOf(err)
+		s.writeReply(c, reply{Error: &wireError{Code: code, Message: err.Error()}})
+	}
+	deadline := t0.Add(s.cfg.Timeout)
+	_ = c.SetDeadline(deadline)
 	if uid, err := peerUID(c); err != nil || uid != s.allow {
 		s.log.Warn("refused peer", zap.Uint32("uid", uid), zap.Error(err))
-		s.writeReply(c, reply{Error: &wireError{Code: CodePermission, Message: fmt.Sprintf("peer uid %d is not allowed", uid)}})
+		fail(fmt.Errorf("%w: peer uid %d is not allowed", ErrPermission, uid))
 		return
 	}
 	req, files, err := readRequest(c)
@@ -217,16 +260,48 @@ func (s *Server) serveConn(c *net.UnixConn) {
 			}
 		}
 	}()
+	if req.Op.known() {
+		op = req.Op
+	}
 	if err != nil {
-		s.writeReply(c, reply{Error: &wireError{Code: CodeBadRequest, Message: err.Error()}})
+		fail(fmt.Errorf("%w: %w", ErrBadRequest, err))
 		return
+	}
+	if req.Op == OpCapture && req.Capture != nil {
+		// A capture carries its own bound: its duration plus the usual
+		// time for the exchange.
+		if err := req.Capture.Normalize(); err != nil {
+			fail(err)
+			return
+		}
+		deadline = time.Now().Add(req.Capture.Duration + s.cfg.Timeout)
+		// The reply may follow a capture that ran to its bound.
+		_ = c.SetDeadline(deadline.Add(captureReplyGrace))
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if req.Op == OpCapture {
+		// The client ends a capture early by shutting down its side of
+		// the connection; the server's Close ends it too.
+		stop := context.AfterFunc(s.stop, cancel)
+		defer stop()
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			var b [1]byte
+			_, _ = c.Read(b[:])
+			cancel()
+		}()
+		defer func() { <-watched }()
+		defer func() { _ = c.SetReadDeadline(time.Now()) }() // ends the watch
 	}
 	rep, herr := s.dispatch(ctx, req, files)
 	if herr != nil {
-		rep = reply{Error: &wireError{Code: codeOf(herr), Message: herr.Error()}}
-		if req.Op == OpAttach || req.Op == OpDetach {
+		if req.Op == OpAttach || req.Op == OpDetach || req.Op == OpCapture {
 			s.log.Info("request failed", zap.String("op", string(req.Op)), zap.Error(herr))
 		}
+		fail(herr)
+		return
 	}
 	s.writeReply(c, rep)
 }
@@ -235,6 +310,9 @@ func (s *Server) serveConn(c *net.UnixConn) {
 // nil so the caller does not close it.
 func (s *Server) dispatch(ctx context.Context, req request, files []*os.File) (reply, error) {
 	var rep reply
+	if req.Op != OpAttach && req.Op != OpCapture && len(files) > 0 {
+		return rep, fmt.Errorf("%w: op %s takes no fd", ErrBadRequest, req.Op)
+	}
 	switch req.Op {
 	case OpAttach:
 		if req.Attach == nil {
@@ -253,6 +331,24 @@ func (s *Server) dispatch(ctx context.Context, req request, files []*os.File) (r
 			return rep, err
 		}
 		rep.Attachment = &a
+	case OpCapture:
+		if req.Capture == nil {
+			return rep, fmt.Errorf("%w: capture without its request", ErrBadRequest)
+		}
+		if len(files) != 1 {
+			return rep, fmt.Errorf("%w: capture wants exactly one fd (the output file), got %d", ErrBadRequest, len(files))
+		}
+		ch, ok := s.h.(CaptureHandler)
+		if !ok {
+			return rep, fmt.Errorf("%w: this daemon does not capture", ErrBadRequest)
+		}
+		out := files[0]
+		files[0] = nil
+		st, err := ch.Capture(ctx, *req.Capture, out)
+		if err != nil {
+			return rep, err
+		}
+		rep.Capture = &st
 	case OpDetach:
 		if req.ID == nil {
 			return rep, fmt.Errorf("%w: detach without an id", ErrBadRequest)
@@ -289,9 +385,6 @@ func (s *Server) dispatch(ctx context.Context, req request, files []*os.File) (r
 		rep.Attachments = as
 	default:
 		return rep, fmt.Errorf("%w: unknown op %q", ErrBadRequest, req.Op)
-	}
-	if req.Op != OpAttach && len(files) > 0 {
-		return reply{}, fmt.Errorf("%w: op %s takes no fd", ErrBadRequest, req.Op)
 	}
 	return rep, nil
 }

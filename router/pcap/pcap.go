@@ -98,10 +98,20 @@ type record struct {
 	orig int
 }
 
+// Flusher is a buffered writer (bufio.Writer). Capture flushes one passed as
+// its io.Writer whenever it has written every queued packet, and at the end,
+// so that a reader of a live pipe sees packets as they come while a busy
+// port's records still leave in large writes.
+type Flusher interface {
+	io.Writer
+	Flush() error
+}
+
 // Capture installs a tap on port and writes both directions of its traffic
 // to w as pcap until opt's count or duration is reached or ctx ends, then
 // removes the tap. The data path never blocks on the capture: when the
-// queue is full a packet is counted as dropped.
+// queue is full a packet is counted as dropped. A w that is a Flusher is
+// flushed whenever the queue is drained and before Capture returns.
 func Capture(ctx context.Context, port *engine.Port, w io.Writer, opt Options) (Stats, error) {
 	if opt.Snaplen <= 0 {
 		opt.Snaplen = DefaultSnaplen
@@ -112,10 +122,6 @@ func Capture(ctx context.Context, port *engine.Port, w io.Writer, opt Options) (
 	lt := LinkRaw
 	if port.Config().L2 {
 		lt = LinkEthernet
-	}
-	pw, err := NewWriter(w, lt, opt.Snaplen)
-	if err != nil {
-		return Stats{}, err
 	}
 	q := make(chan record, opt.Queue)
 	var dropped atomic.Uint64
@@ -147,6 +153,23 @@ func Capture(ctx context.Context, port *engine.Port, w io.Writer, opt Options) (
 		closed.Store(true)
 		close(q)
 		mu.Unlock()
+		for r := range q { // queued past the bound: not part of the capture
+			b := r.b
+			pool.Put(&b)
+		}
+	}
+	// The header goes out once the port is ours: a busy port's capture
+	// writes nothing.
+	pw, err := NewWriter(w, lt, opt.Snaplen)
+	fl, _ := w.(Flusher)
+	if err == nil && fl != nil {
+		if ferr := fl.Flush(); ferr != nil {
+			err = fmt.Errorf("pcap: write header: %w", ferr)
+		}
+	}
+	if err != nil {
+		stop()
+		return Stats{}, err
 	}
 	if opt.Duration > 0 {
 		var cancel context.CancelFunc
@@ -159,20 +182,24 @@ func Capture(ctx context.Context, port *engine.Port, w io.Writer, opt Options) (
 		select {
 		case r := <-q:
 			if werr == nil {
-				werr = pw.WritePacket(r.ts, r.b, r.orig)
-				st.Captured++
+				if werr = pw.WritePacket(r.ts, r.b, r.orig); werr == nil {
+					st.Captured++
+				}
 			}
 			b := r.b
 			pool.Put(&b)
 			done = werr != nil || (opt.Count > 0 && st.Captured >= opt.Count)
+			if !done && fl != nil && len(q) == 0 {
+				werr = fl.Flush()
+				done = werr != nil
+			}
 		case <-ctx.Done():
 			done = true
 		}
 	}
 	stop()
-	for r := range q { // queued past the bound: not part of the capture
-		b := r.b
-		pool.Put(&b)
+	if fl != nil && werr == nil {
+		werr = fl.Flush()
 	}
 	st.Dropped = dropped.Load()
 	if werr != nil {

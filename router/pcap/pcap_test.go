@@ -176,3 +176,74 @@ func TestCaptureStopsAtDuration(t *testing.T) {
 		t.Fatalf("link type %d, %d packets", lt, len(pkts))
 	}
 }
+
+// flushRecorder is a Flusher that records what reached the underlying
+// writer at each flush.
+type flushRecorder struct {
+	buf     bytes.Buffer // written, not yet flushed
+	flushed bytes.Buffer
+	flushes chan int // size of flushed data after each flush
+}
+
+func (f *flushRecorder) Write(b []byte) (int, error) { return f.buf.Write(b) }
+func (f *flushRecorder) Flush() error {
+	_, _ = f.buf.WriteTo(&f.flushed)
+	f.flushes <- f.flushed.Len()
+	return nil
+}
+
+// TestCaptureFlushes: a buffered writer is flushed after the header and
+// whenever the queue is drained, so a live reader sees each packet; a
+// capture on a busy port writes nothing at all.
+func TestCaptureFlushes(t *testing.T) {
+	e, err := engine.New(engine.Config{PodCIDR: podCIDR})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ha, da := linktest.Pipe(64, 2000, 16)
+	hb, db := linktest.Pipe(64, 2000, 16)
+	pa, err := e.AddPort(da, engine.PortConfig{Name: "a", Kind: engine.KindPod, L2: true, PeerMAC: macA, MTU: 1500, Addrs: []netip.Addr{addrA}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.AddPort(db, engine.PortConfig{Name: "b", Kind: engine.KindPod, L2: true, PeerMAC: macB, MTU: 1500, Addrs: []netip.Addr{addrB}}); err != nil {
+		t.Fatal(err)
+	}
+	w := &flushRecorder{flushes: make(chan int, 16)}
+	done := make(chan Stats, 1)
+	go func() {
+		st, err := Capture(context.Background(), pa, w, Options{Count: 2, Duration: 10 * time.Second})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- st
+	}()
+	if n := <-w.flushes; n != 24 {
+		t.Fatalf("first flush: %d bytes, want the 24-byte header", n)
+	}
+	var busy bytes.Buffer
+	if _, err := Capture(context.Background(), pa, &busy, Options{Count: 1}); err != ErrBusy || busy.Len() != 0 {
+		t.Fatalf("capture on a busy port: %v, wrote %d bytes; want ErrBusy and nothing", err, busy.Len())
+	}
+	f := frame(e, macA, addrA, addrB, 1)
+	bufs, sizes := [][]byte{make([]byte, 2000)}, []int{0}
+	_, _ = ha.Write([][]byte{f}, 0)
+	if _, err := hb.Read(bufs, sizes, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The one queued packet is flushed before the capture ends.
+	if n := <-w.flushes; n != 24+16+len(f) {
+		t.Fatalf("flush after one packet: %d bytes, want %d", n, 24+16+len(f))
+	}
+	_, _ = ha.Write([][]byte{f}, 0)
+	if _, err := hb.Read(bufs, sizes, 0); err != nil {
+		t.Fatal(err)
+	}
+	if st := <-done; st.Captured != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	if n := <-w.flushes; n != 24+2*(16+len(f)) {
+		t.Fatalf("final flush: %d bytes", n)
+	}
+}

@@ -19,6 +19,10 @@ const (
 	DefaultMTU      = 1500
 )
 
+// DefaultMetricsAddr is where the command's --metrics-addr points by
+// default: the node's loopback, port 9602.
+var DefaultMetricsAddr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 9602)
+
 // ErrConfig is wrapped by every Config.Validate error.
 var ErrConfig = errors.New("daemon: invalid config")
 
@@ -49,8 +53,17 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// APIAllowUID overrides the only peer uid the API serves (default 0).
 	APIAllowUID *uint32
+	// MetricsAddr is where /metrics, /healthz and /readyz are served over
+	// HTTP (port 0: a free port, see Daemon.MetricsAddr). The zero value
+	// serves none; the command's flag defaults to DefaultMetricsAddr. An
+	// unspecified address (0.0.0.0, ::) listens on every address.
+	MetricsAddr netip.AddrPort
 	// Logger (default zap.NewNop()).
 	Logger *zap.Logger
+
+	// hookBeforeRoutes, when set (tests), runs in New after the metrics
+	// server started and before the engine's routes are set.
+	hookBeforeRoutes func(*Daemon)
 }
 
 // Validate fills in defaults and checks every field, naming the bad one.
@@ -117,6 +130,11 @@ func (c *Config) Validate() error {
 	}
 	if c.MTU < 1280 || c.MTU > 65535 {
 		return bad("mtu %d: out of range 1280..65535", c.MTU)
+	}
+	if c.MetricsAddr.IsValid() {
+		if a := c.MetricsAddr.Addr(); a.Zone() != "" || a.Is4In6() {
+			return bad("metrics-addr %s: want a plain IPv4 or IPv6 address and a port", c.MetricsAddr)
+		}
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 5 * time.Second

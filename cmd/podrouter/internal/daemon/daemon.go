@@ -1,20 +1,23 @@
 // Package daemon is the composition root of the podrouter node daemon: it
-// builds, in order, the state store, the engine, the uplink, the local API
-// and the pods' ports, wrapping each step's error, and tears them down in
-// reverse.
+// builds, in order, the state store, the engine, the metrics server, the
+// uplink, the local API and the pods' ports, wrapping each step's error, and
+// tears them down in reverse.
 //
 //	New: config ─► state store (locked) ─► engine (podCIDRs, gateway)
+//	     ─► metrics/health server (/readyz 503: routes not synced)
 //	     ─► uplink TUN + host routes ─► uplink port + engine routes
 //	     ─► API server (status answers, ready=false) ─► re-attach recorded pods
-//	     ─► ready=true
-//	Close: API stops ─► ports detached (TAPs stay, records stay) ─► engine,
-//	     uplink (the kernel removes podr0 and its routes) ─► store unlocked
+//	     ─► ready=true (/readyz 200)
+//	Close: not ready ─► API stops (captures end) ─► ports detached (TAPs
+//	     stay, records stay) ─► engine, uplink (the kernel removes podr0 and
+//	     its routes) ─► metrics server ─► store unlocked
 package daemon
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -25,10 +28,12 @@ import (
 
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/metrics"
 	"github.com/podrouter/podrouter/router/route"
 )
 
-// Daemon is a running node daemon. It implements api.Handler.
+// Daemon is a running node daemon. It implements api.Handler and
+// api.CaptureHandler.
 type Daemon struct {
 	cfg     Config
 	log     *zap.Logger
@@ -40,14 +45,18 @@ type Daemon struct {
 	srv     *api.Server
 	served  chan error
 	pods    pods
-	ready   atomic.Bool
+	ready   readiness
+	apiM    *apiMetrics
 
-	reattached, reattachFailed int
-	reattachTime               time.Duration
-	closed                     atomic.Bool
+	metricsSrv    *metrics.Server
+	metricsAddr   net.Addr
+	metricsServed chan error
+
+	reattach atomic.Pointer[reattachStats]
+	closed   atomic.Bool
 }
 
-var _ api.Handler = (*Daemon)(nil)
+var _ api.CaptureHandler = (*Daemon)(nil)
 
 // New builds a daemon from cfg and starts serving its API. On error,
 // everything built so far is torn down again.
@@ -55,7 +64,8 @@ func New(cfg Config) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger.Named("daemon"), started: time.Now()}
+	d := &Daemon{cfg: cfg, log: cfg.Logger.Named("daemon"), started: time.Now(), apiM: newAPIMetrics()}
+	d.ready.log = d.log
 	success := false
 	defer func() {
 		if !success {
@@ -82,32 +92,79 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("daemon: engine: %w", err)
 	}
 	d.pods = pods{eng: d.eng, store: d.store, log: d.log, byID: map[api.AttachmentID]*pod{}}
+	if cfg.MetricsAddr.IsValid() {
+		if err := d.startMetrics(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.hookBeforeRoutes != nil {
+		cfg.hookBeforeRoutes(d)
+	}
 	if d.up, err = createUplink(cfg.Uplink, cfg.MTU, cfg.PodCIDRs(), cfg.NodeIPs); err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
+	probe := d.up.probe
+	d.ready.uplink.Store(&probe)
 	if d.upPort, err = d.eng.AddPort(d.up.dev, engine.PortConfig{Name: cfg.Uplink, Kind: engine.KindUplink, MTU: cfg.MTU}); err != nil {
 		_ = d.up.dev.Close()
-		d.up = nil
 		return nil, fmt.Errorf("daemon: uplink port: %w", err)
 	}
 	if err := d.eng.SetRoutes(uplinkRoutes(cfg, d.upPort.Index())); err != nil {
 		return nil, fmt.Errorf("daemon: engine routes: %w", err)
 	}
-	if d.srv, err = api.Listen(api.ServerConfig{Path: cfg.Socket, AllowUID: cfg.APIAllowUID, Logger: cfg.Logger}, d); err != nil {
+	d.ready.routes.Store(true)
+	if d.srv, err = api.Listen(api.ServerConfig{Path: cfg.Socket, AllowUID: cfg.APIAllowUID, Logger: cfg.Logger, Observe: d.apiM.observe}, d); err != nil {
 		return nil, fmt.Errorf("daemon: local API: %w", err)
 	}
+	serving := d.srv.Serving
+	d.ready.api.Store(&serving)
 	d.served = make(chan error, 1)
 	go func() { d.served <- d.srv.Serve() }()
 	t0 := time.Now()
-	d.reattached, d.reattachFailed = d.pods.reattach(recs)
-	d.reattachTime = time.Since(t0)
-	d.ready.Store(true)
+	var rs reattachStats
+	rs.ok, rs.failed = d.pods.reattach(recs)
+	rs.took = time.Since(t0)
+	d.reattach.Store(&rs)
+	d.ready.pods.Store(true)
 	d.log.Info("ready", zap.Stringers("podCIDRs", cfg.PodCIDRs()), zap.String("uplink", cfg.Uplink),
-		zap.String("socket", cfg.Socket), zap.Int("reattached", d.reattached), zap.Int("reattachFailed", d.reattachFailed),
-		zap.Duration("reattachTime", d.reattachTime))
+		zap.String("socket", cfg.Socket), zap.Int("reattached", rs.ok), zap.Int("reattachFailed", rs.failed),
+		zap.Duration("reattachTime", rs.took))
+	if rs.failed > 0 {
+		d.log.Warn("running degraded: some recorded pods are not attached", zap.Int("unattached", rs.failed))
+	}
 	success = true
 	return d, nil
 }
+
+// startMetrics listens on cfg.MetricsAddr and serves the engine's and the
+// daemon's metrics, /healthz and /readyz from there on.
+func (d *Daemon) startMetrics() error {
+	reg, err := metrics.NewRegistry(d.eng, collector{d}, d.apiM.requests, d.apiM.latency)
+	if err != nil {
+		return fmt.Errorf("daemon: metrics: %w", err)
+	}
+	ln, err := net.Listen("tcp", d.cfg.MetricsAddr.String())
+	if err != nil {
+		return fmt.Errorf("daemon: metrics-addr %s: %w", d.cfg.MetricsAddr, err)
+	}
+	d.metricsAddr = ln.Addr()
+	d.metricsSrv = metrics.NewServer(reg, d.ready.check, d.cfg.Logger)
+	d.metricsServed = make(chan error, 1)
+	go func() { d.metricsServed <- d.metricsSrv.Serve(ln) }()
+	return nil
+}
+
+// MetricsAddr returns the address the metrics server listens on (with the
+// port chosen when the configured one is 0), or nil without one.
+func (d *Daemon) MetricsAddr() net.Addr { return d.metricsAddr }
+
+// Ready returns nil when the daemon is ready to carry traffic (what /readyz
+// reports), else why it is not.
+func (d *Daemon) Ready() error { return d.ready.check() }
+
+// attachable reports whether attach requests are served: the recorded pods
+// are re-attached and the daemon is not stopping.
+func (d *Daemon) attachable() bool { return d.ready.pods.Load() && !d.ready.closing.Load() }
 
 // uplinkRoutes sends the node's addresses (or, without them, everything
 // outside the cluster) to the uplink port.
@@ -126,7 +183,7 @@ func uplinkRoutes(cfg Config, up int32) []route.Route {
 }
 
 // Run serves until ctx is done (then it closes the daemon and returns nil)
-// or the API server fails.
+// or the API or metrics server fails.
 func (d *Daemon) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
@@ -134,7 +191,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return d.Close()
 	case err := <-d.served:
 		d.served <- err
+		d.log.Error("local API failed", zap.Error(err))
 		return errors.Join(fmt.Errorf("daemon: local API: %w", err), d.Close())
+	case err := <-d.metricsServed: // nil channel without a metrics server
+		d.metricsServed <- err
+		d.log.Error("metrics server failed", zap.Error(err))
+		return errors.Join(fmt.Errorf("daemon: metrics: %w", err), d.Close())
 	}
 }
 
@@ -151,7 +213,7 @@ func (d *Daemon) Close() error {
 }
 
 func (d *Daemon) teardown() error {
-	d.ready.Store(false)
+	d.ready.closing.Store(true)
 	var errs []error
 	if d.srv != nil {
 		errs = append(errs, d.srv.Close())
@@ -164,8 +226,17 @@ func (d *Daemon) teardown() error {
 	if d.eng != nil {
 		d.pods.closeAll()
 		errs = append(errs, d.eng.Close()) // closes the uplink port's TUN too
-	} else if d.up != nil {
-		errs = append(errs, d.up.dev.Close())
+	}
+	if d.metricsSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
+		errs = append(errs, d.metricsSrv.Shutdown(ctx))
+		cancel()
+		if err := <-d.metricsServed; err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if d.up != nil {
+		d.up.close() // after the metrics server: readiness probes through it
 	}
 	if d.store != nil {
 		errs = append(errs, d.store.Close())
@@ -178,8 +249,17 @@ func (d *Daemon) Status(context.Context) (api.Status, error) {
 	d.pods.mu.Lock()
 	n := len(d.pods.byID)
 	d.pods.mu.Unlock()
+	var rs reattachStats
+	if p := d.reattach.Load(); p != nil {
+		rs = *p
+	}
+	notReady := ""
+	if err := d.ready.check(); err != nil {
+		notReady = err.Error()
+	}
 	st := api.Status{
-		Ready:          d.ready.Load(),
+		Ready:          d.attachable(),
+		NotReady:       notReady,
 		PID:            os.Getpid(),
 		Started:        d.started.UTC(),
 		PodCIDRs:       d.cfg.PodCIDRs(),
@@ -190,9 +270,9 @@ func (d *Daemon) Status(context.Context) (api.Status, error) {
 		Uplink:         d.cfg.Uplink,
 		MTU:            d.cfg.MTU,
 		Attachments:    n,
-		Reattached:     d.reattached,
-		ReattachFailed: d.reattachFailed,
-		ReattachTime:   d.reattachTime,
+		Reattached:     rs.ok,
+		ReattachFailed: rs.failed,
+		ReattachTime:   rs.took,
 		Goroutines:     runtime.NumGoroutine(),
 		FDs:            openFDs(),
 	}

@@ -85,8 +85,11 @@ func (d *Daemon) checkAddrs(addrs []netip.Addr) error {
 
 // Attach implements api.Handler.
 func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest, f *os.File) (api.Attachment, error) {
-	if !d.ready.Load() {
+	if !d.attachable() {
 		_ = f.Close()
+		if d.ready.closing.Load() {
+			return api.Attachment{}, fmt.Errorf("%w: shutting down", api.ErrNotReady)
+		}
 		return api.Attachment{}, fmt.Errorf("%w: re-attaching recorded pods", api.ErrNotReady)
 	}
 	if err := d.checkAddrs(req.Addrs); err != nil {
@@ -116,6 +119,8 @@ func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest, f *os.File) 
 		return api.Attachment{}, fmt.Errorf("%w: %w", api.ErrInternal, err)
 	}
 	p.byID[req.AttachmentID] = pd
+	d.log.Info("pod attached", zap.Stringer("pod", req.AttachmentID), zap.String("netns", req.Netns),
+		zap.Stringers("addrs", req.Addrs), zap.Int32("port", pd.port.Index()))
 	return pd.attachment(), nil
 }
 

@@ -31,35 +31,54 @@ import (
 
 // uplink is the host-side TUN and what the daemon configured on it.
 type uplink struct {
-	dev  *tun.Device
-	name string
+	dev   *tun.Device
+	name  string
+	index int
+	// nl is a netlink handle bound to the daemon's network namespace (the
+	// one the uplink was created in), whichever thread uses it later:
+	// readiness probes the uplink through it.
+	nl *netlink.Handle
 }
+
+// flagUp is IFF_UP as netlink's link attributes report it.
+const flagUp = net.FlagUp
+
+// close releases the netlink handle; the TUN itself is the engine's (its
+// port's device) and closes with the engine.
+func (u *uplink) close() { u.nl.Close() }
 
 // createUplink creates the TUN name in the current network namespace, sets
 // its MTU, brings it up and routes the podCIDRs to it. On error nothing is
 // left behind.
 func createUplink(name string, mtu int, podCIDRs []netip.Prefix, nodeIPs []netip.Addr) (*uplink, error) {
-	if _, err := netlink.LinkByName(name); err == nil {
+	nl, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("uplink %s: netlink: %w", name, err)
+	}
+	if _, err := nl.LinkByName(name); err == nil {
+		nl.Close()
 		return nil, fmt.Errorf("uplink %s: a device of that name already exists", name)
 	}
 	dev, err := tun.Create(name, mtu)
 	if err != nil {
+		nl.Close()
 		return nil, fmt.Errorf("uplink %s: create TUN: %w", name, err)
 	}
 	success := false
 	defer func() {
 		if !success {
 			_ = dev.Close()
+			nl.Close()
 		}
 	}()
-	l, err := netlink.LinkByName(name)
+	l, err := nl.LinkByName(name)
 	if err != nil {
 		return nil, fmt.Errorf("uplink %s: %w", name, err)
 	}
-	if err := netlink.LinkSetMTU(l, mtu); err != nil {
+	if err := nl.LinkSetMTU(l, mtu); err != nil {
 		return nil, fmt.Errorf("uplink %s: set MTU %d: %w", name, mtu, err)
 	}
-	if err := netlink.LinkSetUp(l); err != nil {
+	if err := nl.LinkSetUp(l); err != nil {
 		return nil, fmt.Errorf("uplink %s: set up: %w", name, err)
 	}
 	for _, p := range podCIDRs {
@@ -70,7 +89,7 @@ func createUplink(name string, mtu int, podCIDRs []netip.Prefix, nodeIPs []netip
 				break
 			}
 		}
-		if err := netlink.RouteReplace(r); err != nil {
+		if err := nl.RouteReplace(r); err != nil {
 			// An IPv6 route fails when IPv6 is disabled on the node;
 			// only the IPv4 podCIDR is essential.
 			if p.Addr().Is6() && errors.Is(err, unix.EACCES) {
@@ -80,7 +99,7 @@ func createUplink(name string, mtu int, podCIDRs []netip.Prefix, nodeIPs []netip
 		}
 	}
 	success = true
-	return &uplink{dev: dev, name: name}, nil
+	return &uplink{dev: dev, name: name, index: l.Attrs().Index, nl: nl}, nil
 }
 
 // prefixNet converts p for netlink.

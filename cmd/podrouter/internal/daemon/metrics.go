@@ -1,0 +1,206 @@
+package daemon
+
+// Operability: the daemon's readiness and its own metrics, served with the
+// engine's by router/metrics.
+//
+//	New: engine ─► metrics server (ready: "routes not synced") ─► uplink
+//	     ─► SetRoutes (routes) ─► API Serve (api) ─► re-attach (pods) ─► ready
+//	Close: closing ("shutting down") ─► API, ports, engine ─► metrics server
+//
+// Design notes. Readiness is a function of flags that New sets as each stage
+// completes, plus one live probe of the uplink at probe time (an operator
+// can set podr0 down, or delete it, under a running daemon). The metrics
+// server starts right after the engine, before the routes, so /readyz
+// answers 503 until the first route sync, and stops last, so it answers 503
+// while the daemon shuts down. Nothing here runs per packet: the engine's
+// counters are read at scrape time, and the API counters move once per
+// request.
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/podrouter/podrouter/router/api"
+)
+
+// Reasons readiness gives.
+var (
+	errShuttingDown = errors.New("shutting down")
+	errNoRoutes     = errors.New("routes not synced")
+	errNoAPI        = errors.New("local API not serving")
+	errReattaching  = errors.New("re-attaching recorded pods")
+)
+
+// readiness is what /readyz reports. Its zero value is "routes not synced";
+// New sets each flag as the stage completes, Close sets closing first.
+type readiness struct {
+	routes, pods, closing atomic.Bool
+	// api reports whether the local API accepts connections (nil: not
+	// created yet).
+	api atomic.Pointer[func() bool]
+	// uplink probes the uplink (nil: not created yet).
+	uplink atomic.Pointer[func() error]
+
+	log     *zap.Logger
+	lastErr atomic.Pointer[string] // last reason reported, "" = ready
+}
+
+// check returns nil when the daemon is ready to carry traffic, else why
+// not. It logs each change of the answer (info; warn when a ready daemon
+// becomes unready other than by shutting down).
+func (r *readiness) check() error {
+	err := r.reason()
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	if prev := r.lastErr.Swap(&msg); r.log != nil && (prev == nil || *prev != msg) {
+		switch {
+		case err == nil:
+			r.log.Info("readiness: ready")
+		case prev != nil && *prev == "" && !errors.Is(err, errShuttingDown):
+			r.log.Warn("readiness: not ready", zap.Error(err))
+		default:
+			r.log.Info("readiness: not ready", zap.Error(err))
+		}
+	}
+	return err
+}
+
+func (r *readiness) reason() error {
+	if r.closing.Load() {
+		return errShuttingDown
+	}
+	if !r.routes.Load() {
+		return errNoRoutes
+	}
+	if up := r.uplink.Load(); up == nil {
+		return errors.New("uplink not created")
+	} else if err := (*up)(); err != nil {
+		return err
+	}
+	if serving := r.api.Load(); serving == nil || !(*serving)() {
+		return errNoAPI
+	}
+	if !r.pods.Load() {
+		return errReattaching
+	}
+	return nil
+}
+
+// reattachStats is the outcome of the start's re-attach.
+type reattachStats struct {
+	ok, failed int
+	took       time.Duration
+}
+
+var (
+	descReady = prometheus.NewDesc("podrouter_ready",
+		"1 when the daemon is ready (its /readyz passes), else 0.", nil, nil)
+	descAttachments = prometheus.NewDesc("podrouter_attachments",
+		"Recorded pod attachments: attached to the engine, or recorded but unattached (their re-attach failed).", []string{"state"}, nil)
+	descReattached = prometheus.NewDesc("podrouter_reattach_pods",
+		"Recorded pods the daemon re-attached at its start (ok) or could not (failed).", []string{"result"}, nil)
+	descReattachTime = prometheus.NewDesc("podrouter_reattach_seconds",
+		"How long re-attaching the recorded pods took at the daemon's start.", nil, nil)
+)
+
+// apiMetrics counts the local API's requests (the CNI plugin's attach and
+// detach, the CLI's reads and captures) by op and result. Both labels take
+// a fixed set of values: api.Ops plus "unknown", and "ok" plus the API's
+// error codes.
+type apiMetrics struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+func newAPIMetrics() *apiMetrics {
+	m := &apiMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podrouter_api_requests_total",
+			Help: "Local API requests (CNI attach/detach, CLI reads, captures) by op and result (ok, or the error code).",
+		}, []string{"op", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "podrouter_api_request_duration_seconds",
+			Help:    "Local API request time from accept to reply, by op (a capture's includes its duration).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10, 60},
+		}, []string{"op"}),
+	}
+	for _, op := range api.Ops() {
+		m.requests.WithLabelValues(string(op), "ok")
+		m.latency.WithLabelValues(string(op))
+	}
+	return m
+}
+
+// observe is the api.ServerConfig.Observe hook.
+func (m *apiMetrics) observe(op api.Op, code api.Code, elapsed time.Duration) {
+	result := "ok"
+	if code != "" {
+		result = string(code)
+	}
+	m.requests.WithLabelValues(string(op), result).Inc()
+	m.latency.WithLabelValues(string(op)).Observe(elapsed.Seconds())
+}
+
+// collector reads the daemon's state at scrape time.
+type collector struct{ d *Daemon }
+
+// Describe implements prometheus.Collector.
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descReady, descAttachments, descReattached, descReattachTime} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	ready := 0.0
+	if c.d.ready.check() == nil {
+		ready = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready)
+	attached, unattached := c.d.pods.count()
+	ch <- prometheus.MustNewConstMetric(descAttachments, prometheus.GaugeValue, float64(attached), "attached")
+	ch <- prometheus.MustNewConstMetric(descAttachments, prometheus.GaugeValue, float64(unattached), "unattached")
+	if rs := c.d.reattach.Load(); rs != nil {
+		ch <- prometheus.MustNewConstMetric(descReattached, prometheus.GaugeValue, float64(rs.ok), "ok")
+		ch <- prometheus.MustNewConstMetric(descReattached, prometheus.GaugeValue, float64(rs.failed), "failed")
+		ch <- prometheus.MustNewConstMetric(descReattachTime, prometheus.GaugeValue, rs.took.Seconds())
+	}
+}
+
+// count returns how many recorded pods are attached and how many are not.
+func (p *pods) count() (attached, unattached int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pd := range p.byID {
+		if pd.port != nil {
+			attached++
+		} else {
+			unattached++
+		}
+	}
+	return attached, unattached
+}
+
+// uplinkProbe returns the uplink's live state for readiness.
+func (u *uplink) probe() error {
+	l, err := u.nl.LinkByIndex(u.index)
+	if err != nil {
+		return fmt.Errorf("uplink %s gone: %w", u.name, err)
+	}
+	a := l.Attrs()
+	if a.Name != u.name {
+		return fmt.Errorf("uplink %s gone (index %d is now %s)", u.name, u.index, a.Name)
+	}
+	if a.Flags&flagUp == 0 {
+		return fmt.Errorf("uplink %s is down", u.name)
+	}
+	return nil
+}
