@@ -114,12 +114,18 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 }
 
 // serveEcho runs a TCP echo server on port 7 of p until the test ends.
+// Cleanup closes the listener and every accepted connection, so a transfer
+// that failed mid-way cannot keep the test waiting for its echo goroutine.
 func serveEcho(t testing.TB, p *netstackx.Pod) {
 	ln, err := p.ListenTCP(7)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -128,6 +134,9 @@ func serveEcho(t testing.TB, p *netstackx.Pod) {
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -136,7 +145,15 @@ func serveEcho(t testing.TB, p *netstackx.Pod) {
 			}()
 		}
 	}()
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 }
 
 // echoTransfer sends n pseudo-random bytes through p's echo connection to

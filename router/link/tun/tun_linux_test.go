@@ -219,7 +219,16 @@ func TestPairPingIperf(t *testing.T) {
 				seconds = 1
 			}
 			gbps := iperf3(t, p.a, p.b, addrB, seconds)
+			// A late segment (a FIN's ACK, a retransmission) may be between
+			// one device's read and the other's write when iperf3 exits:
+			// wait for both directions to settle before comparing.
 			sa, sb := p.da.Stats(), p.db.Stats()
+			for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if sa.RxPackets == sb.TxPackets && sb.RxPackets == sa.TxPackets {
+					break
+				}
+				sa, sb = p.da.Stats(), p.db.Stats()
+			}
 			t.Logf("iperf3 TCP A->B over IPv4: %.2f Gbit/s (offloads %v)", gbps, p.da.GSO())
 			t.Logf("A: %+v", sa)
 			t.Logf("B: %+v", sb)
