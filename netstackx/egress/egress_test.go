@@ -767,6 +767,11 @@ func TestResetSourceAndClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cb.Close()
+	// The pod's dial returns at its SYN-ACK; the forwarder registers the
+	// flow when its own handshake completes, a moment later.
+	for deadline := time.Now().Add(5 * time.Second); v.fwd.TrackedFlows() < 2 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if n := v.fwd.ResetSource(a.Addr()); n != 1 {
 		t.Fatalf("ResetSource: %d flows", n)
 	}
