@@ -550,11 +550,11 @@ func TestPods(t *testing.T) {
 			t.Errorf("status --json: %+v %v", st, err)
 		}
 		var ports []api.Port
-		if err := json.Unmarshal(run("ports", "--json"), &ports); err != nil || len(ports) != 4 {
+		if err := json.Unmarshal(run("ports", "--json"), &ports); err != nil || len(ports) != 5 { // 3 pods, uplink, egress
 			t.Fatalf("ports --json: %d ports, %v", len(ports), err)
 		}
 		for _, p := range ports {
-			if p.RxPackets == 0 || p.TxPackets == 0 {
+			if p.Kind != "egress" && (p.RxPackets == 0 || p.TxPackets == 0) {
 				t.Errorf("port %s: rx %d tx %d packets after traffic", p.Name, p.RxPackets, p.TxPackets)
 			}
 		}
@@ -1093,7 +1093,7 @@ func TestOperability(t *testing.T) {
 			{"podrouter_attachments", map[string]string{"state": "unattached"}, 0},
 			{"podrouter_ports", map[string]string{"kind": "pod"}, 2},
 			{"podrouter_ports", map[string]string{"kind": "uplink"}, 1},
-			{"podrouter_routes", nil, 4}, // two pods, the node IP, the podCIDR
+			{"podrouter_routes", nil, 5}, // two pods, the node IP, the podCIDR, 0.0.0.0/0 to egress
 			{"podrouter_ready", nil, 1},
 			{"podrouter_reattach_pods", map[string]string{"result": "failed"}, 0},
 		} {

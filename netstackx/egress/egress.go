@@ -106,6 +106,13 @@ type Config struct {
 	// MaxDials bounds the TCP dials in flight (SYNs not yet answered), in
 	// total and per source address.
 	MaxDials, MaxDialsPerPod int
+	// Allow, when set, is asked about every packet's source and
+	// destination before the forwarder handles it: packets it refuses
+	// (flows that must keep their source, as pod <-> cluster under the
+	// masquerade policy) are dropped and counted as NotAllowed. It runs on
+	// the engine's worker, per packet: it must be quick, must not block and
+	// must not allocate.
+	Allow func(src, dst netip.Addr) bool
 	// Logger (default zap.NewNop()).
 	Logger *zap.Logger
 }
@@ -178,7 +185,8 @@ type Forwarder struct {
 
 	mu      sync.Mutex
 	closed  bool
-	pending map[stack.TransportEndpointID]*synInfo // SYNs being dialled
+	pending map[stack.TransportEndpointID]*synInfo // SYNs handed to gVisor's forwarder
+	dialing map[*synInfo]struct{}                  // SYNs being dialled
 	flows   map[flowCloser]netip.Addr              // live flows by source
 	pings   map[pingKey]*pingFlow
 	wg      sync.WaitGroup
@@ -190,8 +198,11 @@ type Forwarder struct {
 }
 
 // flowCloser is a live flow: abort tears it down at once (RST both ways
-// for TCP).
-type flowCloser interface{ abort() }
+// for TCP); info describes it for Flows.
+type flowCloser interface {
+	abort()
+	info() Flow
+}
 
 var _ link.Device = (*Forwarder)(nil)
 
@@ -211,6 +222,7 @@ func New(cfg Config) (*Forwarder, error) {
 	f := &Forwarder{
 		cfg: cfg, log: cfg.Logger.Named("egress"), ep: ep, s: s,
 		pending: map[stack.TransportEndpointID]*synInfo{},
+		dialing: map[*synInfo]struct{}{},
 		flows:   map[flowCloser]netip.Addr{},
 		pings:   map[pingKey]*pingFlow{},
 	}
@@ -292,11 +304,22 @@ func (f *Forwarder) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 
 // Write implements link.Device: every packet bufs[i][offset:] (a bare IP
 // packet from a pod) goes to the stack, but ICMP echo requests, which go
-// to ping sockets. Malformed packets are dropped and counted.
+// to ping sockets, and packets Config.Allow refuses, which are dropped.
+// Malformed packets are dropped and counted.
 func (f *Forwarder) Write(bufs [][]byte, offset int) (int, error) {
 	start := 0
 	for i, b := range bufs {
-		if offset > len(b) || !isEchoRequest(b[offset:]) {
+		if offset > len(b) {
+			continue
+		}
+		echo := isEchoRequest(b[offset:])
+		denied := false
+		if f.cfg.Allow != nil {
+			if src, dst, ok := ipAddrs(b[offset:]); ok && !f.cfg.Allow(src, dst) {
+				denied = true
+			}
+		}
+		if !echo && !denied {
 			continue
 		}
 		if start < i {
@@ -304,7 +327,11 @@ func (f *Forwarder) Write(bufs [][]byte, offset int) (int, error) {
 				return start, err
 			}
 		}
-		f.handleEcho(b[offset:])
+		if denied {
+			f.c.notAllowed.Add(1)
+		} else {
+			f.handleEcho(b[offset:])
+		}
 		start = i + 1
 	}
 	if start < len(bufs) {
@@ -422,6 +449,7 @@ type Stats struct {
 	PingUnsupported  uint64 // echo requests dropped: ping sockets not permitted (net.ipv4.ping_group_range)
 	ICMPErrorsSent   uint64 // ICMP errors sent to pods (unreachable)
 	Denied           uint64 // packets to destinations never dialled (loopback, unspecified, multicast): RST or dropped
+	NotAllowed       uint64 // packets dropped because Config.Allow refused them
 	BytesToRemote    uint64 // TCP and UDP payload bytes sent to the outside
 	BytesToPod       uint64 // TCP and UDP payload bytes sent to pods
 	ActiveFlows      int    // TCP, UDP and echo flows now
@@ -434,6 +462,7 @@ type counters struct {
 	tcpDialLimited, tcpFlowLimited, tcpResetsToPod, tcpResetsToHost                    atomic.Uint64
 	udpFlows, udpFlowLimited, udpDialErrors, udpIdleClosed                             atomic.Uint64
 	echoRequests, echoReplies, echoDropped, pingUnsupported, icmpErrorsSent, denied    atomic.Uint64
+	notAllowed                                                                         atomic.Uint64
 	bytesToRemote, bytesToPod                                                          atomic.Uint64
 }
 
@@ -449,7 +478,7 @@ func (f *Forwarder) Stats() Stats {
 		UDPFlowLimited: c.udpFlowLimited.Load(), UDPDialErrors: c.udpDialErrors.Load(),
 		UDPIdleClosed: c.udpIdleClosed.Load(), ICMPEchoRequests: c.echoRequests.Load(),
 		ICMPEchoReplies: c.echoReplies.Load(), ICMPEchoDropped: c.echoDropped.Load(),
-		PingUnsupported: c.pingUnsupported.Load(), ICMPErrorsSent: c.icmpErrorsSent.Load(), Denied: c.denied.Load(),
+		PingUnsupported: c.pingUnsupported.Load(), ICMPErrorsSent: c.icmpErrorsSent.Load(), Denied: c.denied.Load(), NotAllowed: c.notAllowed.Load(),
 		BytesToRemote: c.bytesToRemote.Load(), BytesToPod: c.bytesToPod.Load(),
 		ActiveFlows: f.conns.inUse(), DialsInFlight: f.dials.inUse(),
 		Endpoint: f.ep.Stats(),

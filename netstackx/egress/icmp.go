@@ -49,12 +49,13 @@ type pingKey struct {
 // pingFlow is one (pod, destination, identifier) echo flow and its ping
 // socket.
 type pingFlow struct {
-	f    *Forwarder
-	key  pingKey
-	out  chan []byte // echo messages to send
-	last atomic.Int64
-	done chan struct{}
-	once sync.Once
+	f       *Forwarder
+	key     pingKey
+	started time.Time
+	out     chan []byte // echo messages to send
+	last    atomic.Int64
+	done    chan struct{}
+	once    sync.Once
 }
 
 const pingQueue = 16
@@ -84,7 +85,7 @@ func (f *Forwarder) handleEcho(pkt []byte) {
 			f.c.echoDropped.Add(1)
 			return
 		}
-		pf = &pingFlow{f: f, key: key, out: make(chan []byte, pingQueue), done: make(chan struct{})}
+		pf = &pingFlow{f: f, key: key, started: time.Now(), out: make(chan []byte, pingQueue), done: make(chan struct{})}
 		pf.last.Store(time.Now().UnixNano())
 		f.pings[key] = pf
 		f.flows[pf] = key.src

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -31,6 +32,9 @@ import (
 // the start of the packet, to quote in an ICMP error.
 type synInfo struct {
 	quote []byte // IP header + the first 8 bytes of TCP
+	// Set when the dial starts (under Forwarder.mu), for Flows.
+	src, dst netip.AddrPort
+	started  time.Time
 }
 
 // tcpSYN is the stack's TCP handler for segments no endpoint claims. SYNs
@@ -94,6 +98,10 @@ func (f *Forwarder) handleTCP(r *tcp.ForwarderRequest) {
 	closed := f.closed
 	if !closed {
 		f.wg.Add(1)
+		if syn != nil {
+			syn.src, syn.dst, syn.started = netip.AddrPortFrom(src, id.RemotePort), dst, time.Now()
+			f.dialing[syn] = struct{}{}
+		}
 	}
 	f.mu.Unlock()
 	if syn == nil || closed {
@@ -109,6 +117,9 @@ func (f *Forwarder) handleTCP(r *tcp.ForwarderRequest) {
 	ctx, cancel := context.WithTimeout(f.ctx, f.cfg.DialTimeout)
 	c, err := f.cfg.Dialer.DialContext(ctx, "tcp", dst.String())
 	cancel()
+	f.mu.Lock()
+	delete(f.dialing, syn)
+	f.mu.Unlock()
 	f.dials.release(src)
 	if err != nil {
 		f.dialFailed(r, syn, src, dst, err)
@@ -137,7 +148,7 @@ func (f *Forwarder) handleTCP(r *tcp.ForwarderRequest) {
 	}
 	r.Complete(false)
 	ep.SocketOptions().SetKeepAlive(true)
-	fl := &tcpFlow{f: f, src: src, pod: newPodConn(ep, &wq), host: host}
+	fl := &tcpFlow{f: f, src: src, srcPort: id.RemotePort, dst: dst, started: syn.started, pod: newPodConn(ep, &wq), host: host}
 	if !f.track(fl, src) {
 		fl.pod.abort()
 		_ = host.Close()
@@ -187,10 +198,15 @@ type lingerer interface{ SetLinger(sec int) error }
 // tcpFlow splices a pod's connection (a gVisor endpoint) and a host
 // socket, one goroutine per direction.
 type tcpFlow struct {
-	f    *Forwarder
-	src  netip.Addr
-	pod  *podConn
-	host halfCloser
+	f       *Forwarder
+	src     netip.Addr
+	srcPort uint16
+	dst     netip.AddrPort
+	started time.Time
+	pod     *podConn
+	host    halfCloser
+	// podFin and hostFin record each side's FIN (for Flows' state).
+	podFin, hostFin atomic.Bool
 
 	once sync.Once // the first reset wins
 }
@@ -228,6 +244,7 @@ func (fl *tcpFlow) podToHost() {
 		switch {
 		case err == nil:
 		case err == io.EOF:
+			fl.podFin.Store(true)
 			_ = fl.host.CloseWrite() // the pod's FIN
 			return
 		case errors.Is(err, errReset):
@@ -267,6 +284,7 @@ func (fl *tcpFlow) hostToPod() {
 		switch {
 		case err == nil:
 		case err == io.EOF:
+			fl.hostFin.Store(true)
 			fl.pod.closeWrite() // the remote's FIN
 			return
 		case errors.Is(err, syscall.ECONNRESET):

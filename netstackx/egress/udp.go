@@ -48,7 +48,7 @@ func (f *Forwarder) handleUDP(r *udp.ForwarderRequest) bool {
 	fl := &udpFlow{
 		f: f, src: netip.AddrPortFrom(src, id.RemotePort),
 		dst: netip.AddrPortFrom(fromTCPIP(id.LocalAddress), id.LocalPort),
-		ep:  ep, wq: &wq, done: make(chan struct{}),
+		ep:  ep, wq: &wq, done: make(chan struct{}), started: time.Now(),
 	}
 	fl.idle = f.cfg.UDPIdle
 	if fl.dst.Port() == 53 {
@@ -69,6 +69,7 @@ type udpFlow struct {
 	ep       tcpip.Endpoint
 	wq       *waiter.Queue
 	idle     time.Duration
+	started  time.Time
 	last     atomic.Int64 // unix nanos of the last datagram either way
 
 	mu   sync.Mutex

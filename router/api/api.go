@@ -124,7 +124,7 @@ const (
 
 // Ops returns every known operation (not OpUnknown).
 func Ops() []Op {
-	return []Op{OpAttach, OpDetach, OpStatus, OpRoutes, OpPorts, OpAttachments, OpCapture}
+	return []Op{OpAttach, OpDetach, OpStatus, OpRoutes, OpPorts, OpAttachments, OpCapture, OpConntrack}
 }
 
 // known reports whether op is one of Ops.
@@ -294,6 +294,11 @@ type Status struct {
 	// (leak checks).
 	Goroutines int `json:"goroutines"`
 	FDs        int `json:"fds"`
+	// EgressMode is how pods reach the outside: netstack, uplink or snat;
+	// Egress, in netstack mode, the egress forwarder's counters, in snat
+	// mode the engine's conntrack table's.
+	EgressMode string  `json:"egressMode,omitempty"`
+	Egress     *Egress `json:"egress,omitempty"`
 }
 
 // Route is one entry of the engine's table.
@@ -405,6 +410,8 @@ type request struct {
 	Attach  *AttachRequest  `json:"attach,omitempty"`
 	ID      *AttachmentID   `json:"id,omitempty"`
 	Capture *CaptureRequest `json:"capture,omitempty"`
+	// Conntrack: OpConntrack's request (conntrack.go).
+	Conntrack *ConntrackRequest `json:"conntrack,omitempty"`
 }
 
 // wireError is the wire form of an error.
@@ -424,4 +431,5 @@ type reply struct {
 	Ports       []Port        `json:"ports,omitempty"`
 	Attachments []Attachment  `json:"attachments,omitempty"`
 	Capture     *CaptureStats `json:"capture,omitempty"`
+	Conntrack   *Conntrack    `json:"conntrack,omitempty"`
 }

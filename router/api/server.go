@@ -383,6 +383,10 @@ func (s *Server) dispatch(ctx context.Context, req request, files []*os.File) (r
 			return rep, err
 		}
 		rep.Attachments = as
+	case OpConntrack:
+		if err := s.serveConntrack(ctx, req, &rep); err != nil {
+			return rep, err
+		}
 	default:
 		return rep, fmt.Errorf("%w: unknown op %q", ErrBadRequest, req.Op)
 	}

@@ -16,6 +16,10 @@ type PolicyConfig struct {
 	// is translated to, per family; at least one is required. A family
 	// without one is never translated.
 	NodeAddr, NodeAddr6 netip.Addr
+	// HostSockets says the translation is done by the node's own sockets
+	// (netstack egress: the kernel picks the source address), so NodeAddr
+	// and NodeAddr6 are optional; use Translates for the decision.
+	HostSockets bool
 }
 
 // Policy is the masquerade decision of flannel's --ip-masq, without
@@ -45,7 +49,7 @@ func NewPolicy(cfg PolicyConfig) (*Policy, error) {
 		}
 		p.cluster = append(p.cluster, c)
 	}
-	if !cfg.NodeAddr.IsValid() && !cfg.NodeAddr6.IsValid() {
+	if !cfg.NodeAddr.IsValid() && !cfg.NodeAddr6.IsValid() && !cfg.HostSockets {
 		return nil, errors.New("conntrack: policy: NodeAddr or NodeAddr6: required")
 	}
 	if a := cfg.NodeAddr; a.IsValid() && (!a.Is4() || !a.IsGlobalUnicast()) {
@@ -81,4 +85,14 @@ func (p *Policy) Masquerade(src, dst netip.Addr) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	return node, true
+}
+
+// Translates reports whether a flow from src to dst leaves the cluster
+// and has its source translated: src is in the cluster, dst is not, is
+// not multicast, is of src's family and is not one of the node's
+// addresses. Unlike Masquerade it answers for a family without a node
+// address too (HostSockets policies).
+func (p *Policy) Translates(src, dst netip.Addr) bool {
+	return p.inCluster(src) && !p.inCluster(dst) && !dst.IsMulticast() && src.Is4() == dst.Is4() &&
+		dst != p.node4 && dst != p.node6
 }

@@ -170,7 +170,19 @@ func (d *Daemon) Detach(_ context.Context, id api.AttachmentID) error {
 	if !ok {
 		return fmt.Errorf("%w: attachment %s", api.ErrNotFound, id)
 	}
+	addrs := pd.rec.Addrs
 	p.detachLocked(pd)
+	// The pod is gone: its flows to the outside end now (RST to the
+	// remotes), not at their idle timeouts.
+	if d.egr != nil {
+		n := 0
+		for _, a := range addrs {
+			n += d.egr.fwd.ResetSource(a)
+		}
+		if n > 0 {
+			d.log.Info("egress flows of a detached pod reset", zap.Stringer("pod", id), zap.Int("flows", n))
+		}
+	}
 	d.log.Info("pod detached", zap.Stringer("pod", id))
 	return nil
 }

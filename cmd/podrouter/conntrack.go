@@ -1,0 +1,142 @@
+package main
+
+// podrouter conntrack: the daemon's flows to the outside (the netstack
+// egress forwarder's live flows) and its egress counters.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/podrouter/podrouter/router/api"
+)
+
+func init() {
+	register(command{name: "conntrack", summary: "show the flows to the outside (netstack or snat egress) with their translated tuples, and the egress counters", run: runConntrack})
+}
+
+const conntrackDoc = `Lists the daemon's flows to the outside: protocol, the original tuple (pod ->
+destination), the reply tuple as the outside sees it (remote -> the node's
+address and port), state, when the flow expires if idle, and the pod. Then
+the egress counters: live flows, dials in flight, flows opened, events and
+drops by reason. In snat egress mode the flows are the engine's conntrack
+table's (reply tuple: remote -> the SNAT address and port; state: TCP's, or
+unreplied/replied/assured), and the counters the table's. In uplink egress
+mode the host kernel tracks the flows (conntrack -L), so the list is empty.`
+
+func runConntrack(args []string, stdout, stderr io.Writer) int {
+	var cf clientFlags
+	var req api.ConntrackRequest
+	fs := flag.NewFlagSet("conntrack", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cf.socket, "socket", api.DefaultSocket, "the daemon's local API socket")
+	fs.BoolVar(&cf.json, "json", false, "print the API's JSON instead of a table")
+	fs.DurationVar(&cf.timeout, "timeout", 5*time.Second, "time limit of the request")
+	fs.StringVar(&req.Pod, "pod", "", "only this pod's flows: a pod address, a port name (containerID/ifName), or a container ID or a unique prefix of one")
+	fs.IntVar(&req.Max, "max", 0, fmt.Sprintf("list at most this many flows (0: %d)", api.MaxConntrackFlows))
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stdout, "Usage: podrouter conntrack [--pod P] [--json] [flags]\n\n%s\n\nFlags:\n", conntrackDoc)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintf(stderr, "podrouter conntrack: %s\n", firstLine(err.Error()))
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "podrouter conntrack: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if cf.timeout <= 0 {
+		fmt.Fprintf(stderr, "podrouter conntrack: --timeout %v: want a positive duration\n", cf.timeout)
+		return 2
+	}
+	if err := req.Normalize(); err != nil {
+		fmt.Fprintf(stderr, "podrouter conntrack: %v\n", err)
+		return 2
+	}
+	ct, err := cf.client().Conntrack(context.Background(), req)
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter conntrack: %v\n", err)
+		return 1
+	}
+	if cf.json {
+		printJSON(stdout, ct)
+		return 0
+	}
+	printConntrack(stdout, ct, time.Now())
+	return 0
+}
+
+func printConntrack(w io.Writer, ct api.Conntrack, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROTO\tORIGINAL\tREPLY\tSTATE\tEXPIRES\tAGE\tPOD")
+	for _, f := range ct.Flows {
+		reply := "-"
+		if f.ReplySrc.IsValid() {
+			reply = f.ReplySrc.String() + " -> " + apString(f.ReplyDst)
+		}
+		exp := "-"
+		if !f.Expires.IsZero() {
+			exp = max(f.Expires.Sub(now), 0).Round(time.Second).String()
+		}
+		pod := f.Pod
+		if pod == "" {
+			pod = "-"
+		}
+		age := "-" // unknown (snat egress)
+		if !f.Started.IsZero() {
+			age = now.Sub(f.Started).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s -> %s\t%s\t%s\t%s\t%s\t%s\n", f.Proto, f.Src, apString(f.Dst), reply, f.State, exp,
+			age, pod)
+	}
+	_ = tw.Flush()
+	more := ""
+	if ct.Truncated {
+		more = " (more left out: see --max)"
+	}
+	fmt.Fprintf(w, "%d flows%s, egress %s\n", len(ct.Flows), more, ct.Egress)
+	if s := ct.Stats; s != nil {
+		fmt.Fprintf(w, "live flows %d, dials in flight %d, flows opened %d, bytes to remote %d, to pods %d\n",
+			s.Flows, s.DialsInFlight, s.Inserts, s.BytesToRemote, s.BytesToPod)
+		fmt.Fprintf(w, "events: %s\n", countsText(s.Events))
+		fmt.Fprintf(w, "drops: %s\n", countsText(s.Drops))
+	}
+}
+
+// apString prints an address and port; a port 0 (ICMP destinations) as
+// the address alone, an invalid one as "?".
+func apString(ap netip.AddrPort) string {
+	switch {
+	case !ap.IsValid():
+		return "?"
+	case ap.Port() == 0:
+		return ap.Addr().String()
+	}
+	return ap.String()
+}
+
+// countsText prints the non-zero counts as name=n, sorted ("none" when
+// all are zero).
+func countsText(m map[string]uint64) string {
+	var s []string
+	for k, v := range m {
+		if v > 0 {
+			s = append(s, fmt.Sprintf("%s=%d", k, v))
+		}
+	}
+	if len(s) == 0 {
+		return "none"
+	}
+	slices.Sort(s)
+	return strings.Join(s, ",")
+}

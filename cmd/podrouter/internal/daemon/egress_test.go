@@ -1,0 +1,172 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/podrouter/podrouter/router/api"
+	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/link/linktest"
+	"github.com/podrouter/podrouter/router/route"
+)
+
+func TestEgressConfig(t *testing.T) {
+	pfx := netip.MustParsePrefix
+	base := func(e EgressConfig) Config {
+		return Config{PodCIDR: pfx("10.244.1.0/24"), ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")}, Egress: e}
+	}
+	for _, tc := range []struct {
+		name  string
+		cfg   Config
+		field string
+	}{
+		{"default netstack", base(EgressConfig{}), ""},
+		{"uplink", base(EgressConfig{Mode: EgressUplink}), ""},
+		{"limits", base(EgressConfig{MaxFlows: 100, MaxFlowsPerPod: 10, MaxDials: 10, MaxDialsPerPod: 2, DialTimeout: time.Second,
+			UplinkRoutes: []netip.Prefix{pfx("192.168.0.0/16")}}), ""},
+		{"bad mode", base(EgressConfig{Mode: 7}), "egress"},
+		{"negative flows", base(EgressConfig{MaxFlows: -1}), "egress-max-flows"},
+		{"per pod above total", base(EgressConfig{MaxFlows: 10, MaxFlowsPerPod: 11}), "egress-max-flows-per-pod"},
+		{"dials per pod above total", base(EgressConfig{MaxDials: 1, MaxDialsPerPod: 2}), "egress-max-dials-per-pod"},
+		{"negative timeout", base(EgressConfig{DialTimeout: -time.Second}), "egress-dial-timeout"},
+		{"uplink route in cluster", base(EgressConfig{UplinkRoutes: []netip.Prefix{pfx("10.0.0.0/8")}}), "uplink-route"},
+		{"uplink route unmasked", base(EgressConfig{UplinkRoutes: []netip.Prefix{pfx("192.168.1.1/16")}}), "uplink-route"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.field == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("Validate = %v, want ErrConfig naming %q", err, tc.field)
+			}
+		})
+	}
+	for _, m := range []EgressMode{EgressNetstack, EgressUplink, EgressSNAT} {
+		if got, err := ParseEgressMode(m.String()); err != nil || got != m {
+			t.Errorf("ParseEgressMode(%q) = %v, %v", m, got, err)
+		}
+	}
+	if _, err := ParseEgressMode("masquerade"); err == nil {
+		t.Error("ParseEgressMode(masquerade): no error")
+	}
+}
+
+// newEgressDaemon builds the part of a daemon that egress needs: an
+// engine, an uplink port on a pipe and (netstack) the egress port.
+func newEgressDaemon(t *testing.T, cfg Config) *Daemon {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Logger = zaptest.NewLogger(t)
+	e, err := engine.New(engine.Config{PodCIDR: cfg.PodCIDR, PodCIDR6: cfg.PodCIDR6, ClusterCIDRs: cfg.ClusterCIDRs, Logger: cfg.Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, eng: e}
+	up, _ := linktest.Pipe(16, 2048, 8)
+	if d.upPort, err = e.AddPort(up, engine.PortConfig{Name: "podr0", Kind: engine.KindUplink, MTU: 1500}); err != nil {
+		t.Fatal(err)
+	}
+	if d.egr, err = d.startEgress(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = e.Close()
+		if err := d.closeEgress(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := e.SetRoutes(d.outsideRoutes()); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func routeTo(t *testing.T, d *Daemon, dst string) (route.Kind, string) {
+	t.Helper()
+	nh, ok := d.eng.Routes().Lookup(netip.MustParseAddr(dst))
+	if !ok {
+		return route.Unreachable, ""
+	}
+	name := ""
+	if p := d.eng.PortByIndex(nh.Port); p != nil && (nh.Kind == route.Egress || nh.Kind == route.Local) {
+		name = p.Name()
+	}
+	return nh.Kind, name
+}
+
+func TestEgressRoutes(t *testing.T) {
+	pfx := netip.MustParsePrefix
+	cfg := Config{
+		PodCIDR: pfx("10.244.1.0/24"), PodCIDR6: pfx("fd00:10:244:1::/64"),
+		ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16"), pfx("fd00:10:244::/48")},
+		NodeIPs:      []netip.Addr{netip.MustParseAddr("192.168.1.10")},
+		Egress:       EgressConfig{UplinkRoutes: []netip.Prefix{pfx("172.16.0.0/12")}},
+	}
+	d := newEgressDaemon(t, cfg)
+	for _, c := range []struct{ dst, port string }{
+		{"93.184.216.34", EgressPortName},
+		{"2001:db8::1", EgressPortName},
+		{"192.168.1.10", "podr0"}, // the node
+		{"172.16.5.5", "podr0"},   // an uplink route
+		{"10.244.7.7", ""},        // the cluster's remainder: unreachable
+		{"fd00:10:244:7::7", ""},  // likewise
+	} {
+		if _, name := routeTo(t, d, c.dst); name != c.port {
+			t.Errorf("%s routes to %q, want %q", c.dst, name, c.port)
+		}
+	}
+	if err := d.egressReady(); err != nil {
+		t.Errorf("egressReady: %v", err)
+	}
+	// Removing it complains that the routes still point at it, and removes it.
+	_ = d.eng.RemovePort(d.egr.port)
+	if err := d.egressReady(); err == nil {
+		t.Error("egressReady with the port removed: nil")
+	}
+
+	// Uplink mode: no forwarder, today's routes.
+	cfg.Egress = EgressConfig{Mode: EgressUplink}
+	cfg.NodeIPs = nil
+	u := newEgressDaemon(t, cfg)
+	if u.egr != nil || u.egressFwd.Load() != nil {
+		t.Fatal("uplink mode started a forwarder")
+	}
+	if _, name := routeTo(t, u, "93.184.216.34"); name != "podr0" {
+		t.Errorf("uplink mode: the outside routes to %q", name)
+	}
+	ct, err := u.Conntrack(context.Background(), api.ConntrackRequest{})
+	if err != nil || ct.Egress != "uplink" || len(ct.Flows) != 0 || ct.Stats != nil {
+		t.Errorf("uplink mode Conntrack: %+v, %v", ct, err)
+	}
+}
+
+func TestEgressConntrackAPI(t *testing.T) {
+	pfx := netip.MustParsePrefix
+	d := newEgressDaemon(t, Config{PodCIDR: pfx("10.244.1.0/24"), ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")}})
+	d.pods.byID = map[api.AttachmentID]*pod{}
+	ct, err := d.Conntrack(context.Background(), api.ConntrackRequest{})
+	if err != nil || ct.Egress != "netstack" || ct.Flows == nil || ct.Stats == nil || len(ct.Stats.Events) == 0 || len(ct.Stats.Drops) == 0 {
+		t.Fatalf("Conntrack: %+v, %v", ct, err)
+	}
+	if _, err := d.Conntrack(context.Background(), api.ConntrackRequest{Pod: "nosuchcontainer"}); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("unknown pod: %v", err)
+	}
+	if ct, err := d.Conntrack(context.Background(), api.ConntrackRequest{Pod: "10.244.1.9"}); err != nil || len(ct.Flows) != 0 {
+		t.Errorf("by address: %+v, %v", ct, err)
+	}
+	if _, err := d.Conntrack(context.Background(), api.ConntrackRequest{Max: -1}); !errors.Is(err, api.ErrBadRequest) {
+		t.Errorf("bad max: %v", err)
+	}
+}
