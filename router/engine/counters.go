@@ -23,13 +23,15 @@ const (
 	DropNotLocal                      // from a peer, but not for this node's podCIDR
 	DropTxError                       // the next port's Write failed
 	DropNoBuffer                      // no scratch buffer for a reply or fragment
+	DropNoConntrack                   // to a port's SNAT address, but no tracked flow's reply
+	DropSNAT                          // to be translated, but conntrack refused it or it cannot be rewritten
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"too-short", "malformed", "bad-checksum", "ethertype", "not-for-us", "multicast",
 	"spoofed-source", "no-route", "ttl-exceeded", "too-big", "to-gateway", "neighbor",
-	"not-local", "tx-error", "no-buffer",
+	"not-local", "tx-error", "no-buffer", "no-conntrack", "snat",
 }
 
 // String returns the reason's kebab-case name, as metrics and the CLI show it.

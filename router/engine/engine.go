@@ -3,8 +3,8 @@
 // to the next port.
 //
 //	port.Read batch ─► parse ─► ARP/NDP? answer ─► source check ─► route lookup
-//	   ─► TTL (routed hops only) ─► MTU (frag-needed / fragment) ─► stage per
-//	   next port ─► next port.Write batch
+//	   ─► TTL (routed hops only) ─► MTU (frag-needed / fragment) ─► SNAT (ports
+//	   with PortConfig.SNAT) ─► stage per next port ─► next port.Write batch
 //
 // Each port has one worker goroutine that owns its buffers; the routing
 // table and the port list are one immutable snapshot behind an atomic
@@ -98,6 +98,9 @@ type PortConfig struct {
 	// Addrs are a pod port's addresses: host routes to the port, and the
 	// only sources it may send from. Each must lie in a podCIDR.
 	Addrs []netip.Addr
+	// SNAT, when set, translates pods' flows leaving through this port and
+	// their replies (see SNAT). Nil: the port forwards as it is.
+	SNAT *SNAT
 }
 
 // Engine is the packet engine of one node.
@@ -277,6 +280,11 @@ func (e *Engine) AddPort(dev link.Device, pc PortConfig) (*Port, error) {
 	}
 	if pc.Kind >= numPortKinds {
 		return nil, fmt.Errorf("engine: port %s: unknown kind %d", pc.Name, pc.Kind)
+	}
+	if pc.SNAT != nil {
+		if err := pc.SNAT.validate(); err != nil {
+			return nil, fmt.Errorf("engine: port %s: %w", pc.Name, err)
+		}
 	}
 	for _, a := range pc.Addrs {
 		if !e.inPodCIDR(a) || a == e.gw4 || a == e.gw6 || a == e.cfg.PodCIDR.Addr() {

@@ -3,9 +3,11 @@ package engine
 // The forwarding loop of one port:
 //
 //	Read(bufs) ─► for each frame: parse once ─► L2 checks, ARP/NDP answers
-//	  ─► source check ─► echo to the gateway? answer
+//	  ─► source check ─► input port has SNAT? replies translated back (snat.go)
+//	  ─► echo to the gateway? answer
 //	  ─► Lookup(dst) ─► unreachable: ICMP unreachable
-//	                 ─► local/egress port q: TTL (routed hops) ─► MTU ─► stage on q
+//	                 ─► local/egress port q: TTL (routed hops) ─► MTU
+//	                    ─► q has SNAT? translate (snat.go) ─► stage on q
 //	─► flush: q.Write(staged) for every q touched
 //
 // Design notes: a worker owns its read buffers, one Parsed value, the staged
@@ -28,6 +30,7 @@ import (
 	"errors"
 	"net/netip"
 
+	"github.com/podrouter/podrouter/router/conntrack"
 	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/packet"
 	"github.com/podrouter/podrouter/router/route"
@@ -72,6 +75,9 @@ type worker struct {
 	stagedGSO [][]link.GSO
 	segBufs   [][]byte
 	segSizes  []int
+	// conntrack clock of the batch, read once per table (snat.go).
+	ctTab  *conntrack.Table
+	ctTime conntrack.Time
 }
 
 func newWorker(e *Engine, p *Port) *worker {
@@ -132,6 +138,7 @@ func (e *Engine) run(p *Port) {
 // process handles n frames of w.bufs and flushes what it staged.
 func (w *worker) process(n int) {
 	w.snap = w.e.state.Load()
+	w.ctTab = nil
 	if len(w.staged) < len(w.snap.ports) {
 		w.staged = append(w.staged, make([][][]byte, len(w.snap.ports)-len(w.staged))...)
 		w.stagedGSO = append(w.stagedGSO, make([][]link.GSO, len(w.snap.ports)-len(w.stagedGSO))...)
@@ -271,6 +278,9 @@ func (w *worker) handle(buf []byte, start, end int, g link.GSO) {
 			return
 		}
 	}
+	if s := in.cfg.SNAT; s != nil && !w.snatIn(s, frame, g) {
+		return
+	}
 	if pp.Dst == w.e.gw4 || (pp.Version == 6 && pp.Dst == w.e.gw6) {
 		w.answerEcho(frame)
 		return
@@ -354,6 +364,9 @@ func (w *worker) forward(buf []byte, start, end int, g link.GSO, originated bool
 		if !originated {
 			w.icmpError(buf[start:end], tooBig(pp.Version, q.cfg.MTU))
 		}
+		return
+	}
+	if s := q.cfg.SNAT; s != nil && !w.snatOut(s, buf[start:end], g) {
 		return
 	}
 	if routed {

@@ -95,26 +95,6 @@ func refill(w *worker, frame []byte) {
 	}
 }
 
-func TestForwardAllocs(t *testing.T) {
-	for _, routed := range []bool{false, true} {
-		w, out, done := benchRig(t, 64, routed)
-		frame := append([]byte(nil), w.bufs[0][readOffset:readOffset+w.sizes[0]]...)
-		n := len(w.bufs)
-		w.process(n) // warm up: staged slices grow once
-		allocs := testing.AllocsPerRun(100, func() {
-			refill(w, frame)
-			w.process(n)
-		})
-		if allocs != 0 {
-			t.Errorf("routed=%v: %v allocs per batch, want 0", routed, allocs)
-		}
-		if got := out.n.Load(); got != uint64(102*n) {
-			t.Errorf("routed=%v: %d packets forwarded, want %d", routed, got, 102*n)
-		}
-		done()
-	}
-}
-
 // BenchmarkForward measures the engine's per-packet work (parse, checks,
 // lookup, stage, batched Write to a discarding port) for a pod-to-pod
 // (switched) and a pod-to-egress (routed, TTL rewrite) packet. One op is one
