@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/podrouter/podrouter/cmd/podrouter/internal/daemon"
+	"github.com/podrouter/podrouter/cmd/podrouter/internal/kube"
+	"github.com/podrouter/podrouter/router/underlay"
+)
+
+// kubeFlags are the daemon's Kubernetes-mode flags (README "Kubernetes
+// mode").
+type kubeFlags struct {
+	on         bool
+	kubeconfig string
+	nodeName   string
+	netConf    string
+	backend    string
+	port       uint
+	iface      string
+	publicIP   string
+	cniConf    string
+	subnetEnv  string
+	cniData    string
+	peersFile  string
+}
+
+func (k *kubeFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&k.on, "kube", false, "Kubernetes mode: podCIDR from this node's Node, cluster CIDR and backend from --net-conf, peers from the cluster's Nodes")
+	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (--kube; default: in-cluster service account)")
+	fs.StringVar(&k.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's Node name (--kube; default $NODE_NAME)")
+	fs.StringVar(&k.netConf, "net-conf", "/etc/kube-podrouter/net-conf.json", "the cluster network configuration, flannel's net-conf.json fields (--kube)")
+	fs.StringVar(&k.backend, "backend", "", "underlay backend udp or vxlan (--kube; default: net-conf's Backend.Type)")
+	fs.UintVar(&k.port, "underlay-port", 0, "underlay UDP port (--kube; default: net-conf's Backend.Port, else 8472 vxlan / 8285 udp)")
+	fs.StringVar(&k.iface, "iface", "", "interface whose address and MTU the underlay uses (--kube; default: the Node's InternalIP)")
+	fs.StringVar(&k.publicIP, "public-ip", "", "underlay address published to the other nodes (--kube; default: --iface's address, else the Node's InternalIP)")
+	fs.StringVar(&k.cniConf, "cni-conf", daemon.DefaultCNIConf, "where --kube writes the node's CNI conflist (atomically; empty: none)")
+	fs.StringVar(&k.cniData, "cni-data-dir", daemon.DefaultCNIData, "host-local's dataDir in the conflist --kube writes")
+	fs.StringVar(&k.peersFile, "peers", "", "without --kube: a static peer list (YAML or JSON: name, endpoint IP:port, vtepMAC, podCIDRs) over an underlay on --public-ip:--underlay-port with --backend (default vxlan)")
+	fs.StringVar(&k.subnetEnv, "subnet-env", daemon.DefaultSubnetEnv, "where --kube writes flannel's subnet.env (empty: none)")
+}
+
+// run runs the daemon in Kubernetes mode; exit status as runDaemon's.
+func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) int {
+	fail := func(code int, format string, a ...any) int {
+		fmt.Fprintf(stderr, "podrouter daemon: "+format+"\n", a...)
+		return code
+	}
+	ko := daemon.KubeOptions{Kubeconfig: k.kubeconfig, NodeName: k.nodeName, Iface: k.iface, CNIConf: k.cniConf, SubnetEnv: k.subnetEnv, CNIDataDir: k.cniData}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "mtu" {
+			ko.MTUSet = true
+		}
+	})
+	if ko.NodeName == "" {
+		return fail(2, "--node-name: required with --kube (or $NODE_NAME)")
+	}
+	nc, err := kube.LoadNetConf(k.netConf)
+	if err != nil {
+		return fail(2, "--net-conf: %v", err)
+	}
+	if k.backend != "" {
+		e, err := underlay.ParseEncap(k.backend)
+		if err != nil {
+			return fail(2, "--backend: %v", err)
+		}
+		if e != nc.Backend {
+			nc.Backend, nc.Port, nc.VNI = e, e.DefaultPort(), 0
+			if e == underlay.EncapVXLAN {
+				nc.VNI = underlay.DefaultVNI
+			}
+		}
+	}
+	if k.port != 0 {
+		if k.port > 65535 {
+			return fail(2, "--underlay-port %d: out of range 1..65535", k.port)
+		}
+		nc.Port = uint16(k.port)
+	}
+	ko.NetConf = nc
+	if k.publicIP != "" {
+		if ko.PublicIP, err = netip.ParseAddr(k.publicIP); err != nil || ko.PublicIP.Zone() != "" {
+			return fail(2, "--public-ip %q: not an IP address", k.publicIP)
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := daemon.RunKube(ctx, cfg, ko); err != nil {
+		return fail(1, "%v", err)
+	}
+	return 0
+}
+
+// static configures the underlay and its static peers from --peers,
+// --backend, --public-ip and --underlay-port (without --kube).
+func (k *kubeFlags) static(cfg *daemon.Config) error {
+	if k.peersFile == "" {
+		return nil
+	}
+	e := underlay.EncapVXLAN
+	if k.backend != "" {
+		var err error
+		if e, err = underlay.ParseEncap(k.backend); err != nil {
+			return fmt.Errorf("--backend: %w", err)
+		}
+	}
+	ip, err := netip.ParseAddr(k.publicIP)
+	if err != nil || ip.Zone() != "" {
+		return fmt.Errorf("--public-ip %q: required with --peers: the underlay address", k.publicIP)
+	}
+	port := e.DefaultPort()
+	if k.port != 0 {
+		if k.port > 65535 {
+			return fmt.Errorf("--underlay-port %d: out of range 1..65535", k.port)
+		}
+		port = uint16(k.port)
+	}
+	peers, err := daemon.LoadPeers(k.peersFile)
+	if err != nil {
+		return fmt.Errorf("--peers: %w", err)
+	}
+	cfg.Underlay = daemon.UnderlayConfig{Encap: e, Listen: netip.AddrPortFrom(ip, port), Peers: peers}
+	return nil
+}

@@ -1,0 +1,337 @@
+package daemon
+
+// Kubernetes mode: the daemon as a DaemonSet pod.
+//
+//	RunKube: client ─► wait for our Node's podCIDR(s) ─► daemon config
+//	     (podCIDRs, net-conf's cluster CIDRs, underlay address and port,
+//	     pod MTU = underlay MTU - overhead) ─► New (engine, uplink, underlay)
+//	     ─► CNI conflist + subnet.env written ─► node controller (peers into
+//	     SetPeers, our annotations, NetworkUnavailable=False) ─► Run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/podrouter/podrouter/cmd/podrouter/internal/kube"
+	"github.com/podrouter/podrouter/router/underlay"
+)
+
+// Defaults of Kubernetes mode.
+const (
+	DefaultCNIConf   = "/etc/cni/net.d/10-podrouter.conflist"
+	DefaultSubnetEnv = "/run/flannel/subnet.env"
+	DefaultCNIData   = "/var/lib/cni/networks"
+)
+
+// KubeOptions configure RunKube.
+type KubeOptions struct {
+	// Rest is the API client config; nil: Kubeconfig, or in-cluster when
+	// that is empty too.
+	Rest       *rest.Config
+	Kubeconfig string
+	// NodeName is this node's Node (required).
+	NodeName string
+	// NetConf is the cluster network configuration (net-conf.json).
+	NetConf kube.NetConf
+	// PublicIP is the underlay address (default: Iface's first address,
+	// else the Node's first InternalIP). Iface also gives the underlay MTU.
+	PublicIP netip.Addr
+	Iface    string
+	// MTUSet: Config.MTU was given explicitly; otherwise the pod MTU is
+	// NetConf.MTU, else the underlay MTU minus the encapsulation overhead.
+	MTUSet bool
+	// CNIConf and SubnetEnv are where the conflist and subnet.env go
+	// ("" for none).
+	CNIConf, SubnetEnv string
+	// CNIDataDir is host-local's dataDir in the conflist (default
+	// DefaultCNIData).
+	CNIDataDir string
+}
+
+// RunKube runs the daemon in Kubernetes mode until ctx is done (then it
+// stops cleanly and returns nil) or something fails. cfg is the daemon's
+// configuration less what the cluster provides (podCIDRs, cluster CIDRs,
+// underlay, MTU unless ko.MTUSet).
+func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+		cfg.Logger = log
+	}
+	if ko.NodeName == "" {
+		return fmt.Errorf("%w: node-name: required in Kubernetes mode (or $NODE_NAME)", ErrConfig)
+	}
+	rc := ko.Rest
+	if rc == nil {
+		var err error
+		if ko.Kubeconfig != "" {
+			rc, err = clientcmd.BuildConfigFromFlags("", ko.Kubeconfig)
+		} else {
+			rc, err = rest.InClusterConfig()
+		}
+		if err != nil {
+			return fmt.Errorf("daemon: kubernetes client config: %w", err)
+		}
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("daemon: kubernetes client: %w", err)
+	}
+	self, err := kube.WaitForPodCIDRs(ctx, client, ko.NodeName, 0, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	if err := kubeConfig(&cfg, ko, self); err != nil {
+		return err
+	}
+	d, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	u := d.Underlay()
+	if err := writeNodeFiles(cfg, ko); err != nil {
+		return errors.Join(err, d.Close())
+	}
+	c, err := kube.New(kube.Config{
+		Client: client, NodeName: ko.NodeName, Sink: d, Logger: log,
+		Local: kube.Local{Backend: u.Encap(), Endpoint: u.LocalAddr(), VNI: u.VNI(), VTEPMAC: u.VTEPMAC()},
+	})
+	if err != nil {
+		return errors.Join(err, d.Close())
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cdone := make(chan error, 1)
+	go func() { cdone <- c.Run(cctx) }()
+	ddone := make(chan error, 1)
+	go func() { ddone <- d.Run(cctx) }()
+	select {
+	case err := <-ddone:
+		cancel()
+		return errors.Join(err, <-cdone)
+	case err := <-cdone:
+		cancel() // the controller failed (or ctx ended): stop the daemon too
+		return errors.Join(err, <-ddone)
+	}
+}
+
+// kubeConfig fills in what the cluster provides.
+func kubeConfig(cfg *Config, ko KubeOptions, self kube.Self) error {
+	nc := ko.NetConf
+	for _, p := range self.PodCIDRs {
+		if p.Addr().Is4() {
+			cfg.PodCIDR = p
+		} else {
+			cfg.PodCIDR6 = p
+		}
+	}
+	if !cfg.PodCIDR.IsValid() {
+		return fmt.Errorf("%w: node %s: no IPv4 podCIDR (IPv6-only nodes are not supported)", ErrConfig, ko.NodeName)
+	}
+	cfg.ClusterCIDRs = nc.ClusterCIDRs()
+	if len(cfg.NodeIPs) == 0 {
+		cfg.NodeIPs = self.InternalIPs
+	}
+	addr := ko.PublicIP
+	if !addr.IsValid() && ko.Iface != "" {
+		a, err := ifaceAddr(ko.Iface)
+		if err != nil {
+			return fmt.Errorf("%w: iface: %w", ErrConfig, err)
+		}
+		addr = a
+	}
+	if !addr.IsValid() {
+		for _, a := range self.InternalIPs {
+			if !addr.IsValid() || (a.Is4() && !addr.Is4()) {
+				addr = a
+			}
+		}
+	}
+	if !addr.IsValid() {
+		return fmt.Errorf("%w: node %s: no underlay address (no InternalIP; give --public-ip or --iface)", ErrConfig, ko.NodeName)
+	}
+	cfg.Underlay.Encap = nc.Backend
+	cfg.Underlay.Listen = netip.AddrPortFrom(addr, nc.Port)
+	cfg.Underlay.VNI = nc.VNI
+	cfg.Underlay.Interface = ko.Iface
+	if cfg.Underlay.Interface == "" {
+		cfg.Underlay.Interface = ifaceOf(addr)
+	}
+	switch {
+	case ko.MTUSet:
+	case nc.MTU != 0:
+		cfg.MTU = nc.MTU
+	default:
+		umtu := 1500
+		if cfg.Underlay.Interface != "" {
+			if m, err := underlay.MTUFromInterface(cfg.Underlay.Interface); err == nil {
+				umtu = m
+			}
+		}
+		cfg.MTU = max(umtu-nc.Backend.Overhead(addr.Is6()), 1280)
+	}
+	return nil
+}
+
+// ifaceAddr returns the first global unicast address of the interface,
+// IPv4 first.
+func ifaceAddr(name string) (netip.Addr, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	var best netip.Addr
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.IsLinkLocalUnicast() || ip.IsLoopback() && !strings.HasPrefix(name, "lo") {
+			continue
+		}
+		if !best.IsValid() || (ip.Is4() && !best.Is4()) {
+			best = ip
+		}
+	}
+	if !best.IsValid() {
+		return best, fmt.Errorf("%s has no usable address", name)
+	}
+	return best, nil
+}
+
+// ifaceOf returns the name of the interface holding addr, or "".
+func ifaceOf(addr netip.Addr) string {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return ""
+	}
+	for _, ifi := range ifs {
+		addrs, _ := ifi.Addrs()
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap() == addr {
+					return ifi.Name
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// CNIConfList returns the node's CNI conflist (README "CNI plugin") with
+// host-local's dataDir (default DefaultCNIData).
+func CNIConfList(cfg Config, dataDir string) []byte {
+	if dataDir == "" {
+		dataDir = DefaultCNIData
+	}
+	return fmt.Appendf(nil, `{
+  "cniVersion": "1.1.0",
+  "name": "podrouter",
+  "plugins": [{
+    "type": "podrouter-cni",
+    "socket": %q,
+    "mtu": %d,
+    "ipam": {"type": "host-local", "dataDir": %q},
+    "capabilities": {"mac": true}
+  }]
+}
+`, cfg.Socket, cfg.MTU, dataDir)
+}
+
+// SubnetEnv returns flannel's subnet.env for the node: FLANNEL_NETWORK,
+// FLANNEL_SUBNET (the gateway with the podCIDR's length, as flannel writes
+// it), FLANNEL_MTU, FLANNEL_IPMASQ and, dual-stack, the IPv6 pair.
+func SubnetEnv(cfg Config, nc kube.NetConf) []byte {
+	var b strings.Builder
+	gw := func(p netip.Prefix) string { return netip.PrefixFrom(p.Addr().Next(), p.Bits()).String() }
+	if nc.Network.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", nc.Network)
+	}
+	fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", gw(cfg.PodCIDR))
+	if nc.IPv6Network.IsValid() && cfg.PodCIDR6.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\nFLANNEL_IPV6_SUBNET=%s\n", nc.IPv6Network, gw(cfg.PodCIDR6))
+	}
+	fmt.Fprintf(&b, "FLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n", cfg.MTU, nc.Masquerade)
+	return []byte(b.String())
+}
+
+func writeNodeFiles(cfg Config, ko KubeOptions) error {
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if ko.CNIConf != "" {
+		if err := writeAtomic(ko.CNIConf, CNIConfList(cfg, ko.CNIDataDir), 0o644); err != nil {
+			return fmt.Errorf("daemon: cni conflist: %w", err)
+		}
+		log.Info("CNI conflist written", zap.String("file", ko.CNIConf))
+	}
+	if ko.SubnetEnv != "" {
+		if err := writeAtomic(ko.SubnetEnv, SubnetEnv(cfg, ko.NetConf), 0o644); err != nil {
+			return fmt.Errorf("daemon: subnet.env: %w", err)
+		}
+		log.Info("subnet.env written", zap.String("file", ko.SubnetEnv))
+	}
+	return nil
+}
+
+// writeAtomic writes data to path through a temporary file in the same
+// directory (made if missing), synced and renamed over path: readers see
+// the old file or the whole new one.
+func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	success := false
+	defer func() {
+		if !success {
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	success = true
+	return nil
+}

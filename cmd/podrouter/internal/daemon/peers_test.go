@@ -1,0 +1,145 @@
+package daemon
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/link/linktest"
+	"github.com/podrouter/podrouter/router/route"
+	"github.com/podrouter/podrouter/router/underlay"
+)
+
+// newPeerDaemon builds the part of a daemon that peers need: an engine, an
+// uplink port on a pipe (uplink egress) and the underlay on loopback.
+func newPeerDaemon(t *testing.T, encap underlay.Encap) *Daemon {
+	t.Helper()
+	cfg := Config{
+		PodCIDR:      netip.MustParsePrefix("10.244.0.0/24"),
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+		Underlay:     UnderlayConfig{Encap: encap, Listen: netip.MustParseAddrPort("127.0.0.1:0"), MTU: 1500},
+		Logger:       zaptest.NewLogger(t),
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	e, err := engine.New(engine.Config{PodCIDR: cfg.PodCIDR, ClusterCIDRs: cfg.ClusterCIDRs, Logger: cfg.Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, eng: e}
+	t.Cleanup(func() {
+		d.closed.Store(true)
+		_ = e.Close()
+		if err := d.closeUnderlay(); err != nil {
+			t.Error(err)
+		}
+	})
+	up, _ := linktest.Pipe(16, 2048, 8)
+	if d.upPort, err = e.AddPort(up, engine.PortConfig{Name: "podr0", Kind: engine.KindUplink, MTU: 1500}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.startUnderlay(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.applyRoutes(); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func peerRoute(t *testing.T, d *Daemon, dst string) (route.Kind, string) {
+	t.Helper()
+	nh, ok := d.eng.Routes().Lookup(netip.MustParseAddr(dst))
+	if !ok {
+		return route.Unreachable, ""
+	}
+	idx := nh.Port
+	if nh.Kind == route.Peer {
+		idx = nh.Peer
+	}
+	if p := d.eng.PortByIndex(idx); p != nil && nh.Kind != route.Unreachable {
+		return nh.Kind, p.Name()
+	}
+	return nh.Kind, ""
+}
+
+func TestSetPeers(t *testing.T) {
+	d := newPeerDaemon(t, underlay.EncapUDP)
+	pr := func(name, addr string, cidrs ...string) underlay.Peer {
+		p := underlay.Peer{Name: name, Addr: netip.MustParseAddrPort(addr)}
+		for _, c := range cidrs {
+			p.PodCIDRs = append(p.PodCIDRs, netip.MustParsePrefix(c))
+		}
+		return p
+	}
+	if err := d.SetPeers([]underlay.Peer{
+		pr("a", "127.0.0.2:8285", "10.244.1.0/24"),
+		pr("b", "127.0.0.3:8285", "10.244.2.0/24"),
+		pr("own", "127.0.0.4:8285", "10.244.0.0/24"),   // our podCIDR: left out
+		pr("out", "127.0.0.5:8285", "10.99.0.0/24"),    // outside the cluster
+		pr("dup", "127.0.0.2:8285", "10.244.9.0/24"),   // a's address
+		pr("ovl", "127.0.0.6:8285", "10.244.1.128/25"), // inside a's
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for dst, want := range map[string]string{"10.244.1.7": "peer-a", "10.244.2.7": "peer-b"} {
+		if k, name := peerRoute(t, d, dst); k != route.Peer || name != want {
+			t.Errorf("%s -> %v %s, want peer %s", dst, k, name, want)
+		}
+	}
+	for _, dst := range []string{"10.244.9.1", "10.244.3.1"} {
+		if k, _ := peerRoute(t, d, dst); k != route.Unreachable {
+			t.Errorf("%s -> %v, want unreachable", dst, k)
+		}
+	}
+	if k, _ := peerRoute(t, d, "1.1.1.1"); k != route.Egress {
+		t.Errorf("outside -> %v: the outside routes must stay", k)
+	}
+	if got := d.Underlay().Peers(); len(got) != 2 {
+		t.Fatalf("underlay peers %v", got)
+	}
+	aPort := d.peering.ports["a"]
+	// b leaves, c joins, a keeps its port.
+	if err := d.SetPeers([]underlay.Peer{pr("a", "127.0.0.2:8285", "10.244.1.0/24"), pr("c", "127.0.0.7:8285", "10.244.3.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := peerRoute(t, d, "10.244.2.7"); k != route.Unreachable {
+		t.Errorf("b's pods -> %v after b left", k)
+	}
+	if k, name := peerRoute(t, d, "10.244.3.7"); k != route.Peer || name != "peer-c" {
+		t.Errorf("c's pods -> %v %s", k, name)
+	}
+	if d.peering.ports["a"] != aPort || len(d.peering.ports) != 2 {
+		t.Errorf("ports %v: a's port must stay", d.peering.ports)
+	}
+	n := 0
+	for _, p := range d.eng.Ports() {
+		if p.Config().Kind == engine.KindPeer {
+			n++
+		}
+	}
+	if n != 3 { // the RX port, a, c
+		t.Errorf("%d peer-kind ports, want 3", n)
+	}
+	if err := d.SetPeers(nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(d.peering.ports) != 0 || len(d.Underlay().Peers()) != 0 {
+		t.Fatal("peers left after an empty set")
+	}
+}
+
+func TestSetPeersWithoutUnderlay(t *testing.T) {
+	d := &Daemon{}
+	if err := d.SetPeers(nil); !errors.Is(err, ErrNoUnderlay) {
+		t.Fatal(err)
+	}
+	cfg := Config{PodCIDR: netip.MustParsePrefix("10.244.0.0/24"), Underlay: UnderlayConfig{Peers: []underlay.Peer{{Name: "a"}}}}
+	if err := cfg.Validate(); !errors.Is(err, ErrConfig) {
+		t.Fatalf("peers without backend: %v", err)
+	}
+}

@@ -1,0 +1,260 @@
+package kube
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/underlay"
+)
+
+// Node annotations podrouter writes and reads.
+const (
+	// AnnotationPrefix prefixes podrouter's own annotations.
+	AnnotationPrefix = "podrouter.io/"
+	// AnnotBackend is the node's backend: "udp" or "vxlan".
+	AnnotBackend = AnnotationPrefix + "backend-type"
+	// AnnotEndpoint is the node's underlay endpoint, IP:port ([IPv6]:port).
+	// Without it, peers use the node's InternalIP and their own port.
+	AnnotEndpoint = AnnotationPrefix + "underlay-endpoint"
+	// AnnotVNI is the node's VXLAN VNI (vxlan only).
+	AnnotVNI = AnnotationPrefix + "vni"
+	// AnnotVTEPMAC is the node's VTEP MAC (vxlan only, required there).
+	AnnotVTEPMAC = AnnotationPrefix + "vtep-mac"
+)
+
+// Flannel's annotations (kube subnet manager, vxlan backend), read and, by
+// a vxlan node, written too.
+const (
+	FlannelPrefix            = "flannel.alpha.coreos.com/"
+	FlannelBackendType       = FlannelPrefix + "backend-type"
+	FlannelBackendData       = FlannelPrefix + "backend-data"
+	FlannelPublicIP          = FlannelPrefix + "public-ip"
+	FlannelBackendV6Data     = FlannelPrefix + "backend-v6-data"
+	FlannelPublicIPv6        = FlannelPrefix + "public-ipv6"
+	FlannelKubeSubnetManager = FlannelPrefix + "kube-subnet-manager"
+)
+
+// readAnnotations are the annotation keys the controller reads; the
+// informer's transform keeps only these.
+var readAnnotations = []string{
+	AnnotBackend, AnnotEndpoint, AnnotVNI, AnnotVTEPMAC,
+	FlannelBackendType, FlannelBackendData, FlannelPublicIP, FlannelBackendV6Data, FlannelPublicIPv6,
+	FlannelKubeSubnetManager,
+}
+
+// Errors of a node's annotations.
+var (
+	// ErrNoAnnotations: the node has neither podrouter's nor flannel's
+	// annotations (its network agent has not started yet).
+	ErrNoAnnotations = errors.New("kube: node has no network annotations")
+	// ErrBadAnnotation: an annotation is malformed.
+	ErrBadAnnotation = errors.New("kube: bad node annotation")
+	// ErrIncompatible: the node's backend cannot talk to ours (another
+	// encapsulation, VNI or address family).
+	ErrIncompatible = errors.New("kube: incompatible node backend")
+	// ErrNoAddress: no underlay address (no annotation, no InternalIP of
+	// the underlay's family).
+	ErrNoAddress = errors.New("kube: node has no underlay address")
+	// ErrNoPodCIDR: the node has no (valid) podCIDR yet.
+	ErrNoPodCIDR = errors.New("kube: node has no podCIDR")
+)
+
+// Local is this node's underlay identity as the cluster must see it.
+type Local struct {
+	// Backend is the encapsulation (udp or vxlan).
+	Backend underlay.Encap
+	// Endpoint is the underlay address and port peers send to.
+	Endpoint netip.AddrPort
+	// VNI and VTEPMAC are vxlan's.
+	VNI     uint32
+	VTEPMAC packet.MAC
+}
+
+// Annotations returns the annotations that publish l: podrouter's, and for
+// vxlan also flannel's, so flannel vxlan nodes see this node as a peer.
+func (l Local) Annotations() map[string]string {
+	m := map[string]string{
+		AnnotBackend:  l.Backend.String(),
+		AnnotEndpoint: l.Endpoint.String(),
+	}
+	if l.Backend == underlay.EncapVXLAN {
+		m[AnnotVNI] = strconv.FormatUint(uint64(l.VNI), 10)
+		m[AnnotVTEPMAC] = l.VTEPMAC.String()
+		data, _ := json.Marshal(flannelVXLANData{VNI: int64(l.VNI), VtepMAC: l.VTEPMAC.String()})
+		m[FlannelKubeSubnetManager] = "true"
+		if l.Endpoint.Addr().Is4() {
+			m[FlannelBackendType] = "vxlan"
+			m[FlannelBackendData] = string(data)
+			m[FlannelPublicIP] = l.Endpoint.Addr().String()
+		} else {
+			m[FlannelBackendV6Data] = string(data)
+			m[FlannelPublicIPv6] = l.Endpoint.Addr().String()
+			m[FlannelBackendType] = "vxlan"
+		}
+	}
+	return m
+}
+
+type flannelVXLANData struct {
+	VNI     int64  `json:"VNI"`
+	VtepMAC string `json:"VtepMAC"`
+}
+
+// NodeInfo is what the controller needs of a Node, before validation.
+type NodeInfo struct {
+	Name        string
+	PodCIDRs    []string
+	InternalIPs []string
+	Annotations map[string]string
+}
+
+// maxAnnotation bounds the length of one annotation value we parse.
+const maxAnnotation = 1024
+
+// ParsePeer validates a node's podCIDRs, addresses and annotations as a
+// peer of local: podrouter's annotations first, else flannel's (vxlan).
+// The endpoint comes from the annotation (podrouter's endpoint, flannel's
+// public-ip with local's port), else from the first InternalIP of the
+// underlay's family with local's port. Every error wraps one of the
+// sentinel errors above. It never panics, whatever the input.
+func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
+	p := underlay.Peer{Name: n.Name}
+	v6 := local.Endpoint.Addr().Is6()
+	for _, s := range n.PodCIDRs {
+		c, err := netip.ParsePrefix(s)
+		if err != nil || c != c.Masked() || c.Addr().Zone() != "" || c.Addr().Is4In6() {
+			return p, fmt.Errorf("%w: podCIDR %.64q", ErrNoPodCIDR, s)
+		}
+		if len(p.PodCIDRs) == 2 || (len(p.PodCIDRs) == 1 && p.PodCIDRs[0].Addr().Is4() == c.Addr().Is4()) {
+			return p, fmt.Errorf("%w: podCIDRs %.128q: want at most one per family", ErrNoPodCIDR, n.PodCIDRs)
+		}
+		p.PodCIDRs = append(p.PodCIDRs, c)
+	}
+	if len(p.PodCIDRs) == 0 {
+		return p, ErrNoPodCIDR
+	}
+	a := n.Annotations
+	var addr netip.Addr
+	var port uint16
+	switch {
+	case a[AnnotBackend] != "":
+		e, err := underlay.ParseEncap(a[AnnotBackend])
+		if err != nil {
+			return p, fmt.Errorf("%w: %s %.64q", ErrBadAnnotation, AnnotBackend, a[AnnotBackend])
+		}
+		if e != local.Backend {
+			return p, fmt.Errorf("%w: backend %s, ours %s", ErrIncompatible, e, local.Backend)
+		}
+		if s := a[AnnotEndpoint]; s != "" {
+			ap, err := netip.ParseAddrPort(s)
+			if err != nil || len(s) > maxAnnotation || ap.Port() == 0 || !validUnicast(ap.Addr()) {
+				return p, fmt.Errorf("%w: %s %.64q: want IP:port", ErrBadAnnotation, AnnotEndpoint, s)
+			}
+			addr, port = ap.Addr(), ap.Port()
+		}
+		if e == underlay.EncapVXLAN {
+			vni, err := strconv.ParseUint(a[AnnotVNI], 10, 24)
+			if err != nil || vni == 0 {
+				return p, fmt.Errorf("%w: %s %.64q: want 1..16777215", ErrBadAnnotation, AnnotVNI, a[AnnotVNI])
+			}
+			if uint32(vni) != local.VNI {
+				return p, fmt.Errorf("%w: VNI %d, ours %d", ErrIncompatible, vni, local.VNI)
+			}
+			if p.VTEPMAC, err = parseMAC(a[AnnotVTEPMAC]); err != nil {
+				return p, fmt.Errorf("%w: %s: %w", ErrBadAnnotation, AnnotVTEPMAC, err)
+			}
+		}
+	case a[FlannelBackendType] != "":
+		if a[FlannelBackendType] != "vxlan" {
+			return p, fmt.Errorf("%w: flannel backend %.32q (only vxlan interoperates)", ErrIncompatible, a[FlannelBackendType])
+		}
+		if local.Backend != underlay.EncapVXLAN {
+			return p, fmt.Errorf("%w: flannel vxlan node, our backend %s", ErrIncompatible, local.Backend)
+		}
+		dataKey, ipKey := FlannelBackendData, FlannelPublicIP
+		if v6 {
+			dataKey, ipKey = FlannelBackendV6Data, FlannelPublicIPv6
+		}
+		s := a[dataKey]
+		if s == "" || len(s) > maxAnnotation {
+			return p, fmt.Errorf("%w: %s missing or too long", ErrBadAnnotation, dataKey)
+		}
+		var d struct {
+			VNI     *int64  `json:"VNI"`
+			VtepMAC *string `json:"VtepMAC"`
+		}
+		if err := json.Unmarshal([]byte(s), &d); err != nil || d.VtepMAC == nil {
+			return p, fmt.Errorf("%w: %s %.64q: want {\"VNI\":N,\"VtepMAC\":\"MAC\"}", ErrBadAnnotation, dataKey, s)
+		}
+		vni := int64(1) // flannel's default when absent
+		if d.VNI != nil {
+			vni = *d.VNI
+		}
+		if vni < 1 || vni > 1<<24-1 {
+			return p, fmt.Errorf("%w: %s VNI %d", ErrBadAnnotation, dataKey, vni)
+		}
+		if uint32(vni) != local.VNI {
+			return p, fmt.Errorf("%w: VNI %d, ours %d", ErrIncompatible, vni, local.VNI)
+		}
+		var err error
+		if p.VTEPMAC, err = parseMAC(*d.VtepMAC); err != nil {
+			return p, fmt.Errorf("%w: %s VtepMAC: %w", ErrBadAnnotation, dataKey, err)
+		}
+		if s := a[ipKey]; s != "" {
+			ip, err := netip.ParseAddr(s)
+			if err != nil || !validUnicast(ip) {
+				return p, fmt.Errorf("%w: %s %.64q: want an IP address", ErrBadAnnotation, ipKey, s)
+			}
+			addr = ip
+		}
+	default:
+		return p, ErrNoAnnotations
+	}
+	if !addr.IsValid() {
+		for _, s := range n.InternalIPs {
+			if ip, err := netip.ParseAddr(s); err == nil && validUnicast(ip) && ip.Is6() == v6 {
+				addr = ip
+				break
+			}
+		}
+		if !addr.IsValid() {
+			return p, ErrNoAddress
+		}
+	}
+	if addr.Is6() != v6 {
+		return p, fmt.Errorf("%w: underlay address %s, ours is IPv%d", ErrIncompatible, addr, map[bool]int{false: 4, true: 6}[v6])
+	}
+	if port == 0 {
+		port = local.Endpoint.Port()
+	}
+	p.Addr = netip.AddrPortFrom(addr, port)
+	return p, nil
+}
+
+func validUnicast(a netip.Addr) bool {
+	return a.IsValid() && a.Zone() == "" && !a.Is4In6() && !a.IsUnspecified() && !a.IsMulticast() &&
+		a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// parseMAC parses a unicast 48-bit MAC, xx:xx:xx:xx:xx:xx.
+func parseMAC(s string) (packet.MAC, error) {
+	var m packet.MAC
+	if len(s) != 17 || strings.Count(s, ":") != 5 {
+		return m, fmt.Errorf("%.64q: want xx:xx:xx:xx:xx:xx", s)
+	}
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return m, fmt.Errorf("%.64q: want xx:xx:xx:xx:xx:xx", s)
+	}
+	copy(m[:], hw)
+	if m.IsMulticast() || m == (packet.MAC{}) {
+		return m, fmt.Errorf("%q: want a unicast MAC", s)
+	}
+	return m, nil
+}

@@ -1,0 +1,147 @@
+package kube
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/underlay"
+)
+
+var (
+	localUDP   = Local{Backend: underlay.EncapUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
+	localVXLAN = Local{Backend: underlay.EncapVXLAN, Endpoint: netip.MustParseAddrPort("192.0.2.1:8472"), VNI: 1,
+		VTEPMAC: packet.MAC{0x0a, 0, 0, 0, 0, 1}}
+)
+
+func TestParsePeer(t *testing.T) {
+	mac := packet.MAC{0x0a, 0, 0, 0, 0, 2}
+	cases := []struct {
+		name  string
+		local Local
+		n     NodeInfo
+		want  underlay.Peer
+		err   error
+	}{
+		{"podrouter udp", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"},
+			Annotations: map[string]string{AnnotBackend: "udp", AnnotEndpoint: "192.0.2.9:9000"}},
+			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.9:9000"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}, nil},
+		{"internal ip fallback", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24", "fd00:1::/64"}, InternalIPs: []string{"fd00::2", "192.0.2.2"},
+			Annotations: map[string]string{AnnotBackend: "udp"}},
+			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.2:8285"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24"), netip.MustParsePrefix("fd00:1::/64")}}, nil},
+		{"podrouter vxlan", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"},
+			Annotations: map[string]string{AnnotBackend: "vxlan", AnnotEndpoint: "192.0.2.2:8472", AnnotVNI: "1", AnnotVTEPMAC: mac.String()}},
+			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.2:8472"), VTEPMAC: mac, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}, nil},
+		{"flannel vxlan", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.7"},
+			Annotations: map[string]string{FlannelBackendType: "vxlan", FlannelBackendData: `{"VNI":1,"VtepMAC":"0a:00:00:00:00:02"}`, FlannelPublicIP: "192.0.2.3", FlannelKubeSubnetManager: "true"}},
+			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.3:8472"), VTEPMAC: mac, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}, nil},
+		{"flannel no public ip", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.7"},
+			Annotations: map[string]string{FlannelBackendType: "vxlan", FlannelBackendData: `{"VtepMAC":"0a:00:00:00:00:02"}`}},
+			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.7:8472"), VTEPMAC: mac, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}, nil},
+		{"no annotations", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}}, underlay.Peer{}, ErrNoAnnotations},
+		{"no podcidr", localUDP, NodeInfo{Name: "n", Annotations: map[string]string{AnnotBackend: "udp"}}, underlay.Peer{}, ErrNoPodCIDR},
+		{"bad podcidr", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.1/24"}, Annotations: map[string]string{AnnotBackend: "udp"}}, underlay.Peer{}, ErrNoPodCIDR},
+		{"two v4 podcidrs", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24", "10.244.3.0/24"}, Annotations: map[string]string{AnnotBackend: "udp"}}, underlay.Peer{}, ErrNoPodCIDR},
+		{"no address", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"fd00::1"}, Annotations: map[string]string{AnnotBackend: "udp"}}, underlay.Peer{}, ErrNoAddress},
+		{"bad backend", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, Annotations: map[string]string{AnnotBackend: "gre"}}, underlay.Peer{}, ErrBadAnnotation},
+		{"other backend", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, Annotations: map[string]string{AnnotBackend: "vxlan"}}, underlay.Peer{}, ErrIncompatible},
+		{"bad endpoint", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, Annotations: map[string]string{AnnotBackend: "udp", AnnotEndpoint: "192.0.2.2"}}, underlay.Peer{}, ErrBadAnnotation},
+		{"multicast endpoint", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, Annotations: map[string]string{AnnotBackend: "udp", AnnotEndpoint: "224.0.0.1:1"}}, underlay.Peer{}, ErrBadAnnotation},
+		{"v6 endpoint", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, Annotations: map[string]string{AnnotBackend: "udp", AnnotEndpoint: "[fd00::1]:1"}}, underlay.Peer{}, ErrIncompatible},
+		{"vxlan no mac", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: map[string]string{AnnotBackend: "vxlan", AnnotVNI: "1"}}, underlay.Peer{}, ErrBadAnnotation},
+		{"vxlan multicast mac", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: map[string]string{AnnotBackend: "vxlan", AnnotVNI: "1", AnnotVTEPMAC: "01:00:5e:00:00:01"}}, underlay.Peer{}, ErrBadAnnotation},
+		{"vxlan other vni", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: map[string]string{AnnotBackend: "vxlan", AnnotVNI: "2", AnnotVTEPMAC: mac.String()}}, underlay.Peer{}, ErrIncompatible},
+		{"flannel host-gw", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, Annotations: map[string]string{FlannelBackendType: "host-gw"}}, underlay.Peer{}, ErrIncompatible},
+		{"flannel vxlan, we udp", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, Annotations: map[string]string{FlannelBackendType: "vxlan"}}, underlay.Peer{}, ErrIncompatible},
+		{"flannel bad json", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, Annotations: map[string]string{FlannelBackendType: "vxlan", FlannelBackendData: `{"VNI":1,`}}, underlay.Peer{}, ErrBadAnnotation},
+		{"flannel vni 0", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, Annotations: map[string]string{FlannelBackendType: "vxlan", FlannelBackendData: `{"VNI":0,"VtepMAC":"0a:00:00:00:00:02"}`}}, underlay.Peer{}, ErrBadAnnotation},
+		{"flannel bad ip", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, Annotations: map[string]string{FlannelBackendType: "vxlan", FlannelBackendData: `{"VNI":1,"VtepMAC":"0a:00:00:00:00:02"}`, FlannelPublicIP: "0.0.0.0"}}, underlay.Peer{}, ErrBadAnnotation},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParsePeer(tc.n, tc.local)
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("err %v, want %v", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !samePeer(got, tc.want) {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestAnnotationsRoundTrip: what a node publishes, another podrouter node
+// parses back to the same peer; and a vxlan node's flannel annotations alone
+// (what a flannel node reads) describe it too.
+func TestAnnotationsRoundTrip(t *testing.T) {
+	other := Local{Backend: underlay.EncapVXLAN, Endpoint: netip.MustParseAddrPort("192.0.2.5:8472"), VNI: 1, VTEPMAC: packet.MAC{0x0a, 1, 2, 3, 4, 5}}
+	for _, l := range []Local{{Backend: underlay.EncapUDP, Endpoint: netip.MustParseAddrPort("192.0.2.5:8285")}, other} {
+		local := localUDP
+		if l.Backend == underlay.EncapVXLAN {
+			local = localVXLAN
+		}
+		n := NodeInfo{Name: "x", PodCIDRs: []string{"10.244.9.0/24"}, Annotations: l.Annotations()}
+		p, err := ParsePeer(n, local)
+		if err != nil {
+			t.Fatalf("%s: %v", l.Backend, err)
+		}
+		if p.Addr != l.Endpoint || p.VTEPMAC != l.VTEPMAC {
+			t.Fatalf("%s: got %+v from %v", l.Backend, p, n.Annotations)
+		}
+	}
+	a := other.Annotations()
+	flannelOnly := map[string]string{}
+	for k, v := range a {
+		if len(k) > len(FlannelPrefix) && k[:len(FlannelPrefix)] == FlannelPrefix {
+			flannelOnly[k] = v
+		}
+	}
+	if flannelOnly[FlannelBackendType] != "vxlan" || flannelOnly[FlannelBackendData] != `{"VNI":1,"VtepMAC":"0a:01:02:03:04:05"}` ||
+		flannelOnly[FlannelPublicIP] != "192.0.2.5" || flannelOnly[FlannelKubeSubnetManager] != "true" {
+		t.Fatalf("flannel annotations %v", flannelOnly)
+	}
+	p, err := ParsePeer(NodeInfo{Name: "x", PodCIDRs: []string{"10.244.9.0/24"}, Annotations: flannelOnly}, localVXLAN)
+	if err != nil || p.Addr != other.Endpoint || p.VTEPMAC != other.VTEPMAC {
+		t.Fatalf("flannel-only: %+v %v", p, err)
+	}
+}
+
+// FuzzParsePeer: annotations are untrusted; ParsePeer must never panic, and
+// what it accepts must be a peer the underlay takes.
+func FuzzParsePeer(f *testing.F) {
+	f.Add("10.244.2.0/24", "192.0.2.2", "vxlan", "192.0.2.2:8472", "1", "0a:00:00:00:00:02", "", "", "", false)
+	f.Add("10.244.2.0/24", "192.0.2.2", "udp", "192.0.2.2:8285", "", "", "", "", "", false)
+	f.Add("10.244.2.0/24", "192.0.2.2", "", "", "", "", "vxlan", `{"VNI":1,"VtepMAC":"0a:00:00:00:00:02"}`, "192.0.2.3", true)
+	f.Add("fd00::/64", "fd00::2", "", "", "", "", "vxlan", `{"VNI":1,"VtepMAC":"0a:00:00:00:00:02"}`, "", true)
+	f.Add("10.244.2.0/24", "", "vxlan", "[::]:1", "16777216", "zz:00:00:00:00:02", "", `{"VNI":-1}`, "x", false)
+	f.Fuzz(func(t *testing.T, cidr, ip, backend, endpoint, vni, mac, fbackend, fdata, fip string, useVXLAN bool) {
+		a := map[string]string{}
+		for k, v := range map[string]string{AnnotBackend: backend, AnnotEndpoint: endpoint, AnnotVNI: vni, AnnotVTEPMAC: mac,
+			FlannelBackendType: fbackend, FlannelBackendData: fdata, FlannelPublicIP: fip} {
+			if v != "" {
+				a[k] = v
+			}
+		}
+		local := localUDP
+		if useVXLAN {
+			local = localVXLAN
+		}
+		p, err := ParsePeer(NodeInfo{Name: "n", PodCIDRs: []string{cidr}, InternalIPs: []string{ip}, Annotations: a}, local)
+		if err != nil {
+			return
+		}
+		if !p.Addr.IsValid() || p.Addr.Port() == 0 || p.Addr.Addr().Is6() != local.Endpoint.Addr().Is6() || len(p.PodCIDRs) != 1 {
+			t.Fatalf("accepted an invalid peer %+v", p)
+		}
+		if local.Backend == underlay.EncapVXLAN && (p.VTEPMAC.IsMulticast() || p.VTEPMAC == packet.MAC{}) {
+			t.Fatalf("accepted VTEP MAC %v", p.VTEPMAC)
+		}
+	})
+}
