@@ -1,0 +1,132 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// install-cni is the DaemonSet's init container: it copies the CNI plugin
+// from the image into the host's CNI bin directory (a hostPath), so the
+// image needs no shell or cp. The copy is atomic (a temporary file in the
+// destination directory, fsynced, then renamed over the old plugin), so a
+// container runtime calling the plugin meanwhile runs either the old or the
+// new binary, never a partial one. The conflist is the daemon's to write:
+// it knows the node's podCIDRs and MTU.
+
+func init() {
+	register(command{
+		name:    "install-cni",
+		summary: "copy the podrouter-cni plugin into the host's CNI bin directory, atomically (the DaemonSet's init container)",
+		run:     runInstallCNI,
+	})
+}
+
+// ErrNotRegular is returned when the plugin to install is not a regular
+// file.
+var ErrNotRegular = errors.New("not a regular file")
+
+func runInstallCNI(args []string, stdout, stderr io.Writer) int {
+	var src, dest string
+	fs := flag.NewFlagSet("install-cni", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&src, "src", "", "the plugin to install (default: podrouter-cni next to this executable)")
+	fs.StringVar(&dest, "dest", "/opt/cni/bin", "the CNI bin directory to install into (it must exist); the file keeps src's name")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, "Usage: podrouter install-cni [--src PATH] [--dest DIR]\n\n"+
+				"Copies the CNI plugin into DIR/<name of src> atomically: a temporary file in DIR,\n"+
+				"fsynced, mode 0755, renamed over the old one. The DaemonSet runs it as its\n"+
+				"init container with the host's /opt/cni/bin mounted. Exits 0 when installed,\n"+
+				"1 when the copy fails, 2 on bad flags.\n\nFlags:\n")
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintf(stderr, "podrouter install-cni: %s\n", firstLine(err.Error()))
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "podrouter install-cni: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if src == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			fmt.Fprintf(stderr, "podrouter install-cni: --src not given and own path unknown: %v\n", err)
+			return 2
+		}
+		src = filepath.Join(filepath.Dir(exe), "podrouter-cni")
+	}
+	if !filepath.IsAbs(dest) {
+		fmt.Fprintf(stderr, "podrouter install-cni: --dest %q: want an absolute path\n", dest)
+		return 2
+	}
+	dst := filepath.Join(dest, filepath.Base(src))
+	n, err := installFile(src, dst)
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter install-cni: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "installed %s -> %s (%d bytes)\n", src, dst, n)
+	return 0
+}
+
+// installFile copies src to dst atomically with mode 0755 and returns the
+// number of bytes copied. dst's directory must exist. On failure dst is
+// untouched and no temporary file is left behind.
+func installFile(src, dst string) (int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if !st.Mode().IsRegular() {
+		return 0, fmt.Errorf("%s: %w", src, ErrNotRegular)
+	}
+	if dstat, err := os.Stat(dst); err == nil && os.SameFile(st, dstat) {
+		return st.Size(), nil // installing a file over itself: already there
+	}
+	dir := filepath.Dir(dst)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".tmp-")
+	if err != nil {
+		return 0, err
+	}
+	success := false
+	defer func() {
+		if !success {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	n, err := io.Copy(tmp, in)
+	if err != nil {
+		return 0, fmt.Errorf("copy %s to %s: %w", src, tmp.Name(), err)
+	}
+	if err := tmp.Chmod(0o755); err != nil {
+		return 0, err
+	}
+	if err := tmp.Sync(); err != nil {
+		return 0, err
+	}
+	if err := tmp.Close(); err != nil {
+		return 0, err
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return 0, err
+	}
+	success = true
+	// Persist the rename itself; a failure here leaves a complete file.
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return n, nil
+}
