@@ -115,11 +115,14 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "local API socket (its directory is made 0700, the socket 0600)")
 	fs.StringVar(&cfg.Uplink, "uplink", daemon.DefaultUplink, "name of the uplink TUN device in this network namespace")
 	fs.IntVar(&cfg.MTU, "mtu", daemon.DefaultMTU, "pods' default MTU and the uplink's MTU (1280..65535)")
+	registerEgressFlags(fs, &cfg.Egress)
+	var kf kubeFlags
+	kf.register(fs)
 	fs.Var(listenAddrFlag{&cfg.MetricsAddr}, "metrics-addr", "where to serve /metrics, /healthz and /readyz over HTTP: IP:PORT, :PORT (every address), or off")
 	lf.register(fs, "info")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, "Usage: podrouter daemon --pod-cidr CIDR [flags]\n\n"+
+			fmt.Fprint(stdout, "Usage: podrouter daemon --pod-cidr CIDR [flags]\n       podrouter daemon --kube [flags]   (Kubernetes mode: README \"Kubernetes mode\")\n\n"+
 				"Runs the node daemon in this network namespace: the engine with the podCIDR and\n"+
 				"its gateway, the uplink TUN (routes to the podCIDRs), and the local API on a\n"+
 				"root-only unix socket that podrouter-cni attaches pods through. Pods recorded in\n"+
@@ -147,6 +150,13 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	}
 	defer func() { _ = log.Sync() }()
 	cfg.Logger = log
+	if kf.on {
+		return kf.run(cfg, fs, stderr)
+	}
+	if err := kf.static(&cfg); err != nil {
+		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
+		return 2
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
 		return 2

@@ -37,8 +37,8 @@ type Config struct {
 	ClusterCIDRs []netip.Prefix
 	// NodeIPs are the node's own addresses. When given, the engine routes
 	// only them to the uplink and the host's podCIDR routes use the first
-	// of each family as their source; when empty, the engine's default
-	// routes (0.0.0.0/0, ::/0) go to the uplink until egress exists.
+	// of each family as their source; when empty in uplink egress mode,
+	// the engine's default routes (0.0.0.0/0, ::/0) go to the uplink.
 	NodeIPs []netip.Addr
 	// StateDir keeps the attachment records (default DefaultStateDir).
 	StateDir string
@@ -58,6 +58,12 @@ type Config struct {
 	// serves none; the command's flag defaults to DefaultMetricsAddr. An
 	// unspecified address (0.0.0.0, ::) listens on every address.
 	MetricsAddr netip.AddrPort
+	// Egress is how pods reach the outside (egress.go); the zero value is
+	// netstack egress with the default limits.
+	Egress EgressConfig
+	// Underlay carries traffic to the other nodes (peers.go); the zero
+	// value is none (a single node).
+	Underlay UnderlayConfig
 	// Logger (default zap.NewNop()).
 	Logger *zap.Logger
 
@@ -106,6 +112,12 @@ func (c *Config) Validate() error {
 				return bad("node-ip %s: inside cluster-cidr %s", a, cc)
 			}
 		}
+	}
+	if err := c.Egress.validate(c.ClusterCIDRs, bad); err != nil {
+		return err
+	}
+	if err := c.Underlay.validate(bad); err != nil {
+		return err
 	}
 	if c.StateDir == "" {
 		c.StateDir = DefaultStateDir

@@ -26,6 +26,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/podrouter/podrouter/netstackx/egress"
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/metrics"
@@ -42,6 +43,9 @@ type Daemon struct {
 	eng     *engine.Engine
 	up      *uplink
 	upPort  *engine.Port
+	egr     *egressPort // netstack egress (egress.go); nil in uplink mode
+	snat    *snatEgress // snat egress (snat.go); nil in the other modes
+	peering peering     // the underlay and the peer ports (peers.go)
 	srv     *api.Server
 	served  chan error
 	pods    pods
@@ -52,11 +56,15 @@ type Daemon struct {
 	metricsAddr   net.Addr
 	metricsServed chan error
 
-	reattach atomic.Pointer[reattachStats]
-	closed   atomic.Bool
+	reattach  atomic.Pointer[reattachStats]
+	closed    atomic.Bool
+	egressFwd atomic.Pointer[egress.Forwarder] // for scrapes and the API, set once started
 }
 
-var _ api.CaptureHandler = (*Daemon)(nil)
+var (
+	_ api.CaptureHandler   = (*Daemon)(nil)
+	_ api.ConntrackHandler = (*Daemon)(nil)
+)
 
 // New builds a daemon from cfg and starts serving its API. On error,
 // everything built so far is torn down again.
@@ -105,12 +113,30 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	probe := d.up.probe
 	d.ready.uplink.Store(&probe)
-	if d.upPort, err = d.eng.AddPort(d.up.dev, engine.PortConfig{Name: cfg.Uplink, Kind: engine.KindUplink, MTU: cfg.MTU}); err != nil {
+	if d.snat, err = d.startSNAT(); err != nil {
+		_ = d.up.dev.Close()
+		return nil, err
+	}
+	if d.upPort, err = d.eng.AddPort(d.up.dev, engine.PortConfig{Name: cfg.Uplink, Kind: engine.KindUplink, MTU: cfg.MTU, SNAT: d.snatConfig()}); err != nil {
 		_ = d.up.dev.Close()
 		return nil, fmt.Errorf("daemon: uplink port: %w", err)
 	}
-	if err := d.eng.SetRoutes(uplinkRoutes(cfg, d.upPort.Index())); err != nil {
+	if d.egr, err = d.startEgress(); err != nil {
+		return nil, err
+	}
+	d.logEgress()
+	egressProbe := d.egressReady
+	d.ready.egress.Store(&egressProbe)
+	if err := d.startUnderlay(); err != nil {
+		return nil, err
+	}
+	if err := d.applyRoutes(); err != nil {
 		return nil, fmt.Errorf("daemon: engine routes: %w", err)
+	}
+	if len(cfg.Underlay.Peers) > 0 {
+		if err := d.SetPeers(cfg.Underlay.Peers); err != nil {
+			return nil, err
+		}
 	}
 	d.ready.routes.Store(true)
 	if d.srv, err = api.Listen(api.ServerConfig{Path: cfg.Socket, AllowUID: cfg.APIAllowUID, Logger: cfg.Logger, Observe: d.apiM.observe}, d); err != nil {
@@ -120,6 +146,11 @@ func New(cfg Config) (*Daemon, error) {
 	d.ready.api.Store(&serving)
 	d.served = make(chan error, 1)
 	go func() { d.served <- d.srv.Serve() }()
+	// Ready means serving: wait (briefly) for the accept loop to start, so
+	// /readyz never reports "not serving" once New has returned.
+	for deadline := time.Now().Add(time.Second); !d.srv.Serving() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	t0 := time.Now()
 	var rs reattachStats
 	rs.ok, rs.failed = d.pods.reattach(recs)
@@ -227,6 +258,9 @@ func (d *Daemon) teardown() error {
 		d.pods.closeAll()
 		errs = append(errs, d.eng.Close()) // closes the uplink port's TUN too
 	}
+	errs = append(errs, d.closeUnderlay())
+	errs = append(errs, d.closeEgress())
+	d.closeSNAT()
 	if d.metricsSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
 		errs = append(errs, d.metricsSrv.Shutdown(ctx))
@@ -275,6 +309,15 @@ func (d *Daemon) Status(context.Context) (api.Status, error) {
 		ReattachTime:   rs.took,
 		Goroutines:     runtime.NumGoroutine(),
 		FDs:            openFDs(),
+		EgressMode:     d.cfg.Egress.Mode.String(),
+	}
+	if fwd := d.egressFwd.Load(); fwd != nil {
+		eg := egressStats(fwd.Stats())
+		st.Egress = &eg
+	}
+	if d.snat != nil {
+		eg := d.snat.stats()
+		st.Egress = &eg
 	}
 	return st, nil
 }

@@ -45,6 +45,9 @@ type readiness struct {
 	api atomic.Pointer[func() bool]
 	// uplink probes the uplink (nil: not created yet).
 	uplink atomic.Pointer[func() error]
+	// egress probes the egress port (nil: none to probe; New sets it
+	// before the routes).
+	egress atomic.Pointer[func() error]
 
 	log     *zap.Logger
 	lastErr atomic.Pointer[string] // last reason reported, "" = ready
@@ -83,6 +86,11 @@ func (r *readiness) reason() error {
 		return errors.New("uplink not created")
 	} else if err := (*up)(); err != nil {
 		return err
+	}
+	if eg := r.egress.Load(); eg != nil {
+		if err := (*eg)(); err != nil {
+			return err
+		}
 	}
 	if serving := r.api.Load(); serving == nil || !(*serving)() {
 		return errNoAPI
@@ -156,6 +164,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descAttachments, descReattached, descReattachTime} {
 		ch <- d
 	}
+	describeEgress(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -173,6 +182,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descReattached, prometheus.GaugeValue, float64(rs.failed), "failed")
 		ch <- prometheus.MustNewConstMetric(descReattachTime, prometheus.GaugeValue, rs.took.Seconds())
 	}
+	c.d.collectEgress(ch)
 }
 
 // count returns how many recorded pods are attached and how many are not.
