@@ -144,7 +144,10 @@ func (w *worker) process(n int) {
 		w.stagedGSO = append(w.stagedGSO, make([][]link.GSO, len(w.snap.ports)-len(w.stagedGSO))...)
 	}
 	var bytes uint64
-	tap := w.in.tap.Load()
+	var tap *Tap
+	if tapsCompiled {
+		tap = w.in.tap.Load()
+	}
 	for i := range n {
 		sz := w.sizes[i]
 		bytes += uint64(sz)
@@ -163,7 +166,7 @@ func (w *worker) flush() {
 	for _, qi := range w.dirty {
 		q := w.snap.ports[qi]
 		batch := w.staged[qi]
-		if tap := q.tap.Load(); tap != nil {
+		if tap := q.loadTap(); tap != nil {
 			for _, b := range batch {
 				tap.Fn(Tx, b[link.Headroom:])
 			}
