@@ -20,24 +20,16 @@ package main
 // ends; traffic stays inside them.
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
-	"strings"
-	"sync/atomic"
-	"syscall"
-	"time"
 
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"go.uber.org/zap"
 
 	"github.com/podrouter/podrouter/router/engine"
@@ -118,7 +110,7 @@ func crossNodeOnce(ctx context.Context, opt Options, impl string, build func(*xn
 	if err := t.pods[0].run("ping", "-c", "1", "-W", "5", xnPodAddr(1).String()); err != nil {
 		return Result{}, fmt.Errorf("no connectivity: %w", err)
 	}
-	tcp, udp, err := xnMeasure(ctx, opt, t.pods[1], t.pods[0], xnPodAddr(1).String())
+	tcp, udp, err := measure(ctx, opt, t.pods[1], t.pods[0], xnPodAddr(1).String())
 	if err != nil {
 		return Result{}, err
 	}
@@ -128,7 +120,7 @@ func crossNodeOnce(ctx context.Context, opt Options, impl string, build func(*xn
 // xnTopo is the part every variant shares: two node namespaces joined by
 // the underlay veth (ul0, MTU 1500), and a pod namespace per node.
 type xnTopo struct {
-	nodes, pods [2]*xnNS
+	nodes, pods [2]*netns
 }
 
 func newXNTopo() (t *xnTopo, err error) {
@@ -139,10 +131,10 @@ func newXNTopo() (t *xnTopo, err error) {
 		}
 	}()
 	for i := range 2 {
-		if t.nodes[i], err = newXNNS(); err != nil {
+		if t.nodes[i], err = newNetns("xn"); err != nil {
 			return nil, err
 		}
-		if t.pods[i], err = newXNNS(); err != nil {
+		if t.pods[i], err = newNetns("xn"); err != nil {
 			return nil, err
 		}
 	}
@@ -349,146 +341,4 @@ func (t *xnTopo) tapPod(i int, n *xnNode) error {
 		return err
 	}
 	return nil
-}
-
-var xnSeq atomic.Uint32
-
-// xnNS is a namespace of this case, named prx-<pid>-<n>.
-type xnNS struct {
-	name string
-	h    vnetns.NsHandle
-}
-
-func newXNNS() (*xnNS, error) {
-	n := &xnNS{name: fmt.Sprintf("prx-%d-%d", os.Getpid(), xnSeq.Add(1))}
-	if out, err := exec.Command("ip", "netns", "add", n.name).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("ip netns add: %v: %s", err, bytes.TrimSpace(out))
-	}
-	h, err := vnetns.GetFromName(n.name)
-	if err != nil {
-		n.del()
-		return nil, err
-	}
-	n.h = h
-	if err := n.run("ip", "link", "set", "lo", "up"); err != nil {
-		n.del()
-		return nil, err
-	}
-	return n, nil
-}
-
-// do runs fn on a thread switched into the namespace; sockets and devices
-// fn creates stay in it.
-func (n *xnNS) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // not unlocked if switching back fails: the thread dies
-		orig, err := vnetns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := vnetns.Set(n.h); err != nil {
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := vnetns.Set(orig); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
-func (n *xnNS) cmd(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.name, name}, args...)...)
-}
-
-func (n *xnNS) run(name string, args ...string) error {
-	out, err := n.cmd(context.Background(), name, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s: %s %s: %v: %s", n.name, name, strings.Join(args, " "), err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
-// del kills what runs inside and removes the namespace.
-func (n *xnNS) del() {
-	if out, err := exec.Command("ip", "netns", "pids", n.name).Output(); err == nil {
-		for _, f := range strings.Fields(string(out)) {
-			if pid, err := strconv.Atoi(f); err == nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
-	if n.h.IsOpen() {
-		_ = n.h.Close()
-	}
-	for range 50 {
-		if exec.Command("ip", "netns", "del", n.name).Run() == nil {
-			return
-		}
-		if _, err := os.Stat("/run/netns/" + n.name); err != nil {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// xnMeasure runs iperf3 from client to a server at dst in srv: one TCP
-// stream, then UDP with 64-byte payloads as fast as iperf3 sends.
-func xnMeasure(ctx context.Context, opt Options, srv, client *xnNS, dst string) (tcpGbps, udpKpps float64, err error) {
-	secs := strconv.Itoa(max(1, int(opt.Duration.Seconds())))
-	s := srv.cmd(ctx, "iperf3", "-s", "-B", dst)
-	if err := s.Start(); err != nil {
-		return 0, 0, err
-	}
-	defer func() { _ = s.Process.Kill(); _ = s.Wait() }()
-	iperf := func(args ...string) (map[string]any, error) {
-		var out []byte
-		var err error
-		for range 50 { // until the server listens
-			out, err = client.cmd(ctx, "iperf3", append([]string{"-c", dst, "-J", "-t", secs}, args...)...).Output()
-			if !bytes.Contains(out, []byte("unable to connect")) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		var m map[string]any
-		if jerr := json.Unmarshal(out, &m); jerr != nil {
-			return nil, fmt.Errorf("iperf3 %v: %v, %v", args, err, jerr)
-		}
-		if e, _ := m["error"].(string); e != "" || err != nil {
-			return nil, fmt.Errorf("iperf3 %v: %v %s", args, err, e)
-		}
-		return m, nil
-	}
-	m, err := iperf()
-	if err != nil {
-		return 0, 0, err
-	}
-	tcpGbps = xnNum(m, "end", "sum_received", "bits_per_second") / 1e9
-	m, err = iperf("-u", "-b", "0", "-l", "64")
-	if err != nil {
-		return 0, 0, err
-	}
-	pkts := xnNum(m, "end", "sum", "packets") - xnNum(m, "end", "sum", "lost_packets")
-	if s := xnNum(m, "end", "sum", "seconds"); s > 0 {
-		udpKpps = pkts / s / 1e3
-	}
-	return tcpGbps, udpKpps, nil
-}
-
-func xnNum(m map[string]any, path ...string) float64 {
-	var v any = m
-	for _, p := range path {
-		mm, _ := v.(map[string]any)
-		v = mm[p]
-	}
-	f, _ := v.(float64)
-	return f
 }

@@ -28,14 +28,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
-	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	vnetns "github.com/vishvananda/netns"
 	"go.uber.org/zap"
 
 	"github.com/podrouter/podrouter/netstackx/egress"
@@ -57,93 +53,9 @@ const (
 
 var egressSeq atomic.Uint32
 
-// egNS is a network namespace of this case.
-type egNS struct{ name string }
-
-func newEgNS(role string) (*egNS, error) {
-	n := &egNS{name: fmt.Sprintf("prb-eg-%d-%s-%d", os.Getpid(), role, egressSeq.Add(1))}
-	if err := egSh("ip", "netns", "add", n.name); err != nil {
-		return nil, err
-	}
-	if err := n.run("ip", "link", "set", "lo", "up"); err != nil {
-		n.del()
-		return nil, err
-	}
-	return n, nil
-}
-
-func (n *egNS) path() string { return "/run/netns/" + n.name }
-
-// del kills what runs inside and removes the namespace.
-func (n *egNS) del() {
-	if out, err := exec.Command("ip", "netns", "pids", n.name).Output(); err == nil {
-		for _, f := range strings.Fields(string(out)) {
-			if pid, err := strconv.Atoi(f); err == nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
-	for range 50 {
-		if exec.Command("ip", "netns", "del", n.name).Run() == nil {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (n *egNS) cmd(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.name, name}, args...)...)
-}
-
-func (n *egNS) run(name string, args ...string) error {
-	return egSh("ip", append([]string{"netns", "exec", n.name, name}, args...)...)
-}
-
-// do runs fn on an OS thread switched into the namespace: sockets and
-// devices fn creates live there. The thread dies with its goroutine if
-// switching back fails.
-func (n *egNS) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := vnetns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h, err := vnetns.GetFromName(n.name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		if err := vnetns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := vnetns.Set(orig); err != nil {
-			errc <- fmt.Errorf("return to the original netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
-func egSh(name string, args ...string) error {
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
 // egDialer opens the Forwarder's host sockets inside a namespace.
 type egDialer struct {
-	ns *egNS
+	ns *netns
 	d  net.Dialer
 }
 
@@ -161,7 +73,7 @@ type egImpl struct {
 	name string
 	// attach connects the pod namespace to the outside through the node
 	// and returns what undoes it.
-	attach func(ctx context.Context, node, pod *egNS) (func(), error)
+	attach func(ctx context.Context, node, pod *netns) (func(), error)
 }
 
 func runEgress(ctx context.Context, opt Options) ([]Result, error) {
@@ -170,12 +82,12 @@ func runEgress(ctx context.Context, opt Options) ([]Result, error) {
 			return nil, fmt.Errorf("%s is not installed (make deps)", c)
 		}
 	}
-	node, err := newEgNS("node")
+	node, err := newNetns("eg-node")
 	if err != nil {
 		return nil, err
 	}
 	defer node.del()
-	out, err := newEgNS("out")
+	out, err := newNetns("eg-out")
 	if err != nil {
 		return nil, err
 	}
@@ -237,8 +149,8 @@ func runEgress(ctx context.Context, opt Options) ([]Result, error) {
 
 // egMeasure builds a fresh pod namespace, attaches it with im and runs
 // one iperf3 TCP stream from it to the server.
-func egMeasure(ctx context.Context, opt Options, node *egNS, im egImpl) (float64, error) {
-	pod, err := newEgNS("pod")
+func egMeasure(ctx context.Context, opt Options, node *netns, im egImpl) (float64, error) {
+	pod, err := newNetns("eg-pod")
 	if err != nil {
 		return 0, err
 	}
@@ -291,21 +203,21 @@ func egDaemon(c *exec.Cmd) (func(), error) {
 	return func() { _ = c.Process.Kill(); <-done }, nil
 }
 
-func egSlirp(ctx context.Context, node, pod *egNS) (func(), error) {
+func egSlirp(ctx context.Context, node, pod *netns) (func(), error) {
 	// slirp4netns configures tap0 in the pod: 10.0.2.100/24, default via
 	// 10.0.2.2.
 	return egDaemon(node.cmd(ctx, "slirp4netns", "--configure", "--mtu="+strconv.Itoa(egressMTU),
 		"--disable-host-loopback", "--netns-type=path", pod.path(), "tap0"))
 }
 
-func egPasta(ctx context.Context, node, pod *egNS) (func(), error) {
+func egPasta(ctx context.Context, node, pod *netns) (func(), error) {
 	return egDaemon(node.cmd(ctx, "pasta", "--config-net", "--foreground", "--quiet", "--ipv4-only", "--runas", "0:0",
 		"--mtu", strconv.Itoa(egressMTU), "--address", "10.0.2.100", "--netmask", "24", "--gateway", "10.0.2.2",
 		"--interface", "vn", "--no-map-gw", "-t", "none", "-u", "none", "-T", "none", "-U", "none",
 		"--netns", pod.path()))
 }
 
-func egPodrouter(_ context.Context, node, pod *egNS) (func(), error) {
+func egPodrouter(_ context.Context, node, pod *netns) (func(), error) {
 	podAddr := netip.MustParseAddr("10.244.1.50")
 	e, err := engine.New(engine.Config{
 		PodCIDR:      netip.MustParsePrefix("10.244.1.0/24"),

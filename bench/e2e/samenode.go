@@ -21,9 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,114 +59,9 @@ func runSameNode(ctx context.Context, opt Options) ([]Result, error) {
 	return res, nil
 }
 
-var nsSeq atomic.Uint32
-
-// netns is a namespace of this case.
-type netns struct{ name string }
-
-func newNetns() (*netns, error) {
-	n := &netns{name: fmt.Sprintf("prb-%d-%d", os.Getpid(), nsSeq.Add(1))}
-	if err := sh("ip", "netns", "add", n.name); err != nil {
-		return nil, err
-	}
-	if err := n.run("ip", "link", "set", "lo", "up"); err != nil {
-		n.del()
-		return nil, err
-	}
-	return n, nil
-}
-
-func (n *netns) path() string { return "/run/netns/" + n.name }
-
-// del kills what runs inside and removes the namespace.
-func (n *netns) del() {
-	if out, err := exec.Command("ip", "netns", "pids", n.name).Output(); err == nil {
-		for _, f := range strings.Fields(string(out)) {
-			if pid, err := strconv.Atoi(f); err == nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
-	for range 50 {
-		if exec.Command("ip", "netns", "del", n.name).Run() == nil {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (n *netns) cmd(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.name, name}, args...)...)
-}
-
-func (n *netns) run(name string, args ...string) error {
-	return sh("ip", append([]string{"netns", "exec", n.name, name}, args...)...)
-}
-
-func sh(name string, args ...string) error {
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
-// measure runs iperf3 TCP and UDP 64 B from client to a server at dst in
-// srv.
-func measure(ctx context.Context, opt Options, srv, client *netns, dst string) (tcpGbps, udpKpps float64, err error) {
-	secs := strconv.Itoa(max(1, int(opt.Duration.Seconds())))
-	s := srv.cmd(ctx, "iperf3", "-s", "-B", dst)
-	if err := s.Start(); err != nil {
-		return 0, 0, err
-	}
-	defer func() { _ = s.Process.Kill(); _ = s.Wait() }()
-	var out []byte
-	iperf := func(args ...string) (map[string]any, error) {
-		for range 50 { // until the server listens
-			out, err = client.cmd(ctx, "iperf3", append([]string{"-c", dst, "-J", "-t", secs}, args...)...).Output()
-			if !bytes.Contains(out, []byte("unable to connect")) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		var m map[string]any
-		if jerr := json.Unmarshal(out, &m); jerr != nil {
-			return nil, fmt.Errorf("iperf3 %v: %v, %v", args, err, jerr)
-		}
-		if e, _ := m["error"].(string); e != "" || err != nil {
-			return nil, fmt.Errorf("iperf3 %v: %v %s", args, err, e)
-		}
-		return m, nil
-	}
-	m, err := iperf()
-	if err != nil {
-		return 0, 0, err
-	}
-	tcpGbps = num(m, "end", "sum_received", "bits_per_second") / 1e9
-	m, err = iperf("-u", "-b", "0", "-l", "64")
-	if err != nil {
-		return 0, 0, err
-	}
-	pkts := num(m, "end", "sum", "packets") - num(m, "end", "sum", "lost_packets")
-	if s := num(m, "end", "sum", "seconds"); s > 0 {
-		udpKpps = pkts / s / 1e3
-	}
-	return tcpGbps, udpKpps, nil
-}
-
-func num(m map[string]any, path ...string) float64 {
-	var v any = m
-	for _, p := range path {
-		mm, _ := v.(map[string]any)
-		v = mm[p]
-	}
-	f, _ := v.(float64)
-	return f
-}
-
 // sameNodeKernel: two pods on a Linux bridge over veth pairs.
 func sameNodeKernel(ctx context.Context, opt Options) (Result, error) {
-	node, err := newNetns()
+	node, err := newNetns("sn")
 	if err != nil {
 		return Result{}, err
 	}
@@ -186,7 +79,7 @@ func sameNodeKernel(ctx context.Context, opt Options) (Result, error) {
 		return Result{}, err
 	}
 	for i := range 2 {
-		p, err := newNetns()
+		p, err := newNetns("sn")
 		if err != nil {
 			return Result{}, err
 		}
@@ -242,7 +135,7 @@ func sameNodePodrouter(ctx context.Context, opt Options) (Result, error) {
 		return Result{}, err
 	}
 	defer os.RemoveAll(dir)
-	node, err := newNetns()
+	node, err := newNetns("sn")
 	if err != nil {
 		return Result{}, err
 	}
@@ -281,7 +174,7 @@ func sameNodePodrouter(ctx context.Context, opt Options) (Result, error) {
 		}
 	}()
 	for i := range 2 {
-		p, err := newNetns()
+		p, err := newNetns("sn")
 		if err != nil {
 			return Result{}, err
 		}
