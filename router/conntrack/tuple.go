@@ -120,10 +120,12 @@ func (t Tuple) Reply() Tuple { return Tuple{src: t.dst, dst: t.src, meta: swapPo
 
 // String formats t as "tcp 10.0.0.1:1234 -> 192.0.2.1:80".
 func (t Tuple) String() string {
-	return protoName(t.Proto()) + " " + t.Src().String() + " -> " + t.Dst().String()
+	return ProtoName(t.Proto()) + " " + t.Src().String() + " -> " + t.Dst().String()
 }
 
-func protoName(p uint8) string {
+// ProtoName names an IP protocol number as flows print it: "tcp", "udp",
+// "icmp", "icmpv6", else "proto-N".
+func ProtoName(p uint8) string {
 	switch p {
 	case packet.ProtoTCP:
 		return "tcp"

@@ -14,6 +14,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/podrouter/podrouter/router/link/internal/tunfd"
+
 	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/packet"
 )
@@ -132,19 +134,9 @@ func FromFile(f *os.File, cfg Config) (*Device, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	sc, err := f.SyscallConn()
+	fd, err := tunfd.Dup(f)
 	if err != nil {
 		return nil, fmt.Errorf("tap: %s: %w", f.Name(), err)
-	}
-	fd := -1
-	var derr error
-	if err := sc.Control(func(raw uintptr) {
-		fd, derr = unix.FcntlInt(raw, unix.F_DUPFD_CLOEXEC, 0)
-	}); err != nil {
-		return nil, fmt.Errorf("tap: %s: %w", f.Name(), err)
-	}
-	if derr != nil {
-		return nil, fmt.Errorf("tap: %s: dup: %w", f.Name(), derr)
 	}
 	success := false
 	defer func() {
@@ -221,7 +213,7 @@ func open(fd int, cfg Config) (*Device, error) {
 	}
 	// Persistence last: a device this call created goes with fd if an
 	// earlier step failed.
-	if err := setPersist(fd, cfg.Persist); err != nil {
+	if err := tunfd.SetPersist(fd, cfg.Persist); err != nil {
 		return nil, fmt.Errorf("tap %s: %w", name, err)
 	}
 	f := os.NewFile(uintptr(fd), cloneDevice)
@@ -290,17 +282,6 @@ func (o offloadsString) String() string {
 	return s
 }
 
-func setPersist(fd int, on bool) error {
-	v := 0
-	if on {
-		v = 1
-	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, v); err != nil {
-		return fmt.Errorf("TUNSETPERSIST %d: %w", v, err)
-	}
-	return nil
-}
-
 // setMTU sets the MTU of the TAP behind fd in the network namespace the
 // device lives in (TUNGETDEVNETNS), never by name in the caller's, where the
 // name may mean another device.
@@ -354,7 +335,7 @@ func (d *Device) SetPersist(on bool) error {
 	if d.closed.Load() {
 		return link.ErrClosed
 	}
-	if err := setPersist(d.fd, on); err != nil {
+	if err := tunfd.SetPersist(d.fd, on); err != nil {
 		return fmt.Errorf("tap %s: %w", d.name, err)
 	}
 	return nil

@@ -11,6 +11,8 @@ import (
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/podrouter/podrouter/router/link/internal/tunfd"
 	wgtun "golang.zx2c4.com/wireguard/tun"
 
 	"github.com/podrouter/podrouter/router/link"
@@ -90,19 +92,9 @@ func FromFile(f *os.File, cfg Config) (*Device, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	sc, err := f.SyscallConn()
+	fd, err := tunfd.Dup(f)
 	if err != nil {
 		return nil, fmt.Errorf("tun: %s: %w", f.Name(), err)
-	}
-	fd := -1
-	var derr error
-	if err := sc.Control(func(raw uintptr) {
-		fd, derr = unix.FcntlInt(raw, unix.F_DUPFD_CLOEXEC, 0)
-	}); err != nil {
-		return nil, fmt.Errorf("tun: %s: %w", f.Name(), err)
-	}
-	if derr != nil {
-		return nil, fmt.Errorf("tun: %s: dup: %w", f.Name(), derr)
 	}
 	d, err := open(fd, cfg)
 	if err != nil {
@@ -162,7 +154,7 @@ func open(fd int, cfg Config) (*Device, error) {
 			return nil, fmt.Errorf("tun %s: read MTU: %w", name, err)
 		}
 	}
-	if err := setPersist(fd, cfg.Persist); err != nil {
+	if err := tunfd.SetPersist(fd, cfg.Persist); err != nil {
 		return nil, fmt.Errorf("tun %s: %w", name, err)
 	}
 	// From here wireguard-go owns fd: the *os.File it wraps fd in closes
@@ -181,17 +173,6 @@ func open(fd int, cfg Config) (*Device, error) {
 	log.Info("tun attached", zap.String("tun", name), zap.Bool("offloads", vnet), zap.Int("mtu", mtu),
 		zap.Bool("persist", cfg.Persist))
 	return d, nil
-}
-
-func setPersist(fd int, on bool) error {
-	v := 0
-	if on {
-		v = 1
-	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, v); err != nil {
-		return fmt.Errorf("TUNSETPERSIST %d: %w", v, err)
-	}
-	return nil
 }
 
 // withLink runs fn with a netlink handle in the network namespace the TUN
@@ -254,7 +235,7 @@ func (d *Device) GSO() bool { return d.vnet }
 // SetPersist changes whether the device outlives its descriptor (see
 // Config.Persist). Clearing it and then closing the Device deletes the TUN.
 func (d *Device) SetPersist(on bool) error {
-	if err := d.control(func(fd int) error { return setPersist(fd, on) }); err != nil {
+	if err := d.control(func(fd int) error { return tunfd.SetPersist(fd, on) }); err != nil {
 		return fmt.Errorf("tun %s: %w", d.name, err)
 	}
 	return nil

@@ -36,7 +36,6 @@ import (
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/conntrack"
 	"github.com/podrouter/podrouter/router/engine"
-	"github.com/podrouter/podrouter/router/packet"
 	"github.com/podrouter/podrouter/router/route"
 )
 
@@ -287,7 +286,7 @@ func (d *Daemon) Conntrack(_ context.Context, req api.ConntrackRequest) (api.Con
 	names := d.podNames()
 	for _, f := range flows {
 		out.Flows = append(out.Flows, api.Flow{
-			Proto: protoName(f.Proto), Src: f.Src, Dst: f.Dst, ReplySrc: f.Remote, ReplyDst: f.Local,
+			Proto: conntrack.ProtoName(f.Proto), Src: f.Src, Dst: f.Dst, ReplySrc: f.Remote, ReplyDst: f.Local,
 			State: f.State.String(), Started: f.Started.UTC(), Expires: utcOrZero(f.Expires), Pod: names[f.Src.Addr()],
 		})
 	}
@@ -312,20 +311,6 @@ func utcOrZero(t time.Time) time.Time {
 		return t
 	}
 	return t.UTC()
-}
-
-func protoName(p uint8) string {
-	switch p {
-	case packet.ProtoTCP:
-		return "tcp"
-	case packet.ProtoUDP:
-		return "udp"
-	case packet.ProtoICMPv4:
-		return "icmp"
-	case packet.ProtoICMPv6:
-		return "icmpv6"
-	}
-	return fmt.Sprintf("proto-%d", p)
 }
 
 // egressCount is one forwarder counter under its metric label.

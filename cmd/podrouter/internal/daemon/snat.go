@@ -246,7 +246,7 @@ func (s *snatEgress) conntrack(out api.Conntrack, srcs []netip.Addr, max int, na
 			state = "unreplied"
 		}
 		out.Flows = append(out.Flows, api.Flow{
-			Proto: protoName(f.Orig.Proto()), Src: src, Dst: f.Orig.Dst(),
+			Proto: conntrack.ProtoName(f.Orig.Proto()), Src: src, Dst: f.Orig.Dst(),
 			ReplySrc: f.Reply.Src(), ReplyDst: f.Reply.Dst(),
 			State: state, Expires: s.wall(f.Expires), Pod: names[src.Addr()],
 		})
