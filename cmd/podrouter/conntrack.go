@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -35,29 +34,11 @@ func runConntrack(args []string, stdout, stderr io.Writer) int {
 	var cf clientFlags
 	var req api.ConntrackRequest
 	fs := flag.NewFlagSet("conntrack", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&cf.socket, "socket", api.DefaultSocket, "the daemon's local API socket")
-	fs.BoolVar(&cf.json, "json", false, "print the API's JSON instead of a table")
-	fs.DurationVar(&cf.timeout, "timeout", 5*time.Second, "time limit of the request")
 	fs.StringVar(&req.Pod, "pod", "", "only this pod's flows: a pod address, a port name (containerID/ifName), or a container ID or a unique prefix of one")
 	fs.IntVar(&req.Max, "max", 0, fmt.Sprintf("list at most this many flows (0: %d)", api.MaxConntrackFlows))
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stdout, "Usage: podrouter conntrack [--pod P] [--json] [flags]\n\n%s\n\nFlags:\n", conntrackDoc)
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return 0
-		}
-		fmt.Fprintf(stderr, "podrouter conntrack: %s\n", firstLine(err.Error()))
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "podrouter conntrack: unexpected argument %q\n", fs.Arg(0))
-		return 2
-	}
-	if cf.timeout <= 0 {
-		fmt.Fprintf(stderr, "podrouter conntrack: --timeout %v: want a positive duration\n", cf.timeout)
-		return 2
+	usage := fmt.Sprintf("Usage: podrouter conntrack [--pod P] [--json] [flags]\n\n%s\n\nFlags:\n", conntrackDoc)
+	if rc := cf.parseWith(fs, usage, args, stdout, stderr); rc >= 0 {
+		return rc
 	}
 	if err := req.Normalize(); err != nil {
 		fmt.Fprintf(stderr, "podrouter conntrack: %v\n", err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -106,7 +105,6 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	cfg.MetricsAddr = daemon.DefaultMetricsAddr
 	var lf logFlags
 	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	fs.Var(prefixFlag{&cfg.PodCIDR}, "pod-cidr", "this node's IPv4 podCIDR (required), e.g. 10.244.1.0/24; its first address is the pods' gateway")
 	fs.Var(prefixFlag{&cfg.PodCIDR6}, "pod-cidr6", "this node's IPv6 podCIDR (optional)")
 	fs.Var(prefixListFlag{&cfg.ClusterCIDRs}, "cluster-cidr", "cluster CIDR, repeatable (default: the podCIDRs); unrouted destinations inside it are unreachable")
@@ -120,28 +118,17 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	kf.register(fs)
 	fs.Var(listenAddrFlag{&cfg.MetricsAddr}, "metrics-addr", "where to serve /metrics, /healthz and /readyz over HTTP: IP:PORT, :PORT (every address), or off")
 	lf.register(fs, "info")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, "Usage: podrouter daemon --pod-cidr CIDR [flags]\n       podrouter daemon --kube [flags]   (Kubernetes mode: README \"Kubernetes mode\")\n\n"+
-				"Runs the node daemon in this network namespace: the engine with the podCIDR and\n"+
-				"its gateway, the uplink TUN (routes to the podCIDRs), and the local API on a\n"+
-				"root-only unix socket that podrouter-cni attaches pods through. Pods recorded in\n"+
-				"the state directory are re-attached at start, without CNI. Prometheus metrics,\n"+
-				"/healthz and /readyz are served over HTTP on --metrics-addr (/readyz answers 503\n"+
-				"until the routes are synced, the uplink is up, the API serves and the recorded\n"+
-				"pods are re-attached, and again while stopping). SIGTERM or SIGINT stops it\n"+
-				"cleanly: the pods keep their interfaces for the next start.\n"+
-				"Exits 0 after a clean stop, 1 when it fails, 2 on bad flags.\n\nFlags:\n")
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return 0
-		}
-		fmt.Fprintf(stderr, "podrouter daemon: %s\n", firstLine(err.Error()))
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "podrouter daemon: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	if rc := parseFlags(fs, "Usage: podrouter daemon --pod-cidr CIDR [flags]\n       podrouter daemon --kube [flags]   (Kubernetes mode: README \"Kubernetes mode\")\n\n"+
+		"Runs the node daemon in this network namespace: the engine with the podCIDR and\n"+
+		"its gateway, the uplink TUN (routes to the podCIDRs), and the local API on a\n"+
+		"root-only unix socket that podrouter-cni attaches pods through. Pods recorded in\n"+
+		"the state directory are re-attached at start, without CNI. Prometheus metrics,\n"+
+		"/healthz and /readyz are served over HTTP on --metrics-addr (/readyz answers 503\n"+
+		"until the routes are synced, the uplink is up, the API serves and the recorded\n"+
+		"pods are re-attached, and again while stopping). SIGTERM or SIGINT stops it\n"+
+		"cleanly: the pods keep their interfaces for the next start.\n"+
+		"Exits 0 after a clean stop, 1 when it fails, 2 on bad flags.\n\nFlags:\n", args, stdout, stderr); rc >= 0 {
+		return rc
 	}
 	log, err := lf.build(stderr)
 	if err != nil {

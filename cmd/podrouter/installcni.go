@@ -32,26 +32,14 @@ var ErrNotRegular = errors.New("not a regular file")
 func runInstallCNI(args []string, stdout, stderr io.Writer) int {
 	var src, dest string
 	fs := flag.NewFlagSet("install-cni", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	fs.StringVar(&src, "src", "", "the plugin to install (default: podrouter-cni next to this executable)")
 	fs.StringVar(&dest, "dest", "/opt/cni/bin", "the CNI bin directory to install into (it must exist); the file keeps src's name")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, "Usage: podrouter install-cni [--src PATH] [--dest DIR]\n\n"+
-				"Copies the CNI plugin into DIR/<name of src> atomically: a temporary file in DIR,\n"+
-				"fsynced, mode 0755, renamed over the old one. The DaemonSet runs it as its\n"+
-				"init container with the host's /opt/cni/bin mounted. Exits 0 when installed,\n"+
-				"1 when the copy fails, 2 on bad flags.\n\nFlags:\n")
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return 0
-		}
-		fmt.Fprintf(stderr, "podrouter install-cni: %s\n", firstLine(err.Error()))
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "podrouter install-cni: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	if rc := parseFlags(fs, "Usage: podrouter install-cni [--src PATH] [--dest DIR]\n\n"+
+		"Copies the CNI plugin into DIR/<name of src> atomically: a temporary file in DIR,\n"+
+		"fsynced, mode 0755, renamed over the old one. The DaemonSet runs it as its\n"+
+		"init container with the host's /opt/cni/bin mounted. Exits 0 when installed,\n"+
+		"1 when the copy fails, 2 on bad flags.\n\nFlags:\n", args, stdout, stderr); rc >= 0 {
+		return rc
 	}
 	if src == "" {
 		exe, err := os.Executable()

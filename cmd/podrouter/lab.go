@@ -34,7 +34,6 @@ func runLab(args []string, stdout, stderr io.Writer) int {
 	var lf logFlags
 	var backend, podMode, topology string
 	fs := flag.NewFlagSet("lab", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	fs.IntVar(&cfg.Nodes, "nodes", 1, "number of nodes (1..64), each with its own engine, podCIDR and underlay")
 	fs.IntVar(&cfg.Pods, "pods", 4, "pods per node (2..250 on one node, 1..250 on several)")
 	fs.StringVar(&podMode, "pod-mode", "virtual", "virtual (gVisor netstacks, no privileges) or netns (namespaces with TAPs, as root)")
@@ -53,30 +52,19 @@ func runLab(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.Hold, "hold", false, "keep the lab running after the report until interrupted (for podrouter lab exec)")
 	fs.StringVar(&cfg.StateFile, "state", lab.DefaultStateFile(), "state file of a held lab")
 	lf.register(fs, "warn")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, "Usage: podrouter lab [flags]\n"+
-				"       podrouter lab exec [--state FILE] POD -- COMMAND [ARGS...]\n\n"+
-				"Builds a cluster in this process: --nodes engines, each with its podCIDR carved\n"+
-				"from the cluster CIDR, joined by UDP underlays over 127.0.0.1 (udp or vxlan\n"+
-				"encapsulation), and --pods pods per node: virtual pods (gVisor netstacks, no\n"+
-				"privileges) or, with --pod-mode netns, network namespaces with TAPs (as root).\n"+
-				"Checks every ordered pod pair with ICMP echo, a TCP echo and a UDP echo (IPv4 and\n"+
-				"IPv6), prints the pod x pod matrix, measures TCP throughput within a node and\n"+
-				"across nodes, and prints the engines' and underlays' counters.\n"+
-				"Exits 0 when every check passed, 1 naming the failed pairs otherwise, 2 on bad flags.\n\n"+
-				"With --hold the lab keeps running after the report until interrupted; 'lab exec'\n"+
-				"then runs a command inside one of its netns pods.\n\nFlags:\n")
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return 0
-		}
-		fmt.Fprintf(stderr, "podrouter lab: %s\n", firstLine(err.Error()))
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "podrouter lab: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	if rc := parseFlags(fs, "Usage: podrouter lab [flags]\n"+
+		"       podrouter lab exec [--state FILE] POD -- COMMAND [ARGS...]\n\n"+
+		"Builds a cluster in this process: --nodes engines, each with its podCIDR carved\n"+
+		"from the cluster CIDR, joined by UDP underlays over 127.0.0.1 (udp or vxlan\n"+
+		"encapsulation), and --pods pods per node: virtual pods (gVisor netstacks, no\n"+
+		"privileges) or, with --pod-mode netns, network namespaces with TAPs (as root).\n"+
+		"Checks every ordered pod pair with ICMP echo, a TCP echo and a UDP echo (IPv4 and\n"+
+		"IPv6), prints the pod x pod matrix, measures TCP throughput within a node and\n"+
+		"across nodes, and prints the engines' and underlays' counters.\n"+
+		"Exits 0 when every check passed, 1 naming the failed pairs otherwise, 2 on bad flags.\n\n"+
+		"With --hold the lab keeps running after the report until interrupted; 'lab exec'\n"+
+		"then runs a command inside one of its netns pods.\n\nFlags:\n", args, stdout, stderr); rc >= 0 {
+		return rc
 	}
 	log, err := lf.build(stderr)
 	if err != nil {

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -120,6 +121,29 @@ func (l *logFlags) build(stderr io.Writer) (*zap.Logger, error) {
 		return nil, fmt.Errorf("--log-format %q: want console or json", l.format)
 	}
 	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(stderr), lvl)), nil
+}
+
+// parseFlags parses args into fs for `podrouter <fs.Name()>`. For -h it
+// prints usage and the flags to stdout and returns 0; for a bad flag or an
+// unexpected argument it prints one line to stderr and returns 2; otherwise
+// it returns -1 and the command goes on.
+func parseFlags(fs *flag.FlagSet, usage string, args []string, stdout, stderr io.Writer) int {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintf(stderr, "podrouter %s: %s\n", fs.Name(), firstLine(err.Error()))
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "podrouter %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return 2
+	}
+	return -1
 }
 
 func firstLine(s string) string {

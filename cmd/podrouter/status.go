@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -35,30 +34,25 @@ type clientFlags struct {
 	timeout time.Duration
 }
 
-// parse parses args for command name; it returns an exit code >= 0 when
-// the command must stop (help printed, or a bad flag).
+// parse parses args for the API command name (doc: its help text); it
+// returns an exit code >= 0 when the command must stop (help printed, or a
+// bad flag).
 func (c *clientFlags) parse(name, doc string, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	usage := fmt.Sprintf("Usage: podrouter %s [flags]\n\n%s\n\nFlags:\n", name, doc)
+	return c.parseWith(flag.NewFlagSet(name, flag.ContinueOnError), usage, args, stdout, stderr)
+}
+
+// parseWith registers the client flags on fs, which may hold the command's
+// own flags too, and parses args as parse does.
+func (c *clientFlags) parseWith(fs *flag.FlagSet, usage string, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.socket, "socket", api.DefaultSocket, "the daemon's local API socket")
 	fs.BoolVar(&c.json, "json", false, "print the API's JSON instead of a table")
 	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "time limit of the request")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stdout, "Usage: podrouter %s [flags]\n\n%s\n\nFlags:\n", name, doc)
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return 0
-		}
-		fmt.Fprintf(stderr, "podrouter %s: %s\n", name, firstLine(err.Error()))
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "podrouter %s: unexpected argument %q\n", name, fs.Arg(0))
-		return 2
+	if rc := parseFlags(fs, usage, args, stdout, stderr); rc >= 0 {
+		return rc
 	}
 	if c.timeout <= 0 {
-		fmt.Fprintf(stderr, "podrouter %s: --timeout %v: want a positive duration\n", name, c.timeout)
+		fmt.Fprintf(stderr, "podrouter %s: --timeout %v: want a positive duration\n", fs.Name(), c.timeout)
 		return 2
 	}
 	return -1
