@@ -138,6 +138,7 @@ func Listen(cfg ServerConfig, h Handler) (*Server, error) {
 	}
 	ln.SetUnlinkOnClose(true)
 	s.ln = ln
+	s.serving.Store(true) // connections queue from here; Serve takes them
 	return s, nil
 }
 
@@ -164,12 +165,13 @@ func (s *Server) prepareDir() error {
 // Path returns the socket path.
 func (s *Server) Path() string { return s.cfg.Path }
 
-// Serving reports whether Serve is accepting connections.
+// Serving reports whether the socket takes connections: from Listen until
+// Close, or until Serve returns (Serve is meant to be called right after
+// Listen; connections queue in the listen backlog until it runs).
 func (s *Server) Serving() bool { return s.serving.Load() }
 
 // Serve accepts connections until Close; it returns nil after Close.
 func (s *Server) Serve() error {
-	s.serving.Store(true)
 	defer s.serving.Store(false)
 	for {
 		c, err := s.ln.AcceptUnix()
@@ -217,6 +219,7 @@ func (s *Server) Close() error {
 	s.closed = true
 	close(s.closeCh)
 	s.mu.Unlock()
+	s.serving.Store(false)
 	s.stopCancel()
 	err := s.ln.Close()
 	done := make(chan struct{})

@@ -146,11 +146,6 @@ func New(cfg Config) (*Daemon, error) {
 	d.ready.api.Store(&serving)
 	d.served = make(chan error, 1)
 	go func() { d.served <- d.srv.Serve() }()
-	// Ready means serving: wait (briefly) for the accept loop to start, so
-	// /readyz never reports "not serving" once New has returned.
-	for deadline := time.Now().Add(time.Second); !d.srv.Serving() && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
-	}
 	t0 := time.Now()
 	var rs reattachStats
 	rs.ok, rs.failed = d.pods.reattach(recs)
