@@ -29,6 +29,7 @@ import (
 	"github.com/podrouter/podrouter/netstackx/egress"
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/link/tap"
 	"github.com/podrouter/podrouter/router/metrics"
 	"github.com/podrouter/podrouter/router/route"
 )
@@ -155,6 +156,9 @@ func New(cfg Config) (*Daemon, error) {
 	d.log.Info("ready", zap.Stringers("podCIDRs", cfg.PodCIDRs()), zap.String("uplink", cfg.Uplink),
 		zap.String("socket", cfg.Socket), zap.Int("reattached", rs.ok), zap.Int("reattachFailed", rs.failed),
 		zap.Duration("reattachTime", rs.took))
+	if err := tap.BatchedWrites(); err != nil {
+		d.log.Info("pod TAPs written frame by frame (no io_uring batching)", zap.Error(err))
+	}
 	if rs.failed > 0 {
 		d.log.Warn("running degraded: some recorded pods are not attached", zap.Int("unattached", rs.failed))
 	}
