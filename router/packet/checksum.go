@@ -3,6 +3,8 @@ package packet
 import (
 	"encoding/binary"
 	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
 
 // Checksum returns the 16-bit ones' complement sum (not complemented) of b,
@@ -10,34 +12,13 @@ import (
 // pseudo-header). A packet whose checksum field is correct sums to 0xffff,
 // so callers check `^Checksum(...) == 0` -- or, for an IPv4 header,
 // Checksum(h, 0) == 0xffff; IPv4.IsValid does that.
+//
+// The summing is gVisor's (64-bit words with end-around carries, RFC 1071
+// 1.2), about twice as fast as a loop over big-endian 32-bit words.
 func Checksum(b []byte, initial uint32) uint16 {
-	sum := uint64(initial)
-	for len(b) >= 32 {
-		sum += uint64(binary.BigEndian.Uint32(b[0:4]))
-		sum += uint64(binary.BigEndian.Uint32(b[4:8]))
-		sum += uint64(binary.BigEndian.Uint32(b[8:12]))
-		sum += uint64(binary.BigEndian.Uint32(b[12:16]))
-		sum += uint64(binary.BigEndian.Uint32(b[16:20]))
-		sum += uint64(binary.BigEndian.Uint32(b[20:24]))
-		sum += uint64(binary.BigEndian.Uint32(b[24:28]))
-		sum += uint64(binary.BigEndian.Uint32(b[28:32]))
-		b = b[32:]
-	}
-	for len(b) >= 4 {
-		sum += uint64(binary.BigEndian.Uint32(b))
-		b = b[4:]
-	}
-	if len(b) >= 2 {
-		sum += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint64(b[0]) << 8
-	}
-	for sum > 0xffff {
-		sum = (sum >> 16) + (sum & 0xffff)
-	}
-	return uint16(sum)
+	initial = (initial >> 16) + (initial & 0xffff)
+	initial = (initial >> 16) + (initial & 0xffff)
+	return checksum.Checksum(b, uint16(initial))
 }
 
 // PseudoHeaderSum returns the partial sum of the TCP/UDP/ICMPv6 pseudo-header
