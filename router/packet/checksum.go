@@ -2,9 +2,8 @@ package packet
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"net/netip"
-
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
 
 // Checksum returns the 16-bit ones' complement sum (not complemented) of b,
@@ -12,13 +11,50 @@ import (
 // pseudo-header). A packet whose checksum field is correct sums to 0xffff,
 // so callers check `^Checksum(...) == 0` -- or, for an IPv4 header,
 // Checksum(h, 0) == 0xffff; IPv4.IsValid does that.
-//
-// The summing is gVisor's (64-bit words with end-around carries, RFC 1071
-// 1.2), about twice as fast as a loop over big-endian 32-bit words.
 func Checksum(b []byte, initial uint32) uint16 {
-	initial = (initial >> 16) + (initial & 0xffff)
-	initial = (initial >> 16) + (initial & 0xffff)
-	return checksum.Checksum(b, uint16(initial))
+	// The ones' complement sum does not depend on byte order (RFC 1071
+	// 1.2(B)): b is added as little-endian 64-bit words with end-around
+	// carries (1.2(C)), and the folded sum's two bytes are swapped once at
+	// the end; initial (big-endian) joins the sum byte-swapped. About twice
+	// as fast as summing big-endian 32-bit words.
+	var sum, c, carries uint64
+	for len(b) >= 64 {
+		w := b[:64:64]
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(w[0:8]), 0)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(w[8:16]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(w[16:24]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(w[24:32]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(w[32:40]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(w[40:48]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(w[48:56]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(w[56:64]), c)
+		carries += c // each carry out is 2^64, which is 1 in ones' complement
+		b = b[64:]
+	}
+	sum, c = bits.Add64(sum, carries, 0)
+	for len(b) >= 8 {
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(b), c)
+		b = b[8:]
+	}
+	if len(b) >= 4 {
+		sum, c = bits.Add64(sum, uint64(binary.LittleEndian.Uint32(b)), c)
+		b = b[4:]
+	}
+	if len(b) >= 2 {
+		sum, c = bits.Add64(sum, uint64(binary.LittleEndian.Uint16(b)), c)
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		sum, c = bits.Add64(sum, uint64(b[0]), c) // the low byte of its 16-bit word
+	}
+	in := uint64(bits.ReverseBytes16(uint16(initial>>16))) + uint64(bits.ReverseBytes16(uint16(initial)))
+	sum, c = bits.Add64(sum, in, c)
+	sum += c // no overflow: with a carry out, sum is at most the 17-bit addend
+	sum = (sum >> 32) + (sum & 0xffffffff)
+	sum = (sum >> 32) + (sum & 0xffffffff)
+	sum = (sum >> 16) + (sum & 0xffff)
+	sum = (sum >> 16) + (sum & 0xffff)
+	return bits.ReverseBytes16(uint16(sum))
 }
 
 // PseudoHeaderSum returns the partial sum of the TCP/UDP/ICMPv6 pseudo-header

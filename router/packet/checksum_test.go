@@ -62,6 +62,19 @@ func TestChecksumReference(t *testing.T) {
 			}
 		}
 	}
+	// All ones drive the 64-bit sum to wrap on every add: the carries
+	// must all come back around.
+	ones := make([]byte, 65535)
+	for i := range ones {
+		ones[i] = 0xff
+	}
+	for n := 0; n <= len(ones); n += 1 + n/8 {
+		for _, initial := range []uint32{0, 0xffff, 0xffffffff} {
+			if got, want := packet.Checksum(ones[:n], initial), refChecksum(ones[:n], initial); got != want {
+				t.Fatalf("%d bytes of 0xff, initial %#x: Checksum = %#04x, reference %#04x", n, initial, got, want)
+			}
+		}
+	}
 	big := randBytes(r, 65535)
 	if got, want := packet.Checksum(big, 0xffffffff), refChecksum(big, 0xffffffff); got != want {
 		t.Fatalf("64 KiB: Checksum = %#04x, reference %#04x", got, want)
