@@ -157,7 +157,7 @@ func New(cfg Config) (*Daemon, error) {
 		zap.String("socket", cfg.Socket), zap.Int("reattached", rs.ok), zap.Int("reattachFailed", rs.failed),
 		zap.Duration("reattachTime", rs.took))
 	if err := tap.BatchedWrites(); err != nil {
-		d.log.Info("pod TAPs written frame by frame (no io_uring batching)", zap.Error(err))
+		d.log.Info("pod TAPs read and written frame by frame (no io_uring batching)", zap.Error(err))
 	}
 	if rs.failed > 0 {
 		d.log.Warn("running degraded: some recorded pods are not attached", zap.Int("unattached", rs.failed))

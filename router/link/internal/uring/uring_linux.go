@@ -1,5 +1,6 @@
-// Package uring writes batches of frames to TAP and TUN descriptors with one
-// io_uring_enter(2) per batch instead of one write(2) per frame.
+// Package uring moves batches of frames to and from TAP descriptors with
+// one io_uring_enter(2) per batch instead of one write(2) or readv(2) per
+// frame.
 //
 // A TAP descriptor takes one frame per write, so a batch of 64 frames costs
 // 64 system calls, and after each the writer may be switched out for the pod
@@ -8,13 +9,16 @@
 // submits the whole batch: the kernel performs the writes one after the
 // other inside a single call, each exactly as write(2) would (the TAP
 // descriptor is non-blocking and always writable, so none is deferred), and
-// the receiver is woken once per batch, not once per frame.
+// the receiver is woken once per batch, not once per frame. Reads are the
+// same with RWF_NOWAIT, so the reads that find the queue empty complete in
+// the same call instead of waiting.
 //
-// Rings are kept in a pool shared by all devices: a writer takes one for a
-// batch and gives it back, so there are about as many rings as writers
-// running at once. Where io_uring is missing or refused (an old kernel,
-// kernel.io_uring_disabled, a seccomp profile) Get returns nil and the
-// devices write frame by frame; PODROUTER_URING=0 forces that fallback.
+// Writers share a pool of rings: a writer takes one for a batch and gives
+// it back, so there are about as many rings as writers running at once; a
+// device's reader keeps a ring of its own (New). Where io_uring is missing
+// or refused (an old kernel, kernel.io_uring_disabled, a seccomp profile)
+// Get returns nil, New an error, and the devices move frame by frame;
+// PODROUTER_URING=0 forces that fallback.
 package uring
 
 import (
@@ -38,6 +42,7 @@ const (
 	offCQRing = 0x8000000
 	offSQEs   = 0x10000000
 
+	opReadv        = 1  // IORING_OP_READV
 	opWrite        = 23 // IORING_OP_WRITE
 	enterGetEvents = 1  // IORING_ENTER_GETEVENTS
 	featSingleMmap = 1  // IORING_FEAT_SINGLE_MMAP
@@ -176,6 +181,26 @@ func Put(r *Ring) {
 	}
 }
 
+// New returns a ring of the caller's own, outside the pool (a device's
+// reader keeps one), or why there is none (see Available).
+func New() (*Ring, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	if fallback.Load() {
+		return nil, errors.New("io_uring turned off (SetFallback)")
+	}
+	return newRing()
+}
+
+// Close releases a ring from New. Operations in flight finish first (in
+// the kernel), but none is: every call waits for its own.
+func (r *Ring) Close() { r.close() }
+
+// Broken reports whether an io_uring_enter failed on r: it must not be
+// used again.
+func (r *Ring) Broken() bool { return r.broken }
+
 // Release closes the rings idle in the pool (tests counting descriptors
 // call it; later Gets make new ones).
 func Release() {
@@ -263,25 +288,57 @@ func (r *Ring) WriteBatch(fd int, frames [][]byte) (res []int32, err error) {
 	if len(frames) > Entries {
 		return nil, fmt.Errorf("io_uring: %d frames in one batch (at most %d)", len(frames), Entries)
 	}
-	err = r.submit(fd, frames)
+	tail := atomic.LoadUint32(r.sqTail)
+	for i, f := range frames {
+		var addr uint64
+		if len(f) > 0 {
+			addr = uint64(uintptr(unsafe.Pointer(&f[0])))
+		}
+		r.queue(tail, i, opWrite, fd, addr, uint32(len(f)))
+	}
+	err = r.run(tail, uint32(len(frames)))
+	runtime.KeepAlive(frames)
 	return r.res[:len(frames)], err
 }
 
-// submit queues one write per frame (at most Entries) and waits until all
-// have completed, their results in r.res.
-func (r *Ring) submit(fd int, frames [][]byte) error {
-	n := uint32(len(frames))
-	tail := atomic.LoadUint32(r.sqTail)
-	for i, f := range frames {
-		idx := (tail + uint32(i)) & r.sqMask
-		s := &r.sqes[idx]
-		*s = sqe{opcode: opWrite, fd: int32(fd), off: ^uint64(0), len: uint32(len(f)), userData: uint64(i)}
-		if len(f) > 0 {
-			s.addr = uint64(uintptr(unsafe.Pointer(&f[0])))
-		}
-		r.sqArray[idx] = idx
-		r.res[i] = -int32(unix.EIO)
+// ReadvBatch queues one readv(2) of fd per iovec list (at most Entries
+// lists) and returns once all have completed, with one io_uring_enter:
+// res[i] is list i's byte count or negative errno, as WriteBatch. The reads
+// are RWF_NOWAIT: one that finds nothing completes at once with -EAGAIN
+// instead of waiting for data (a descriptor that cannot honour that gives
+// -EOPNOTSUPP). The kernel performs the reads in
+// order, so the data read is in list order. The iovecs and what they point
+// to must be heap memory.
+func (r *Ring) ReadvBatch(fd int, iovs [][]unix.Iovec) (res []int32, err error) {
+	if len(iovs) > Entries {
+		return nil, fmt.Errorf("io_uring: %d reads in one batch (at most %d)", len(iovs), Entries)
 	}
+	tail := atomic.LoadUint32(r.sqTail)
+	for i, v := range iovs {
+		var addr uint64
+		if len(v) > 0 {
+			addr = uint64(uintptr(unsafe.Pointer(&v[0])))
+		}
+		r.queue(tail, i, opReadv, fd, addr, uint32(len(v)))
+		r.sqes[(tail+uint32(i))&r.sqMask].rwFlags = unix.RWF_NOWAIT
+	}
+	err = r.run(tail, uint32(len(iovs)))
+	runtime.KeepAlive(iovs)
+	return r.res[:len(iovs)], err
+}
+
+// queue fills the i-th entry after tail (user data i; offset -1: the
+// descriptor's current position, as read(2) and write(2)).
+func (r *Ring) queue(tail uint32, i int, op uint8, fd int, addr uint64, n uint32) {
+	idx := (tail + uint32(i)) & r.sqMask
+	r.sqes[idx] = sqe{opcode: op, fd: int32(fd), off: ^uint64(0), addr: addr, len: n, userData: uint64(i)}
+	r.sqArray[idx] = idx
+	r.res[i] = -int32(unix.EIO)
+}
+
+// run submits the n entries queued after tail and waits until all have
+// completed, their results in r.res.
+func (r *Ring) run(tail, n uint32) error {
 	atomic.StoreUint32(r.sqTail, tail+n)
 	var reaped uint32
 	var err error
@@ -301,9 +358,8 @@ func (r *Ring) submit(fd int, frames [][]byte) error {
 		err = fmt.Errorf("io_uring_enter: %w", errno)
 		break
 	}
-	runtime.KeepAlive(frames)
 	if err != nil {
-		// Writes the kernel has not completed may still read their frames:
+		// Operations the kernel has not completed may still read their frames:
 		// the ring is not used again (Put closes it, and closing waits for
 		// them in the kernel).
 		r.broken = true

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -103,6 +104,66 @@ func TestWriteBatchErrors(t *testing.T) {
 	buf := make([]byte, 2)
 	if _, err := io.ReadFull(rd, buf); err != nil || string(buf) != "ok" {
 		t.Fatalf("read %q, %v", buf, err)
+	}
+}
+
+// TestReadvBatch: reads on a non-blocking pipe fill the iovecs in order
+// and complete at once with -EAGAIN when there is nothing (they never wait
+// for data).
+func TestReadvBatch(t *testing.T) {
+	r, err := New()
+	if err != nil {
+		t.Skipf("io_uring not usable here: %v", err)
+	}
+	defer r.Close()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	hdr := make([]byte, 3)
+	bufs := [][]byte{make([]byte, 8), make([]byte, 8), make([]byte, 8)}
+	iovs := make([][]unix.Iovec, len(bufs))
+	for i := range iovs {
+		iovs[i] = make([]unix.Iovec, 2)
+		iovs[i][0].Base, iovs[i][1].Base = &hdr[0], &bufs[i][0]
+		iovs[i][0].SetLen(len(hdr))
+		iovs[i][1].SetLen(len(bufs[i]))
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res, err := r.ReadvBatch(p[0], iovs)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		for i, v := range res {
+			if unix.Errno(-v) != unix.EAGAIN {
+				t.Errorf("read %d of an empty pipe: %d, want -EAGAIN", i, v)
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("ReadvBatch on an empty non-blocking pipe is still waiting after 5 s")
+	}
+	if _, err := unix.Write(p[1], []byte("abcdefghijklmnopq")); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.ReadvBatch(p[0], iovs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A pipe is a stream: the first readv takes 3+8 bytes, the second the
+	// remaining 6, the third finds nothing.
+	if res[0] != 11 || res[1] != 6 || unix.Errno(-res[2]) != unix.EAGAIN {
+		t.Fatalf("results %v, want [11 6 -EAGAIN]", res)
+	}
+	if string(bufs[0]) != "defghijk" || string(bufs[1][:3]) != "opq" || string(hdr) != "lmn" {
+		t.Fatalf("read %q %q %q", hdr, bufs[0], bufs[1])
 	}
 }
 
