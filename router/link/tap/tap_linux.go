@@ -762,42 +762,25 @@ func (d *Device) write(bufs [][]byte, gso []link.GSO, offset int) (int, error) {
 	}
 	var c txCounts
 	defer d.addTx(&c)
+	var r *uring.Ring
 	if len(bufs) > 1 {
-		if r := uring.Get(); r != nil {
-			n, err := d.writeRing(r, bufs, gso, offset, &c)
-			uring.Put(r)
-			return n, err
+		if r = uring.Get(); r != nil {
+			defer uring.Put(r)
 		}
 	}
-	for i, b := range bufs {
-		var g link.GSO
-		if gso != nil {
-			g = gso[i]
-		}
-		if !d.offloads.Accepts(g) {
-			if err := d.writeSoftware(b[offset:], g, &c); err != nil {
-				return i, err
-			}
-			continue
-		}
-		frame := b[offset-VnetHdrLen:]
-		encodeHdr(frame, g)
-		if g.Type != link.GSONone {
-			c.gso++
-		}
-		if err := d.writeFrame(frame, &c); err != nil {
-			return i, err
-		}
-	}
-	return len(bufs), nil
+	return d.writeFrames(r, bufs, gso, offset, &c)
 }
 
-// writeRing is write's loop with the frames that Offloads accepts written
-// through r, one io_uring_enter per run of up to uring.Entries of them;
-// frames needing the software fallback are written between runs, in order.
-func (d *Device) writeRing(r *uring.Ring, bufs [][]byte, gso []link.GSO, offset int, c *txCounts) (int, error) {
-	frames := r.Frames[:0]
-	defer clear(frames[:cap(frames)])
+// writeFrames is write's loop: the frames that Offloads accepts are written
+// through r, one io_uring_enter per run of up to uring.Entries of them, or
+// with one write(2) each when r is nil; frames needing the software
+// fallback are written between runs, in order.
+func (d *Device) writeFrames(r *uring.Ring, bufs [][]byte, gso []link.GSO, offset int, c *txCounts) (int, error) {
+	var frames [][]byte
+	if r != nil {
+		frames = r.Frames[:0]
+		defer clear(frames[:cap(frames)])
+	}
 	first := 0 // index in bufs of frames[0]
 	flush := func() (int, error) {
 		if len(frames) == 0 {
@@ -841,6 +824,12 @@ func (d *Device) writeRing(r *uring.Ring, bufs [][]byte, gso []link.GSO, offset 
 		encodeHdr(frame, g)
 		if g.Type != link.GSONone {
 			c.gso++
+		}
+		if r == nil {
+			if err := d.writeFrame(frame, c); err != nil {
+				return i, err
+			}
+			continue
 		}
 		if len(frames) == 0 {
 			first = i

@@ -285,20 +285,7 @@ func (r *Ring) close() {
 // leaves without a result have -EIO. res is the ring's: read it before
 // giving the ring back.
 func (r *Ring) WriteBatch(fd int, frames [][]byte) (res []int32, err error) {
-	if len(frames) > Entries {
-		return nil, fmt.Errorf("io_uring: %d frames in one batch (at most %d)", len(frames), Entries)
-	}
-	tail := atomic.LoadUint32(r.sqTail)
-	for i, f := range frames {
-		var addr uint64
-		if len(f) > 0 {
-			addr = uint64(uintptr(unsafe.Pointer(&f[0])))
-		}
-		r.queue(tail, i, opWrite, fd, addr, uint32(len(f)))
-	}
-	err = r.run(tail, uint32(len(frames)))
-	runtime.KeepAlive(frames)
-	return r.res[:len(frames)], err
+	return batch(r, opWrite, 0, fd, frames)
 }
 
 // ReadvBatch queues one readv(2) of fd per iovec list (at most Entries
@@ -306,32 +293,36 @@ func (r *Ring) WriteBatch(fd int, frames [][]byte) (res []int32, err error) {
 // res[i] is list i's byte count or negative errno, as WriteBatch. The reads
 // are RWF_NOWAIT: one that finds nothing completes at once with -EAGAIN
 // instead of waiting for data (a descriptor that cannot honour that gives
-// -EOPNOTSUPP). The kernel performs the reads in
-// order, so the data read is in list order. The iovecs and what they point
-// to must be heap memory.
+// -EOPNOTSUPP). The kernel performs the reads in order, so the data read is
+// in list order. The iovecs and what they point to must be heap memory.
 func (r *Ring) ReadvBatch(fd int, iovs [][]unix.Iovec) (res []int32, err error) {
-	if len(iovs) > Entries {
-		return nil, fmt.Errorf("io_uring: %d reads in one batch (at most %d)", len(iovs), Entries)
+	return batch(r, opReadv, unix.RWF_NOWAIT, fd, iovs)
+}
+
+// batch submits one op per item (its address and length: a frame's bytes,
+// or an iovec list) and waits for all.
+func batch[T any](r *Ring, op uint8, rwFlags uint32, fd int, items [][]T) ([]int32, error) {
+	if len(items) > Entries {
+		return nil, fmt.Errorf("io_uring: %d operations in one batch (at most %d)", len(items), Entries)
 	}
 	tail := atomic.LoadUint32(r.sqTail)
-	for i, v := range iovs {
+	for i, v := range items {
 		var addr uint64
 		if len(v) > 0 {
 			addr = uint64(uintptr(unsafe.Pointer(&v[0])))
 		}
-		r.queue(tail, i, opReadv, fd, addr, uint32(len(v)))
-		r.sqes[(tail+uint32(i))&r.sqMask].rwFlags = unix.RWF_NOWAIT
+		r.queue(tail, i, op, fd, addr, uint32(len(v)), rwFlags)
 	}
-	err = r.run(tail, uint32(len(iovs)))
-	runtime.KeepAlive(iovs)
-	return r.res[:len(iovs)], err
+	err := r.run(tail, uint32(len(items)))
+	runtime.KeepAlive(items)
+	return r.res[:len(items)], err
 }
 
 // queue fills the i-th entry after tail (user data i; offset -1: the
 // descriptor's current position, as read(2) and write(2)).
-func (r *Ring) queue(tail uint32, i int, op uint8, fd int, addr uint64, n uint32) {
+func (r *Ring) queue(tail uint32, i int, op uint8, fd int, addr uint64, n, rwFlags uint32) {
 	idx := (tail + uint32(i)) & r.sqMask
-	r.sqes[idx] = sqe{opcode: op, fd: int32(fd), off: ^uint64(0), addr: addr, len: n, userData: uint64(i)}
+	r.sqes[idx] = sqe{opcode: op, fd: int32(fd), off: ^uint64(0), addr: addr, len: n, rwFlags: rwFlags, userData: uint64(i)}
 	r.sqArray[idx] = idx
 	r.res[i] = -int32(unix.EIO)
 }
