@@ -75,8 +75,10 @@ bench:
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=$(BENCHTIME) ./router/... ./netstackx/...
 
 # End-to-end benchmarks against kernel baselines in the same run (root).
+# Each case three times (RUNS=1 for a quick look): per-run lines, then medians.
+RUNS ?= 3
 bench-e2e: deps tools build
-	$(GO) run ./bench/e2e -podrouter $(BIN)/podrouter
+	$(GO) run ./bench/e2e -podrouter $(BIN)/podrouter -runs $(RUNS)
 
 # A short run of every fuzz target (seeds live in testdata/fuzz).
 fuzz:

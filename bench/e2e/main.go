@@ -5,8 +5,11 @@
 //
 //	case=<case> impl=<impl> tcp_gbps=<x> udp_kpps=<y>
 //
-// followed by each implementation's ratio to the case's baseline. It needs
-// root (network namespaces, TAP devices) and iperf3; traffic stays inside
+// followed by each implementation's ratio to the case's baseline. With
+// -runs N each case runs N times: every run's lines carry run=<i>, and the
+// untagged lines that follow give each number's median and the median of
+// the runs' ratios (each ratio is taken within one run, so the baseline's
+// run-to-run variation does not enter it). It needs root (network namespaces, TAP devices) and iperf3; traffic stays inside
 // namespaces it creates. Cases register themselves from their own files.
 package main
 
@@ -52,7 +55,12 @@ func main() {
 	only := flag.String("case", "", "comma-separated cases to run (default: all)")
 	flag.DurationVar(&opt.Duration, "duration", 5*time.Second, "iperf3 time per measurement")
 	flag.StringVar(&opt.Podrouter, "podrouter", "bin/podrouter", "podrouter binary")
+	runs := flag.Int("runs", 1, "times each case runs (more than one: per-run lines, then medians)")
 	flag.Parse()
+	if *runs < 1 {
+		fmt.Fprintln(os.Stderr, "bench-e2e: -runs must be at least 1")
+		os.Exit(2)
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench-e2e: needs root (network namespaces and TAP devices)")
 		os.Exit(2)
@@ -71,28 +79,114 @@ func main() {
 		if len(want) > 0 && !want[c.Name] {
 			continue
 		}
-		res, err := c.Run(ctx, opt)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "case=%s error: %v\n", c.Name, err)
-			failed = true
-			continue
+		var all [][]Result
+		for i := 1; i <= *runs; i++ {
+			res, err := c.Run(ctx, opt)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "case=%s error: %v\n", c.Name, err)
+				failed = true
+				break
+			}
+			if *runs > 1 {
+				report(c, res, ratios(c, res), fmt.Sprintf(" run=%d", i))
+			}
+			all = append(all, res)
 		}
-		report(c, res)
+		if len(all) == *runs {
+			med, rat := medians(c, all)
+			report(c, med, rat, "")
+		}
 	}
 	if failed {
 		os.Exit(1)
 	}
 }
 
-func report(c Case, res []Result) {
-	var base *Result
-	for i := range res {
-		if res[i].Impl == c.Baseline {
-			base = &res[i]
+// ratio is an implementation's numbers over the baseline's (0: not
+// measured by one of them).
+type ratio struct {
+	Impl     string
+	TCP, UDP float64
+}
+
+// ratios returns each non-baseline implementation's ratio to the baseline
+// in res (none when the baseline is missing).
+func ratios(c Case, res []Result) []ratio {
+	i := slices.IndexFunc(res, func(r Result) bool { return r.Impl == c.Baseline })
+	if i < 0 {
+		return nil
+	}
+	base := res[i]
+	var out []ratio
+	for _, r := range res {
+		if r.Impl == base.Impl {
+			continue
+		}
+		q := ratio{Impl: r.Impl}
+		if r.TCPGbps > 0 && base.TCPGbps > 0 {
+			q.TCP = r.TCPGbps / base.TCPGbps
+		}
+		if r.UDPKpps > 0 && base.UDPKpps > 0 {
+			q.UDP = r.UDPKpps / base.UDPKpps
+		}
+		out = append(out, q)
+	}
+	return out
+}
+
+// medians returns, over the runs, each implementation's median numbers and
+// the median of its per-run ratios. An implementation missing from some
+// runs (its setup failed there) has the median of the runs it is in.
+func medians(c Case, runs [][]Result) ([]Result, []ratio) {
+	var impls []string
+	for _, res := range runs {
+		for _, r := range res {
+			if !slices.Contains(impls, r.Impl) {
+				impls = append(impls, r.Impl)
+			}
 		}
 	}
+	var res []Result
+	var rat []ratio
+	for _, impl := range impls {
+		var tcp, udp, rtcp, rudp []float64
+		for _, run := range runs {
+			for _, r := range run {
+				if r.Impl == impl {
+					tcp, udp = append(tcp, r.TCPGbps), append(udp, r.UDPKpps)
+				}
+			}
+			for _, q := range ratios(c, run) {
+				if q.Impl == impl {
+					rtcp, rudp = append(rtcp, q.TCP), append(rudp, q.UDP)
+				}
+			}
+		}
+		res = append(res, Result{Impl: impl, TCPGbps: median(tcp), UDPKpps: median(udp)})
+		if len(rtcp) > 0 {
+			rat = append(rat, ratio{Impl: impl, TCP: median(rtcp), UDP: median(rudp)})
+		}
+	}
+	return res, rat
+}
+
+// median of the non-zero values (0 when there are none).
+func median(v []float64) float64 {
+	v = slices.DeleteFunc(slices.Clone(v), func(x float64) bool { return x == 0 })
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	if n := len(v); n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+	return v[len(v)/2]
+}
+
+// report prints res and rat, each line tagged with tag after the case.
+func report(c Case, res []Result, rat []ratio, tag string) {
 	for _, r := range res {
-		line := fmt.Sprintf("case=%s impl=%s", c.Name, r.Impl)
+		line := fmt.Sprintf("case=%s%s impl=%s", c.Name, tag, r.Impl)
 		if r.TCPGbps > 0 {
 			line += fmt.Sprintf(" tcp_gbps=%.2f", r.TCPGbps)
 		}
@@ -101,19 +195,13 @@ func report(c Case, res []Result) {
 		}
 		fmt.Println(line)
 	}
-	if base == nil {
-		return
-	}
-	for _, r := range res {
-		if r.Impl == base.Impl {
-			continue
+	for _, q := range rat {
+		line := fmt.Sprintf("case=%s%s ratio=%s/%s", c.Name, tag, q.Impl, c.Baseline)
+		if q.TCP > 0 {
+			line += fmt.Sprintf(" tcp=%.2f", q.TCP)
 		}
-		line := fmt.Sprintf("case=%s ratio=%s/%s", c.Name, r.Impl, base.Impl)
-		if r.TCPGbps > 0 && base.TCPGbps > 0 {
-			line += fmt.Sprintf(" tcp=%.2f", r.TCPGbps/base.TCPGbps)
-		}
-		if r.UDPKpps > 0 && base.UDPKpps > 0 {
-			line += fmt.Sprintf(" udp=%.2f", r.UDPKpps/base.UDPKpps)
+		if q.UDP > 0 {
+			line += fmt.Sprintf(" udp=%.2f", q.UDP)
 		}
 		fmt.Println(line)
 	}
