@@ -197,10 +197,6 @@ func New() (*Ring, error) {
 // the kernel), but none is: every call waits for its own.
 func (r *Ring) Close() { r.close() }
 
-// Broken reports whether an io_uring_enter failed on r: it must not be
-// used again.
-func (r *Ring) Broken() bool { return r.broken }
-
 // Release closes the rings idle in the pool (tests counting descriptors
 // call it; later Gets make new ones).
 func Release() {
