@@ -27,7 +27,7 @@ tools:
 	$(GO) build -o $(CACHE)/bin/ tool
 
 # kube-apiserver, etcd and kubectl for the Kubernetes-mode tests
-# (cmd/podrouter/internal/kube/kubetest), built from the helper module
+# (router/kube/kubetest), built from the helper module
 # deploy/kubetools into $(CACHE)/kube/bin: about 20 CPU-minutes cold (11+ min
 # on 2 idle cores), seconds when cached,
 # rebuilt only when a binary is missing or the helper module changed.

@@ -4,7 +4,7 @@
 // a container runtime: that the Dockerfile's binaries build static, and
 // that the DaemonSet runs the paths the Dockerfile installs. The manifests
 // are applied to a real API server by
-// cmd/podrouter/internal/kube/kubetest's TestDeploy.
+// router/kube/kubetest's TestDeploy.
 package deploy
 
 import (

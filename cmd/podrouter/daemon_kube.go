@@ -11,7 +11,7 @@ import (
 	"syscall"
 
 	"github.com/podrouter/podrouter/cmd/podrouter/internal/daemon"
-	"github.com/podrouter/podrouter/cmd/podrouter/internal/kube"
+	"github.com/podrouter/podrouter/router/kube"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 

@@ -11,7 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/podrouter/podrouter/cmd/podrouter/internal/lab"
+	"github.com/podrouter/podrouter/netstackx/lab"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 

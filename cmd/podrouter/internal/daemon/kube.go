@@ -23,7 +23,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/podrouter/podrouter/cmd/podrouter/internal/kube"
+	"github.com/podrouter/podrouter/router/kube"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 

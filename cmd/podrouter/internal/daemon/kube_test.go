@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podrouter/podrouter/cmd/podrouter/internal/kube"
+	"github.com/podrouter/podrouter/router/kube"
 	"github.com/podrouter/podrouter/cni"
 	"github.com/podrouter/podrouter/router/underlay"
 )

@@ -17,7 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/podrouter/podrouter/cmd/podrouter/internal/kube"
+	"github.com/podrouter/podrouter/router/kube"
 )
 
 // What deploy/ creates.

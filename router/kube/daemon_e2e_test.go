@@ -228,13 +228,13 @@ func buildE2E(t *testing.T, ctx context.Context, dir string) (bin, cniBin, tools
 	nstest.RequireCommand(t, "ping")
 	bin = filepath.Join(dir, "podrouter")
 	cniBin = filepath.Join(dir, "cni")
-	tools, err := filepath.Abs("../../../../.cache/bin")
+	tools, err := filepath.Abs("../../.cache/bin")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, b := range []struct{ out, pkg string }{
-		{bin, "../../"},
-		{filepath.Join(cniBin, "podrouter-cni"), "../../../podrouter-cni"},
+		{bin, "../../cmd/podrouter"},
+		{filepath.Join(cniBin, "podrouter-cni"), "../../cmd/podrouter-cni"},
 		{filepath.Join(tools, "cnitool"), "github.com/containernetworking/cni/cnitool"},
 		{filepath.Join(tools, "host-local"), "github.com/containernetworking/plugins/plugins/ipam/host-local"},
 	} {

@@ -25,7 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/podrouter/podrouter/cmd/podrouter/internal/kube/kubetest"
+	"github.com/podrouter/podrouter/router/kube/kubetest"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 
@@ -37,7 +37,7 @@ func startWithRBAC(t *testing.T) (*kubetest.Cluster, kubernetes.Interface, kuber
 	c := kubetest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	deploy, err := filepath.Abs("../../../../deploy")
+	deploy, err := filepath.Abs("../../deploy")
 	if err != nil {
 		t.Fatal(err)
 	}
