@@ -161,7 +161,7 @@ type Port struct {
 	// gsoDev is dev as a GSODevice (nil when it is not one), offloads
 	// what its WriteGSO accepts.
 	gsoDev   link.GSODevice
-	offloads link.Offloads
+	offloads packet.Offloads
 }
 
 // Direction says which way a tapped packet crossed a port.

@@ -20,7 +20,7 @@ package engine
 //
 // Offloads: a port whose device is a link.GSODevice hands the engine TSO/USO
 // super-packets and packets with partial checksums, each described by a
-// link.GSO. The engine routes a super-packet once, checks the next hop's MTU
+// packet.GSO. The engine routes a super-packet once, checks the next hop's MTU
 // against its segment size, and passes it whole to a next port that accepts
 // it (TAP to TAP: the kernel never segments); toward any other port it
 // segments (or finishes the checksum) in software.
@@ -71,8 +71,8 @@ type worker struct {
 	// offloads: the input device's GSO view, the descriptors of the read
 	// batch, and the staged packets' descriptors by port index.
 	gsoIn     link.GSODevice
-	gso       []link.GSO
-	stagedGSO [][]link.GSO
+	gso       []packet.GSO
+	stagedGSO [][]packet.GSO
 	segBufs   [][]byte
 	segSizes  []int
 	// conntrack clock of the batch, read once per table (snat.go).
@@ -93,7 +93,7 @@ func newWorker(e *Engine, p *Port) *worker {
 		rx = maxIPPacket
 	}
 	size := readOffset + packet.EthernetLen + rx
-	w.bufs, w.sizes, w.gso = make([][]byte, batch), make([]int, batch), make([]link.GSO, batch)
+	w.bufs, w.sizes, w.gso = make([][]byte, batch), make([]int, batch), make([]packet.GSO, batch)
 	for i := range w.bufs {
 		w.bufs[i] = make([]byte, size)
 	}
@@ -141,7 +141,7 @@ func (w *worker) process(n int) {
 	w.ctTab = nil
 	if len(w.staged) < len(w.snap.ports) {
 		w.staged = append(w.staged, make([][][]byte, len(w.snap.ports)-len(w.staged))...)
-		w.stagedGSO = append(w.stagedGSO, make([][]link.GSO, len(w.snap.ports)-len(w.stagedGSO))...)
+		w.stagedGSO = append(w.stagedGSO, make([][]packet.GSO, len(w.snap.ports)-len(w.stagedGSO))...)
 	}
 	var bytes uint64
 	var tap *Tap
@@ -220,7 +220,7 @@ func (w *worker) scratchBufs(n int) [][]byte {
 func (w *worker) drop(r DropReason) { w.in.c.drops[r].Add(1) }
 
 // handle decides on the frame buf[start:end], described by g.
-func (w *worker) handle(buf []byte, start, end int, g link.GSO) {
+func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
 	in := w.in
 	frame := buf[start:end]
 	pp := &w.pp
@@ -318,7 +318,7 @@ func (w *worker) isBroadcast4(a netip.Addr) bool {
 // forward routes the parsed packet at buf[start:end] (w.pp describes it, g
 // its offload state). originated is set for packets the engine made
 // itself: no ICMP errors are sent about them.
-func (w *worker) forward(buf []byte, start, end int, g link.GSO, originated bool) {
+func (w *worker) forward(buf []byte, start, end int, g packet.GSO, originated bool) {
 	pp := &w.pp
 	nh, ok := w.snap.table.Lookup(pp.Dst)
 	if !ok {
@@ -357,7 +357,7 @@ func (w *worker) forward(buf []byte, start, end int, g link.GSO, originated bool
 	}
 	// A super-packet leaves as segments of HdrLen+Size bytes.
 	segLen := len(ip)
-	if g.Type != link.GSONone {
+	if g.Type != packet.GSONone {
 		segLen = int(g.HdrLen) + int(g.Size)
 	}
 	tooLarge := segLen > q.cfg.MTU
@@ -379,7 +379,7 @@ func (w *worker) forward(buf []byte, start, end int, g link.GSO, originated bool
 			ip[7]--
 		}
 	}
-	if tooLarge && g.Type == link.GSONone {
+	if tooLarge && g.Type == packet.GSONone {
 		w.fragment4(ip, q)
 		return
 	}
@@ -389,22 +389,22 @@ func (w *worker) forward(buf []byte, start, end int, g link.GSO, originated bool
 // emit stages the IP packet buf[ipStart:ipEnd] on q as it is when q takes
 // its offload state g, and otherwise finishes its checksum or cuts it into
 // segments (each fragmented if it is still too big and may be).
-func (w *worker) emit(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g link.GSO) {
-	if (g.Type == link.GSONone && !g.NeedsCsum) || q.offloads.Accepts(g) {
-		if g.Type != link.GSONone {
+func (w *worker) emit(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g packet.GSO) {
+	if (g.Type == packet.GSONone && !g.NeedsCsum) || q.offloads.Accepts(g) {
+		if g.Type != packet.GSONone {
 			w.e.offload.whole.Add(1)
 		}
 		w.stage(q, buf, ipStart, ipEnd, version, g)
 		return
 	}
 	ip := buf[ipStart:ipEnd]
-	if g.Type == link.GSONone {
+	if g.Type == packet.GSONone {
 		if err := packet.FinishChecksum(ip, g); err != nil {
 			w.drop(DropMalformed)
 			return
 		}
 		w.e.offload.csums.Add(1)
-		w.stage(q, buf, ipStart, ipEnd, version, link.GSO{})
+		w.stage(q, buf, ipStart, ipEnd, version, packet.GSO{})
 		return
 	}
 	if g.Size == 0 || int(g.HdrLen)+int(g.Size) > w.scratchSize-readOffset-packet.EthernetLen {
@@ -434,13 +434,13 @@ func (w *worker) emit(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g 
 			w.fragment4(seg, q)
 			continue
 		}
-		w.stage(q, bufs[i], readOffset, readOffset+sizes[i], version, link.GSO{})
+		w.stage(q, bufs[i], readOffset, readOffset+sizes[i], version, packet.GSO{})
 	}
 }
 
 // stage queues the IP packet buf[ipStart:ipEnd] with offload state g on q,
 // writing an Ethernet header in front of it for L2 ports.
-func (w *worker) stage(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g link.GSO) {
+func (w *worker) stage(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g packet.GSO) {
 	s := ipStart
 	if q.cfg.L2 {
 		s -= packet.EthernetLen
@@ -457,7 +457,7 @@ func (w *worker) stage(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g
 	w.stageFrame(q, buf[s-link.Headroom:ipEnd], g)
 }
 
-func (w *worker) stageFrame(q *Port, b []byte, g link.GSO) {
+func (w *worker) stageFrame(q *Port, b []byte, g packet.GSO) {
 	qi := q.idx
 	if len(w.staged[qi]) == 0 {
 		w.dirty = append(w.dirty, qi)
@@ -538,7 +538,7 @@ func (w *worker) originate(buf []byte, start, end int) {
 	if packet.Parse(buf[start:end], false, &w.pp) != packet.OK {
 		return
 	}
-	w.forward(buf, start, end, link.GSO{}, true)
+	w.forward(buf, start, end, packet.GSO{}, true)
 }
 
 // answerEcho answers an ICMP echo request to the gateway address; anything
@@ -634,7 +634,7 @@ func (w *worker) fragment4(ip []byte, q *Port) {
 		}
 		binary.BigEndian.PutUint16(f[6:8], flags)
 		packet.IPv4(f).SetChecksum()
-		w.stage(q, buf, readOffset, readOffset+len(f), 4, link.GSO{})
+		w.stage(q, buf, readOffset, readOffset+len(f), 4, packet.GSO{})
 		off += chunk
 	}
 }

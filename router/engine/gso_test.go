@@ -13,12 +13,13 @@ import (
 
 	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/link/linktest"
+	"github.com/podrouter/podrouter/router/packet"
 )
 
 // gsoDev is a link.GSODevice for tests: Inject queues frames (with their
 // descriptors) for ReadGSO, and what the engine writes is recorded.
 type gsoDev struct {
-	offloads link.Offloads
+	offloads packet.Offloads
 	in       chan gsoFrame
 	mu       sync.Mutex
 	out      []gsoFrame
@@ -29,14 +30,14 @@ type gsoDev struct {
 
 type gsoFrame struct {
 	b []byte
-	g link.GSO
+	g packet.GSO
 }
 
-func newGSODev(o link.Offloads) *gsoDev {
+func newGSODev(o packet.Offloads) *gsoDev {
 	return &gsoDev{offloads: o, in: make(chan gsoFrame, 16), got: make(chan struct{}, 1024), closed: make(chan struct{})}
 }
 
-func (d *gsoDev) ReadGSO(bufs [][]byte, sizes []int, gso []link.GSO, offset int) (int, error) {
+func (d *gsoDev) ReadGSO(bufs [][]byte, sizes []int, gso []packet.GSO, offset int) (int, error) {
 	select {
 	case f := <-d.in:
 		sizes[0] = copy(bufs[0][offset:], f.b)
@@ -51,7 +52,7 @@ func (d *gsoDev) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	panic("the engine must use ReadGSO")
 }
 
-func (d *gsoDev) WriteGSO(bufs [][]byte, gso []link.GSO, offset int) (int, error) {
+func (d *gsoDev) WriteGSO(bufs [][]byte, gso []packet.GSO, offset int) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i, b := range bufs {
@@ -65,11 +66,11 @@ func (d *gsoDev) WriteGSO(bufs [][]byte, gso []link.GSO, offset int) (int, error
 }
 
 func (d *gsoDev) Write(bufs [][]byte, offset int) (int, error) {
-	return d.WriteGSO(bufs, make([]link.GSO, len(bufs)), offset)
+	return d.WriteGSO(bufs, make([]packet.GSO, len(bufs)), offset)
 }
 
-func (d *gsoDev) BatchSize() int          { return 8 }
-func (d *gsoDev) Offloads() link.Offloads { return d.offloads }
+func (d *gsoDev) BatchSize() int            { return 8 }
+func (d *gsoDev) Offloads() packet.Offloads { return d.offloads }
 func (d *gsoDev) Close() error {
 	d.once.Do(func() { close(d.closed) })
 	return nil
@@ -92,7 +93,7 @@ func (d *gsoDev) wait(t *testing.T) gsoFrame {
 // tsoFrame builds an Ethernet frame with a TCP/IPv4 super-packet of n
 // payload bytes from a to b, its checksum partial (pseudo-header only) as a
 // kernel hands it over with TSO, and its descriptor for segments of mss.
-func tsoFrame(src, dst netip.Addr, n, mss int) ([]byte, link.GSO) {
+func tsoFrame(src, dst netip.Addr, n, mss int) ([]byte, packet.GSO) {
 	const tcpLen = header.TCPMinimumSize
 	ip := make([]byte, header.IPv4MinimumSize+tcpLen+n)
 	h := header.IPv4(ip)
@@ -105,18 +106,18 @@ func tsoFrame(src, dst netip.Addr, n, mss int) ([]byte, link.GSO) {
 		ip[header.IPv4MinimumSize+tcpLen+i] = byte(i * 7)
 	}
 	tcp.SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, h.SourceAddress(), h.DestinationAddress(), uint16(tcpLen+n)))
-	g := link.GSO{Type: link.GSOTCPv4, NeedsCsum: true, HdrLen: uint16(header.IPv4MinimumSize + tcpLen), Size: uint16(mss),
+	g := packet.GSO{Type: packet.GSOTCPv4, NeedsCsum: true, HdrLen: uint16(header.IPv4MinimumSize + tcpLen), Size: uint16(mss),
 		CsumStart: header.IPv4MinimumSize, CsumOffset: 16}
 	return ip, g
 }
 
-func gsoRig(t *testing.T, dstOffloads link.Offloads, dstMTU int) (*Engine, *gsoDev, *gsoDev, *linktest.End) {
+func gsoRig(t *testing.T, dstOffloads packet.Offloads, dstMTU int) (*Engine, *gsoDev, *gsoDev, *linktest.End) {
 	e, err := New(Config{PodCIDR: podCIDR})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.Close() })
-	a, b := newGSODev(link.OffloadCsum|link.OffloadTSO4), newGSODev(dstOffloads)
+	a, b := newGSODev(packet.OffloadCsum|packet.OffloadTSO4), newGSODev(dstOffloads)
 	if _, err := e.AddPort(a, PortConfig{Name: "a", Kind: KindPod, L2: true, PeerMAC: macA, MTU: 1500, Addrs: []netip.Addr{addrA}}); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +132,7 @@ func gsoRig(t *testing.T, dstOffloads link.Offloads, dstMTU int) (*Engine, *gsoD
 }
 
 func TestGSOPassedWhole(t *testing.T) {
-	e, a, b, _ := gsoRig(t, link.OffloadCsum|link.OffloadTSO4, 1500)
+	e, a, b, _ := gsoRig(t, packet.OffloadCsum|packet.OffloadTSO4, 1500)
 	ip, g := tsoFrame(addrA, addrB, 20000, 1448)
 	a.in <- gsoFrame{b: eth(e, macA, ip), g: g}
 	f := b.wait(t)
@@ -147,7 +148,7 @@ func TestGSOPassedWhole(t *testing.T) {
 }
 
 func TestGSOSegmentedForPlainPort(t *testing.T) {
-	e, a, _, host := gsoRig(t, link.OffloadCsum|link.OffloadTSO4, 1500)
+	e, a, _, host := gsoRig(t, packet.OffloadCsum|packet.OffloadTSO4, 1500)
 	const n, mss = 5000, 1448
 	ip, g := tsoFrame(addrA, netip.MustParseAddr("10.244.1.4"), n, mss)
 	a.in <- gsoFrame{b: eth(e, macA, ip), g: g}
@@ -176,7 +177,7 @@ func TestGSOSegmentedForPlainPort(t *testing.T) {
 }
 
 func TestGSOSegmentTooBigForNextHop(t *testing.T) {
-	e, a, b, _ := gsoRig(t, link.OffloadCsum|link.OffloadTSO4, 1400)
+	e, a, b, _ := gsoRig(t, packet.OffloadCsum|packet.OffloadTSO4, 1400)
 	ip, g := tsoFrame(addrA, addrB, 20000, 1448)
 	a.in <- gsoFrame{b: eth(e, macA, ip), g: g}
 	// Segments of 1488 bytes exceed the next hop's 1400 with DF set: the
@@ -194,9 +195,9 @@ func TestGSOSegmentTooBigForNextHop(t *testing.T) {
 }
 
 func TestPartialChecksumFinished(t *testing.T) {
-	e, a, _, host := gsoRig(t, link.OffloadCsum|link.OffloadTSO4, 1500)
+	e, a, _, host := gsoRig(t, packet.OffloadCsum|packet.OffloadTSO4, 1500)
 	ip, g := tsoFrame(addrA, netip.MustParseAddr("10.244.1.4"), 1000, 1448)
-	g.Type, g.Size = link.GSONone, 0
+	g.Type, g.Size = packet.GSONone, 0
 	a.in <- gsoFrame{b: eth(e, macA, ip), g: g}
 	seg := header.IPv4(checkEth(t, e, recv(t, host), macB))
 	tcp := header.TCP(seg.Payload())

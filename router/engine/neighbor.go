@@ -37,7 +37,7 @@ func (w *worker) handleARP(frame []byte) {
 	}
 	buf := w.scratchBuf()
 	n := packet.BuildARPReply(buf[readOffset:], a, w.e.cfg.GatewayMAC, target)
-	w.stageFrame(in, buf[readOffset-link.Headroom:readOffset+n], link.GSO{})
+	w.stageFrame(in, buf[readOffset-link.Headroom:readOffset+n], packet.GSO{})
 }
 
 // handleNS answers a neighbour solicitation for an address of the IPv6
@@ -58,7 +58,7 @@ func (w *worker) handleNS(frame []byte) {
 	}
 	buf := w.scratchBuf()
 	n := packet.BuildNeighborAdvert(buf[readOffset:], dstMAC, w.e.cfg.GatewayMAC, ns.Target, pp.Src, ns.Target == w.e.gw6)
-	w.stageFrame(in, buf[readOffset-link.Headroom:readOffset+n], link.GSO{})
+	w.stageFrame(in, buf[readOffset-link.Headroom:readOffset+n], packet.GSO{})
 }
 
 // isOwn reports whether a is one of the input port's own addresses.

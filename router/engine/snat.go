@@ -28,7 +28,6 @@ import (
 	"net/netip"
 
 	"github.com/podrouter/podrouter/router/conntrack"
-	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/packet"
 )
 
@@ -104,7 +103,7 @@ func tcpFlags(frame []byte, pp *packet.Parsed) uint8 {
 // snatOut translates the packet in frame (w.pp describes it, g its offload
 // state) on its way to q, whose SNAT is s, when s's policy says so. It
 // reports false when the packet was dropped (and counted).
-func (w *worker) snatOut(s *SNAT, frame []byte, g link.GSO) bool {
+func (w *worker) snatOut(s *SNAT, frame []byte, g packet.GSO) bool {
 	pp := &w.pp
 	addr := s.addrFor(pp.Version)
 	if !addr.IsValid() || !s.Policy.Translates(pp.Src, pp.Dst) {
@@ -147,7 +146,7 @@ func (w *worker) snatOut(s *SNAT, frame []byte, g link.GSO) bool {
 // snatIn translates a packet read from the SNAT port back to its pod when
 // it is addressed to the SNAT address. It reports false when the packet
 // was dropped (and counted).
-func (w *worker) snatIn(s *SNAT, frame []byte, g link.GSO) bool {
+func (w *worker) snatIn(s *SNAT, frame []byte, g packet.GSO) bool {
 	pp := &w.pp
 	if pp.Dst != s.Addr && pp.Dst != s.Addr6 {
 		return true // host or routed traffic to a pod: not ours
@@ -183,7 +182,7 @@ func (w *worker) snatIn(s *SNAT, frame []byte, g link.GSO) bool {
 // rewrite is conntrack.Rewrite for a packet in any offload state: with a
 // partial checksum (g.NeedsCsum) the checksum field holds the pseudo-header
 // sum, so only the address change is folded into it.
-func rewrite(frame []byte, pp *packet.Parsed, r *conntrack.Result, g link.GSO) error {
+func rewrite(frame []byte, pp *packet.Parsed, r *conntrack.Result, g packet.GSO) error {
 	if !g.NeedsCsum {
 		return conntrack.Rewrite(frame, pp, r)
 	}

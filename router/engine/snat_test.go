@@ -14,7 +14,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/podrouter/podrouter/router/conntrack"
-	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/link/linktest"
 	"github.com/podrouter/podrouter/router/packet"
 	"github.com/podrouter/podrouter/router/route"
@@ -470,7 +469,7 @@ func TestSNATNeverInCluster(t *testing.T) {
 // super-packet keep a right pseudo-header sum after translation, whether
 // the uplink takes them as they are or the engine finishes them.
 func TestSNATPartialChecksum(t *testing.T) {
-	for _, upOffloads := range []link.Offloads{0, link.OffloadCsum | link.OffloadTSO4} {
+	for _, upOffloads := range []packet.Offloads{0, packet.OffloadCsum | packet.OffloadTSO4} {
 		e, err := New(Config{PodCIDR: podCIDR, ClusterCIDRs: []netip.Prefix{clusterCIDR}})
 		if err != nil {
 			t.Fatal(err)
@@ -483,7 +482,7 @@ func TestSNATPartialChecksum(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, up := newGSODev(link.OffloadCsum|link.OffloadTSO4), newGSODev(upOffloads)
+		a, up := newGSODev(packet.OffloadCsum|packet.OffloadTSO4), newGSODev(upOffloads)
 		if _, err := e.AddPort(a, PortConfig{Name: "a", Kind: KindPod, L2: true, PeerMAC: macA, MTU: 1500, Addrs: []netip.Addr{addrA}}); err != nil {
 			t.Fatal(err)
 		}
@@ -505,7 +504,7 @@ func TestSNATPartialChecksum(t *testing.T) {
 
 		// A partial checksum (not a super-packet).
 		ip, g := tsoFrame(addrA, outside, 1000, 1448)
-		g.Type, g.Size = link.GSONone, 0
+		g.Type, g.Size = packet.GSONone, 0
 		a.in <- gsoFrame{b: eth(e, macA, ip), g: g}
 		f := up.wait(t)
 		if _, s, _, _ := l4Of(f.b); s != snatAddr {
@@ -525,9 +524,9 @@ func TestSNATPartialChecksum(t *testing.T) {
 		// translated packet's; segmented, every segment must check.
 		ip, g = tsoFrame(addrA, outside, 5000, 1448)
 		a.in <- gsoFrame{b: eth(e, macA, ip), g: g}
-		if upOffloads&link.OffloadTSO4 != 0 {
+		if upOffloads&packet.OffloadTSO4 != 0 {
 			f := up.wait(t)
-			if f.g.Type != link.GSOTCPv4 {
+			if f.g.Type != packet.GSOTCPv4 {
 				t.Fatalf("descriptor %+v", f.g)
 			}
 			h := header.IPv4(f.b)
@@ -537,7 +536,7 @@ func TestSNATPartialChecksum(t *testing.T) {
 				t.Fatalf("super-packet %s:%d, partial %#04x want %#04x", h.SourceAddress(), seg.SourcePort(), seg.Checksum(), want)
 			}
 			cp := append([]byte(nil), f.b...)
-			if err := packet.FinishChecksum(cp, link.GSO{NeedsCsum: true, CsumStart: g.CsumStart, CsumOffset: g.CsumOffset}); err != nil {
+			if err := packet.FinishChecksum(cp, packet.GSO{NeedsCsum: true, CsumStart: g.CsumStart, CsumOffset: g.CsumOffset}); err != nil {
 				t.Fatal(err)
 			}
 			checkSums(t, cp)
@@ -557,7 +556,7 @@ func TestSNATPartialChecksum(t *testing.T) {
 		rip := ipPacket(outside, snatAddr, tcp, tcpSeg(5201, natPort, header.TCPFlagAck, 1, 6000, 500))
 		seg := header.TCP(header.IPv4(rip).Payload())
 		seg.SetChecksum(header.PseudoHeaderChecksum(tcp, taddr(outside), taddr(snatAddr), uint16(len(seg))))
-		up.in <- gsoFrame{b: rip, g: link.GSO{NeedsCsum: true, CsumStart: header.IPv4MinimumSize, CsumOffset: 16}}
+		up.in <- gsoFrame{b: rip, g: packet.GSO{NeedsCsum: true, CsumStart: header.IPv4MinimumSize, CsumOffset: 16}}
 		f = a.wait(t)
 		back := checkEth(t, e, f.b, macA)
 		if f.g.NeedsCsum {

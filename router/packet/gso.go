@@ -1,7 +1,7 @@
 package packet
 
 // Software offloads: what the kernel or a NIC would do with a packet that a
-// link.GSO describes, for the ports that cannot take it as it is.
+// GSO describes, for the ports that cannot take it as it is.
 //
 //	super-packet: IP hdr | L4 hdr | payload (N*Size bytes, the last chunk shorter)
 //	  ─► GSOSegment ─► N packets: IP hdr' | L4 hdr' | chunk i
@@ -22,8 +22,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-
-	"github.com/podrouter/podrouter/router/link"
 )
 
 // Errors of the software offloads.
@@ -84,7 +82,7 @@ func ipLength(pkt []byte) (n int, v6 bool, err error) {
 
 // layout checks g against pkt (a super-packet, g.Type != GSONone) and
 // returns where its parts lie.
-func layout(pkt []byte, g link.GSO) (gsoLayout, error) {
+func layout(pkt []byte, g GSO) (gsoLayout, error) {
 	var l gsoLayout
 	ipLen, v6, err := ipLength(pkt)
 	if err != nil {
@@ -92,17 +90,17 @@ func layout(pkt []byte, g link.GSO) (gsoLayout, error) {
 	}
 	l.ipLen, l.v6 = ipLen, v6
 	switch g.Type {
-	case link.GSOTCPv4:
+	case GSOTCPv4:
 		if v6 {
 			return l, fmt.Errorf("%w: %v on an IPv6 packet", ErrGSO, g.Type)
 		}
 		l.proto = ProtoTCP
-	case link.GSOTCPv6:
+	case GSOTCPv6:
 		if !v6 {
 			return l, fmt.Errorf("%w: %v on an IPv4 packet", ErrGSO, g.Type)
 		}
 		l.proto = ProtoTCP
-	case link.GSOUDPL4:
+	case GSOUDPL4:
 		l.proto = ProtoUDP
 	default:
 		return l, fmt.Errorf("%w: GSO type %d", ErrGSO, g.Type)
@@ -164,8 +162,8 @@ func layout(pkt []byte, g link.GSO) (gsoLayout, error) {
 
 // GSOSegments returns the number of packets GSOSegment cuts pkt into: 1 for
 // a packet with g.Type == GSONone.
-func GSOSegments(pkt []byte, g link.GSO) (int, error) {
-	if g.Type == link.GSONone {
+func GSOSegments(pkt []byte, g GSO) (int, error) {
+	if g.Type == GSONone {
 		if _, _, err := ipLength(pkt); err != nil {
 			return 0, err
 		}
@@ -189,7 +187,7 @@ func GSOSegments(pkt []byte, g link.GSO) (int, error) {
 // elements or a buffer is too small (some segments may then have been
 // written), and one wrapping ErrGSO when g does not fit pkt. It allocates
 // nothing unless it fails.
-func GSOSegment(pkt []byte, g link.GSO, out [][]byte, sizes []int, outOffset int) (int, error) {
+func GSOSegment(pkt []byte, g GSO, out [][]byte, sizes []int, outOffset int) (int, error) {
 	n, total, err := GSOSegmentFrom(pkt, g, 0, out, sizes, outOffset)
 	if err == nil && n < total {
 		return n, fmt.Errorf("%w: %d segments, %d buffers", ErrSegmentBuffers, total, min(len(out), len(sizes)))
@@ -201,12 +199,12 @@ func GSOSegment(pkt []byte, g link.GSO, out [][]byte, sizes []int, outOffset int
 // first, first+1, ... to out[0], out[1], ... until either runs out, and
 // returns how many it wrote and the number of segments pkt has in all (so a
 // caller with few buffers continues at first+n while first+n < total).
-func GSOSegmentFrom(pkt []byte, g link.GSO, first int, out [][]byte, sizes []int, outOffset int) (n, total int, err error) {
+func GSOSegmentFrom(pkt []byte, g GSO, first int, out [][]byte, sizes []int, outOffset int) (n, total int, err error) {
 	room := min(len(out), len(sizes))
 	if outOffset < 0 {
 		return 0, 0, fmt.Errorf("%w: negative offset %d", ErrSegmentBuffers, outOffset)
 	}
-	if g.Type == link.GSONone {
+	if g.Type == GSONone {
 		ipLen, _, err := ipLength(pkt)
 		if err != nil || first >= 1 || room == 0 {
 			return 0, 1, err
@@ -287,11 +285,11 @@ func (l *gsoLayout) write(dst, pkt []byte, i, start, end int) {
 // nothing when g.NeedsCsum is false. pkt is the IP packet; bytes after its
 // own length are ignored. It returns an error wrapping ErrGSO when g is a
 // super-packet's or its offsets fall outside the packet.
-func FinishChecksum(pkt []byte, g link.GSO) error {
+func FinishChecksum(pkt []byte, g GSO) error {
 	if !g.NeedsCsum {
 		return nil
 	}
-	if g.Type != link.GSONone {
+	if g.Type != GSONone {
 		return fmt.Errorf("%w: FinishChecksum on a %v super-packet", ErrGSO, g.Type)
 	}
 	end, _, err := ipLength(pkt)

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/packet"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -29,7 +28,7 @@ type super struct {
 // way the kernel hands one over: the L4 checksum field holds the pseudo-header
 // sum only (unless s.complete), IPv4 DF set, and HdrLen as unreliable as the
 // kernel's (the linear length), which GSOSegment must ignore.
-func superPkt(t testing.TB, s super) ([]byte, link.GSO) {
+func superPkt(t testing.TB, s super) ([]byte, packet.GSO) {
 	t.Helper()
 	r := rand.New(rand.NewPCG(uint64(s.payload), uint64(s.mss)))
 	payload := randBytes(r, s.payload)
@@ -39,19 +38,19 @@ func superPkt(t testing.TB, s super) ([]byte, link.GSO) {
 	}
 	var l4 []byte
 	proto := uint8(packet.ProtoTCP)
-	g := link.GSO{Size: s.mss, NeedsCsum: !s.complete, HdrLen: 1000}
+	g := packet.GSO{Size: s.mss, NeedsCsum: !s.complete, HdrLen: 1000}
 	if s.udp {
 		proto = packet.ProtoUDP
 		l4 = udpSeg(src, dst, 4000, 53, payload)
-		g.Type, g.CsumOffset = link.GSOUDPL4, 6
+		g.Type, g.CsumOffset = packet.GSOUDPL4, 6
 	} else {
 		if s.flags == 0 {
 			s.flags = header.TCPFlagAck
 		}
 		l4 = tcpSeg(src, dst, 4000, 80, s.flags, payload)
-		g.Type, g.CsumOffset = link.GSOTCPv4, 16
+		g.Type, g.CsumOffset = packet.GSOTCPv4, 16
 		if s.v6 {
-			g.Type = link.GSOTCPv6
+			g.Type = packet.GSOTCPv6
 		}
 	}
 	if !s.complete {
@@ -91,7 +90,7 @@ func segBufs(n, size int) ([][]byte, []int) {
 // fields that must change changed as Linux's GSO changes them and every other
 // header byte equal to the original's, payload chunks of g.Size (the last one
 // shorter or equal) that concatenate to the original payload.
-func checkSegments(t *testing.T, orig []byte, g link.GSO, segs [][]byte) {
+func checkSegments(t *testing.T, orig []byte, g packet.GSO, segs [][]byte) {
 	t.Helper()
 	v6 := header.IPVersion(orig) == header.IPv6Version
 	var l4, ipLen int
@@ -105,7 +104,7 @@ func checkSegments(t *testing.T, orig []byte, g link.GSO, segs [][]byte) {
 		ipLen = int(header.IPv4(orig).TotalLength())
 		l4 = int(header.IPv4(orig).HeaderLength())
 	}
-	udp := g.Type == link.GSOUDPL4
+	udp := g.Type == packet.GSOUDPL4
 	hdr := l4 + header.UDPMinimumSize
 	if !udp {
 		hdr = l4 + int(header.TCP(orig[l4:]).DataOffset())
@@ -282,7 +281,7 @@ func TestGSOSegmentFrom(t *testing.T) {
 func TestGSOSegmentNone(t *testing.T) {
 	// A plain packet is copied whole; its partial checksum is finished.
 	pkt, g := superPkt(t, super{udp: true, payload: 300, mss: 1000})
-	g.Type = link.GSONone
+	g.Type = packet.GSONone
 	pkt = append(pkt, 0, 0, 0) // link padding, not part of the packet
 	out, sizes := segBufs(1, 400)
 	n, err := packet.GSOSegment(pkt, g, out, sizes, 4)
@@ -300,27 +299,27 @@ func TestGSOSegmentErrors(t *testing.T) {
 	tcp4, g4 := superPkt(t, super{payload: 5000, mss: 1000})
 	tcp6, g6 := superPkt(t, super{v6: true, payload: 5000, mss: 1000})
 	udp4, gu := superPkt(t, super{udp: true, payload: 5000, mss: 1000})
-	with := func(g link.GSO, f func(*link.GSO)) link.GSO { f(&g); return g }
+	with := func(g packet.GSO, f func(*packet.GSO)) packet.GSO { f(&g); return g }
 	mutate := func(b []byte, f func([]byte)) []byte { b = bytes.Clone(b); f(b); return b }
 	tests := []struct {
 		name  string
 		pkt   []byte
-		g     link.GSO
+		g     packet.GSO
 		nbufs int
 		size  int
 		want  error
 	}{
 		{"too-few-buffers", tcp4, g4, 4, 1500, packet.ErrSegmentBuffers},
 		{"buffer-too-small", tcp4, g4, 5, 1000, packet.ErrSegmentBuffers},
-		{"tcp4-on-v6", tcp6, with(g6, func(g *link.GSO) { g.Type = link.GSOTCPv4 }), 8, 1500, packet.ErrGSO},
-		{"tcp6-on-v4", tcp4, with(g4, func(g *link.GSO) { g.Type = link.GSOTCPv6 }), 8, 1500, packet.ErrGSO},
-		{"udp-type-on-tcp", tcp4, with(g4, func(g *link.GSO) { g.Type = link.GSOUDPL4 }), 8, 1500, packet.ErrGSO},
-		{"tcp-type-on-udp", udp4, with(gu, func(g *link.GSO) { g.Type = link.GSOTCPv4 }), 8, 1500, packet.ErrGSO},
-		{"unknown-type", tcp4, with(g4, func(g *link.GSO) { g.Type = 3 }), 8, 1500, packet.ErrGSO},
-		{"size-0", tcp4, with(g4, func(g *link.GSO) { g.Size = 0 }), 8, 1500, packet.ErrGSO},
-		{"csum-start-not-ihl", tcp4, with(g4, func(g *link.GSO) { g.CsumStart = 24 }), 8, 1500, packet.ErrGSO},
-		{"v6-csum-start-in-header", tcp6, with(g6, func(g *link.GSO) { g.CsumStart = 20 }), 8, 1500, packet.ErrGSO},
-		{"v6-csum-start-past-end", tcp6, with(g6, func(g *link.GSO) { g.CsumStart = 6000 }), 8, 1500, packet.ErrGSO},
+		{"tcp4-on-v6", tcp6, with(g6, func(g *packet.GSO) { g.Type = packet.GSOTCPv4 }), 8, 1500, packet.ErrGSO},
+		{"tcp6-on-v4", tcp4, with(g4, func(g *packet.GSO) { g.Type = packet.GSOTCPv6 }), 8, 1500, packet.ErrGSO},
+		{"udp-type-on-tcp", tcp4, with(g4, func(g *packet.GSO) { g.Type = packet.GSOUDPL4 }), 8, 1500, packet.ErrGSO},
+		{"tcp-type-on-udp", udp4, with(gu, func(g *packet.GSO) { g.Type = packet.GSOTCPv4 }), 8, 1500, packet.ErrGSO},
+		{"unknown-type", tcp4, with(g4, func(g *packet.GSO) { g.Type = 3 }), 8, 1500, packet.ErrGSO},
+		{"size-0", tcp4, with(g4, func(g *packet.GSO) { g.Size = 0 }), 8, 1500, packet.ErrGSO},
+		{"csum-start-not-ihl", tcp4, with(g4, func(g *packet.GSO) { g.CsumStart = 24 }), 8, 1500, packet.ErrGSO},
+		{"v6-csum-start-in-header", tcp6, with(g6, func(g *packet.GSO) { g.CsumStart = 20 }), 8, 1500, packet.ErrGSO},
+		{"v6-csum-start-past-end", tcp6, with(g6, func(g *packet.GSO) { g.CsumStart = 6000 }), 8, 1500, packet.ErrGSO},
 		{"truncated", tcp4[:3000], g4, 8, 1500, packet.ErrGSO},
 		{"tcp-data-offset-small", mutate(tcp4, func(b []byte) { b[20+12] = 4 << 4 }), g4, 8, 1500, packet.ErrGSO},
 		{"v4-fragment", mutate(tcp4, func(b []byte) { b[6] |= 0x20 }), g4, 8, 1500, packet.ErrGSO},
@@ -345,19 +344,19 @@ func TestFinishChecksum(t *testing.T) {
 		{udp: true, v6: true, ext: true, payload: 10, mss: 2000},
 	} {
 		pkt, g := superPkt(t, s)
-		g.Type = link.GSONone
+		g.Type = packet.GSONone
 		if err := packet.FinishChecksum(pkt, g); err != nil {
 			t.Fatalf("%+v: %v", s, err)
 		}
 		out, sizes := segBufs(1, 1500)
 		// The result is the packet with its checksum complete: segmenting
 		// it as a one-segment super-packet must verify.
-		g.Type, g.Size = link.GSOTCPv4, 2000
+		g.Type, g.Size = packet.GSOTCPv4, 2000
 		if s.v6 {
-			g.Type = link.GSOTCPv6
+			g.Type = packet.GSOTCPv6
 		}
 		if s.udp {
-			g.Type = link.GSOUDPL4
+			g.Type = packet.GSOUDPL4
 		}
 		if _, err := packet.GSOSegment(pkt, g, out, sizes, 0); err != nil {
 			t.Fatal(err)
@@ -370,13 +369,13 @@ func TestFinishChecksum(t *testing.T) {
 
 	pkt, g := superPkt(t, super{payload: 100, mss: 2000})
 	orig := bytes.Clone(pkt)
-	if err := packet.FinishChecksum(pkt, link.GSO{}); err != nil || !bytes.Equal(pkt, orig) {
+	if err := packet.FinishChecksum(pkt, packet.GSO{}); err != nil || !bytes.Equal(pkt, orig) {
 		t.Fatalf("without NeedsCsum: %v, changed %v", err, !bytes.Equal(pkt, orig))
 	}
 	if err := packet.FinishChecksum(pkt, g); !errors.Is(err, packet.ErrGSO) {
 		t.Fatalf("on a super-packet: %v, want ErrGSO", err)
 	}
-	g.Type, g.CsumOffset = link.GSONone, uint16(len(pkt))
+	g.Type, g.CsumOffset = packet.GSONone, uint16(len(pkt))
 	if err := packet.FinishChecksum(pkt, g); !errors.Is(err, packet.ErrGSO) {
 		t.Fatalf("checksum past the end: %v, want ErrGSO", err)
 	}
@@ -386,7 +385,7 @@ func TestGSONoAllocs(t *testing.T) {
 	tcp4, g4 := superPkt(t, super{payload: 60000, mss: 1448})
 	udp6, g6 := superPkt(t, super{udp: true, v6: true, payload: 30000, mss: 1452})
 	plain, gp := superPkt(t, super{udp: true, payload: 1000, mss: 2000})
-	gp.Type = link.GSONone
+	gp.Type = packet.GSONone
 	out, sizes := segBufs(64, 1600)
 	tests := []struct {
 		name string
@@ -423,8 +422,8 @@ func FuzzGSOSegment(f *testing.F) {
 	const window, off = 8, 3
 	out, sizes := segBufs(window, off+65536+64)
 	f.Fuzz(func(t *testing.T, pkt []byte, typ uint8, size, csumStart uint16, needsCsum bool) {
-		g := link.GSO{Type: link.GSOType(typ), Size: size, CsumStart: csumStart, NeedsCsum: needsCsum, CsumOffset: 6}
-		if g.Type == link.GSOTCPv4 || g.Type == link.GSOTCPv6 {
+		g := packet.GSO{Type: packet.GSOType(typ), Size: size, CsumStart: csumStart, NeedsCsum: needsCsum, CsumOffset: 6}
+		if g.Type == packet.GSOTCPv4 || g.Type == packet.GSOTCPv6 {
 			g.CsumOffset = 16
 		}
 		orig := bytes.Clone(pkt)
@@ -462,7 +461,7 @@ func FuzzGSOSegment(f *testing.F) {
 			}
 			return
 		}
-		if g.Type == link.GSONone {
+		if g.Type == packet.GSONone {
 			return
 		}
 		checkSegments(t, pkt, g, segs)
@@ -473,15 +472,15 @@ func FuzzGSOSegment(f *testing.F) {
 // g plainly describes: a valid unfragmented IPv4 or an IPv6 packet with the
 // transport header right after the fixed header, of g's protocol, with a
 // complete transport header, and a nonzero segment size.
-func wellFormedSuper(pkt []byte, g link.GSO) bool {
+func wellFormedSuper(pkt []byte, g packet.GSO) bool {
 	if len(pkt) == 0 || g.Size == 0 {
 		return false
 	}
 	var proto uint8
 	switch g.Type {
-	case link.GSOTCPv4, link.GSOTCPv6:
+	case packet.GSOTCPv4, packet.GSOTCPv6:
 		proto = packet.ProtoTCP
-	case link.GSOUDPL4:
+	case packet.GSOUDPL4:
 		proto = packet.ProtoUDP
 	default:
 		return false
@@ -490,7 +489,7 @@ func wellFormedSuper(pkt []byte, g link.GSO) bool {
 	switch header.IPVersion(pkt) {
 	case header.IPv4Version:
 		h := header.IPv4(pkt)
-		if g.Type == link.GSOTCPv6 || !h.IsValid(len(pkt)) || h.Protocol() != proto || h.More() || h.FragmentOffset() != 0 {
+		if g.Type == packet.GSOTCPv6 || !h.IsValid(len(pkt)) || h.Protocol() != proto || h.More() || h.FragmentOffset() != 0 {
 			return false
 		}
 		l4, end = int(h.HeaderLength()), int(h.TotalLength())
@@ -499,7 +498,7 @@ func wellFormedSuper(pkt []byte, g link.GSO) bool {
 		}
 	case header.IPv6Version:
 		h := header.IPv6(pkt)
-		if g.Type == link.GSOTCPv4 || !h.IsValid(len(pkt)) || h.NextHeader() != proto || (g.NeedsCsum && g.CsumStart != header.IPv6MinimumSize) {
+		if g.Type == packet.GSOTCPv4 || !h.IsValid(len(pkt)) || h.NextHeader() != proto || (g.NeedsCsum && g.CsumStart != header.IPv6MinimumSize) {
 			return false
 		}
 		l4, end = header.IPv6MinimumSize, header.IPv6MinimumSize+int(h.PayloadLength())

@@ -3,7 +3,7 @@ package underlay
 // Receive coalescing (GRO in userspace): consecutive TCP segments of one
 // flow that arrive together (typically one UDP GRO super-datagram: up to 64
 // segments a peer's TSO cut) are merged into one TCP super-packet, described
-// by a link.GSO, so that the engine routes it once and a TAP port hands it
+// by a packet.GSO, so that the engine routes it once and a TAP port hands it
 // to the pod's kernel whole, as Linux's own vxlan GRO would. Consecutive
 // UDP datagrams of one flow and of one size (the last may be shorter) are
 // merged the same way into a UDP super-packet (USO), which a TAP takes
@@ -30,7 +30,6 @@ import (
 	"encoding/binary"
 	"net/netip"
 
-	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/packet"
 )
 
@@ -201,25 +200,25 @@ func (c *coalescer) tryAppend(buf []byte, offset int, ip []byte) bool {
 // finish closes the super-packet: it sets its lengths, IPv4 header
 // checksum and partial TCP checksum and returns its size and GSO
 // descriptor. A single segment is left as it came (GSONone).
-func (c *coalescer) finish(buf []byte, offset int) (int, link.GSO) {
+func (c *coalescer) finish(buf []byte, offset int) (int, packet.GSO) {
 	c.open = false
 	if c.segs < 2 {
-		return c.total, link.GSO{}
+		return c.total, packet.GSO{}
 	}
 	ip := buf[offset : offset+c.total]
 	s := c.seg
 	var src, dst netip.Addr
-	g := link.GSO{
-		Type: link.GSOTCPv4, NeedsCsum: true, HdrLen: uint16(s.hl + s.thl), Size: uint16(c.mss),
+	g := packet.GSO{
+		Type: packet.GSOTCPv4, NeedsCsum: true, HdrLen: uint16(s.hl + s.thl), Size: uint16(c.mss),
 		CsumStart: uint16(s.hl), CsumOffset: 16,
 	}
 	csum := s.hl + 16
 	switch {
 	case s.proto == packet.ProtoUDP:
-		g.Type, g.CsumOffset, csum = link.GSOUDPL4, 6, s.hl+6
+		g.Type, g.CsumOffset, csum = packet.GSOUDPL4, 6, s.hl+6
 		binary.BigEndian.PutUint16(ip[s.hl+4:], uint16(c.total-s.hl))
 	case s.v6:
-		g.Type = link.GSOTCPv6
+		g.Type = packet.GSOTCPv6
 	}
 	if s.v6 {
 		binary.BigEndian.PutUint16(ip[4:6], uint16(c.total-packet.IPv6Len))

@@ -73,18 +73,18 @@ func tcpPacket(o tcpOpts, partial bool) []byte {
 	return b
 }
 
-func tsoDescriptor(pkt []byte, v6 bool, mss int) link.GSO {
+func tsoDescriptor(pkt []byte, v6 bool, mss int) packet.GSO {
 	hl := header.IPv4MinimumSize
-	typ := link.GSOTCPv4
+	typ := packet.GSOTCPv4
 	if v6 {
-		hl, typ = header.IPv6MinimumSize, link.GSOTCPv6
+		hl, typ = header.IPv6MinimumSize, packet.GSOTCPv6
 	}
 	thl := int(header.TCP(pkt[hl:]).DataOffset())
-	return link.GSO{Type: typ, NeedsCsum: true, HdrLen: uint16(hl + thl), Size: uint16(mss), CsumStart: uint16(hl), CsumOffset: 16}
+	return packet.GSO{Type: typ, NeedsCsum: true, HdrLen: uint16(hl + thl), Size: uint16(mss), CsumStart: uint16(hl), CsumOffset: 16}
 }
 
 // reference cuts pkt with packet.GSOSegment.
-func reference(t *testing.T, pkt []byte, g link.GSO) [][]byte {
+func reference(t *testing.T, pkt []byte, g packet.GSO) [][]byte {
 	t.Helper()
 	n, err := packet.GSOSegments(pkt, g)
 	if err != nil {
@@ -143,7 +143,7 @@ func TestTSOSend(t *testing.T) {
 						{v6: v6, payload: 50, seq: 5, flags: header.TCPFlagPsh}, // one segment
 					}
 					var bufs [][]byte
-					var gso []link.GSO
+					var gso []packet.GSO
 					var want [][]byte
 					for _, c := range cases {
 						pkt := tcpPacket(c, true)
@@ -155,9 +155,9 @@ func TestTSOSend(t *testing.T) {
 					// A plain packet with a partial checksum, between them.
 					plain := tcpPacket(tcpOpts{v6: v6, payload: 99, seq: 9}, true)
 					pg := tsoDescriptor(plain, v6, mss)
-					pg.Type = link.GSONone
+					pg.Type = packet.GSONone
 					bufs = append(bufs[:1], append([][]byte{withHeadroom(plain)}, bufs[1:]...)...)
-					gso = append(gso[:1], append([]link.GSO{pg}, gso[1:]...)...)
+					gso = append(gso[:1], append([]packet.GSO{pg}, gso[1:]...)...)
 					wantPlain := reference(t, plain, pg)
 					want = append(want[:11], append(wantPlain, want[11:]...)...)
 
@@ -185,15 +185,15 @@ func TestTSOSend(t *testing.T) {
 }
 
 // readGSO reads one batch with ReadGSO into 64 KiB buffers.
-func readGSO(t *testing.T, dev link.GSODevice, want int) ([][]byte, []link.GSO) {
+func readGSO(t *testing.T, dev link.GSODevice, want int) ([][]byte, []packet.GSO) {
 	t.Helper()
 	bufs := make([][]byte, 32)
 	for i := range bufs {
 		bufs[i] = make([]byte, link.Headroom+65535+100)
 	}
-	sizes, gso := make([]int, len(bufs)), make([]link.GSO, len(bufs))
+	sizes, gso := make([]int, len(bufs)), make([]packet.GSO, len(bufs))
 	var out [][]byte
-	var outG []link.GSO
+	var outG []packet.GSO
 	for len(out) < want {
 		n, err := dev.ReadGSO(bufs, sizes, gso, link.Headroom)
 		if err != nil {
@@ -234,7 +234,7 @@ func TestGROReceive(t *testing.T) {
 				t.Fatalf("%d packets, want 5: %v", len(got), gs)
 			}
 			// The run arrives as one super-packet that cuts back into it.
-			if gs[0].Type == link.GSONone || int(gs[0].Size) != mss || !gs[0].NeedsCsum {
+			if gs[0].Type == packet.GSONone || int(gs[0].Size) != mss || !gs[0].NeedsCsum {
 				t.Fatalf("first packet's descriptor %+v", gs[0])
 			}
 			back := reference(t, got[0], gs[0])
@@ -248,7 +248,7 @@ func TestGROReceive(t *testing.T) {
 			}
 			// The rest pass alone and unchanged.
 			for i, want := range [][]byte{other, seg(30, mss, 0), corrupt, seg(40, mss, header.TCPFlagSyn)} {
-				if gs[1+i] != (link.GSO{}) || !bytes.Equal(got[1+i], want) {
+				if gs[1+i] != (packet.GSO{}) || !bytes.Equal(got[1+i], want) {
 					t.Errorf("packet %d: %+v %x, want it as sent", 1+i, gs[1+i], got[1+i][:48])
 				}
 			}
@@ -274,7 +274,7 @@ func TestTSOEndToEnd(t *testing.T) {
 			o := tcpOpts{v6: v6, payload: 1 + rng.IntN(60000), seq: rng.Uint32(), id: uint16(rng.Uint32())}
 			pkt := tcpPacket(o, true)
 			g := tsoDescriptor(pkt, v6, mss)
-			if _, err := dev.WriteGSO([][]byte{withHeadroom(pkt)}, []link.GSO{g}, link.Headroom); err != nil {
+			if _, err := dev.WriteGSO([][]byte{withHeadroom(pkt)}, []packet.GSO{g}, link.Headroom); err != nil {
 				t.Fatal(err)
 			}
 			nseg, _ := packet.GSOSegments(pkt, g)
@@ -304,12 +304,12 @@ func TestGSOZeroAllocs(t *testing.T) {
 	dev, rx := a.PeerDevice("b").(link.GSODevice), b.RxDevice().(link.GSODevice)
 	pkt := tcpPacket(tcpOpts{payload: 40 * 1400, seq: 1}, true)
 	g := tsoDescriptor(pkt, false, 1400)
-	bufs, gso := [][]byte{withHeadroom(pkt)}, []link.GSO{g}
+	bufs, gso := [][]byte{withHeadroom(pkt)}, []packet.GSO{g}
 	rbufs := make([][]byte, 32)
 	for i := range rbufs {
 		rbufs[i] = make([]byte, link.Headroom+65535+100)
 	}
-	sizes, rg := make([]int, 32), make([]link.GSO, 32)
+	sizes, rg := make([]int, 32), make([]packet.GSO, 32)
 	round := func() {
 		// WriteGSO cuts in place (it rewrites nothing of the packet but
 		// its headroom), so the same buffer is sent every round.
@@ -377,7 +377,7 @@ func TestGROReceiveUDP(t *testing.T) {
 			pkts := append(append([][]byte{}, run...), other, corrupt)
 			sendPackets(t, dev, pkts)
 			got, gs := readGSO(t, rx, 3)
-			if len(got) != 3 || gs[0].Type != link.GSOUDPL4 || gs[0].Size != 64 {
+			if len(got) != 3 || gs[0].Type != packet.GSOUDPL4 || gs[0].Size != 64 {
 				t.Fatalf("%d packets, first %+v", len(got), gs[0])
 			}
 			back := reference(t, got[0], gs[0])
@@ -390,7 +390,7 @@ func TestGROReceiveUDP(t *testing.T) {
 				}
 			}
 			for i, want := range [][]byte{other, corrupt} {
-				if gs[1+i] != (link.GSO{}) || !bytes.Equal(got[1+i], want) {
+				if gs[1+i] != (packet.GSO{}) || !bytes.Equal(got[1+i], want) {
 					t.Errorf("packet %d: %+v, want it alone as sent", 1+i, gs[1+i])
 				}
 			}
@@ -419,13 +419,13 @@ func FuzzCoalesce(f *testing.F) {
 		merged := c.tryAppend(buf, off, b)
 		n, g := c.finish(buf, off)
 		if !merged {
-			if g.Type != link.GSONone || n != len(a) {
+			if g.Type != packet.GSONone || n != len(a) {
 				t.Fatalf("nothing merged, but %d bytes, %+v", n, g)
 			}
 			return
 		}
 		sb, _ := mergeable(b)
-		if n != len(a)+sb.payload || g.Type == link.GSONone {
+		if n != len(a)+sb.payload || g.Type == packet.GSONone {
 			t.Fatalf("merged into %d bytes (%+v) from %d and %d", n, g, len(a), len(b))
 		}
 		segs := reference(t, buf[off:off+n], g)

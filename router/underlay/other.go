@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/podrouter/podrouter/router/link"
+	"github.com/podrouter/podrouter/router/packet"
 )
 
 // The underlay needs sendmmsg, recvmmsg and UDP GSO/GRO: Linux only.
@@ -24,7 +25,7 @@ type sendBatch struct{}
 
 func newSendBatch(*Underlay) any { return &sendBatch{} }
 
-func (b *sendBatch) send(*peerState, [][]byte, []link.GSO, int) error { return link.ErrClosed }
+func (b *sendBatch) send(*peerState, [][]byte, []packet.GSO, int) error { return link.ErrClosed }
 
 type rxDevice struct{ link.GSODevice }
 

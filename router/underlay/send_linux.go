@@ -96,18 +96,18 @@ func newSendBatch(u *Underlay) any {
 
 // send encapsulates and sends bufs (gso[i] describes bufs[i]; nil: plain
 // packets) to p. It returns link.ErrClosed when the socket is closed.
-func (b *sendBatch) send(p *peerState, bufs [][]byte, gso []link.GSO, offset int) error {
+func (b *sendBatch) send(p *peerState, bufs [][]byte, gso []packet.GSO, offset int) error {
 	u := b.u
 	b.p, b.gs = p, u.sock.gso.Load()
 	b.pk, b.by, b.nScratch = 0, 0, 0
 	b.reset()
 	var notIP, bad int
 	for i, buf := range bufs {
-		var g link.GSO
+		var g packet.GSO
 		if gso != nil {
 			g = gso[i]
 		}
-		if g.Type == link.GSONone {
+		if g.Type == packet.GSONone {
 			ip := buf[offset:]
 			if g.NeedsCsum && packet.FinishChecksum(ip, g) != nil {
 				bad++
@@ -203,12 +203,12 @@ func (b *sendBatch) add(d, e []byte, inner int) error {
 // addTSO cuts a TCP super-packet into datagrams without copying its
 // payload. It returns false (having added nothing) for a layout it does
 // not handle.
-func (b *sendBatch) addTSO(ip []byte, g link.GSO) (bool, error) {
-	if g.Type != link.GSOTCPv4 && g.Type != link.GSOTCPv6 || g.Size == 0 || len(ip) < 1 {
+func (b *sendBatch) addTSO(ip []byte, g packet.GSO) (bool, error) {
+	if g.Type != packet.GSOTCPv4 && g.Type != packet.GSOTCPv6 || g.Size == 0 || len(ip) < 1 {
 		return false, nil
 	}
 	var l4, ipLen int
-	v6 := g.Type == link.GSOTCPv6
+	v6 := g.Type == packet.GSOTCPv6
 	if v6 {
 		if len(ip) < packet.IPv6Len || ip[0]>>4 != 6 {
 			return false, nil
@@ -306,7 +306,7 @@ func (b *sendBatch) addTSO(ip []byte, g link.GSO) (bool, error) {
 // addSegmented cuts a super-packet the fast path does not handle with
 // packet.GSOSegment into the batch's scratch buffers. It returns false
 // when the packet is malformed.
-func (b *sendBatch) addSegmented(ip []byte, g link.GSO) (bool, error) {
+func (b *sendBatch) addSegmented(ip []byte, g packet.GSO) (bool, error) {
 	if b.scratch == nil {
 		size := link.Headroom + b.u.mtu
 		b.scratch = make([][]byte, numScratch)

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podrouter/podrouter/router/link"
+	"github.com/podrouter/podrouter/router/packet"
 )
 
 // socket is the underlay's UDP socket. Reads and writes go through the Go
@@ -197,11 +198,11 @@ func (r *rxDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 
 // ReadGSO is Read that also merges consecutive TCP segments of a flow into
 // super-packets (see gro.go), described in gso[i], when bufs[i] has room.
-func (r *rxDevice) ReadGSO(bufs [][]byte, sizes []int, gso []link.GSO, offset int) (int, error) {
+func (r *rxDevice) ReadGSO(bufs [][]byte, sizes []int, gso []packet.GSO, offset int) (int, error) {
 	return r.read(bufs, sizes, gso[:len(bufs)], offset)
 }
 
-func (r *rxDevice) read(bufs [][]byte, sizes []int, gso []link.GSO, offset int) (int, error) {
+func (r *rxDevice) read(bufs [][]byte, sizes []int, gso []packet.GSO, offset int) (int, error) {
 	for {
 		if r.closed.Load() {
 			return 0, link.ErrClosed
@@ -263,7 +264,7 @@ func (r *rxDevice) recv(fd uintptr) bool {
 
 // drain decapsulates received datagrams into bufs until either runs out,
 // merging TCP segments when gso is not nil.
-func (r *rxDevice) drain(bufs [][]byte, sizes []int, gso []link.GSO, offset int) int {
+func (r *rxDevice) drain(bufs [][]byte, sizes []int, gso []packet.GSO, offset int) int {
 	u := r.u
 	k := 0
 	var c coalescer
@@ -319,7 +320,7 @@ func (r *rxDevice) drain(bufs [][]byte, sizes []int, gso []link.GSO, offset int)
 		}
 		sizes[k] = copy(dst, ip)
 		if gso != nil {
-			gso[k] = link.GSO{}
+			gso[k] = packet.GSO{}
 			if s, ok := mergeable(ip); ok {
 				c.start(k, ip, s)
 			}
@@ -369,12 +370,12 @@ func (r *rxDevice) Write(bufs [][]byte, offset int) (int, error) {
 }
 
 // WriteGSO drops bufs, as Write.
-func (r *rxDevice) WriteGSO(bufs [][]byte, gso []link.GSO, offset int) (int, error) {
+func (r *rxDevice) WriteGSO(bufs [][]byte, gso []packet.GSO, offset int) (int, error) {
 	return r.Write(bufs, offset)
 }
 
 // Offloads returns none: nothing is ever written to the RX device.
-func (r *rxDevice) Offloads() link.Offloads { return 0 }
+func (r *rxDevice) Offloads() packet.Offloads { return 0 }
 
 // BatchSize returns the most packets a Read returns.
 func (r *rxDevice) BatchSize() int { return batchSize }

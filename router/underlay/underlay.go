@@ -405,7 +405,7 @@ func (d *peerDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 }
 
 // ReadGSO is Read.
-func (d *peerDevice) ReadGSO(bufs [][]byte, sizes []int, gso []link.GSO, offset int) (int, error) {
+func (d *peerDevice) ReadGSO(bufs [][]byte, sizes []int, gso []packet.GSO, offset int) (int, error) {
 	return d.Read(bufs, sizes, offset)
 }
 
@@ -421,18 +421,18 @@ func (d *peerDevice) Write(bufs [][]byte, offset int) (int, error) {
 // WriteGSO is Write for packets described by gso[i]: partial checksums are
 // finished and TCP super-packets cut into segments, their payload never
 // copied (see send_linux.go).
-func (d *peerDevice) WriteGSO(bufs [][]byte, gso []link.GSO, offset int) (int, error) {
+func (d *peerDevice) WriteGSO(bufs [][]byte, gso []packet.GSO, offset int) (int, error) {
 	return d.write(bufs, gso, offset)
 }
 
 // Offloads returns what WriteGSO takes: partial checksums and TCP
 // super-packets over IPv4 and IPv6. (UDP super-packets are cut by the
 // engine: a pod's UDP_SEGMENT sends are rare.)
-func (d *peerDevice) Offloads() link.Offloads {
-	return link.OffloadCsum | link.OffloadTSO4 | link.OffloadTSO6
+func (d *peerDevice) Offloads() packet.Offloads {
+	return packet.OffloadCsum | packet.OffloadTSO4 | packet.OffloadTSO6
 }
 
-func (d *peerDevice) write(bufs [][]byte, gso []link.GSO, offset int) (int, error) {
+func (d *peerDevice) write(bufs [][]byte, gso []packet.GSO, offset int) (int, error) {
 	if d.closed.Load() {
 		return 0, link.ErrClosed
 	}

@@ -4,9 +4,9 @@
 // moves them between a guest and its host.
 //
 //	kernel (pod netns) ── TAP fd ──► ReadGSO: readv(virtio hdr | frame) until
-//	   EAGAIN or the batch is full; hdr ─► link.GSO (offsets from the IP header)
+//	   EAGAIN or the batch is full; hdr ─► packet.GSO (offsets from the IP header)
 //	                                  └─► Read: super-packets cut in software
-//	engine ── WriteGSO: link.GSO ─► virtio hdr in the headroom; one write(2)
+//	engine ── WriteGSO: packet.GSO ─► virtio hdr in the headroom; one write(2)
 //	   per frame; what Offloads does not cover is cut or checksummed first
 //
 // Design notes: the descriptor is non-blocking and registered with Go's
@@ -27,7 +27,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/podrouter/podrouter/router/link"
+	"github.com/podrouter/podrouter/router/packet"
 )
 
 // Errors returned by Create and FromFile (wrapped, with the device name or
@@ -113,6 +113,6 @@ type Stats struct {
 
 // Offload sets Offloads reports, from the most a kernel grants to none.
 const (
-	offloadsTSO = link.OffloadCsum | link.OffloadTSO4 | link.OffloadTSO6
-	offloadsAll = offloadsTSO | link.OffloadUSO
+	offloadsTSO = packet.OffloadCsum | packet.OffloadTSO4 | packet.OffloadTSO6
+	offloadsAll = offloadsTSO | packet.OffloadUSO
 )

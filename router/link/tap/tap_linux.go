@@ -34,7 +34,7 @@ type Device struct {
 	f        *os.File
 	rc       syscall.RawConn
 	name     string
-	offloads link.Offloads
+	offloads packet.Offloads
 
 	closed atomic.Bool
 	wmu    sync.RWMutex // writers hold it shared, Close exclusively
@@ -64,7 +64,7 @@ var _ link.GSODevice = (*Device)(nil)
 type readState struct {
 	bufs   [][]byte
 	sizes  []int
-	gso    []link.GSO // nil for Read
+	gso    []packet.GSO // nil for Read
 	offset int
 	n      int
 	err    error
@@ -89,11 +89,11 @@ type ringReader struct {
 
 // pending is a super-packet Read is handing out in segments.
 type pending struct {
-	buf   []byte   // MaxFrame: the frame; also where a read overflows a short buffer
-	size  int      // frame length
-	g     link.GSO // its descriptor
-	next  int      // next segment to hand out
-	total int      // number of segments; 0 when nothing is pending
+	buf   []byte     // MaxFrame: the frame; also where a read overflows a short buffer
+	size  int        // frame length
+	g     packet.GSO // its descriptor
+	next  int        // next segment to hand out
+	total int        // number of segments; 0 when nothing is pending
 }
 
 type rxCounts struct{ frames, bytes, gso, csum, segmented, dropped uint64 }
@@ -261,18 +261,18 @@ func open(fd int, cfg Config) (*Device, error) {
 // offloadLadder is what negotiate offers, from the most to none.
 var offloadLadder = [...]struct {
 	flags int
-	off   link.Offloads
+	off   packet.Offloads
 }{
 	{unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_USO4 | unix.TUN_F_USO6, offloadsAll},
 	{unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6, offloadsTSO},
-	{unix.TUN_F_CSUM, link.OffloadCsum},
+	{unix.TUN_F_CSUM, packet.OffloadCsum},
 	{0, 0},
 }
 
 // negotiate offers set the offload sets of offloadLadder in turn (only the
 // empty one when disable) and returns the first it takes, with the errors of
 // those it refused. It fails only when even the empty set is refused.
-func negotiate(set func(flags int) error, disable bool) (link.Offloads, []error, error) {
+func negotiate(set func(flags int) error, disable bool) (packet.Offloads, []error, error) {
 	steps := offloadLadder[:]
 	if disable {
 		steps = steps[len(steps)-1:]
@@ -288,7 +288,7 @@ func negotiate(set func(flags int) error, disable bool) (link.Offloads, []error,
 	return 0, nil, errors.Join(refused...)
 }
 
-type offloadsString link.Offloads
+type offloadsString packet.Offloads
 
 func (o offloadsString) String() string {
 	if o == 0 {
@@ -296,10 +296,10 @@ func (o offloadsString) String() string {
 	}
 	s := ""
 	for _, b := range []struct {
-		bit  link.Offloads
+		bit  packet.Offloads
 		name string
-	}{{link.OffloadCsum, "csum"}, {link.OffloadTSO4, "tso4"}, {link.OffloadTSO6, "tso6"}, {link.OffloadUSO, "uso"}} {
-		if link.Offloads(o)&b.bit != 0 {
+	}{{packet.OffloadCsum, "csum"}, {packet.OffloadTSO4, "tso4"}, {packet.OffloadTSO6, "tso6"}, {packet.OffloadUSO, "uso"}} {
+		if packet.Offloads(o)&b.bit != 0 {
 			if s != "" {
 				s += ","
 			}
@@ -339,7 +339,7 @@ func (d *Device) Name() string { return d.name }
 
 // Offloads implements link.GSODevice: what the kernel segments and
 // checksums for WriteGSO, fixed at creation.
-func (d *Device) Offloads() link.Offloads { return d.offloads }
+func (d *Device) Offloads() packet.Offloads { return d.offloads }
 
 // BatchSize implements link.Device.
 func (d *Device) BatchSize() int { return BatchSize }
@@ -398,14 +398,14 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // super-packets and partial checksums described by gso[i] (offsets from the
 // IP header, behind the Ethernet header). A super-packet that does not fit
 // in bufs[i][offset:] (see MaxFrame) is cut into segments as Read does.
-func (d *Device) ReadGSO(bufs [][]byte, sizes []int, gso []link.GSO, offset int) (int, error) {
+func (d *Device) ReadGSO(bufs [][]byte, sizes []int, gso []packet.GSO, offset int) (int, error) {
 	if len(gso) < len(bufs) {
 		return 0, fmt.Errorf("tap %s: %d GSO descriptors for %d buffers", d.name, len(gso), len(bufs))
 	}
 	return d.read(bufs, sizes, gso, offset)
 }
 
-func (d *Device) read(bufs [][]byte, sizes []int, gso []link.GSO, offset int) (int, error) {
+func (d *Device) read(bufs [][]byte, sizes []int, gso []packet.GSO, offset int) (int, error) {
 	if d.closed.Load() {
 		return 0, link.ErrClosed
 	}
@@ -605,14 +605,14 @@ func (d *Device) frame(buf []byte, flen int) {
 	if g.NeedsCsum {
 		r.cnt.csum++
 	}
-	if g.Type != link.GSONone {
+	if g.Type != packet.GSONone {
 		r.cnt.gso++
 	}
 	if flen <= len(buf) {
 		frame := buf[:flen]
 		switch {
 		case r.gso != nil:
-			if g.Type != link.GSONone && !setHdrLen(&g, frame) {
+			if g.Type != packet.GSONone && !setHdrLen(&g, frame) {
 				r.cnt.dropped++
 				return
 			}
@@ -620,7 +620,7 @@ func (d *Device) frame(buf []byte, flen int) {
 			r.sizes[r.n] = flen
 			r.n++
 			return
-		case g.Type == link.GSONone:
+		case g.Type == packet.GSONone:
 			if packet.FinishChecksum(frame[packet.EthernetLen:], g) != nil {
 				r.cnt.dropped++
 				return
@@ -631,7 +631,7 @@ func (d *Device) frame(buf []byte, flen int) {
 		}
 		copy(d.pend.buf, frame)
 	} else {
-		if g.Type == link.GSONone {
+		if g.Type == packet.GSONone {
 			r.cnt.dropped++ // a plain frame larger than the buffer: nothing to cut it into
 			return
 		}
@@ -656,7 +656,7 @@ func (d *Device) drain() {
 		copy(r.bufs[j][r.offset:], p.buf[:packet.EthernetLen])
 		r.sizes[j] += packet.EthernetLen
 		if r.gso != nil {
-			r.gso[j] = link.GSO{}
+			r.gso[j] = packet.GSO{}
 		}
 	}
 	r.n += k
@@ -671,15 +671,15 @@ func (d *Device) drain() {
 }
 
 // decodeHdr converts the virtio-net header of a frame of flen bytes to a
-// link.GSO (HdrLen not yet set). The header is in native byte order (the
+// packet.GSO (HdrLen not yet set). The header is in native byte order (the
 // TAP is not switched to little- or big-endian headers). ok is false for a
 // header this package cannot honour: an unknown GSO type (UFO), a super-
 // packet without NEEDS_CSUM, offsets outside the frame or inside the
 // Ethernet header.
-func decodeHdr(h *[VnetHdrLen]byte, flen int) (g link.GSO, ok bool) {
+func decodeHdr(h *[VnetHdrLen]byte, flen int) (g packet.GSO, ok bool) {
 	switch typ := h[1] &^ unix.VIRTIO_NET_HDR_GSO_ECN; typ {
 	case unix.VIRTIO_NET_HDR_GSO_NONE, unix.VIRTIO_NET_HDR_GSO_TCPV4, unix.VIRTIO_NET_HDR_GSO_TCPV6, unix.VIRTIO_NET_HDR_GSO_UDP_L4:
-		g.Type = link.GSOType(typ)
+		g.Type = packet.GSOType(typ)
 	default:
 		return g, false
 	}
@@ -690,10 +690,10 @@ func decodeHdr(h *[VnetHdrLen]byte, flen int) (g link.GSO, ok bool) {
 			return g, false
 		}
 		g.NeedsCsum, g.CsumStart, g.CsumOffset = true, start-packet.EthernetLen, off
-	} else if g.Type != link.GSONone {
+	} else if g.Type != packet.GSONone {
 		return g, false
 	}
-	if g.Type != link.GSONone {
+	if g.Type != packet.GSONone {
 		g.Size = binary.NativeEndian.Uint16(h[4:6])
 		if g.Size == 0 {
 			return g, false
@@ -704,10 +704,10 @@ func decodeHdr(h *[VnetHdrLen]byte, flen int) (g link.GSO, ok bool) {
 
 // setHdrLen sets g.HdrLen of a super-packet from its transport header in
 // frame (the kernel's hdr_len is the skb's linear length, not the headers').
-func setHdrLen(g *link.GSO, frame []byte) bool {
+func setHdrLen(g *packet.GSO, frame []byte) bool {
 	l4 := packet.EthernetLen + int(g.CsumStart)
 	n := packet.UDPLen
-	if g.Type != link.GSOUDPL4 {
+	if g.Type != packet.GSOUDPL4 {
 		if l4+packet.TCPMinLen > len(frame) {
 			return false
 		}
@@ -724,14 +724,14 @@ func setHdrLen(g *link.GSO, frame []byte) bool {
 }
 
 // encodeHdr writes the virtio-net header for a frame that g describes.
-func encodeHdr(h []byte, g link.GSO) {
+func encodeHdr(h []byte, g packet.GSO) {
 	clear(h[:VnetHdrLen])
 	if g.NeedsCsum {
 		h[0] = unix.VIRTIO_NET_HDR_F_NEEDS_CSUM
 		binary.NativeEndian.PutUint16(h[6:8], g.CsumStart+packet.EthernetLen)
 		binary.NativeEndian.PutUint16(h[8:10], g.CsumOffset)
 	}
-	if g.Type != link.GSONone {
+	if g.Type != packet.GSONone {
 		h[1] = uint8(g.Type)
 		if g.HdrLen != 0 {
 			binary.NativeEndian.PutUint16(h[2:4], g.HdrLen+packet.EthernetLen)
@@ -753,14 +753,14 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 // header made from gso[i], so the kernel segments and checksums it. A packet
 // that Offloads does not cover is cut or checksummed in software first (and
 // counted in TxSoftware), so WriteGSO takes any packet a GSO describes.
-func (d *Device) WriteGSO(bufs [][]byte, gso []link.GSO, offset int) (int, error) {
+func (d *Device) WriteGSO(bufs [][]byte, gso []packet.GSO, offset int) (int, error) {
 	if len(gso) < len(bufs) {
 		return 0, fmt.Errorf("tap %s: %d GSO descriptors for %d buffers", d.name, len(gso), len(bufs))
 	}
 	return d.write(bufs, gso, offset)
 }
 
-func (d *Device) write(bufs [][]byte, gso []link.GSO, offset int) (int, error) {
+func (d *Device) write(bufs [][]byte, gso []packet.GSO, offset int) (int, error) {
 	if offset < VnetHdrLen {
 		return 0, ErrHeadroom
 	}
@@ -784,7 +784,7 @@ func (d *Device) write(bufs [][]byte, gso []link.GSO, offset int) (int, error) {
 // through r, one io_uring_enter per run of up to uring.Entries of them, or
 // with one write(2) each when r is nil; frames needing the software
 // fallback are written between runs, in order.
-func (d *Device) writeFrames(r *uring.Ring, bufs [][]byte, gso []link.GSO, offset int, c *txCounts) (int, error) {
+func (d *Device) writeFrames(r *uring.Ring, bufs [][]byte, gso []packet.GSO, offset int, c *txCounts) (int, error) {
 	var frames [][]byte
 	if r != nil {
 		frames = r.Frames[:0]
@@ -816,7 +816,7 @@ func (d *Device) writeFrames(r *uring.Ring, bufs [][]byte, gso []link.GSO, offse
 		return 0, nil
 	}
 	for i, b := range bufs {
-		var g link.GSO
+		var g packet.GSO
 		if gso != nil {
 			g = gso[i]
 		}
@@ -831,7 +831,7 @@ func (d *Device) writeFrames(r *uring.Ring, bufs [][]byte, gso []link.GSO, offse
 		}
 		frame := b[offset-VnetHdrLen:]
 		encodeHdr(frame, g)
-		if g.Type != link.GSONone {
+		if g.Type != packet.GSONone {
 			c.gso++
 		}
 		if r == nil {
@@ -858,7 +858,7 @@ func (d *Device) writeFrames(r *uring.Ring, bufs [][]byte, gso []link.GSO, offse
 
 // writeSoftware writes the frame that g describes and Offloads does not
 // cover as complete packets, cut and checksummed one at a time in d.sw.
-func (d *Device) writeSoftware(frame []byte, g link.GSO, c *txCounts) error {
+func (d *Device) writeSoftware(frame []byte, g packet.GSO, c *txCounts) error {
 	c.software++
 	if len(frame) < packet.EthernetLen {
 		c.dropped++

@@ -124,14 +124,14 @@ func pump(src, dst *tap.Device, gso bool, wg *sync.WaitGroup, st *pumpStats) {
 		bufs[i] = make([]byte, off+tap.MaxFrame)
 	}
 	sizes := make([]int, len(bufs))
-	descs := make([]link.GSO, len(bufs))
+	descs := make([]packet.GSO, len(bufs))
 	seg := make([][]byte, 256)
 	for i := range seg {
 		seg[i] = make([]byte, off+14+9000)
 	}
 	segSizes := make([]int, len(seg))
 	var out [][]byte
-	var outG []link.GSO
+	var outG []packet.GSO
 	for {
 		var n int
 		var err error
@@ -172,7 +172,7 @@ func pump(src, dst *tap.Device, gso bool, wg *sync.WaitGroup, st *pumpStats) {
 			for j := used; j < used+k; j++ {
 				copy(seg[j][off:], frame[off:off+14])
 				out = append(out, seg[j][:off+14+segSizes[j]])
-				outG = append(outG, link.GSO{})
+				outG = append(outG, packet.GSO{})
 			}
 			used += k
 		}
@@ -396,19 +396,19 @@ func echoRequest(dst net.HardwareAddr, seq uint16) []byte {
 // udpSuper is a UDP packet from 10.99.0.2:7000 to 10.99.0.1:port carrying
 // payload. With gso it is a USO super-packet of size-byte segments with a
 // partial checksum; otherwise a plain packet, its checksum partial or full.
-func udpSuper(dst net.HardwareAddr, port uint16, payload []byte, gso bool, size uint16, partial bool) ([]byte, link.GSO) {
+func udpSuper(dst net.HardwareAddr, port uint16, payload []byte, gso bool, size uint16, partial bool) ([]byte, packet.GSO) {
 	u := header.UDP(make([]byte, 8+len(payload)))
 	u.Encode(&header.UDPFields{SrcPort: 7000, DstPort: port, Length: uint16(len(u))})
 	copy(u[8:], payload)
 	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, gv(addrB), gv(addrA), uint16(len(u)))
-	g := link.GSO{NeedsCsum: partial || gso, CsumStart: 20, CsumOffset: 6}
+	g := packet.GSO{NeedsCsum: partial || gso, CsumStart: 20, CsumOffset: 6}
 	if g.NeedsCsum {
 		u.SetChecksum(xsum)
 	} else {
 		u.SetChecksum(^u.CalculateChecksum(checksum.Checksum(payload, xsum)))
 	}
 	if gso {
-		g.Type, g.Size, g.HdrLen = link.GSOUDPL4, size, 28
+		g.Type, g.Size, g.HdrLen = packet.GSOUDPL4, size, 28
 	}
 	return ethIPv4(dst, uint8(header.UDPProtocolNumber), 1, u), g
 }
@@ -448,13 +448,13 @@ func recvAll(t *testing.T, c *net.UDPConn, want int) [][]byte {
 
 // readUntil reads from d until a frame satisfies match or 2 s pass, and
 // returns it with its descriptor. It reads with ReadGSO when gso is set.
-func readUntil(t *testing.T, d *tap.Device, bufs [][]byte, gso bool, match func([]byte, link.GSO) bool) ([]byte, link.GSO) {
+func readUntil(t *testing.T, d *tap.Device, bufs [][]byte, gso bool, match func([]byte, packet.GSO) bool) ([]byte, packet.GSO) {
 	t.Helper()
 	sizes := make([]int, len(bufs))
-	descs := make([]link.GSO, len(bufs))
+	descs := make([]packet.GSO, len(bufs))
 	type res struct {
 		frame []byte
-		g     link.GSO
+		g     packet.GSO
 		err   error
 	}
 	done := make(chan res, 1)
@@ -489,7 +489,7 @@ func readUntil(t *testing.T, d *tap.Device, bufs [][]byte, gso bool, match func(
 		_ = d.Close() // ends the reader
 		t.Fatal("no matching frame within 2 s")
 	}
-	return nil, link.GSO{}
+	return nil, packet.GSO{}
 }
 
 func bufsOf(n, size int) [][]byte {
@@ -501,8 +501,8 @@ func bufsOf(n, size int) [][]byte {
 }
 
 // isEchoReply matches the kernel's answer to echoRequest(seq).
-func isEchoReply(seq uint16) func([]byte, link.GSO) bool {
-	return func(f []byte, _ link.GSO) bool {
+func isEchoReply(seq uint16) func([]byte, packet.GSO) bool {
+	return func(f []byte, _ packet.GSO) bool {
 		if len(f) < 14+20+8 || header.Ethernet(f).Type() != header.IPv4ProtocolNumber {
 			return false
 		}
@@ -529,7 +529,7 @@ func TestKernelEcho(t *testing.T) {
 			t.Fatal(err)
 		}
 		f, g := readUntil(t, d, bufs, seq%2 == 0, isEchoReply(seq))
-		if g != (link.GSO{}) {
+		if g != (packet.GSO{}) {
 			t.Fatalf("echo reply with descriptor %+v", g)
 		}
 		if !header.IPv4(f[14:]).IsChecksumValid() || header.ICMPv4(header.IPv4(f[14:]).Payload()).Checksum() == 0 {
@@ -540,9 +540,9 @@ func TestKernelEcho(t *testing.T) {
 	// Steady state: one echo out, its reply in, no allocation.
 	req := echoRequest(mac, 100)
 	out := [][]byte{req}
-	gout := []link.GSO{{}}
+	gout := []packet.GSO{{}}
 	sizes := make([]int, len(bufs))
-	descs := make([]link.GSO, len(bufs))
+	descs := make([]packet.GSO, len(bufs))
 	allocs := testing.AllocsPerRun(50, func() {
 		if _, err := d.WriteGSO(out, gout, off); err != nil {
 			t.Fatal(err)
@@ -604,7 +604,7 @@ func TestWriteGSO(t *testing.T) {
 			super, gs := udpSuper(mac, 7001, payload, true, 1000, true)
 			plain, gp := udpSuper(mac, 7001, payload[:300], false, 0, true)
 			full, gf := udpSuper(mac, 7001, payload[:200], false, 0, false)
-			n, err := d.WriteGSO([][]byte{super, plain, full}, []link.GSO{gs, gp, gf}, off)
+			n, err := d.WriteGSO([][]byte{super, plain, full}, []packet.GSO{gs, gp, gf}, off)
 			if err != nil || n != 3 {
 				t.Fatalf("WriteGSO = %d, %v", n, err)
 			}
@@ -623,7 +623,7 @@ func TestWriteGSO(t *testing.T) {
 				if d.Offloads() != 0 || s.TxSoftware != 2 || s.TxGSO != 0 || s.TxFrames != 7 {
 					t.Fatalf("offloads %v, stats %+v; want software for 2 packets, 7 frames", d.Offloads(), s)
 				}
-			} else if d.Offloads()&link.OffloadUSO == 0 {
+			} else if d.Offloads()&packet.OffloadUSO == 0 {
 				t.Logf("kernel without USO (offloads %v): cut in software", d.Offloads())
 			} else if s.TxSoftware != 0 || s.TxGSO != 1 || s.TxFrames != 3 {
 				t.Fatalf("stats %+v; want 1 super-packet, 3 frames, no software", s)
@@ -640,7 +640,7 @@ func TestWriteGSO(t *testing.T) {
 					defer wg.Done()
 					bufs := [][]byte{bytes.Clone(super), bytes.Clone(plain), bytes.Clone(full)}
 					for range rounds {
-						if _, err := d.WriteGSO(bufs, []link.GSO{gs, gp, gf}, off); err != nil {
+						if _, err := d.WriteGSO(bufs, []packet.GSO{gs, gp, gf}, off); err != nil {
 							t.Error(err)
 							return
 						}
@@ -683,7 +683,7 @@ func TestReadSegments(t *testing.T) {
 	ns := nstest.New(t)
 	checkFDs(t)
 	d := create(t, ns, "prr", tap.Config{})
-	if d.Offloads()&link.OffloadUSO == 0 {
+	if d.Offloads()&packet.OffloadUSO == 0 {
 		t.Skipf("skipped: the kernel refused USO (offloads %v)", d.Offloads())
 	}
 	farEnd(t, ns, "prr")
@@ -732,8 +732,8 @@ func TestReadSegments(t *testing.T) {
 		if _, err := s.Write(payload); err != nil {
 			t.Fatal(err)
 		}
-		f, g := readUntil(t, d, bufsOf(8, off+tap.MaxFrame), true, func(f []byte, _ link.GSO) bool { return isOurs(f) })
-		if g.Type != link.GSOUDPL4 || g.Size != 1000 || !g.NeedsCsum || g.CsumStart != 20 || g.CsumOffset != 6 || g.HdrLen != 28 {
+		f, g := readUntil(t, d, bufsOf(8, off+tap.MaxFrame), true, func(f []byte, _ packet.GSO) bool { return isOurs(f) })
+		if g.Type != packet.GSOUDPL4 || g.Size != 1000 || !g.NeedsCsum || g.CsumStart != 20 || g.CsumOffset != 6 || g.HdrLen != 28 {
 			t.Fatalf("descriptor %+v, want USO of 1000-byte segments", g)
 		}
 		out := bufsOf(8, 1100)
@@ -749,7 +749,7 @@ func TestReadSegments(t *testing.T) {
 		}
 		checkSegs(frames)
 	})
-	collect := func(t *testing.T, read func() (int, [][]byte, []int, []link.GSO, error)) (frames [][]byte, calls []int) {
+	collect := func(t *testing.T, read func() (int, [][]byte, []int, []packet.GSO, error)) (frames [][]byte, calls []int) {
 		t.Helper()
 		deadline := time.Now().Add(2 * time.Second)
 		for len(frames) < 5 && time.Now().Before(deadline) {
@@ -760,7 +760,7 @@ func TestReadSegments(t *testing.T) {
 			k := 0
 			for i := range n {
 				if f := bufs[i][off : off+sizes[i]]; isOurs(f) {
-					if descs != nil && descs[i] != (link.GSO{}) {
+					if descs != nil && descs[i] != (packet.GSO{}) {
 						t.Fatalf("segment with descriptor %+v", descs[i])
 					}
 					frames = append(frames, bytes.Clone(f))
@@ -776,8 +776,8 @@ func TestReadSegments(t *testing.T) {
 		if _, err := s.Write(payload); err != nil {
 			t.Fatal(err)
 		}
-		bufs, sizes, descs := bufsOf(8, off+1100), make([]int, 8), make([]link.GSO, 8)
-		frames, _ := collect(t, func() (int, [][]byte, []int, []link.GSO, error) {
+		bufs, sizes, descs := bufsOf(8, off+1100), make([]int, 8), make([]packet.GSO, 8)
+		frames, _ := collect(t, func() (int, [][]byte, []int, []packet.GSO, error) {
 			n, err := d.ReadGSO(bufs, sizes, descs, off)
 			return n, bufs, sizes, descs, err
 		})
@@ -791,7 +791,7 @@ func TestReadSegments(t *testing.T) {
 			t.Fatal(err)
 		}
 		bufs, sizes := bufsOf(2, off+1100), make([]int, 2)
-		frames, calls := collect(t, func() (int, [][]byte, []int, []link.GSO, error) {
+		frames, calls := collect(t, func() (int, [][]byte, []int, []packet.GSO, error) {
 			n, err := d.Read(bufs, sizes, off)
 			return n, bufs, sizes, nil, err
 		})

@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/podrouter/podrouter/router/link"
+	"github.com/podrouter/podrouter/router/packet"
 )
 
 // TestNegotiate walks the offload fallback ladder with a kernel that
@@ -19,14 +19,14 @@ func TestNegotiate(t *testing.T) {
 		name    string
 		refuse  func(flags int) bool
 		disable bool
-		want    link.Offloads
+		want    packet.Offloads
 		tries   []int
 		wantErr bool
 	}{
 		{"all", func(int) bool { return false }, false, offloadsAll, []int{unix.TUN_F_CSUM | tso | uso}, false},
 		{"no-uso", func(f int) bool { return f&uso != 0 }, false, offloadsTSO,
 			[]int{unix.TUN_F_CSUM | tso | uso, unix.TUN_F_CSUM | tso}, false},
-		{"csum-only", func(f int) bool { return f&(uso|tso) != 0 }, false, link.OffloadCsum,
+		{"csum-only", func(f int) bool { return f&(uso|tso) != 0 }, false, packet.OffloadCsum,
 			[]int{unix.TUN_F_CSUM | tso | uso, unix.TUN_F_CSUM | tso, unix.TUN_F_CSUM}, false},
 		{"none", func(f int) bool { return f != 0 }, false, 0,
 			[]int{unix.TUN_F_CSUM | tso | uso, unix.TUN_F_CSUM | tso, unix.TUN_F_CSUM, 0}, false},
@@ -85,26 +85,26 @@ func TestDecodeHdr(t *testing.T) {
 		name string
 		h    *[VnetHdrLen]byte
 		flen int
-		want link.GSO
+		want packet.GSO
 		ok   bool
 	}{
-		{"plain", vnetHdr(0, 0, 0, 0, 0, 0), 100, link.GSO{}, true},
-		{"data-valid", vnetHdr(unix.VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0), 100, link.GSO{}, true},
-		{"csum-tcp4", vnetHdr(csum, 0, 54, 0, 34, 16), 100, link.GSO{NeedsCsum: true, CsumStart: 20, CsumOffset: 16}, true},
+		{"plain", vnetHdr(0, 0, 0, 0, 0, 0), 100, packet.GSO{}, true},
+		{"data-valid", vnetHdr(unix.VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0), 100, packet.GSO{}, true},
+		{"csum-tcp4", vnetHdr(csum, 0, 54, 0, 34, 16), 100, packet.GSO{NeedsCsum: true, CsumStart: 20, CsumOffset: 16}, true},
 		{"tso4", vnetHdr(csum, 1, 9000, 1448, 34, 16), 60000,
-			link.GSO{Type: link.GSOTCPv4, NeedsCsum: true, Size: 1448, CsumStart: 20, CsumOffset: 16}, true},
+			packet.GSO{Type: packet.GSOTCPv4, NeedsCsum: true, Size: 1448, CsumStart: 20, CsumOffset: 16}, true},
 		{"tso4-ecn", vnetHdr(csum, 0x81, 66, 1448, 34, 16), 60000,
-			link.GSO{Type: link.GSOTCPv4, NeedsCsum: true, Size: 1448, CsumStart: 20, CsumOffset: 16}, true},
+			packet.GSO{Type: packet.GSOTCPv4, NeedsCsum: true, Size: 1448, CsumStart: 20, CsumOffset: 16}, true},
 		{"tso6", vnetHdr(csum, 4, 74, 1428, 54, 16), 60000,
-			link.GSO{Type: link.GSOTCPv6, NeedsCsum: true, Size: 1428, CsumStart: 40, CsumOffset: 16}, true},
+			packet.GSO{Type: packet.GSOTCPv6, NeedsCsum: true, Size: 1428, CsumStart: 40, CsumOffset: 16}, true},
 		{"uso", vnetHdr(csum, 5, 42, 1000, 34, 6), 5042,
-			link.GSO{Type: link.GSOUDPL4, NeedsCsum: true, Size: 1000, CsumStart: 20, CsumOffset: 6}, true},
-		{"ufo", vnetHdr(csum, 3, 42, 1000, 34, 6), 5042, link.GSO{}, false},
-		{"unknown-type", vnetHdr(csum, 7, 42, 1000, 34, 6), 5042, link.GSO{}, false},
-		{"gso-without-csum", vnetHdr(0, 1, 66, 1448, 34, 16), 60000, link.GSO{}, false},
-		{"gso-size-0", vnetHdr(csum, 1, 66, 0, 34, 16), 60000, link.GSO{}, false},
-		{"csum-in-ethernet", vnetHdr(csum, 0, 0, 0, 10, 2), 100, link.GSO{}, false},
-		{"csum-past-end", vnetHdr(csum, 0, 0, 0, 34, 16), 51, link.GSO{}, false},
+			packet.GSO{Type: packet.GSOUDPL4, NeedsCsum: true, Size: 1000, CsumStart: 20, CsumOffset: 6}, true},
+		{"ufo", vnetHdr(csum, 3, 42, 1000, 34, 6), 5042, packet.GSO{}, false},
+		{"unknown-type", vnetHdr(csum, 7, 42, 1000, 34, 6), 5042, packet.GSO{}, false},
+		{"gso-without-csum", vnetHdr(0, 1, 66, 1448, 34, 16), 60000, packet.GSO{}, false},
+		{"gso-size-0", vnetHdr(csum, 1, 66, 0, 34, 16), 60000, packet.GSO{}, false},
+		{"csum-in-ethernet", vnetHdr(csum, 0, 0, 0, 10, 2), 100, packet.GSO{}, false},
+		{"csum-past-end", vnetHdr(csum, 0, 0, 0, 34, 16), 51, packet.GSO{}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -119,19 +119,19 @@ func TestDecodeHdr(t *testing.T) {
 // TestEncodeHdr checks that a descriptor decodes back to itself and that
 // the header carries frame offsets and the header length.
 func TestEncodeHdr(t *testing.T) {
-	for _, g := range []link.GSO{
+	for _, g := range []packet.GSO{
 		{},
 		{NeedsCsum: true, CsumStart: 20, CsumOffset: 6},
-		{Type: link.GSOTCPv4, NeedsCsum: true, HdrLen: 52, Size: 1448, CsumStart: 20, CsumOffset: 16},
-		{Type: link.GSOTCPv6, NeedsCsum: true, HdrLen: 72, Size: 1428, CsumStart: 40, CsumOffset: 16},
-		{Type: link.GSOUDPL4, NeedsCsum: true, HdrLen: 28, Size: 1000, CsumStart: 20, CsumOffset: 6},
+		{Type: packet.GSOTCPv4, NeedsCsum: true, HdrLen: 52, Size: 1448, CsumStart: 20, CsumOffset: 16},
+		{Type: packet.GSOTCPv6, NeedsCsum: true, HdrLen: 72, Size: 1428, CsumStart: 40, CsumOffset: 16},
+		{Type: packet.GSOUDPL4, NeedsCsum: true, HdrLen: 28, Size: 1000, CsumStart: 20, CsumOffset: 6},
 	} {
 		h := make([]byte, VnetHdrLen)
 		for i := range h {
 			h[i] = 0xaa
 		}
 		encodeHdr(h, g)
-		if g.Type != link.GSONone {
+		if g.Type != packet.GSONone {
 			if got := binary.NativeEndian.Uint16(h[2:]); got != g.HdrLen+14 {
 				t.Fatalf("%+v: hdr_len %d, want %d", g, got, g.HdrLen+14)
 			}

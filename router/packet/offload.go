@@ -1,0 +1,77 @@
+package packet
+
+// Offload descriptors: what a port says about a packet it moves (the
+// virtio-net header's meaning, without its framing). They live here, with
+// the parser that checks them, and router/link's devices carry them.
+
+// GSOType says how a super-packet is to be segmented. Values follow the
+// virtio-net header's gso_type (VIRTIO_NET_HDR_GSO_*), without the ECN bit.
+type GSOType uint8
+
+// GSO types.
+const (
+	GSONone  GSOType = 0 // a plain packet
+	GSOTCPv4 GSOType = 1 // TSO over IPv4
+	GSOUDPL4 GSOType = 5 // UDP segmentation offload (USO)
+	GSOTCPv6 GSOType = 4 // TSO over IPv6
+)
+
+// String returns the type's name.
+func (t GSOType) String() string {
+	switch t {
+	case GSONone:
+		return "none"
+	case GSOTCPv4:
+		return "tcp4"
+	case GSOTCPv6:
+		return "tcp6"
+	case GSOUDPL4:
+		return "udp"
+	}
+	return "unknown"
+}
+
+// GSO describes the offload state of one packet: whether it is a super-
+// packet to be cut into segments of Size payload bytes, and whether its L4
+// checksum is still partial (pseudo-header sum only, as with
+// VIRTIO_NET_HDR_F_NEEDS_CSUM). Offsets are relative to the start of the IP
+// header, whatever the framing of the port (an L2 port's device adds the
+// Ethernet header length when it speaks virtio-net).
+type GSO struct {
+	Type       GSOType
+	NeedsCsum  bool   // the checksum at CsumStart+CsumOffset covers the pseudo-header only
+	HdrLen     uint16 // IP + L4 header length of each segment
+	Size       uint16 // segment payload size (MSS for TCP)
+	CsumStart  uint16 // where checksumming starts (the L4 header)
+	CsumOffset uint16 // where the checksum field is, from CsumStart
+}
+
+// Offloads is a set of offloads a device accepts on Write.
+type Offloads uint8
+
+// Offload bits.
+const (
+	OffloadCsum Offloads = 1 << iota // packets with a partial checksum (NeedsCsum)
+	OffloadTSO4                      // GSOTCPv4 super-packets
+	OffloadTSO6                      // GSOTCPv6 super-packets
+	OffloadUSO                       // GSOUDPL4 super-packets
+)
+
+// Accepts reports whether a device with offloads o takes a packet with g
+// as it is.
+func (o Offloads) Accepts(g GSO) bool {
+	if g.NeedsCsum && o&OffloadCsum == 0 {
+		return false
+	}
+	switch g.Type {
+	case GSONone:
+		return true
+	case GSOTCPv4:
+		return o&OffloadTSO4 != 0
+	case GSOTCPv6:
+		return o&OffloadTSO6 != 0
+	case GSOUDPL4:
+		return o&OffloadUSO != 0
+	}
+	return false
+}
