@@ -22,6 +22,7 @@ import (
 
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/route"
 )
 
 // daemonTimeout bounds each API request.
@@ -142,7 +143,7 @@ func Add(args *skel.CmdArgs) error {
 		if dst.Addr().Is6() {
 			gw = pi.gw6
 		}
-		out.Routes = append(out.Routes, &types.Route{Dst: *prefixNet(dst), GW: gw.AsSlice()})
+		out.Routes = append(out.Routes, &types.Route{Dst: *route.IPNet(dst), GW: gw.AsSlice()})
 	}
 	_ = index
 	if err := types.PrintResult(out, conf.CNIVersion); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/podrouter/podrouter/router/link/tap"
 	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/route"
 )
 
 // podIf is what ADD configures on the pod's interface.
@@ -138,7 +139,7 @@ func configureLink(l netlink.Link, pi *podIf) error {
 		if dst.Addr().Is6() {
 			gw = pi.gw6
 		}
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(dst), Gw: gw.AsSlice()}
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: route.IPNet(dst), Gw: gw.AsSlice()}
 		if err := netlink.RouteAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("%s: route %s via %s: %w", pi.name, dst, gw, err)
 		}
@@ -182,9 +183,4 @@ func netnsGone(err error) bool {
 	var notNS ns.NSPathNotNSErr
 	var noNS ns.NSPathNotExistErr
 	return errors.As(err, &notNS) || errors.As(err, &noNS)
-}
-
-// prefixNet converts p for netlink.
-func prefixNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

@@ -12,9 +12,9 @@ package main
 //	podrouter-udp:   pod eth0 (TAP) ─ engine ─ underlay udp 192.168.251.1:8285 ─ ul0 ═══ ul0 ─ underlay ─ engine ─ TAP
 //	podrouter-vxlan: the same with vxlan (8472)
 //
-// podrouter's nodes are composed in this process (engine, underlay socket
-// opened inside the node's namespace, TAP pods), as the daemon will once it
-// runs an underlay. Each variant is measured with iperf3: one TCP stream
+// podrouter's nodes are built in this process by router/node, as the
+// daemon builds its node (the underlay socket opened inside the node's
+// namespace), with TAP pods. Each variant is measured with iperf3: one TCP stream
 // (Gbit/s at the receiver) and UDP with 64-byte payloads (packets/s
 // received). Every namespace is the case's own and removed when the variant
 // ends; traffic stays inside them.
@@ -30,13 +30,11 @@ import (
 	"strconv"
 
 	"github.com/vishvananda/netlink"
-	"go.uber.org/zap"
 
 	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/link/tap"
+	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/packet"
-	"github.com/podrouter/podrouter/router/route"
-	"github.com/podrouter/podrouter/router/underlay"
 )
 
 func init() {
@@ -70,8 +68,8 @@ func runCrossNode(ctx context.Context, opt Options) ([]Result, error) {
 	}{
 		{"host-gw", (*xnTopo).hostGW},
 		{"kernel-vxlan", (*xnTopo).kernelVXLAN},
-		{"podrouter-udp", func(t *xnTopo) (func(), error) { return t.podrouter(underlay.EncapUDP) }},
-		{"podrouter-vxlan", func(t *xnTopo) (func(), error) { return t.podrouter(underlay.EncapVXLAN) }},
+		{"podrouter-udp", func(t *xnTopo) (func(), error) { return t.podrouter("udp") }},
+		{"podrouter-vxlan", func(t *xnTopo) (func(), error) { return t.podrouter("vxlan") }},
 	}
 	var res []Result
 	var errs []error
@@ -230,32 +228,26 @@ func (t *xnTopo) kernelVXLAN() (func(), error) {
 	return func() {}, nil
 }
 
-// xnNode is one podrouter node of the case.
-type xnNode struct {
-	eng *engine.Engine
-	u   *underlay.Underlay
-}
-
-// podrouter composes a podrouter node in each node namespace: the
-// underlay's socket opened there, an engine, and the pod's eth0 a TAP the
-// engine holds.
-func (t *xnTopo) podrouter(encap underlay.Encap) (stop func(), err error) {
-	var nodes [2]*xnNode
+// podrouter builds a podrouter node in each node namespace with
+// router/node, as the daemon does (the underlay's socket opened there, the
+// engine, the pod MTU rule), and the pod's eth0 a TAP the engine holds.
+func (t *xnTopo) podrouter(backend string) (stop func(), err error) {
+	var nodes [2]*node.Node
 	stop = func() {
 		for i, n := range nodes {
-			if n != nil && n.u != nil {
+			if n == nil {
+				continue
+			}
+			if u := n.Underlay(); u != nil {
 				// Context for the numbers, on stderr: how much went whole.
-				us, es := n.u.Stats(), n.eng.OffloadStats()
+				us, es := u.Stats(), n.Engine().OffloadStats()
 				fmt.Fprintf(os.Stderr, "cross-node podrouter-%s node%d: underlay tx %d pkts in %d sendmmsg (%d GSO), rx %d pkts in %d recvmmsg (%d GRO), drops %d; engine super-packets whole %d, cut %d\n",
-					encap, i, us.TxPackets, us.TxCalls, us.TxGSO, us.RxPackets, us.RxCalls, us.RxGRO, us.TotalDrops(), es.SuperPackets, es.Segmented)
+					backend, i, us.TxPackets, us.TxCalls, us.TxGSO, us.RxPackets, us.RxCalls, us.RxGRO, us.TotalDrops(), es.SuperPackets, es.Segmented)
 			}
 		}
 		for _, n := range nodes {
 			if n != nil {
-				_ = n.eng.Close()
-				if n.u != nil {
-					_ = n.u.Close()
-				}
+				_ = n.Close()
 			}
 		}
 	}
@@ -264,40 +256,29 @@ func (t *xnTopo) podrouter(encap underlay.Encap) (stop func(), err error) {
 			stop()
 		}
 	}()
-	log := zap.NewNop()
+	kind, err := node.LookupBackend(backend)
+	if err != nil {
+		return nil, err
+	}
 	for i := range 2 {
-		eng, err := engine.New(engine.Config{PodCIDR: xnPodCIDR(i), ClusterCIDRs: []netip.Prefix{xnCluster}, Logger: log})
-		if err != nil {
-			return nil, err
-		}
-		n := &xnNode{eng: eng}
-		nodes[i] = n
 		if err := t.nodes[i].do(func() (err error) {
-			n.u, err = underlay.New(underlay.Config{
-				Encap: encap, Listen: netip.AddrPortFrom(xnUnder[i], encap.DefaultPort()), Interface: "ul0", Logger: log,
+			nodes[i], err = node.New(node.Config{
+				PodCIDR: xnPodCIDR(i), ClusterCIDRs: []netip.Prefix{xnCluster},
+				Underlay: node.UnderlayConfig{Backend: backend, Listen: netip.AddrPortFrom(xnUnder[i], kind.DefaultPort), Interface: "ul0"},
 			})
 			return err
 		}); err != nil {
 			return nil, err
 		}
-		if _, err := eng.AddPort(n.u.RxDevice(), engine.PortConfig{Name: "underlay", Kind: engine.KindPeer, MTU: n.u.MTU()}); err != nil {
-			return nil, err
-		}
-		if err := t.tapPod(i, n); err != nil {
+		if err := t.tapPod(i, nodes[i]); err != nil {
 			return nil, err
 		}
 	}
 	for i, n := range nodes {
 		m := nodes[1-i]
-		name := fmt.Sprintf("node%d", 1-i)
-		if err := n.u.SetPeers([]underlay.Peer{{Name: name, Addr: m.u.LocalAddr(), VTEPMAC: m.u.VTEPMAC(), PodCIDRs: []netip.Prefix{xnPodCIDR(1 - i)}}}); err != nil {
-			return nil, err
-		}
-		p, err := n.eng.AddPort(n.u.PeerDevice(name), engine.PortConfig{Name: "peer-" + name, Kind: engine.KindPeer, MTU: n.u.MTU()})
-		if err != nil {
-			return nil, err
-		}
-		if err := n.eng.SetRoutes([]route.Route{{Prefix: xnPodCIDR(1 - i), NextHop: route.ToPeer(p.Index())}}); err != nil {
+		ann := m.Backend().Announce()
+		peer := node.Peer{Name: fmt.Sprintf("node%d", 1-i), Addr: ann.Endpoint, VTEPMAC: ann.VTEPMAC, PodCIDRs: []netip.Prefix{xnPodCIDR(1 - i)}}
+		if err := n.SetPeers([]node.Peer{peer}); err != nil {
 			return nil, err
 		}
 	}
@@ -306,10 +287,10 @@ func (t *xnTopo) podrouter(encap underlay.Encap) (stop func(), err error) {
 
 // tapPod makes node i's pod eth0 a TAP attached to n's engine, configured
 // as a CNI plugin would.
-func (t *xnTopo) tapPod(i int, n *xnNode) error {
+func (t *xnTopo) tapPod(i int, n *node.Node) error {
 	var dev *tap.Device
 	var mac net.HardwareAddr
-	mtu := n.u.MTU()
+	mtu := n.MTU()
 	err := t.pods[i].do(func() (err error) {
 		if dev, err = tap.Create("eth0", tap.Config{MTU: mtu}); err != nil {
 			return err
@@ -334,7 +315,7 @@ func (t *xnTopo) tapPod(i int, n *xnNode) error {
 		}
 		return fmt.Errorf("pod %d: %w", i, err)
 	}
-	if _, err := n.eng.AddPort(dev, engine.PortConfig{
+	if _, err := n.Engine().AddPort(dev, engine.PortConfig{
 		Name: "pod", Kind: engine.KindPod, L2: true, PeerMAC: packet.MAC(mac), MTU: mtu, Addrs: []netip.Addr{xnPodAddr(i)},
 	}); err != nil {
 		_ = dev.Close()

@@ -34,10 +34,10 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/podrouter/podrouter/netstackx/egress"
+	_ "github.com/podrouter/podrouter/netstackx/egress" // registers the netstack egress
 	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/link/tap"
-	"github.com/podrouter/podrouter/router/route"
+	"github.com/podrouter/podrouter/router/node"
 )
 
 func init() {
@@ -217,11 +217,14 @@ func egPasta(ctx context.Context, node, pod *netns) (func(), error) {
 		"--netns", pod.path()))
 }
 
-func egPodrouter(_ context.Context, node, pod *netns) (func(), error) {
+func egPodrouter(_ context.Context, nodeNS, pod *netns) (func(), error) {
 	podAddr := netip.MustParseAddr("10.244.1.50")
-	e, err := engine.New(engine.Config{
+	dialer := &egDialer{ns: nodeNS}
+	n, err := node.New(node.Config{
 		PodCIDR:      netip.MustParsePrefix("10.244.1.0/24"),
 		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+		MTU:          egressMTU,
+		Egress:       node.EgressConfig{Mode: node.EgressNetstack, Dial: dialer.DialContext},
 		Logger:       zap.NewNop(),
 	})
 	if err != nil {
@@ -230,21 +233,13 @@ func egPodrouter(_ context.Context, node, pod *netns) (func(), error) {
 	success := false
 	defer func() {
 		if !success {
-			_ = e.Close()
+			_ = n.Close()
 		}
 	}()
-	fwd, err := egress.New(egress.Config{MTU: egressMTU, Dialer: &egDialer{ns: node}, Logger: zap.NewNop()})
-	if err != nil {
+	if err := n.Start(); err != nil {
 		return nil, err
 	}
-	port, err := e.AddPort(fwd, engine.PortConfig{Name: "egress", Kind: engine.KindEgress, MTU: egressMTU})
-	if err != nil {
-		_ = fwd.Close()
-		return nil, err
-	}
-	if err := e.SetRoutes([]route.Route{{Prefix: netip.MustParsePrefix("0.0.0.0/0"), NextHop: route.ToEgress(port.Index())}}); err != nil {
-		return nil, err
-	}
+	e := n.Engine()
 	var dev *tap.Device
 	if err := pod.do(func() error {
 		var err error
@@ -267,5 +262,5 @@ func egPodrouter(_ context.Context, node, pod *netns) (func(), error) {
 		}
 	}
 	success = true
-	return func() { _ = e.Close() }, nil
+	return func() { _ = n.Close() }, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/podrouter/podrouter/cmd/podrouter/internal/daemon"
 	"github.com/podrouter/podrouter/router/kube"
+	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 
@@ -104,18 +105,19 @@ func (k *kubeFlags) static(cfg *daemon.Config) error {
 	if k.peersFile == "" {
 		return nil
 	}
-	e := underlay.EncapVXLAN
+	name := "vxlan"
 	if k.backend != "" {
-		var err error
-		if e, err = underlay.ParseEncap(k.backend); err != nil {
-			return fmt.Errorf("--backend: %w", err)
-		}
+		name = k.backend
+	}
+	kind, err := node.LookupBackend(name)
+	if err != nil {
+		return fmt.Errorf("--backend: %w", err)
 	}
 	ip, err := netip.ParseAddr(k.publicIP)
 	if err != nil || ip.Zone() != "" {
 		return fmt.Errorf("--public-ip %q: required with --peers: the underlay address", k.publicIP)
 	}
-	port := e.DefaultPort()
+	port := kind.DefaultPort
 	if k.port != 0 {
 		if k.port > 65535 {
 			return fmt.Errorf("--underlay-port %d: out of range 1..65535", k.port)
@@ -126,6 +128,6 @@ func (k *kubeFlags) static(cfg *daemon.Config) error {
 	if err != nil {
 		return fmt.Errorf("--peers: %w", err)
 	}
-	cfg.Underlay = daemon.UnderlayConfig{Encap: e, Listen: netip.AddrPortFrom(ip, port), Peers: peers}
+	cfg.Underlay = daemon.UnderlayConfig{Backend: kind.Name, Listen: netip.AddrPortFrom(ip, port), Peers: peers}
 	return nil
 }

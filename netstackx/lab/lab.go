@@ -28,6 +28,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 
@@ -159,7 +160,11 @@ func (c *Config) Validate() error {
 	} else if err := c.carveNodes(); err != nil {
 		return err
 	}
-	peerMTU := c.UnderlayMTU - c.Backend.Overhead(false)
+	kind, err := node.LookupBackend(c.Backend.String())
+	if err != nil {
+		return err
+	}
+	peerMTU := c.UnderlayMTU - kind.Overhead(false)
 	if len(c.Topology) > 1 && peerMTU < 1280 && (c.MTU == 0 || c.PodCIDR6.IsValid()) {
 		return fmt.Errorf("%s %d: leaves %d bytes for pod packets across nodes over %s, want at least 1280",
 			name("underlay-mtu", "underlayMTU"), c.UnderlayMTU, peerMTU, c.Backend)
@@ -167,7 +172,7 @@ func (c *Config) Validate() error {
 	if c.MTU == 0 {
 		c.MTU = 1500
 		if len(c.Topology) > 1 {
-			c.MTU = peerMTU
+			c.MTU = node.PodMTU(c.UnderlayMTU, kind, false)
 		}
 	}
 	if c.MTU < 1280 || c.MTU > 65535 {

@@ -288,8 +288,14 @@ func TestThreeNodes(t *testing.T) {
 	}
 	// Each node has a peer port per other node, and routes to them.
 	for _, n := range l.Nodes {
-		if len(n.peers) != 2 || len(n.Underlay.Peers()) != 2 {
-			t.Errorf("node %s: %d peer ports, %d peers", n.Name, len(n.peers), len(n.Underlay.Peers()))
+		ports := 0
+		for _, m := range l.Nodes {
+			if n.Node.PeerPort(m.Name) != nil {
+				ports++
+			}
+		}
+		if ports != 2 || len(n.Underlay.Peers()) != 2 {
+			t.Errorf("node %s: %d peer ports, %d peers", n.Name, ports, len(n.Underlay.Peers()))
 		}
 	}
 }
@@ -313,13 +319,13 @@ func TestUnderlayDeliversLocalOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for n1.rx.Stats().Drops[engine.DropNotLocal] != 1 {
+	for n1.Node.UnderlayPort().Stats().Drops[engine.DropNotLocal] != 1 {
 		if time.Now().After(deadline) {
-			t.Fatalf("n1's underlay port drops: %v, want not-local=1", n1.rx.Stats().Drops)
+			t.Fatalf("n1's underlay port drops: %v, want not-local=1", n1.Node.UnderlayPort().Stats().Drops)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if tx := n1.peers["n2"].Stats().TxPackets; tx != 0 {
+	if tx := n1.Node.PeerPort("n2").Stats().TxPackets; tx != 0 {
 		t.Errorf("n1 routed %d packets on to n2", tx)
 	}
 }

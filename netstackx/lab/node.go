@@ -11,19 +11,18 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/podrouter/podrouter/router/engine"
-	"github.com/podrouter/podrouter/router/route"
+	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 
-// Node is one node of a running lab: an engine, its underlay (nil in a
-// one-node lab) and its pods.
+// Node is one node of a running lab: a router/node node (its engine and,
+// with several nodes, its underlay) and its pods.
 type Node struct {
 	NodeSpec
-	Eng      *engine.Engine
-	Underlay *underlay.Underlay
+	Node     *node.Node
+	Eng      *engine.Engine     // Node's
+	Underlay *underlay.Underlay // Node's; nil in a one-node lab
 	Pods     []Pod
-	rx       *engine.Port
-	peers    map[string]*engine.Port // by peer node name
 }
 
 // Lab is a running lab.
@@ -88,41 +87,37 @@ func Start(cfg Config) (*Lab, error) {
 	return l, nil
 }
 
-// startNode builds one node's engine, underlay (with several nodes) and
-// pods, and adds it to l.Nodes as soon as it has an engine (so that Close
-// tears down a half-built node too).
+// startNode builds one node (router/node: engine and, with several nodes,
+// the underlay on loopback) and its pods, and adds it to l.Nodes as soon as
+// it exists (so that Close tears down a half-built node too).
 func (l *Lab) startNode(spec NodeSpec) error {
 	cfg := l.cfg
 	log := cfg.Logger
 	if len(cfg.Topology) > 1 {
 		log = log.With(zap.String("node", spec.Name))
 	}
-	ecfg := engine.Config{PodCIDR: spec.PodCIDR, ClusterCIDRs: []netip.Prefix{cfg.ClusterCIDR}, Logger: log}
+	nc := node.Config{PodCIDR: spec.PodCIDR, ClusterCIDRs: []netip.Prefix{cfg.ClusterCIDR}, MTU: cfg.MTU, Logger: log}
 	if spec.PodCIDR6.IsValid() {
-		ecfg.PodCIDR6 = spec.PodCIDR6
-		ecfg.ClusterCIDRs = append(ecfg.ClusterCIDRs, cfg.ClusterCIDR6)
+		nc.PodCIDR6 = spec.PodCIDR6
+		nc.ClusterCIDRs = append(nc.ClusterCIDRs, cfg.ClusterCIDR6)
 	}
-	eng, err := engine.New(ecfg)
-	if err != nil {
-		return fmt.Errorf("engine: %w", err)
-	}
-	n := &Node{NodeSpec: spec, Eng: eng, peers: map[string]*engine.Port{}}
-	l.Nodes = append(l.Nodes, n)
 	if len(cfg.Topology) > 1 {
-		u, err := underlay.New(underlay.Config{
-			Encap:  cfg.Backend,
-			Listen: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 0),
-			MTU:    cfg.UnderlayMTU,
-			Logger: log,
-		})
-		if err != nil {
-			return err
-		}
-		n.Underlay = u
-		if n.rx, err = eng.AddPort(u.RxDevice(), engine.PortConfig{Name: "underlay", Kind: engine.KindPeer, MTU: u.MTU()}); err != nil {
-			return fmt.Errorf("attach the underlay: %w", err)
+		nc.Underlay = node.UnderlayConfig{
+			Backend: cfg.Backend.String(),
+			Listen:  netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 0),
+			MTU:     cfg.UnderlayMTU,
 		}
 	}
+	nd, err := node.New(nc)
+	if err != nil {
+		return err
+	}
+	n := &Node{NodeSpec: spec, Node: nd, Eng: nd.Engine(), Underlay: nd.Underlay()}
+	l.Nodes = append(l.Nodes, n)
+	if err := nd.Start(); err != nil {
+		return err
+	}
+	eng := n.Eng
 	a4, a6 := eng.Gateway(), eng.Gateway6()
 	for i := range spec.Pods {
 		a4 = a4.Next()
@@ -148,35 +143,18 @@ func (l *Lab) startNode(spec NodeSpec) error {
 	return nil
 }
 
-// joinPeers makes every other node a peer of n: in n's underlay table, a
-// peer port on n's engine, and routes of its podCIDRs to that port.
+// joinPeers makes every other node a peer of n (node.SetPeers: the
+// underlay's table, a peer port each and routes to their podCIDRs).
 func (l *Lab) joinPeers(n *Node) error {
-	var routes []route.Route
+	var peers []node.Peer
 	for _, m := range l.Nodes {
 		if m == n {
 			continue
 		}
-		cidrs := []netip.Prefix{m.PodCIDR}
-		if m.PodCIDR6.IsValid() {
-			cidrs = append(cidrs, m.PodCIDR6)
-		}
-		if err := n.Underlay.UpsertPeer(underlay.Peer{
-			Name: m.Name, Addr: m.Underlay.LocalAddr(), VTEPMAC: m.Underlay.VTEPMAC(), PodCIDRs: cidrs,
-		}); err != nil {
-			return err
-		}
-		p, err := n.Eng.AddPort(n.Underlay.PeerDevice(m.Name), engine.PortConfig{
-			Name: "peer-" + m.Name, Kind: engine.KindPeer, MTU: n.Underlay.MTU(),
-		})
-		if err != nil {
-			return fmt.Errorf("attach peer %s: %w", m.Name, err)
-		}
-		n.peers[m.Name] = p
-		for _, c := range cidrs {
-			routes = append(routes, route.Route{Prefix: c, NextHop: route.ToPeer(p.Index())})
-		}
+		ann := m.Node.Backend().Announce()
+		peers = append(peers, node.Peer{Name: m.Name, Addr: ann.Endpoint, VTEPMAC: ann.VTEPMAC, PodCIDRs: m.Node.Config().PodCIDRs()})
 	}
-	return n.Eng.SetRoutes(routes)
+	return n.Node.SetPeers(peers)
 }
 
 // serve starts the pod's TCP echo, UDP echo and TCP discard servers.
@@ -237,10 +215,7 @@ func (l *Lab) Close() {
 	l.lns = nil
 	var errs []error
 	for _, n := range l.Nodes {
-		errs = append(errs, n.Eng.Close())
-		if n.Underlay != nil {
-			errs = append(errs, n.Underlay.Close())
-		}
+		errs = append(errs, n.Node.Close())
 	}
 	for _, p := range l.pods {
 		errs = append(errs, p.Close())

@@ -41,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -326,3 +327,8 @@ func (h *Holder) Load() *Table { return h.p.Load() }
 // Store publishes t; later Loads return it. Readers still holding an older
 // snapshot keep using it safely until they drop it.
 func (h *Holder) Store(t *Table) { h.p.Store(t) }
+
+// IPNet converts p for the net package (netlink routes and addresses).
+func IPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

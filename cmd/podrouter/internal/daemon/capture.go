@@ -40,7 +40,7 @@ import (
 const captureFlushGrace = 2 * time.Second
 
 // Capture implements api.CaptureHandler.
-func (d *Daemon) Capture(ctx context.Context, req api.CaptureRequest, out *os.File) (api.CaptureStats, error) {
+func (d handler) Capture(ctx context.Context, req api.CaptureRequest, out *os.File) (api.CaptureStats, error) {
 	defer out.Close()
 	if err := req.Normalize(); err != nil {
 		return api.CaptureStats{}, err
@@ -85,7 +85,7 @@ func (d *Daemon) Capture(ctx context.Context, req api.CaptureRequest, out *os.Fi
 
 // findPort resolves a capture's pod: an exact port name, a pod address, or
 // a container ID or a unique prefix of one.
-func (d *Daemon) findPort(name string) (*engine.Port, error) {
+func (d handler) findPort(name string) (*engine.Port, error) {
 	ports := d.eng.Ports()
 	for _, p := range ports {
 		if p.Name() == name {

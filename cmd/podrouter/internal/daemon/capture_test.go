@@ -100,7 +100,7 @@ func TestFindPort(t *testing.T) {
 		{"recorded, not attached", "def7", "", api.ErrNotFound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := r.d.findPort(tc.pod)
+			p, err := (handler{r.d}).findPort(tc.pod)
 			if tc.err != nil {
 				if !errors.Is(err, tc.err) {
 					t.Fatalf("findPort(%q) = %v, want %v", tc.pod, err, tc.err)
@@ -112,7 +112,7 @@ func TestFindPort(t *testing.T) {
 			}
 		})
 	}
-	if _, err := r.d.findPort("abc"); err == nil || !strings.Contains(err.Error(), "abc123/eth0, abc456/eth0") {
+	if _, err := (handler{r.d}).findPort("abc"); err == nil || !strings.Contains(err.Error(), "abc123/eth0, abc456/eth0") {
 		t.Errorf("ambiguous prefix error does not list the matches: %v", err)
 	}
 }
@@ -166,7 +166,7 @@ func TestCaptureIntoPassedFD(t *testing.T) {
 	}
 	done := make(chan res, 1)
 	go func() {
-		st, err := r.d.Capture(context.Background(), api.CaptureRequest{Pod: "abc1", Count: 4}, dupFile(t, pw))
+		st, err := (handler{r.d}).Capture(context.Background(), api.CaptureRequest{Pod: "abc1", Count: 4}, dupFile(t, pw))
 		done <- res{st, err}
 	}()
 	// The header arrives at once (a live reader sees the capture start).
@@ -177,7 +177,7 @@ func TestCaptureIntoPassedFD(t *testing.T) {
 	if binary.LittleEndian.Uint32(hdr) != 0xa1b2c3d4 || binary.LittleEndian.Uint32(hdr[20:]) != 1 {
 		t.Fatalf("pcap header % x: want magic and the Ethernet link type", hdr)
 	}
-	if _, err := r.d.Capture(context.Background(), api.CaptureRequest{Pod: "10.244.1.5", Count: 1}, dupFile(t, pw)); !errors.Is(err, api.ErrConflict) {
+	if _, err := (handler{r.d}).Capture(context.Background(), api.CaptureRequest{Pod: "10.244.1.5", Count: 1}, dupFile(t, pw)); !errors.Is(err, api.ErrConflict) {
 		t.Fatalf("a second capture on the port: %v, want ErrConflict", err)
 	}
 	bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
@@ -229,7 +229,7 @@ func TestCaptureStalledReader(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		_, err := r.d.Capture(ctx, api.CaptureRequest{Pod: "abc123/eth0", Duration: 300 * time.Millisecond}, dupFile(t, pw))
+		_, err := (handler{r.d}).Capture(ctx, api.CaptureRequest{Pod: "abc123/eth0", Duration: 300 * time.Millisecond}, dupFile(t, pw))
 		done <- err
 	}()
 	// More than a pipe holds (64 KiB), while the capture runs.
@@ -261,10 +261,10 @@ func TestCaptureStalledReader(t *testing.T) {
 func TestCaptureRefusesReadOnlyOutput(t *testing.T) {
 	r := newCaptureRig(t)
 	pr, _ := blockingPipe(t)
-	if _, err := r.d.Capture(context.Background(), api.CaptureRequest{Pod: "abc123", Count: 1}, dupFile(t, pr)); !errors.Is(err, api.ErrBadRequest) {
+	if _, err := (handler{r.d}).Capture(context.Background(), api.CaptureRequest{Pod: "abc123", Count: 1}, dupFile(t, pr)); !errors.Is(err, api.ErrBadRequest) {
 		t.Fatalf("capture into a read-only fd: %v, want ErrBadRequest", err)
 	}
-	if _, err := r.d.Capture(context.Background(), api.CaptureRequest{Pod: "zzz", Count: 1}, dupFile(t, pr)); !errors.Is(err, api.ErrNotFound) {
+	if _, err := (handler{r.d}).Capture(context.Background(), api.CaptureRequest{Pod: "zzz", Count: 1}, dupFile(t, pr)); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("capture of an unknown pod: %v, want ErrNotFound", err)
 	}
 }

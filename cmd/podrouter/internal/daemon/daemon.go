@@ -1,16 +1,18 @@
 // Package daemon is the composition root of the podrouter node daemon: it
-// builds, in order, the state store, the engine, the metrics server, the
-// uplink, the local API and the pods' ports, wrapping each step's error, and
-// tears them down in reverse.
+// builds, in order, the state store, the node (router/node: engine, uplink,
+// egress, underlay), the metrics server, the local API and the pods' ports,
+// wrapping each step's error, and tears them down in reverse. Datapath
+// decisions are the node's; the daemon owns the local API, the state store,
+// readiness, metrics and the Kubernetes wiring.
 //
-//	New: config ─► state store (locked) ─► engine (podCIDRs, gateway)
-//	     ─► metrics/health server (/readyz 503: routes not synced)
-//	     ─► uplink TUN + host routes ─► uplink port + engine routes
+//	New: config ─► state store (locked) ─► node (engine, backend, uplink
+//	     TUN + host routes, egress) ─► metrics/health server (/readyz 503:
+//	     routes not synced) ─► node routes (and static peers)
 //	     ─► API server (status answers, ready=false) ─► re-attach recorded pods
 //	     ─► ready=true (/readyz 200)
 //	Close: not ready ─► API stops (captures end) ─► ports detached (TAPs
-//	     stay, records stay) ─► engine, uplink (the kernel removes podr0 and
-//	     its routes) ─► metrics server ─► store unlocked
+//	     stay, records stay) ─► node (the kernel removes podr0 and its
+//	     routes) ─► metrics server ─► store unlocked
 package daemon
 
 import (
@@ -26,27 +28,23 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/podrouter/podrouter/netstackx/egress"
+	_ "github.com/podrouter/podrouter/netstackx/egress" // registers the netstack egress
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/link/tap"
 	"github.com/podrouter/podrouter/router/metrics"
+	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/route"
 )
 
-// Daemon is a running node daemon. It implements api.Handler and
-// api.CaptureHandler.
+// Daemon is a running node daemon. Its local API is served by handler.
 type Daemon struct {
 	cfg     Config
 	log     *zap.Logger
 	started time.Time
 	store   *store
-	eng     *engine.Engine
-	up      *uplink
-	upPort  *engine.Port
-	egr     *egressPort // netstack egress (egress.go); nil in uplink mode
-	snat    *snatEgress // snat egress (snat.go); nil in the other modes
-	peering peering     // the underlay and the peer ports (peers.go)
+	node    *node.Node
+	eng     *engine.Engine // the node's
 	srv     *api.Server
 	served  chan error
 	pods    pods
@@ -57,14 +55,17 @@ type Daemon struct {
 	metricsAddr   net.Addr
 	metricsServed chan error
 
-	reattach  atomic.Pointer[reattachStats]
-	closed    atomic.Bool
-	egressFwd atomic.Pointer[egress.Forwarder] // for scrapes and the API, set once started
+	reattach atomic.Pointer[reattachStats]
+	closed   atomic.Bool
 }
 
+// handler serves the local API (api.Handler, api.CaptureHandler,
+// api.ConntrackHandler) from the daemon's state.
+type handler struct{ *Daemon }
+
 var (
-	_ api.CaptureHandler   = (*Daemon)(nil)
-	_ api.ConntrackHandler = (*Daemon)(nil)
+	_ api.CaptureHandler   = handler{}
+	_ api.ConntrackHandler = handler{}
 )
 
 // New builds a daemon from cfg and starts serving its API. On error,
@@ -92,14 +93,13 @@ func New(cfg Config) (*Daemon, error) {
 	for _, b := range bad {
 		d.log.Warn("unreadable attachment record left in place", zap.String("file", b))
 	}
-	if d.eng, err = engine.New(engine.Config{
-		PodCIDR:      cfg.PodCIDR,
-		PodCIDR6:     cfg.PodCIDR6,
-		ClusterCIDRs: cfg.ClusterCIDRs,
-		Logger:       cfg.Logger,
-	}); err != nil {
-		return nil, fmt.Errorf("daemon: engine: %w", err)
+	if d.node, err = node.New(cfg.nodeConfig()); err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
 	}
+	d.eng = d.node.Engine()
+	d.cfg.MTU = d.node.MTU()
+	nodeProbe := d.node.Ready
+	d.ready.node.Store(&nodeProbe)
 	d.pods = pods{eng: d.eng, store: d.store, log: d.log, byID: map[api.AttachmentID]*pod{}}
 	if cfg.MetricsAddr.IsValid() {
 		if err := d.startMetrics(); err != nil {
@@ -109,38 +109,11 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.hookBeforeRoutes != nil {
 		cfg.hookBeforeRoutes(d)
 	}
-	if d.up, err = createUplink(cfg.Uplink, cfg.MTU, cfg.PodCIDRs(), cfg.NodeIPs); err != nil {
+	if err := d.node.Start(); err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
-	probe := d.up.probe
-	d.ready.uplink.Store(&probe)
-	if d.snat, err = d.startSNAT(); err != nil {
-		_ = d.up.dev.Close()
-		return nil, err
-	}
-	if d.upPort, err = d.eng.AddPort(d.up.dev, engine.PortConfig{Name: cfg.Uplink, Kind: engine.KindUplink, MTU: cfg.MTU, SNAT: d.snatConfig()}); err != nil {
-		_ = d.up.dev.Close()
-		return nil, fmt.Errorf("daemon: uplink port: %w", err)
-	}
-	if d.egr, err = d.startEgress(); err != nil {
-		return nil, err
-	}
-	d.logEgress()
-	egressProbe := d.egressReady
-	d.ready.egress.Store(&egressProbe)
-	if err := d.startUnderlay(); err != nil {
-		return nil, err
-	}
-	if err := d.applyRoutes(); err != nil {
-		return nil, fmt.Errorf("daemon: engine routes: %w", err)
-	}
-	if len(cfg.Underlay.Peers) > 0 {
-		if err := d.SetPeers(cfg.Underlay.Peers); err != nil {
-			return nil, err
-		}
-	}
 	d.ready.routes.Store(true)
-	if d.srv, err = api.Listen(api.ServerConfig{Path: cfg.Socket, AllowUID: cfg.APIAllowUID, Logger: cfg.Logger, Observe: d.apiM.observe}, d); err != nil {
+	if d.srv, err = api.Listen(api.ServerConfig{Path: cfg.Socket, AllowUID: cfg.APIAllowUID, Logger: cfg.Logger, Observe: d.apiM.observe}, handler{d}); err != nil {
 		return nil, fmt.Errorf("daemon: local API: %w", err)
 	}
 	serving := d.srv.Serving
@@ -165,6 +138,9 @@ func New(cfg Config) (*Daemon, error) {
 	success = true
 	return d, nil
 }
+
+// Node returns the daemon's node (its peers are set through it).
+func (d *Daemon) Node() *node.Node { return d.node }
 
 // startMetrics listens on cfg.MetricsAddr and serves the engine's and the
 // daemon's metrics, /healthz and /readyz from there on.
@@ -195,22 +171,6 @@ func (d *Daemon) Ready() error { return d.ready.check() }
 // attachable reports whether attach requests are served: the recorded pods
 // are re-attached and the daemon is not stopping.
 func (d *Daemon) attachable() bool { return d.ready.pods.Load() && !d.ready.closing.Load() }
-
-// uplinkRoutes sends the node's addresses (or, without them, everything
-// outside the cluster) to the uplink port.
-func uplinkRoutes(cfg Config, up int32) []route.Route {
-	var rs []route.Route
-	for _, a := range cfg.NodeIPs {
-		rs = append(rs, route.Route{Prefix: netip.PrefixFrom(a, a.BitLen()), NextHop: route.ToEgress(up)})
-	}
-	if len(rs) == 0 {
-		rs = append(rs, route.Route{Prefix: netip.MustParsePrefix("0.0.0.0/0"), NextHop: route.ToEgress(up)})
-		if cfg.PodCIDR6.IsValid() {
-			rs = append(rs, route.Route{Prefix: netip.MustParsePrefix("::/0"), NextHop: route.ToEgress(up)})
-		}
-	}
-	return rs
-}
 
 // Run serves until ctx is done (then it closes the daemon and returns nil)
 // or the API or metrics server fails.
@@ -253,13 +213,10 @@ func (d *Daemon) teardown() error {
 			}
 		}
 	}
-	if d.eng != nil {
+	if d.node != nil {
 		d.pods.closeAll()
-		errs = append(errs, d.eng.Close()) // closes the uplink port's TUN too
+		errs = append(errs, d.node.Close()) // closes the uplink TUN too
 	}
-	errs = append(errs, d.closeUnderlay())
-	errs = append(errs, d.closeEgress())
-	d.closeSNAT()
 	if d.metricsSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
 		errs = append(errs, d.metricsSrv.Shutdown(ctx))
@@ -268,9 +225,6 @@ func (d *Daemon) teardown() error {
 			errs = append(errs, err)
 		}
 	}
-	if d.up != nil {
-		d.up.close() // after the metrics server: readiness probes through it
-	}
 	if d.store != nil {
 		errs = append(errs, d.store.Close())
 	}
@@ -278,7 +232,7 @@ func (d *Daemon) teardown() error {
 }
 
 // Status implements api.Handler.
-func (d *Daemon) Status(context.Context) (api.Status, error) {
+func (d handler) Status(context.Context) (api.Status, error) {
 	d.pods.mu.Lock()
 	n := len(d.pods.byID)
 	d.pods.mu.Unlock()
@@ -310,13 +264,8 @@ func (d *Daemon) Status(context.Context) (api.Status, error) {
 		FDs:            openFDs(),
 		EgressMode:     d.cfg.Egress.Mode.String(),
 	}
-	if fwd := d.egressFwd.Load(); fwd != nil {
-		eg := egressStats(fwd.Stats())
-		st.Egress = &eg
-	}
-	if d.snat != nil {
-		eg := d.snat.stats()
-		st.Egress = &eg
+	if eg := d.node.Egress(); eg != nil {
+		st.Egress = eg.Stats()
 	}
 	return st, nil
 }
@@ -331,7 +280,7 @@ func openFDs() int {
 }
 
 // Routes implements api.Handler.
-func (d *Daemon) Routes(context.Context) ([]api.Route, error) {
+func (d handler) Routes(context.Context) ([]api.Route, error) {
 	var out []api.Route
 	for r := range d.eng.Routes().All() {
 		ar := api.Route{Prefix: r.Prefix, Kind: r.NextHop.Kind.String()}
@@ -354,7 +303,7 @@ func (d *Daemon) Routes(context.Context) ([]api.Route, error) {
 }
 
 // Ports implements api.Handler.
-func (d *Daemon) Ports(context.Context) ([]api.Port, error) {
+func (d handler) Ports(context.Context) ([]api.Port, error) {
 	var out []api.Port
 	for _, p := range d.eng.Ports() {
 		pc := p.Config()
@@ -372,4 +321,54 @@ func (d *Daemon) Ports(context.Context) ([]api.Port, error) {
 		out = append(out, ap)
 	}
 	return out, nil
+}
+
+// Conntrack implements api.ConntrackHandler: the egress's live flows (none
+// in uplink mode, where the host kernel tracks them).
+func (d handler) Conntrack(_ context.Context, req api.ConntrackRequest) (api.Conntrack, error) {
+	if err := req.Normalize(); err != nil {
+		return api.Conntrack{}, err
+	}
+	out := api.Conntrack{Egress: d.cfg.Egress.Mode.String(), Flows: []api.Flow{}}
+	var srcs []netip.Addr
+	if req.Pod != "" {
+		if a, err := netip.ParseAddr(req.Pod); err == nil {
+			srcs = []netip.Addr{a}
+		} else {
+			p, err := d.findPort(req.Pod)
+			if err != nil {
+				return api.Conntrack{}, err
+			}
+			srcs = p.Config().Addrs
+			if len(srcs) == 0 {
+				return out, nil // a port without addresses (the uplink) sends no pod flows
+			}
+		}
+	}
+	eg := d.node.Egress()
+	if eg == nil || eg.Stats() == nil {
+		return out, nil
+	}
+	out.Stats = eg.Stats()
+	flows, truncated := eg.Flows(srcs, req.Max)
+	names := d.podNames()
+	for _, f := range flows {
+		f.Pod = names[f.Src.Addr()]
+		out.Flows = append(out.Flows, f)
+	}
+	out.Truncated = truncated
+	return out, nil
+}
+
+// podNames maps the attached pods' addresses to their port names.
+func (d handler) podNames() map[netip.Addr]string {
+	names := map[netip.Addr]string{}
+	for _, p := range d.eng.Ports() {
+		if p.Config().Kind == engine.KindPod {
+			for _, a := range p.Config().Addrs {
+				names[a] = p.Name()
+			}
+		}
+	}
+	return names
 }

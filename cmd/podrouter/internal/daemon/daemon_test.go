@@ -120,16 +120,3 @@ func TestStore(t *testing.T) {
 		t.Errorf("state dir mode %v, %v; want 0700", fi.Mode().Perm(), err)
 	}
 }
-
-func TestUplinkRoutes(t *testing.T) {
-	cfg := Config{PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}
-	rs := uplinkRoutes(cfg, 3)
-	if len(rs) != 1 || rs[0].Prefix.String() != "0.0.0.0/0" || rs[0].NextHop.Port != 3 {
-		t.Fatalf("without node IPs: %v", rs)
-	}
-	cfg.NodeIPs = []netip.Addr{netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("fd00::10")}
-	rs = uplinkRoutes(cfg, 0)
-	if len(rs) != 2 || rs[0].Prefix.String() != "192.168.1.10/32" || rs[1].Prefix.String() != "fd00::10/128" {
-		t.Fatalf("with node IPs: %v", rs)
-	}
-}

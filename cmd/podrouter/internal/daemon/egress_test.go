@@ -11,8 +11,8 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/podrouter/podrouter/router/api"
-	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/link/linktest"
+	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/route"
 )
 
@@ -30,7 +30,7 @@ func TestEgressConfig(t *testing.T) {
 		{"uplink", base(EgressConfig{Mode: EgressUplink}), ""},
 		{"limits", base(EgressConfig{MaxFlows: 100, MaxFlowsPerPod: 10, MaxDials: 10, MaxDialsPerPod: 2, DialTimeout: time.Second,
 			UplinkRoutes: []netip.Prefix{pfx("192.168.0.0/16")}}), ""},
-		{"bad mode", base(EgressConfig{Mode: 7}), "egress"},
+		{"bad mode", base(EgressConfig{Mode: "seven"}), "egress"},
 		{"negative flows", base(EgressConfig{MaxFlows: -1}), "egress-max-flows"},
 		{"per pod above total", base(EgressConfig{MaxFlows: 10, MaxFlowsPerPod: 11}), "egress-max-flows-per-pod"},
 		{"dials per pod above total", base(EgressConfig{MaxDials: 1, MaxDialsPerPod: 2}), "egress-max-dials-per-pod"},
@@ -61,36 +61,30 @@ func TestEgressConfig(t *testing.T) {
 	}
 }
 
-// newEgressDaemon builds the part of a daemon that egress needs: an
-// engine, an uplink port on a pipe and (netstack) the egress port.
+// newEgressDaemon builds the part of a daemon that egress needs: its node,
+// with the uplink on a pipe instead of a TUN.
 func newEgressDaemon(t *testing.T, cfg Config) *Daemon {
 	t.Helper()
+	cfg.Logger = zaptest.NewLogger(t)
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	cfg.Logger = zaptest.NewLogger(t)
-	e, err := engine.New(engine.Config{PodCIDR: cfg.PodCIDR, PodCIDR6: cfg.PodCIDR6, ClusterCIDRs: cfg.ClusterCIDRs, Logger: cfg.Logger})
+	nc := cfg.nodeConfig()
+	up, _ := linktest.Pipe(16, 2048, 8)
+	nc.Uplink = node.UplinkConfig{Name: "podr0", Device: up}
+	n, err := node.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, eng: e}
-	up, _ := linktest.Pipe(16, 2048, 8)
-	if d.upPort, err = e.AddPort(up, engine.PortConfig{Name: "podr0", Kind: engine.KindUplink, MTU: 1500}); err != nil {
-		t.Fatal(err)
-	}
-	if d.egr, err = d.startEgress(); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
-		_ = e.Close()
-		if err := d.closeEgress(); err != nil {
+		if err := n.Close(); err != nil {
 			t.Error(err)
 		}
 	})
-	if err := e.SetRoutes(d.outsideRoutes()); err != nil {
+	if err := n.Start(); err != nil {
 		t.Fatal(err)
 	}
-	return d
+	return &Daemon{cfg: cfg, log: cfg.Logger, node: n, eng: n.Engine()}
 }
 
 func routeTo(t *testing.T, d *Daemon, dst string) (route.Kind, string) {
@@ -116,8 +110,8 @@ func TestEgressRoutes(t *testing.T) {
 	}
 	d := newEgressDaemon(t, cfg)
 	for _, c := range []struct{ dst, port string }{
-		{"93.184.216.34", EgressPortName},
-		{"2001:db8::1", EgressPortName},
+		{"93.184.216.34", node.EgressPortName},
+		{"2001:db8::1", node.EgressPortName},
 		{"192.168.1.10", "podr0"}, // the node
 		{"172.16.5.5", "podr0"},   // an uplink route
 		{"10.244.7.7", ""},        // the cluster's remainder: unreachable
@@ -127,26 +121,30 @@ func TestEgressRoutes(t *testing.T) {
 			t.Errorf("%s routes to %q, want %q", c.dst, name, c.port)
 		}
 	}
-	if err := d.egressReady(); err != nil {
-		t.Errorf("egressReady: %v", err)
+	if err := d.node.Ready(); err != nil {
+		t.Errorf("egress readiness: %v", err)
 	}
 	// Removing it complains that the routes still point at it, and removes it.
-	_ = d.eng.RemovePort(d.egr.port)
-	if err := d.egressReady(); err == nil {
-		t.Error("egressReady with the port removed: nil")
+	for _, p := range d.eng.Ports() {
+		if p.Name() == node.EgressPortName {
+			_ = d.eng.RemovePort(p)
+		}
+	}
+	if err := d.node.Ready(); err == nil {
+		t.Error("egress readiness with the port removed: nil")
 	}
 
 	// Uplink mode: no forwarder, today's routes.
 	cfg.Egress = EgressConfig{Mode: EgressUplink}
 	cfg.NodeIPs = nil
 	u := newEgressDaemon(t, cfg)
-	if u.egr != nil || u.egressFwd.Load() != nil {
+	if u.node.Egress().Stats() != nil {
 		t.Fatal("uplink mode started a forwarder")
 	}
 	if _, name := routeTo(t, u, "93.184.216.34"); name != "podr0" {
 		t.Errorf("uplink mode: the outside routes to %q", name)
 	}
-	ct, err := u.Conntrack(context.Background(), api.ConntrackRequest{})
+	ct, err := (handler{u}).Conntrack(context.Background(), api.ConntrackRequest{})
 	if err != nil || ct.Egress != "uplink" || len(ct.Flows) != 0 || ct.Stats != nil {
 		t.Errorf("uplink mode Conntrack: %+v, %v", ct, err)
 	}
@@ -156,17 +154,17 @@ func TestEgressConntrackAPI(t *testing.T) {
 	pfx := netip.MustParsePrefix
 	d := newEgressDaemon(t, Config{PodCIDR: pfx("10.244.1.0/24"), ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")}})
 	d.pods.byID = map[api.AttachmentID]*pod{}
-	ct, err := d.Conntrack(context.Background(), api.ConntrackRequest{})
+	ct, err := (handler{d}).Conntrack(context.Background(), api.ConntrackRequest{})
 	if err != nil || ct.Egress != "netstack" || ct.Flows == nil || ct.Stats == nil || len(ct.Stats.Events) == 0 || len(ct.Stats.Drops) == 0 {
 		t.Fatalf("Conntrack: %+v, %v", ct, err)
 	}
-	if _, err := d.Conntrack(context.Background(), api.ConntrackRequest{Pod: "nosuchcontainer"}); !errors.Is(err, api.ErrNotFound) {
+	if _, err := (handler{d}).Conntrack(context.Background(), api.ConntrackRequest{Pod: "nosuchcontainer"}); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("unknown pod: %v", err)
 	}
-	if ct, err := d.Conntrack(context.Background(), api.ConntrackRequest{Pod: "10.244.1.9"}); err != nil || len(ct.Flows) != 0 {
+	if ct, err := (handler{d}).Conntrack(context.Background(), api.ConntrackRequest{Pod: "10.244.1.9"}); err != nil || len(ct.Flows) != 0 {
 		t.Errorf("by address: %+v, %v", ct, err)
 	}
-	if _, err := d.Conntrack(context.Background(), api.ConntrackRequest{Max: -1}); !errors.Is(err, api.ErrBadRequest) {
+	if _, err := (handler{d}).Conntrack(context.Background(), api.ConntrackRequest{Max: -1}); !errors.Is(err, api.ErrBadRequest) {
 		t.Errorf("bad max: %v", err)
 	}
 }

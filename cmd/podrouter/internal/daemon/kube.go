@@ -3,8 +3,8 @@ package daemon
 // Kubernetes mode: the daemon as a DaemonSet pod.
 //
 //	RunKube: client ─► wait for our Node's podCIDR(s) ─► daemon config
-//	     (podCIDRs, net-conf's cluster CIDRs, underlay address and port,
-//	     pod MTU = underlay MTU - overhead) ─► New (engine, uplink, underlay)
+//	     (podCIDRs, net-conf's cluster CIDRs, underlay address and port)
+//	     ─► New (the node: engine, underlay, pod MTU, uplink, egress)
 //	     ─► CNI conflist + subnet.env written ─► node controller (peers into
 //	     SetPeers, our annotations, NetworkUnavailable=False) ─► Run
 
@@ -24,7 +24,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/podrouter/podrouter/router/kube"
-	"github.com/podrouter/podrouter/router/underlay"
 )
 
 // Defaults of Kubernetes mode.
@@ -102,13 +101,13 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 	if err != nil {
 		return err
 	}
-	u := d.Underlay()
-	if err := writeNodeFiles(cfg, ko); err != nil {
+	if err := writeNodeFiles(d.cfg, ko); err != nil {
 		return errors.Join(err, d.Close())
 	}
+	ann := d.node.Backend().Announce()
 	c, err := kube.New(kube.Config{
-		Client: client, NodeName: ko.NodeName, Sink: d, Logger: log,
-		Local: kube.Local{Backend: u.Encap(), Endpoint: u.LocalAddr(), VNI: u.VNI(), VTEPMAC: u.VTEPMAC()},
+		Client: client, NodeName: ko.NodeName, Sink: d.node, Logger: log,
+		Local: kube.Local{Backend: ko.NetConf.Backend, Endpoint: ann.Endpoint, VNI: ann.VNI, VTEPMAC: ann.VTEPMAC},
 	})
 	if err != nil {
 		return errors.Join(err, d.Close())
@@ -164,7 +163,7 @@ func kubeConfig(cfg *Config, ko KubeOptions, self kube.Self) error {
 	if !addr.IsValid() {
 		return fmt.Errorf("%w: node %s: no underlay address (no InternalIP; give --public-ip or --iface)", ErrConfig, ko.NodeName)
 	}
-	cfg.Underlay.Encap = nc.Backend
+	cfg.Underlay.Backend = nc.Backend.String()
 	cfg.Underlay.Listen = netip.AddrPortFrom(addr, nc.Port)
 	cfg.Underlay.VNI = nc.VNI
 	cfg.Underlay.Interface = ko.Iface
@@ -176,13 +175,7 @@ func kubeConfig(cfg *Config, ko KubeOptions, self kube.Self) error {
 	case nc.MTU != 0:
 		cfg.MTU = nc.MTU
 	default:
-		umtu := 1500
-		if cfg.Underlay.Interface != "" {
-			if m, err := underlay.MTUFromInterface(cfg.Underlay.Interface); err == nil {
-				umtu = m
-			}
-		}
-		cfg.MTU = max(umtu-nc.Backend.Overhead(addr.Is6()), 1280)
+		cfg.MTU = 0 // the node's rule: the underlay's MTU less the encapsulation (node.PodMTU)
 	}
 	return nil
 }

@@ -9,9 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podrouter/podrouter/router/kube"
 	"github.com/podrouter/podrouter/cni"
-	"github.com/podrouter/podrouter/router/underlay"
+	"github.com/podrouter/podrouter/router/kube"
 )
 
 func TestKubeConfig(t *testing.T) {
@@ -28,12 +27,12 @@ func TestKubeConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.PodCIDR != self.PodCIDRs[0] || cfg.PodCIDR6 != self.PodCIDRs[1] || len(cfg.ClusterCIDRs) != 2 ||
-		cfg.Underlay.Encap != underlay.EncapVXLAN || cfg.Underlay.VNI != 4 ||
+		cfg.Underlay.Backend != "vxlan" || cfg.Underlay.VNI != 4 ||
 		cfg.Underlay.Listen != netip.MustParseAddrPort("192.0.2.5:8472") || len(cfg.NodeIPs) != 2 {
 		t.Fatalf("config %+v", cfg)
 	}
-	if cfg.MTU != 1500-50 { // no interface holds 192.0.2.5: 1500 minus vxlan's overhead
-		t.Fatalf("MTU %d, want 1450", cfg.MTU)
+	if cfg.MTU != 0 { // the node's rule (node.PodMTU, TestPodMTU): the underlay's MTU less vxlan's 50
+		t.Fatalf("MTU %d, want 0 (derived by the node)", cfg.MTU)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

@@ -3,13 +3,14 @@ package daemon
 // Operability: the daemon's readiness and its own metrics, served with the
 // engine's by router/metrics.
 //
-//	New: engine ─► metrics server (ready: "routes not synced") ─► uplink
-//	     ─► SetRoutes (routes) ─► API Serve (api) ─► re-attach (pods) ─► ready
+//	New: node ─► metrics server (ready: "routes not synced") ─► node
+//	     routes (routes) ─► API Serve (api) ─► re-attach (pods) ─► ready
 //	Close: closing ("shutting down") ─► API, ports, engine ─► metrics server
 //
 // Design notes. Readiness is a function of flags that New sets as each stage
-// completes, plus one live probe of the uplink at probe time (an operator
-// can set podr0 down, or delete it, under a running daemon). The metrics
+// completes, plus one live probe of the node at probe time (an operator
+// can set podr0 down, or delete it, under a running daemon; the egress
+// port can be detached). The metrics
 // server starts right after the engine, before the routes, so /readyz
 // answers 503 until the first route sync, and stops last, so it answers 503
 // while the daemon shuts down. Nothing here runs per packet: the engine's
@@ -18,7 +19,6 @@ package daemon
 
 import (
 	"errors"
-	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/podrouter/podrouter/router/api"
+	"github.com/podrouter/podrouter/router/node"
 )
 
 // Reasons readiness gives.
@@ -43,11 +44,9 @@ type readiness struct {
 	// api reports whether the local API accepts connections (nil: not
 	// created yet).
 	api atomic.Pointer[func() bool]
-	// uplink probes the uplink (nil: not created yet).
-	uplink atomic.Pointer[func() error]
-	// egress probes the egress port (nil: none to probe; New sets it
-	// before the routes).
-	egress atomic.Pointer[func() error]
+	// node probes the node: its uplink and its egress (nil: not built
+	// yet).
+	node atomic.Pointer[func() error]
 
 	log     *zap.Logger
 	lastErr atomic.Pointer[string] // last reason reported, "" = ready
@@ -82,15 +81,10 @@ func (r *readiness) reason() error {
 	if !r.routes.Load() {
 		return errNoRoutes
 	}
-	if up := r.uplink.Load(); up == nil {
+	if probe := r.node.Load(); probe == nil {
 		return errors.New("uplink not created")
-	} else if err := (*up)(); err != nil {
+	} else if err := (*probe)(); err != nil {
 		return err
-	}
-	if eg := r.egress.Load(); eg != nil {
-		if err := (*eg)(); err != nil {
-			return err
-		}
 	}
 	if serving := r.api.Load(); serving == nil || !(*serving)() {
 		return errNoAPI
@@ -164,7 +158,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descAttachments, descReattached, descReattachTime} {
 		ch <- d
 	}
-	describeEgress(ch)
+	node.DescribeEgress(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -182,7 +176,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descReattached, prometheus.GaugeValue, float64(rs.failed), "failed")
 		ch <- prometheus.MustNewConstMetric(descReattachTime, prometheus.GaugeValue, rs.took.Seconds())
 	}
-	c.d.collectEgress(ch)
+	if eg := c.d.node.Egress(); eg != nil {
+		eg.Collect(ch)
+	}
 }
 
 // count returns how many recorded pods are attached and how many are not.
@@ -197,20 +193,4 @@ func (p *pods) count() (attached, unattached int) {
 		}
 	}
 	return attached, unattached
-}
-
-// uplinkProbe returns the uplink's live state for readiness.
-func (u *uplink) probe() error {
-	l, err := u.nl.LinkByIndex(u.index)
-	if err != nil {
-		return fmt.Errorf("uplink %s gone: %w", u.name, err)
-	}
-	a := l.Attrs()
-	if a.Name != u.name {
-		return fmt.Errorf("uplink %s gone (index %d is now %s)", u.name, u.index, a.Name)
-	}
-	if a.Flags&flagUp == 0 {
-		return fmt.Errorf("uplink %s is down", u.name)
-	}
-	return nil
 }

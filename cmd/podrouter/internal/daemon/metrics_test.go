@@ -43,7 +43,7 @@ func TestReadinessStates(t *testing.T) {
 	}{
 		{"zero", func() {}, "routes not synced"},
 		{"routes before uplink", func() { r.routes.Store(true) }, "uplink not created"},
-		{"uplink", func() { r.uplink.Store(&probe) }, "local API not serving"},
+		{"uplink", func() { r.node.Store(&probe) }, "local API not serving"},
 		{"api created", func() { r.api.Store(&isServing) }, "local API not serving"},
 		{"api serving", func() { serving = true }, "re-attaching recorded pods"},
 		{"pods", func() { r.pods.Store(true) }, ""},
@@ -246,7 +246,7 @@ func TestDaemonReadyz(t *testing.T) {
 	if code, body := httpGet(t, c, base+"/readyz"); code != 503 || !strings.Contains(body, "uplink "+cfg.Uplink+" is down") {
 		t.Errorf("/readyz with the uplink down: %d %q", code, body)
 	}
-	st, err := d.Status(context.Background())
+	st, err := (handler{d}).Status(context.Background())
 	if err != nil || !st.Ready || !strings.Contains(st.NotReady, "is down") {
 		t.Errorf("status with the uplink down: ready %v, notReady %q, %v", st.Ready, st.NotReady, err)
 	}

@@ -60,7 +60,7 @@ type pods struct {
 func tapConfig(mtu int) tap.Config { return tap.Config{MTU: mtu, Persist: true} }
 
 // checkAddrs checks that addrs are pod addresses of the engine's podCIDRs.
-func (d *Daemon) checkAddrs(addrs []netip.Addr) error {
+func (d handler) checkAddrs(addrs []netip.Addr) error {
 	seen4, seen6 := false, false
 	for _, a := range addrs {
 		in := false
@@ -84,7 +84,7 @@ func (d *Daemon) checkAddrs(addrs []netip.Addr) error {
 }
 
 // Attach implements api.Handler.
-func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest, f *os.File) (api.Attachment, error) {
+func (d handler) Attach(ctx context.Context, req api.AttachRequest, f *os.File) (api.Attachment, error) {
 	if !d.attachable() {
 		_ = f.Close()
 		if d.ready.closing.Load() {
@@ -162,7 +162,7 @@ func (p *pods) detachLocked(pd *pod) {
 
 // Detach implements api.Handler. It works whether or not the daemon is
 // ready.
-func (d *Daemon) Detach(_ context.Context, id api.AttachmentID) error {
+func (d handler) Detach(_ context.Context, id api.AttachmentID) error {
 	p := &d.pods
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -174,10 +174,10 @@ func (d *Daemon) Detach(_ context.Context, id api.AttachmentID) error {
 	p.detachLocked(pd)
 	// The pod is gone: its flows to the outside end now (RST to the
 	// remotes), not at their idle timeouts.
-	if d.egr != nil {
+	if eg := d.node.Egress(); eg != nil {
 		n := 0
 		for _, a := range addrs {
-			n += d.egr.fwd.ResetSource(a)
+			n += eg.ResetSource(a)
 		}
 		if n > 0 {
 			d.log.Info("egress flows of a detached pod reset", zap.Stringer("pod", id), zap.Int("flows", n))
@@ -272,7 +272,7 @@ func (pd *pod) attachment() api.Attachment {
 }
 
 // Attachments implements api.Handler.
-func (d *Daemon) Attachments(context.Context) ([]api.Attachment, error) {
+func (d handler) Attachments(context.Context) ([]api.Attachment, error) {
 	p := &d.pods
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -1,4 +1,4 @@
-package daemon
+package node
 
 import (
 	"errors"
@@ -13,47 +13,47 @@ import (
 	"github.com/podrouter/podrouter/router/underlay"
 )
 
-// newPeerDaemon builds the part of a daemon that peers need: an engine, an
-// uplink port on a pipe (uplink egress) and the underlay on loopback.
-func newPeerDaemon(t *testing.T, encap underlay.Encap) *Daemon {
+// newPeerNode builds a node with an uplink on a pipe (uplink egress) and
+// the underlay on loopback.
+func newPeerNode(t *testing.T, backend string) *Node {
 	t.Helper()
-	cfg := Config{
+	up, _ := linktest.Pipe(16, 2048, 8)
+	n, err := New(Config{
 		PodCIDR:      netip.MustParsePrefix("10.244.0.0/24"),
 		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
-		Underlay:     UnderlayConfig{Encap: encap, Listen: netip.MustParseAddrPort("127.0.0.1:0"), MTU: 1500},
+		Uplink:       UplinkConfig{Name: "podr0", Device: up},
+		Egress:       EgressConfig{Mode: EgressUplink},
+		Underlay:     UnderlayConfig{Backend: backend, Listen: netip.MustParseAddrPort("127.0.0.1:0"), MTU: 1500},
 		Logger:       zaptest.NewLogger(t),
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	e, err := engine.New(engine.Config{PodCIDR: cfg.PodCIDR, ClusterCIDRs: cfg.ClusterCIDRs, Logger: cfg.Logger})
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, eng: e}
 	t.Cleanup(func() {
-		d.closed.Store(true)
-		_ = e.Close()
-		if err := d.closeUnderlay(); err != nil {
+		if err := n.Close(); err != nil {
 			t.Error(err)
 		}
 	})
-	up, _ := linktest.Pipe(16, 2048, 8)
-	if d.upPort, err = e.AddPort(up, engine.PortConfig{Name: "podr0", Kind: engine.KindUplink, MTU: 1500}); err != nil {
+	if err := n.Start(); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.startUnderlay(); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.applyRoutes(); err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return n
 }
 
-func peerRoute(t *testing.T, d *Daemon, dst string) (route.Kind, string) {
+// peerPorts counts the peer ports (not the RX port).
+func peerPorts(n *Node) int {
+	c := 0
+	for _, p := range n.Engine().Ports() {
+		if p.Config().Kind == engine.KindPeer && p.Name() != "underlay" {
+			c++
+		}
+	}
+	return c
+}
+
+func peerRoute(t *testing.T, d *Node, dst string) (route.Kind, string) {
 	t.Helper()
-	nh, ok := d.eng.Routes().Lookup(netip.MustParseAddr(dst))
+	nh, ok := d.Engine().Routes().Lookup(netip.MustParseAddr(dst))
 	if !ok {
 		return route.Unreachable, ""
 	}
@@ -61,14 +61,14 @@ func peerRoute(t *testing.T, d *Daemon, dst string) (route.Kind, string) {
 	if nh.Kind == route.Peer {
 		idx = nh.Peer
 	}
-	if p := d.eng.PortByIndex(idx); p != nil && nh.Kind != route.Unreachable {
+	if p := d.Engine().PortByIndex(idx); p != nil && nh.Kind != route.Unreachable {
 		return nh.Kind, p.Name()
 	}
 	return nh.Kind, ""
 }
 
 func TestSetPeers(t *testing.T) {
-	d := newPeerDaemon(t, underlay.EncapUDP)
+	d := newPeerNode(t, "udp")
 	pr := func(name, addr string, cidrs ...string) underlay.Peer {
 		p := underlay.Peer{Name: name, Addr: netip.MustParseAddrPort(addr)}
 		for _, c := range cidrs {
@@ -99,10 +99,10 @@ func TestSetPeers(t *testing.T) {
 	if k, _ := peerRoute(t, d, "1.1.1.1"); k != route.Egress {
 		t.Errorf("outside -> %v: the outside routes must stay", k)
 	}
-	if got := d.Underlay().Peers(); len(got) != 2 {
+	if got := d.Backend().Peers(); len(got) != 2 {
 		t.Fatalf("underlay peers %v", got)
 	}
-	aPort := d.peering.ports["a"]
+	aPort := d.PeerPort("a")
 	// b leaves, c joins, a keeps its port.
 	if err := d.SetPeers([]underlay.Peer{pr("a", "127.0.0.2:8285", "10.244.1.0/24"), pr("c", "127.0.0.7:8285", "10.244.3.0/24")}); err != nil {
 		t.Fatal(err)
@@ -113,11 +113,11 @@ func TestSetPeers(t *testing.T) {
 	if k, name := peerRoute(t, d, "10.244.3.7"); k != route.Peer || name != "peer-c" {
 		t.Errorf("c's pods -> %v %s", k, name)
 	}
-	if d.peering.ports["a"] != aPort || len(d.peering.ports) != 2 {
-		t.Errorf("ports %v: a's port must stay", d.peering.ports)
+	if d.PeerPort("a") != aPort || peerPorts(d) != 2 {
+		t.Errorf("%d peer ports: a's port must stay", peerPorts(d))
 	}
 	n := 0
-	for _, p := range d.eng.Ports() {
+	for _, p := range d.Engine().Ports() {
 		if p.Config().Kind == engine.KindPeer {
 			n++
 		}
@@ -128,13 +128,17 @@ func TestSetPeers(t *testing.T) {
 	if err := d.SetPeers(nil); err != nil {
 		t.Fatal(err)
 	}
-	if len(d.peering.ports) != 0 || len(d.Underlay().Peers()) != 0 {
+	if peerPorts(d) != 0 || len(d.Backend().Peers()) != 0 {
 		t.Fatal("peers left after an empty set")
 	}
 }
 
 func TestSetPeersWithoutUnderlay(t *testing.T) {
-	d := &Daemon{}
+	d, err := New(Config{PodCIDR: netip.MustParsePrefix("10.244.0.0/24")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
 	if err := d.SetPeers(nil); !errors.Is(err, ErrNoUnderlay) {
 		t.Fatal(err)
 	}

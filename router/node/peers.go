@@ -1,0 +1,146 @@
+package node
+
+// Peers: the other nodes, through the backend.
+//
+//	New: backend ─► RX port (kind peer, receives from every peer)
+//	SetPeers(snapshot): filter ─► backend peer table swapped ─► a peer port
+//	     per new peer ─► routes = egress routes + peer podCIDRs -> peer port
+//	     ─► ports of peers gone are detached (after no route names them)
+//
+// Design notes. Peer ports are engine ports (one per peer) so `podrouter
+// peers` and the port counters show each node. A snapshot is applied as a
+// whole: the engine publishes the new route table in one swap. Peers that
+// cannot be routed (podCIDR overlapping ours or another peer's, outside the
+// cluster CIDRs, address shared with another peer or ours) are left out
+// and logged, never failing the rest of the snapshot.
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"go.uber.org/zap"
+
+	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/route"
+)
+
+// ErrNoUnderlay: SetPeers on a node configured without a backend.
+var ErrNoUnderlay = errors.New("node: no underlay configured")
+
+// SetPeers replaces the node's peer set with peers (peers are not
+// modified). Peers that cannot be routed are left out with a warning; an
+// error means the engine or the backend refused the rest, and the previous
+// set stays in force.
+func (n *Node) SetPeers(peers []Peer) error {
+	p := &n.peers
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.b == nil {
+		return ErrNoUnderlay
+	}
+	if n.closed.Load() {
+		return ErrClosed
+	}
+	keep := n.usablePeers(peers)
+	if err := p.b.SetPeers(keep); err != nil {
+		return fmt.Errorf("node: peers: %w", err)
+	}
+	added := map[string]*engine.Port{}
+	rollback := func() {
+		for _, port := range added {
+			_ = n.eng.RemovePort(port)
+		}
+	}
+	var rs []route.Route
+	for _, q := range keep {
+		port := p.ports[q.Name]
+		if port == nil {
+			var err error
+			port, err = n.eng.AddPort(p.b.PeerDevice(q.Name), engine.PortConfig{Name: "peer-" + q.Name, Kind: engine.KindPeer, MTU: p.b.MTU()})
+			if err != nil {
+				rollback()
+				return fmt.Errorf("node: peer %s: %w", q.Name, err)
+			}
+			added[q.Name] = port
+		}
+		for _, c := range q.PodCIDRs {
+			rs = append(rs, route.Route{Prefix: c, NextHop: route.ToPeer(port.Index())})
+		}
+	}
+	oldRoutes := p.routes
+	p.routes = rs
+	if err := n.applyRoutes(); err != nil {
+		p.routes = oldRoutes
+		rollback()
+		return fmt.Errorf("node: peer routes: %w", err)
+	}
+	var gone []string
+	for name, port := range p.ports {
+		if !slices.ContainsFunc(keep, func(q Peer) bool { return q.Name == name }) {
+			gone = append(gone, name)
+			_ = n.eng.RemovePort(port)
+		}
+	}
+	for _, name := range gone {
+		delete(p.ports, name)
+	}
+	for name, port := range added {
+		p.ports[name] = port
+	}
+	n.log.Info("peers set", zap.Int("peers", len(keep)), zap.Int("added", len(added)), zap.Int("removed", len(gone)),
+		zap.Int("skipped", len(peers)-len(keep)))
+	return nil
+}
+
+// PeerPort returns the engine port of the named peer, or nil.
+func (n *Node) PeerPort(name string) *engine.Port {
+	n.peers.mu.Lock()
+	defer n.peers.mu.Unlock()
+	return n.peers.ports[name]
+}
+
+// usablePeers returns the peers that can be routed, in order, logging the
+// others.
+func (n *Node) usablePeers(peers []Peer) []Peer {
+	own := n.cfg.PodCIDRs()
+	local := n.peers.b.LocalAddr()
+	keep := make([]Peer, 0, len(peers))
+	seenAddr := map[netip.AddrPort]string{}
+	seenName := map[string]bool{}
+	var used []netip.Prefix
+	for _, q := range peers {
+		why := ""
+		switch {
+		case seenName[q.Name]:
+			why = "name listed twice"
+		case q.Addr == local:
+			why = "our own underlay address"
+		case seenAddr[q.Addr] != "":
+			why = "address shared with " + seenAddr[q.Addr]
+		}
+		for _, c := range q.PodCIDRs {
+			if why != "" {
+				break
+			}
+			switch {
+			case !InCluster(n.cfg.ClusterCIDRs, c):
+				why = "podCIDR " + c.String() + " outside the cluster CIDRs"
+			case slices.ContainsFunc(own, c.Overlaps):
+				why = "podCIDR " + c.String() + " overlaps ours"
+			case slices.ContainsFunc(used, c.Overlaps):
+				why = "podCIDR " + c.String() + " overlaps another peer's"
+			}
+		}
+		if why != "" {
+			n.log.Warn("peer left out", zap.String("peer", q.Name), zap.String("reason", why))
+			continue
+		}
+		seenName[q.Name] = true
+		seenAddr[q.Addr] = q.Name
+		used = append(used, q.PodCIDRs...)
+		keep = append(keep, q)
+	}
+	return keep
+}
