@@ -10,19 +10,15 @@ import (
 	"github.com/podrouter/podrouter/router/nstest"
 )
 
-var (
-	errNot    = errors.New("not a TUN")
-	errBusy   = errors.New("busy")
-	errConfig = errors.New("config")
-	tunKind   = Kind{Flag: unix.IFF_TUN, Name: "tun", ErrNot: errNot, ErrBusy: errBusy, ErrConfig: errConfig}
-)
+var tunKind = Kind{Flag: unix.IFF_TUN, Name: "tun",
+	ErrNot: errors.New("not a TUN"), ErrBusy: errors.New("busy"), ErrConfig: errors.New("config")}
 
 func TestCheckMTU(t *testing.T) {
 	for _, tc := range []struct {
 		mtu int
 		ok  bool
 	}{{0, true}, {67, false}, {68, true}, {1500, true}, {65535, true}, {65536, false}, {-1, false}} {
-		if err := tunKind.CheckMTU(tc.mtu); (err == nil) != tc.ok || (err != nil && !errors.Is(err, errConfig)) {
+		if err := tunKind.CheckMTU(tc.mtu); (err == nil) != tc.ok || (err != nil && !errors.Is(err, tunKind.ErrConfig)) {
 			t.Errorf("CheckMTU(%d) = %v, want ok %v", tc.mtu, err, tc.ok)
 		}
 	}
@@ -94,8 +90,8 @@ func TestOwnership(t *testing.T) {
 		want     error
 		wantOpen bool
 	}{
-		{"check", tun, fakeSetup{checkErr: errConfig}, errConfig, false},
-		{"other-kind", tap, fakeSetup{}, errNot, false},
+		{"check", tun, fakeSetup{checkErr: tunKind.ErrConfig}, tunKind.ErrConfig, false},
+		{"other-kind", tap, fakeSetup{}, tunKind.ErrNot, false},
 		{"open-fails", tun, fakeSetup{openErr: openErr}, openErr, true},
 	} {
 		before := openFDs(t)
@@ -113,7 +109,7 @@ func TestOwnership(t *testing.T) {
 		for _, tc := range []struct {
 			name, dev string
 			want      error
-		}{{"busy", "tft", errBusy}, {"other-kind", "tfp", errNot}, {"bad-name", "a-name-longer-than-ifnamsiz", errConfig}} {
+		}{{"busy", "tft", tunKind.ErrBusy}, {"other-kind", "tfp", tunKind.ErrNot}, {"bad-name", "a-name-longer-than-ifnamsiz", tunKind.ErrConfig}} {
 			before := openFDs(t)
 			s := fakeSetup{}
 			if _, err := Create(tunKind, tc.dev, unix.IFF_TUN|unix.IFF_NO_PI, &s); !errors.Is(err, tc.want) || s.opened {
