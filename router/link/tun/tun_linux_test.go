@@ -2,9 +2,9 @@ package tun_test
 
 // Privileged tests: TUN devices in throwaway network namespaces. Two
 // namespaces, each with a TUN whose kernel side is 10.99.0.x/24, are joined
-// only by a Go copy loop (pump): Read a batch from one, Write it to the
-// other, so that the segments of a super-packet, cut on read, are coalesced
-// again on write.
+// only by a Go copy loop (devtest.Pump): Read a batch from one, Write it
+// to the other, so that the segments of a super-packet, cut on read, are
+// coalesced again on write.
 
 import (
 	"errors"
