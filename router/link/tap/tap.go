@@ -27,6 +27,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/podrouter/podrouter/router/link/internal/tunfd"
+
 	"github.com/podrouter/podrouter/router/packet"
 )
 
@@ -59,7 +61,7 @@ var (
 // VnetHdrLen is the length of the virtio-net header (struct
 // virtio_net_hdr) in front of every frame on the descriptor: Write and
 // WriteGSO need at least this much headroom.
-const VnetHdrLen = 10
+const VnetHdrLen = tunfd.VnetHdrLen
 
 // BatchSize is the largest number of frames one Read returns.
 const BatchSize = 64

@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
@@ -21,7 +19,8 @@ import (
 	"github.com/podrouter/podrouter/router/packet"
 )
 
-const cloneDevice = "/dev/net/tun"
+// kind is how tunfd reports this package's errors.
+var kind = tunfd.Kind{Flag: unix.IFF_TAP, Name: "tap", ErrNot: ErrNotTAP, ErrBusy: ErrBusy, ErrConfig: ErrConfig}
 
 // Device is an open TAP device: a link.GSODevice carrying Ethernet frames.
 // It holds the TAP's descriptor (non-blocking, in Go's netpoller) and, for
@@ -57,7 +56,10 @@ type Device struct {
 	c counters
 }
 
-var _ link.GSODevice = (*Device)(nil)
+var (
+	_ link.GSODevice       = (*Device)(nil)
+	_ tunfd.Setup[*Device] = setup{}
+)
 
 // readState is the argument and result of one Read, kept in the Device so
 // that the netpoller callback needs no closure.
@@ -119,36 +121,7 @@ func BatchedWrites() error { return uring.Available() }
 // kernel choose one (tap0, tap1, ...). The kernel side of the device (its
 // addresses, its state up or down) is the caller's to configure.
 func Create(name string, cfg Config) (*Device, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return nil, fmt.Errorf("%w: name %q: %v", ErrConfig, name, err)
-	}
-	fd, err := unix.Open(cloneDevice, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("tap %s: open %s: %w", name, cloneDevice, err)
-	}
-	success := false
-	defer func() {
-		if !success {
-			_ = unix.Close(fd)
-		}
-	}()
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		switch {
-		case errors.Is(err, unix.EBUSY):
-			return nil, fmt.Errorf("%w: %s", ErrBusy, name)
-		case errors.Is(err, unix.EINVAL):
-			return nil, fmt.Errorf("%w: %s exists and is not a single-queue TAP", ErrNotTAP, name)
-		}
-		return nil, fmt.Errorf("tap %s: TUNSETIFF: %w", name, err)
-	}
-	d, err := open(fd, cfg)
-	success = err == nil
-	return d, err
+	return tunfd.Create(kind, name, unix.IFF_TAP|unix.IFF_NO_PI|unix.IFF_VNET_HDR, setup(cfg))
 }
 
 // FromFile makes a Device of an attached TAP descriptor, e.g. one the CNI
@@ -158,34 +131,16 @@ func Create(name string, cfg Config) (*Device, error) {
 // success the Device holds a duplicate of f's descriptor and f is closed; on
 // failure f is left open, the caller's to close.
 func FromFile(f *os.File, cfg Config) (*Device, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	fd, err := tunfd.Dup(f)
-	if err != nil {
-		return nil, fmt.Errorf("tap: %s: %w", f.Name(), err)
-	}
-	success := false
-	defer func() {
-		if !success {
-			_ = unix.Close(fd)
-		}
-	}()
-	if err := unix.SetNonblock(fd, true); err != nil {
-		return nil, fmt.Errorf("tap: %s: set non-blocking: %w", f.Name(), err)
-	}
-	d, err := open(fd, cfg)
-	if err != nil {
-		return nil, err
-	}
-	success = true
-	_ = f.Close()
-	return d, nil
+	return tunfd.FromFile(kind, f, setup(cfg))
 }
 
-func (cfg *Config) validate() error {
-	if cfg.MTU != 0 && (cfg.MTU < 68 || cfg.MTU > 65535) {
-		return fmt.Errorf("%w: MTU %d out of range 68..65535", ErrConfig, cfg.MTU)
+// setup is a Config as tunfd.Create and tunfd.FromFile use it.
+type setup Config
+
+// Check implements tunfd.Setup.
+func (cfg setup) Check() error {
+	if err := kind.CheckMTU(cfg.MTU); err != nil {
+		return err
 	}
 	if cfg.Owner < 0 || cfg.Group < 0 {
 		return fmt.Errorf("%w: owner %d, group %d", ErrConfig, cfg.Owner, cfg.Group)
@@ -193,29 +148,24 @@ func (cfg *Config) validate() error {
 	return nil
 }
 
-// open configures the attached, non-blocking TAP descriptor fd and wraps
-// it. On error the caller still owns fd.
-func open(fd int, cfg Config) (*Device, error) {
-	log := cfg.Logger
-	if log == nil {
-		log = zap.NewNop()
-	}
-	ifr, err := unix.NewIfreq("")
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr); err != nil {
-		return nil, fmt.Errorf("%w: TUNGETIFF: %v", ErrNotTAP, err)
-	}
-	name, flags := ifr.Name(), ifr.Uint16()
-	if flags&(unix.IFF_TUN|unix.IFF_TAP) != unix.IFF_TAP {
-		return nil, fmt.Errorf("%w: %s has flags %#x", ErrNotTAP, name, flags)
+// Open implements tunfd.Setup: it makes fd, attached to the TAP name with
+// flags, non-blocking, configures it and wraps it. It owns fd: on error fd
+// is closed.
+func (cfg setup) Open(fd int, name string, flags uint16) (*Device, error) {
+	success := false
+	defer func() {
+		if !success {
+			_ = unix.Close(fd)
+		}
+	}()
+	if err := unix.SetNonblock(fd, true); err != nil { // a descriptor handed over may block
+		return nil, fmt.Errorf("tap %s: set non-blocking: %w", name, err)
 	}
 	if flags&unix.IFF_VNET_HDR == 0 || flags&unix.IFF_NO_PI == 0 {
 		return nil, fmt.Errorf("%w: %s has flags %#x", ErrNoVnetHdr, name, flags)
 	}
-	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, VnetHdrLen); err != nil {
-		return nil, fmt.Errorf("tap %s: TUNSETVNETHDRSZ: %w", name, err)
+	if err := tunfd.SetVnetHdrLen(fd); err != nil {
+		return nil, fmt.Errorf("tap %s: %w", name, err)
 	}
 	off, refused, err := negotiate(func(flags int) error {
 		return unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, flags)
@@ -234,7 +184,7 @@ func open(fd int, cfg Config) (*Device, error) {
 		}
 	}
 	if cfg.MTU != 0 {
-		if err := setMTU(fd, name, cfg.MTU); err != nil {
+		if err := tunfd.SetMTU(fd, name, cfg.MTU); err != nil {
 			return nil, fmt.Errorf("tap %s: %w", name, err)
 		}
 	}
@@ -243,13 +193,19 @@ func open(fd int, cfg Config) (*Device, error) {
 	if err := tunfd.SetPersist(fd, cfg.Persist); err != nil {
 		return nil, fmt.Errorf("tap %s: %w", name, err)
 	}
-	f := os.NewFile(uintptr(fd), cloneDevice)
+	f := os.NewFile(uintptr(fd), tunfd.CloneDevice)
+	success = true // from here f owns fd
 	rc, err := f.SyscallConn()
 	if err != nil {
+		_ = f.Close()
 		return nil, fmt.Errorf("tap %s: %w", name, err)
 	}
 	d := &Device{fd: fd, f: f, rc: rc, name: name, offloads: off, pend: pending{buf: make([]byte, MaxFrame)}}
 	d.readFn = d.readBatch
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
 	for _, e := range refused {
 		log.Warn("kernel refused an offload set; using fewer", zap.String("tap", name), zap.Error(e))
 	}
@@ -307,31 +263,6 @@ func (o offloadsString) String() string {
 		}
 	}
 	return s
-}
-
-// setMTU sets the MTU of the TAP behind fd in the network namespace the
-// device lives in (TUNGETDEVNETNS), never by name in the caller's, where the
-// name may mean another device.
-func setMTU(fd int, name string, mtu int) error {
-	nsfd, err := unix.IoctlRetInt(fd, unix.TUNGETDEVNETNS)
-	if err != nil {
-		return fmt.Errorf("TUNGETDEVNETNS: %w", err)
-	}
-	ns := netns.NsHandle(nsfd)
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink in the device's netns: %w", err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("find link: %w", err)
-	}
-	if err := h.LinkSetMTU(l, mtu); err != nil {
-		return fmt.Errorf("set MTU %d: %w", mtu, err)
-	}
-	return nil
 }
 
 // Name returns the device's name (in the network namespace it lives in).

@@ -11,8 +11,6 @@ package tap_test
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -25,7 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -33,6 +30,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/podrouter/podrouter/router/link"
+	"github.com/podrouter/podrouter/router/link/internal/devtest"
 	"github.com/podrouter/podrouter/router/link/internal/uring"
 	"github.com/podrouter/podrouter/router/link/tap"
 	"github.com/podrouter/podrouter/router/nstest"
@@ -41,39 +39,12 @@ import (
 
 const off = link.Headroom // offset of every frame in the tests' buffers
 
-var (
-	addrA   = netip.MustParseAddr("10.99.0.1")
-	addrB   = netip.MustParseAddr("10.99.0.2")
-	addrA6  = netip.MustParseAddr("fd99::1")
-	addrB6  = netip.MustParseAddr("fd99::2")
-	fakeMAC = net.HardwareAddr{0x02, 0x99, 0, 0, 0, 0x02} // the far end when the test plays it
-)
+// fakeMAC is the far end's MAC when the test plays it.
+var fakeMAC = net.HardwareAddr{0x02, 0x99, 0, 0, 0, 0x02}
 
-// checkFDs fails the test when it ends with more open descriptors than it
-// had when checkFDs was called. Register it after the namespaces (whose
-// handles are closed later) and before the devices.
-func checkFDs(t *testing.T) {
-	t.Helper()
-	count := func() int {
-		uring.Release() // the pool's idle rings are not the test's
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(ents)
-	}
-	before := count()
-	t.Cleanup(func() {
-		// Descriptors of exited helpers close asynchronously; wait a little.
-		deadline := time.Now().Add(2 * time.Second)
-		for count() > before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if n := count(); n > before {
-			t.Errorf("descriptor leak: %d open, %d before", n, before)
-		}
-	})
-}
+// checkFDs is devtest.CheckFDs for these tests: the io_uring pool's idle
+// rings are not the test's.
+func checkFDs(t *testing.T) { devtest.CheckFDs(t, uring.Release) }
 
 // create makes a TAP named name in ns and closes it at the end of the test.
 func create(t *testing.T, ns *nstest.NS, name string, cfg tap.Config) *tap.Device {
@@ -81,44 +52,19 @@ func create(t *testing.T, ns *nstest.NS, name string, cfg tap.Config) *tap.Devic
 	if cfg.Logger == nil {
 		cfg.Logger = zaptest.NewLogger(t)
 	}
-	var d *tap.Device
-	if err := ns.Do(func() (err error) {
-		d, err = tap.Create(name, cfg)
-		return err
-	}); err != nil {
-		t.Fatalf("Create %s in %s: %v", name, ns.Name, err)
-	}
-	t.Cleanup(func() { _ = d.Close() })
-	return d
-}
-
-// linkIn returns the link name in ns.
-func linkIn(t *testing.T, ns *nstest.NS, name string) (netlink.Link, error) {
-	t.Helper()
-	var l netlink.Link
-	err := ns.Do(func() (err error) {
-		l, err = netlink.LinkByName(name)
-		return err
-	})
-	return l, err
-}
-
-// up gives the kernel side of dev in ns its addresses and brings it up.
-func up(t *testing.T, ns *nstest.NS, dev string, v4, v6 netip.Addr) {
-	t.Helper()
-	ns.Run(t, "ip", "addr", "replace", netip.PrefixFrom(v4, 24).String(), "dev", dev)
-	if v6.IsValid() {
-		ns.Run(t, "ip", "addr", "replace", netip.PrefixFrom(v6, 64).String(), "dev", dev, "nodad")
-	}
-	ns.Run(t, "ip", "link", "set", dev, "up")
+	return devtest.In(t, ns, "Create "+name, func() (*tap.Device, error) { return tap.Create(name, cfg) })
 }
 
 // pump copies frames from src to dst until src is closed, as the engine
-// forwards between two ports: with gso, super-packets pass whole when dst
-// takes them and are cut with packet.GSOSegment when it does not; without,
-// through Read and Write.
-func pump(src, dst *tap.Device, gso bool, wg *sync.WaitGroup, st *pumpStats) {
-	defer wg.Done()
+// forwards between two ports: with gso, through ReadGSO and WriteGSO,
+// super-packets passing whole when dst takes them and cut with
+// packet.GSOSegment when it does not; without, through Read and Write
+// (devtest.Pump).
+func pump(src, dst *tap.Device, gso bool, st *pumpStats) {
+	if !gso {
+		devtest.Pump(src, dst, off+tap.MaxFrame, st.count)
+		return
+	}
 	bufs := make([][]byte, tap.BatchSize)
 	for i := range bufs {
 		bufs[i] = make([]byte, off+tap.MaxFrame)
@@ -133,28 +79,16 @@ func pump(src, dst *tap.Device, gso bool, wg *sync.WaitGroup, st *pumpStats) {
 	var out [][]byte
 	var outG []packet.GSO
 	for {
-		var n int
-		var err error
-		if gso {
-			n, err = src.ReadGSO(bufs, sizes, descs, off)
-		} else {
-			n, err = src.Read(bufs, sizes, off)
-		}
+		n, err := src.ReadGSO(bufs, sizes, descs, off)
 		if err != nil {
 			return
 		}
-		st.reads.Add(1)
-		st.frames.Add(uint64(n))
-		for _, sz := range sizes[:n] {
-			if uint64(sz) > st.maxFrame.Load() {
-				st.maxFrame.Store(uint64(sz))
-			}
-		}
+		st.count(sizes[:n])
 		out, outG = out[:0], outG[:0]
 		used := 0
 		for i := range n {
 			frame := bufs[i][:off+sizes[i]]
-			if !gso || dst.Offloads().Accepts(descs[i]) {
+			if dst.Offloads().Accepts(descs[i]) {
 				out = append(out, frame)
 				outG = append(outG, descs[i])
 				continue
@@ -176,12 +110,7 @@ func pump(src, dst *tap.Device, gso bool, wg *sync.WaitGroup, st *pumpStats) {
 			}
 			used += k
 		}
-		if gso {
-			_, err = dst.WriteGSO(out, outG, off)
-		} else {
-			_, err = dst.Write(out, off)
-		}
-		if err != nil {
+		if _, err := dst.WriteGSO(out, outG, off); err != nil {
 			return
 		}
 	}
@@ -191,85 +120,33 @@ func pump(src, dst *tap.Device, gso bool, wg *sync.WaitGroup, st *pumpStats) {
 // largest frame.
 type pumpStats struct{ reads, frames, maxFrame atomic.Uint64 }
 
-// pair is two namespaces, each with a TAP (kernel side A 10.99.0.1, B
-// 10.99.0.2, fd99::1 and ::2), joined by two pumps.
+// count counts a read that returned frames of sizes.
+func (st *pumpStats) count(sizes []int) {
+	st.reads.Add(1)
+	st.frames.Add(uint64(len(sizes)))
+	for _, sz := range sizes {
+		if uint64(sz) > st.maxFrame.Load() {
+			st.maxFrame.Store(uint64(sz))
+		}
+	}
+}
+
+// pair is a devtest.Pair of TAPs, A's configured as cfgA and B's as cfgB,
+// joined by two pumps.
 type pair struct {
-	a, b     *nstest.NS
-	da, db   *tap.Device
-	pumpsRun sync.WaitGroup
-	ab, ba   pumpStats
+	*devtest.Pair[*tap.Device]
+	ab, ba pumpStats
 }
 
 func newPair(t *testing.T, cfgA, cfgB tap.Config, gso bool) *pair {
 	t.Helper()
-	p := &pair{a: nstest.New(t), b: nstest.New(t)}
-	checkFDs(t)
-	p.da = create(t, p.a, "pra", cfgA)
-	p.db = create(t, p.b, "prb", cfgB)
-	up(t, p.a, "pra", addrA, addrA6)
-	up(t, p.b, "prb", addrB, addrB6)
-	p.pumpsRun.Add(2)
-	go pump(p.da, p.db, gso, &p.pumpsRun, &p.ab)
-	go pump(p.db, p.da, gso, &p.pumpsRun, &p.ba)
-	t.Cleanup(func() {
-		_ = p.da.Close()
-		_ = p.db.Close()
-		done := make(chan struct{})
-		go func() { p.pumpsRun.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("pumps still running 5 s after Close")
-		}
-	})
+	cfg := map[string]tap.Config{"pra": cfgA, "prb": cfgB}
+	p := &pair{Pair: devtest.NewPair(t, uring.Release, func(ns *nstest.NS, name string) *tap.Device {
+		return create(t, ns, name, cfg[name])
+	})}
+	p.Go(func() { pump(p.DA, p.DB, gso, &p.ab) })
+	p.Go(func() { pump(p.DB, p.DA, gso, &p.ba) })
 	return p
-}
-
-// iperf3 runs an iperf3 TCP test from client to a server at srv in server's
-// namespace and returns the receiver's Gbit/s.
-func iperf3(t *testing.T, client, server *nstest.NS, srv netip.Addr, seconds int) float64 {
-	t.Helper()
-	nstest.RequireCommand(t, "iperf3")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds+30)*time.Second)
-	defer cancel()
-	s := server.Command(ctx, "iperf3", "-s", "-1", "-B", srv.String(), "-p", "5201")
-	var serr bytes.Buffer
-	s.Stderr = &serr
-	if err := s.Start(); err != nil {
-		t.Fatalf("iperf3 server: %v", err)
-	}
-	defer func() { cancel(); _ = s.Wait() }()
-	var out []byte
-	var err error
-	for try := 0; try < 50; try++ { // until the server listens
-		family := "-4"
-		if srv.Is6() {
-			family = "-6"
-		}
-		out, err = client.Command(ctx, "iperf3", family, "-c", srv.String(), "-p", "5201", "-t", fmt.Sprint(seconds), "-J").Output()
-		if !strings.Contains(string(out), "unable to connect") { // iperf3 -J may exit 0 on it
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("iperf3 client: %v\n%s\nserver: %s", err, out, serr.String())
-	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-				Bytes         float64 `json:"bytes"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("iperf3 output: %v\n%s", err, out)
-	}
-	if res.End.SumReceived.Bytes == 0 {
-		t.Fatalf("iperf3 moved no data:\n%s", out)
-	}
-	return res.End.SumReceived.BitsPerSecond / 1e9
 }
 
 // TestPairPingIperf joins two namespaces through two TAPs and the pump:
@@ -304,21 +181,16 @@ func TestPairPingIperf(t *testing.T) {
 				ioPath(t, false)
 			}
 			p := newPair(t, tc.a, tc.b, tc.gso)
-			p.a.Run(t, "ping", "-c", "3", "-i", "0.2", "-W", "2", addrB.String())
-			p.a.Run(t, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", addrB6.String())
-			seconds := tc.seconds
-			if testing.Short() {
-				seconds = 1
-			}
-			gbps := iperf3(t, p.a, p.b, addrB, seconds)
-			sa, sb := p.da.Stats(), p.db.Stats()
-			t.Logf("iperf3 TCP A->B over IPv4: %.2f Gbit/s (offloads A %v, B %v, gso %v)", gbps, p.da.Offloads(), p.db.Offloads(), tc.gso)
+			p.Ping(t)
+			gbps := devtest.Iperf3(t, p.A, p.B, devtest.AddrB, tc.seconds)
+			sa, sb := p.DA.Stats(), p.DB.Stats()
+			t.Logf("iperf3 TCP A->B over IPv4: %.2f Gbit/s (offloads A %v, B %v, gso %v)", gbps, p.DA.Offloads(), p.DB.Offloads(), tc.gso)
 			t.Logf("A: %+v", sa)
 			t.Logf("B: %+v", sb)
 			t.Logf("frames per read: A->B %.2f, B->A %.2f", float64(p.ab.frames.Load())/float64(p.ab.reads.Load()),
 				float64(p.ba.frames.Load())/float64(p.ba.reads.Load()))
 			if tc.ipv6Perf && !testing.Short() {
-				t.Logf("iperf3 TCP A->B over IPv6: %.2f Gbit/s", iperf3(t, p.a, p.b, addrB6, 1))
+				t.Logf("iperf3 TCP A->B over IPv6: %.2f Gbit/s", devtest.Iperf3(t, p.A, p.B, devtest.AddrB6, 1))
 			}
 			if !tc.wantGSO && p.ab.maxFrame.Load() > 14+1500 {
 				t.Errorf("without offloads A handed over a %d-byte frame", p.ab.maxFrame.Load())
@@ -327,7 +199,7 @@ func TestPairPingIperf(t *testing.T) {
 				t.Errorf("A read %d super-packets, want some: %v", sa.RxGSO, tc.wantGSO)
 			}
 			switch {
-			case tc.wantGSO && tc.gso && p.db.Offloads() != 0:
+			case tc.wantGSO && tc.gso && p.DB.Offloads() != 0:
 				if sb.TxGSO == 0 || sb.TxSoftware != 0 {
 					t.Errorf("B: %d super-packets passed whole, %d cut in software; want some, none", sb.TxGSO, sb.TxSoftware)
 				}
@@ -354,9 +226,9 @@ func TestPairPingIperf(t *testing.T) {
 func farEnd(t *testing.T, ns *nstest.NS, dev string) net.HardwareAddr {
 	t.Helper()
 	ns.Run(t, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-	up(t, ns, dev, addrA, netip.Addr{})
-	ns.Run(t, "ip", "neigh", "replace", addrB.String(), "lladdr", fakeMAC.String(), "dev", dev, "nud", "permanent")
-	l, err := linkIn(t, ns, dev)
+	devtest.Up(t, ns, dev, devtest.AddrA, netip.Addr{})
+	ns.Run(t, "ip", "neigh", "replace", devtest.AddrB.String(), "lladdr", fakeMAC.String(), "dev", dev, "nud", "permanent")
+	l, err := devtest.LinkIn(t, ns, dev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +248,7 @@ func ethIPv4(dst net.HardwareAddr, proto uint8, id uint16, l4 []byte) []byte {
 	ip := header.IPv4(b[off+14:])
 	ip.Encode(&header.IPv4Fields{
 		TotalLength: uint16(20 + len(l4)), ID: id, TTL: 64, Protocol: proto,
-		SrcAddr: gv(addrB), DstAddr: gv(addrA),
+		SrcAddr: gv(devtest.AddrB), DstAddr: gv(devtest.AddrA),
 	})
 	ip.SetChecksum(^ip.CalculateChecksum())
 	copy(b[off+34:], l4)
@@ -400,7 +272,7 @@ func udpSuper(dst net.HardwareAddr, port uint16, payload []byte, gso bool, size 
 	u := header.UDP(make([]byte, 8+len(payload)))
 	u.Encode(&header.UDPFields{SrcPort: 7000, DstPort: port, Length: uint16(len(u))})
 	copy(u[8:], payload)
-	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, gv(addrB), gv(addrA), uint16(len(u)))
+	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, gv(devtest.AddrB), gv(devtest.AddrA), uint16(len(u)))
 	g := packet.GSO{NeedsCsum: partial || gso, CsumStart: 20, CsumOffset: 6}
 	if g.NeedsCsum {
 		u.SetChecksum(xsum)
@@ -418,7 +290,7 @@ func listenUDP(t *testing.T, ns *nstest.NS, port int) *net.UDPConn {
 	t.Helper()
 	var c *net.UDPConn
 	if err := ns.Do(func() (err error) {
-		c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IP(addrA.AsSlice()), Port: port})
+		c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IP(devtest.AddrA.AsSlice()), Port: port})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -492,14 +364,6 @@ func readUntil(t *testing.T, d *tap.Device, bufs [][]byte, gso bool, match func(
 	return nil, packet.GSO{}
 }
 
-func bufsOf(n, size int) [][]byte {
-	b := make([][]byte, n)
-	for i := range b {
-		b[i] = make([]byte, size)
-	}
-	return b
-}
-
 // isEchoReply matches the kernel's answer to echoRequest(seq).
 func isEchoReply(seq uint16) func([]byte, packet.GSO) bool {
 	return func(f []byte, _ packet.GSO) bool {
@@ -520,10 +384,10 @@ func TestKernelEcho(t *testing.T) {
 	checkFDs(t)
 	d := create(t, ns, "pre", tap.Config{MTU: 1400})
 	mac := farEnd(t, ns, "pre")
-	if l, _ := linkIn(t, ns, "pre"); l.Attrs().MTU != 1400 {
+	if l, _ := devtest.LinkIn(t, ns, "pre"); l.Attrs().MTU != 1400 {
 		t.Fatalf("MTU %d, want 1400", l.Attrs().MTU)
 	}
-	bufs := bufsOf(tap.BatchSize, off+tap.MaxFrame)
+	bufs := devtest.Bufs(tap.BatchSize, off+tap.MaxFrame)
 	for seq := uint16(1); seq <= 3; seq++ {
 		if _, err := d.Write([][]byte{echoRequest(mac, seq)}, off); err != nil {
 			t.Fatal(err)
@@ -689,7 +553,7 @@ func TestReadSegments(t *testing.T) {
 	farEnd(t, ns, "prr")
 	var s *net.UDPConn
 	if err := ns.Do(func() (err error) {
-		s, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.IP(addrA.AsSlice()), Port: 7002}, &net.UDPAddr{IP: net.IP(addrB.AsSlice()), Port: 7003})
+		s, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.IP(devtest.AddrA.AsSlice()), Port: 7002}, &net.UDPAddr{IP: net.IP(devtest.AddrB.AsSlice()), Port: 7003})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -732,11 +596,11 @@ func TestReadSegments(t *testing.T) {
 		if _, err := s.Write(payload); err != nil {
 			t.Fatal(err)
 		}
-		f, g := readUntil(t, d, bufsOf(8, off+tap.MaxFrame), true, func(f []byte, _ packet.GSO) bool { return isOurs(f) })
+		f, g := readUntil(t, d, devtest.Bufs(8, off+tap.MaxFrame), true, func(f []byte, _ packet.GSO) bool { return isOurs(f) })
 		if g.Type != packet.GSOUDPL4 || g.Size != 1000 || !g.NeedsCsum || g.CsumStart != 20 || g.CsumOffset != 6 || g.HdrLen != 28 {
 			t.Fatalf("descriptor %+v, want USO of 1000-byte segments", g)
 		}
-		out := bufsOf(8, 1100)
+		out := devtest.Bufs(8, 1100)
 		sizes := make([]int, 8)
 		n, err := packet.GSOSegment(f[14:], g, out, sizes, 14)
 		if err != nil || n != 5 {
@@ -776,7 +640,7 @@ func TestReadSegments(t *testing.T) {
 		if _, err := s.Write(payload); err != nil {
 			t.Fatal(err)
 		}
-		bufs, sizes, descs := bufsOf(8, off+1100), make([]int, 8), make([]packet.GSO, 8)
+		bufs, sizes, descs := devtest.Bufs(8, off+1100), make([]int, 8), make([]packet.GSO, 8)
 		frames, _ := collect(t, func() (int, [][]byte, []int, []packet.GSO, error) {
 			n, err := d.ReadGSO(bufs, sizes, descs, off)
 			return n, bufs, sizes, descs, err
@@ -790,7 +654,7 @@ func TestReadSegments(t *testing.T) {
 		if _, err := s.Write(payload); err != nil {
 			t.Fatal(err)
 		}
-		bufs, sizes := bufsOf(2, off+1100), make([]int, 2)
+		bufs, sizes := devtest.Bufs(2, off+1100), make([]int, 2)
 		frames, calls := collect(t, func() (int, [][]byte, []int, []packet.GSO, error) {
 			n, err := d.Read(bufs, sizes, off)
 			return n, bufs, sizes, nil, err
@@ -812,14 +676,14 @@ func TestPersist(t *testing.T) {
 	ns := nstest.New(t)
 	checkFDs(t)
 	d := create(t, ns, "prp", tap.Config{Persist: true})
-	up(t, ns, "prp", addrA, netip.Addr{})
+	devtest.Up(t, ns, "prp", devtest.AddrA, netip.Addr{})
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := linkIn(t, ns, "prp"); err != nil {
+	if _, err := devtest.LinkIn(t, ns, "prp"); err != nil {
 		t.Fatalf("persistent TAP gone after Close: %v", err)
 	}
-	if out := ns.Run(t, "ip", "-4", "addr", "show", "dev", "prp"); !strings.Contains(out, addrA.String()) {
+	if out := ns.Run(t, "ip", "-4", "addr", "show", "dev", "prp"); !strings.Contains(out, devtest.AddrA.String()) {
 		t.Fatalf("address lost: %s", out)
 	}
 	d2 := create(t, ns, "prp", tap.Config{Persist: true})
@@ -834,48 +698,23 @@ func TestPersist(t *testing.T) {
 	if _, err := d2.Write([][]byte{echoRequest(mac, 7)}, off); err != nil {
 		t.Fatal(err)
 	}
-	readUntil(t, d2, bufsOf(8, off+tap.MaxFrame), true, isEchoReply(7))
+	readUntil(t, d2, devtest.Bufs(8, off+tap.MaxFrame), true, isEchoReply(7))
 	if err := d2.SetPersist(false); err != nil {
 		t.Fatal(err)
 	}
 	if err := d2.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := linkIn(t, ns, "prp"); err == nil {
+	if _, err := devtest.LinkIn(t, ns, "prp"); err == nil {
 		t.Fatal("TAP still there after SetPersist(false) and Close")
 	}
 
 	// Create without Persist on a persistent TAP makes it go with Close.
 	create(t, ns, "prq", tap.Config{Persist: true}).Close()
 	create(t, ns, "prq", tap.Config{}).Close()
-	if _, err := linkIn(t, ns, "prq"); err == nil {
+	if _, err := devtest.LinkIn(t, ns, "prq"); err == nil {
 		t.Fatal("TAP still there after a non-persistent attachment closed")
 	}
-}
-
-// openRaw opens /dev/net/tun in ns with the given TUNSETIFF flags, as a CNI
-// plugin would (blocking), and returns it as a file.
-func openRaw(t *testing.T, ns *nstest.NS, name string, flags uint16) *os.File {
-	t.Helper()
-	var f *os.File
-	if err := ns.Do(func() error {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		ifr, _ := unix.NewIfreq(name)
-		ifr.SetUint16(flags)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		f = os.NewFile(uintptr(fd), "/dev/net/tun")
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
-	return f
 }
 
 // TestFromFile wraps descriptors opened elsewhere: a TAP made in a pod's
@@ -884,7 +723,7 @@ func openRaw(t *testing.T, ns *nstest.NS, name string, flags uint16) *os.File {
 func TestFromFile(t *testing.T) {
 	ns := nstest.New(t)
 	checkFDs(t)
-	f := openRaw(t, ns, "prf", unix.IFF_TAP|unix.IFF_NO_PI|unix.IFF_VNET_HDR)
+	f := devtest.OpenRaw(t, ns, "prf", unix.IFF_TAP|unix.IFF_NO_PI|unix.IFF_VNET_HDR)
 	d, err := tap.FromFile(f, tap.Config{MTU: 1300, Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -896,7 +735,7 @@ func TestFromFile(t *testing.T) {
 	if d.Name() != "prf" || d.Offloads() == 0 {
 		t.Fatalf("name %q, offloads %v", d.Name(), d.Offloads())
 	}
-	l, err := linkIn(t, ns, "prf")
+	l, err := devtest.LinkIn(t, ns, "prf")
 	if err != nil || l.Attrs().MTU != 1300 {
 		t.Fatalf("MTU in the device's namespace: %v, %v; want 1300", l, err)
 	}
@@ -904,7 +743,7 @@ func TestFromFile(t *testing.T) {
 	if _, err := d.Write([][]byte{echoRequest(mac, 9)}, off); err != nil {
 		t.Fatal(err)
 	}
-	readUntil(t, d, bufsOf(8, off+tap.MaxFrame), true, isEchoReply(9))
+	readUntil(t, d, devtest.Bufs(8, off+tap.MaxFrame), true, isEchoReply(9))
 
 	for _, tc := range []struct {
 		name  string
@@ -914,7 +753,7 @@ func TestFromFile(t *testing.T) {
 		{"tun", unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR, tap.ErrNotTAP},
 		{"no-vnet-hdr", unix.IFF_TAP | unix.IFF_NO_PI, tap.ErrNoVnetHdr},
 	} {
-		f := openRaw(t, ns, "prx", tc.flags)
+		f := devtest.OpenRaw(t, ns, "prx", tc.flags)
 		if _, err := tap.FromFile(f, tap.Config{}); !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
 		}
@@ -942,42 +781,12 @@ func TestClose(t *testing.T) {
 	ns := nstest.New(t)
 	checkFDs(t)
 	d := create(t, ns, "prc", tap.Config{})
-	bufs, sizes := bufsOf(4, off+tap.MaxFrame), make([]int, 4)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := d.Read(bufs, sizes, off)
-		errc <- err
-	}()
-	time.Sleep(100 * time.Millisecond)
-	select {
-	case err := <-errc:
-		t.Fatalf("Read returned before Close: %v", err)
-	default:
-	}
-	if err := d.Close(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-errc:
-		if !errors.Is(err, link.ErrClosed) {
-			t.Fatalf("blocked Read returned %v, want link.ErrClosed", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Close did not unblock Read")
-	}
-	if err := d.Close(); err != nil {
-		t.Fatalf("second Close: %v", err)
-	}
-	if _, err := d.Read(bufs, sizes, off); !errors.Is(err, link.ErrClosed) {
-		t.Fatalf("Read after Close: %v", err)
-	}
-	if _, err := d.Write(bufs[:1], off); !errors.Is(err, link.ErrClosed) {
-		t.Fatalf("Write after Close: %v", err)
-	}
+	bufs := devtest.Bufs(4, off+tap.MaxFrame)
+	devtest.CheckClose(t, d, bufs, bufs[:1])
 	if _, err := d.Write(bufs[:1], 4); !errors.Is(err, tap.ErrHeadroom) {
 		t.Fatalf("Write with 4 bytes of headroom: %v", err)
 	}
-	if _, err := linkIn(t, ns, "prc"); err == nil {
+	if _, err := devtest.LinkIn(t, ns, "prc"); err == nil {
 		t.Fatal("non-persistent TAP still there after Close")
 	}
 }
@@ -989,26 +798,7 @@ func TestDetached(t *testing.T) {
 	checkFDs(t)
 	d := create(t, ns, "prd", tap.Config{})
 	mac := farEnd(t, ns, "prd")
-	bufs, sizes := bufsOf(4, off+tap.MaxFrame), make([]int, 4)
-	errc := make(chan error, 1)
-	go func() {
-		for {
-			if _, err := d.Read(bufs, sizes, off); err != nil {
-				errc <- err
-				return
-			}
-		}
-	}()
-	time.Sleep(100 * time.Millisecond)
-	ns.Run(t, "ip", "link", "del", "prd")
-	select {
-	case err := <-errc:
-		if !errors.Is(err, tap.ErrDetached) {
-			t.Fatalf("Read on a deleted TAP: %v, want ErrDetached", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Read still blocked 2 s after the TAP was deleted")
-	}
+	devtest.CheckDetached(t, ns, d, "prd", devtest.Bufs(4, off+tap.MaxFrame), tap.ErrDetached)
 	for _, ring := range []bool{false, true} {
 		if ring && uring.Available() != nil {
 			continue // the frame-by-frame path only

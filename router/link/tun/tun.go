@@ -23,6 +23,8 @@ import (
 	"errors"
 
 	"go.uber.org/zap"
+
+	"github.com/podrouter/podrouter/router/link/internal/tunfd"
 )
 
 // DefaultName is the node uplink's device name.
@@ -49,7 +51,7 @@ var (
 
 // VnetHdrLen is the headroom Write needs in front of each packet when the
 // device has offloads (wireguard-go writes the virtio-net header there).
-const VnetHdrLen = 10
+const VnetHdrLen = tunfd.VnetHdrLen
 
 // Config configures a TUN device. The zero value is valid: offloads on,
 // MTU left as the kernel has it, not persistent.

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
@@ -18,7 +16,8 @@ import (
 	"github.com/podrouter/podrouter/router/link"
 )
 
-const cloneDevice = "/dev/net/tun"
+// kind is how tunfd reports this package's errors.
+var kind = tunfd.Kind{Flag: unix.IFF_TUN, Name: "tun", ErrNot: ErrNotTUN, ErrBusy: ErrBusy, ErrConfig: ErrConfig}
 
 // Device is an open TUN device carrying bare IP packets; a link.Device.
 type Device struct {
@@ -38,7 +37,10 @@ type Device struct {
 	}
 }
 
-var _ link.Device = (*Device)(nil)
+var (
+	_ link.Device          = (*Device)(nil)
+	_ tunfd.Setup[*Device] = setup{}
+)
 
 // Create creates (or attaches to) the TUN device name in the calling
 // thread's network namespace with offloads on and, when mtu is not zero,
@@ -53,33 +55,11 @@ func Create(name string, mtu int) (*Device, error) {
 // kernel choose one. Addresses, routes and the device's state up or down are
 // the caller's to configure.
 func Open(name string, cfg Config) (*Device, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return nil, fmt.Errorf("%w: name %q: %v", ErrConfig, name, err)
-	}
-	fd, err := unix.Open(cloneDevice, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("tun %s: open %s: %w", name, cloneDevice, err)
-	}
 	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
 	if !cfg.DisableOffloads {
 		flags |= unix.IFF_VNET_HDR
 	}
-	ifr.SetUint16(flags)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		_ = unix.Close(fd)
-		switch {
-		case errors.Is(err, unix.EBUSY):
-			return nil, fmt.Errorf("%w: %s", ErrBusy, name)
-		case errors.Is(err, unix.EINVAL):
-			return nil, fmt.Errorf("%w: %s exists and is not a single-queue TUN", ErrNotTUN, name)
-		}
-		return nil, fmt.Errorf("tun %s: TUNSETIFF: %w", name, err)
-	}
-	return open(fd, cfg)
+	return tunfd.Create(kind, name, flags, setup(cfg))
 }
 
 // FromFile makes a Device of an attached TUN descriptor opened elsewhere
@@ -89,70 +69,40 @@ func Open(name string, cfg Config) (*Device, error) {
 // Device holds a duplicate of f's descriptor and f is closed; on failure f
 // is left open, the caller's to close.
 func FromFile(f *os.File, cfg Config) (*Device, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	fd, err := tunfd.Dup(f)
-	if err != nil {
-		return nil, fmt.Errorf("tun: %s: %w", f.Name(), err)
-	}
-	d, err := open(fd, cfg)
-	if err != nil {
-		return nil, err
-	}
-	_ = f.Close()
-	return d, nil
+	return tunfd.FromFile(kind, f, setup(cfg))
 }
 
-func (cfg *Config) validate() error {
-	if cfg.MTU != 0 && (cfg.MTU < 68 || cfg.MTU > 65535) {
-		return fmt.Errorf("%w: MTU %d out of range 68..65535", ErrConfig, cfg.MTU)
-	}
-	return nil
-}
+// setup is a Config as tunfd.Create and tunfd.FromFile use it.
+type setup Config
 
-// open configures the attached TUN descriptor fd and hands it to
-// wireguard-go. It owns fd: on error fd is closed.
-func open(fd int, cfg Config) (*Device, error) {
-	log := cfg.Logger
-	if log == nil {
-		log = zap.NewNop()
-	}
+// Check implements tunfd.Setup.
+func (cfg setup) Check() error { return kind.CheckMTU(cfg.MTU) }
+
+// Open implements tunfd.Setup: it configures fd, attached to the TUN name
+// with flags, and hands it to wireguard-go. It owns fd: on error fd is
+// closed.
+func (cfg setup) Open(fd int, name string, flags uint16) (*Device, error) {
 	handedOver := false
 	defer func() {
 		if !handedOver {
 			_ = unix.Close(fd)
 		}
 	}()
-	ifr, err := unix.NewIfreq("")
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr); err != nil {
-		return nil, fmt.Errorf("%w: TUNGETIFF: %v", ErrNotTUN, err)
-	}
-	name, flags := ifr.Name(), ifr.Uint16()
-	if flags&(unix.IFF_TUN|unix.IFF_TAP) != unix.IFF_TUN {
-		return nil, fmt.Errorf("%w: %s has flags %#x", ErrNotTUN, name, flags)
-	}
 	vnet := flags&unix.IFF_VNET_HDR != 0
 	if vnet {
-		// wireguard-go assumes the 10-byte header; a descriptor handed over
-		// may have been set to another size.
-		if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, VnetHdrLen); err != nil {
-			return nil, fmt.Errorf("tun %s: TUNSETVNETHDRSZ: %w", name, err)
+		// wireguard-go assumes the 10-byte header.
+		if err := tunfd.SetVnetHdrLen(fd); err != nil {
+			return nil, fmt.Errorf("tun %s: %w", name, err)
 		}
 	}
-	if cfg.MTU != 0 {
-		if err := withLink(fd, name, func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetMTU(l, cfg.MTU) }); err != nil {
-			return nil, fmt.Errorf("tun %s: set MTU %d: %w", name, cfg.MTU, err)
-		}
+	mtu, err := cfg.MTU, error(nil)
+	if mtu != 0 {
+		err = tunfd.SetMTU(fd, name, mtu)
+	} else {
+		mtu, err = tunfd.MTU(fd, name)
 	}
-	mtu := cfg.MTU
-	if mtu == 0 {
-		if err := withLink(fd, name, func(_ *netlink.Handle, l netlink.Link) error { mtu = l.Attrs().MTU; return nil }); err != nil {
-			return nil, fmt.Errorf("tun %s: read MTU: %w", name, err)
-		}
+	if err != nil {
+		return nil, fmt.Errorf("tun %s: %w", name, err)
 	}
 	if err := tunfd.SetPersist(fd, cfg.Persist); err != nil {
 		return nil, fmt.Errorf("tun %s: %w", name, err)
@@ -170,31 +120,13 @@ func open(fd int, cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("tun %s: unexpected wireguard-go device %T", name, dev)
 	}
 	d := &Device{nt: nt, name: name, vnet: vnet, mtu: mtu, wbufs: make([][]byte, 0, nt.BatchSize())}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
 	log.Info("tun attached", zap.String("tun", name), zap.Bool("offloads", vnet), zap.Int("mtu", mtu),
 		zap.Bool("persist", cfg.Persist))
 	return d, nil
-}
-
-// withLink runs fn with a netlink handle in the network namespace the TUN
-// behind fd lives in (TUNGETDEVNETNS) and the device's link there; never by
-// name in the caller's namespace, where the name may mean another device.
-func withLink(fd int, name string, fn func(*netlink.Handle, netlink.Link) error) error {
-	nsfd, err := unix.IoctlRetInt(fd, unix.TUNGETDEVNETNS)
-	if err != nil {
-		return fmt.Errorf("TUNGETDEVNETNS: %w", err)
-	}
-	ns := netns.NsHandle(nsfd)
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink in the device's netns: %w", err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("find link: %w", err)
-	}
-	return fn(h, l)
 }
 
 // control runs fn on the descriptor, or returns link.ErrClosed.
@@ -219,11 +151,12 @@ func (d *Device) Name() string { return d.name }
 // MTU returns the device's MTU now, read in the device's own namespace.
 func (d *Device) MTU() (int, error) {
 	mtu := 0
-	err := d.control(func(fd int) error {
-		return withLink(fd, d.name, func(_ *netlink.Handle, l netlink.Link) error { mtu = l.Attrs().MTU; return nil })
+	err := d.control(func(fd int) (err error) {
+		mtu, err = tunfd.MTU(fd, d.name)
+		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("tun %s: MTU: %w", d.name, err)
+		return 0, fmt.Errorf("tun %s: %w", d.name, err)
 	}
 	return mtu, nil
 }

@@ -2,195 +2,48 @@ package tun_test
 
 // Privileged tests: TUN devices in throwaway network namespaces. Two
 // namespaces, each with a TUN whose kernel side is 10.99.0.x/24, are joined
-// only by a Go copy loop (pump): Read a batch from one, Write it to the
-// other, so that the segments of a super-packet, cut on read, are coalesced
-// again on write.
+// only by a Go copy loop (devtest.Pump): Read a batch from one, Write it
+// to the other, so that the segments of a super-packet, cut on read, are
+// coalesced again on write.
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/podrouter/podrouter/router/link"
+	"github.com/podrouter/podrouter/router/link/internal/devtest"
 	"github.com/podrouter/podrouter/router/link/tun"
 	"github.com/podrouter/podrouter/router/nstest"
 )
 
 const off = link.Headroom
 
-var (
-	addrA  = netip.MustParseAddr("10.99.0.1")
-	addrB  = netip.MustParseAddr("10.99.0.2")
-	addrA6 = netip.MustParseAddr("fd99::1")
-	addrB6 = netip.MustParseAddr("fd99::2")
-)
-
-// checkFDs fails the test when it ends with more open descriptors than it
-// had when checkFDs was called (register it after the namespaces).
-func checkFDs(t *testing.T) {
-	t.Helper()
-	count := func() int {
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(ents)
-	}
-	before := count()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(2 * time.Second)
-		for count() > before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if n := count(); n > before {
-			t.Errorf("descriptor leak: %d open, %d before", n, before)
-		}
-	})
-}
-
+// open makes a TUN named name in ns and closes it at the end of the test.
 func open(t *testing.T, ns *nstest.NS, name string, cfg tun.Config) *tun.Device {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = zaptest.NewLogger(t)
 	}
-	var d *tun.Device
-	if err := ns.Do(func() (err error) {
-		d, err = tun.Open(name, cfg)
-		return err
-	}); err != nil {
-		t.Fatalf("Open %s in %s: %v", name, ns.Name, err)
-	}
-	t.Cleanup(func() { _ = d.Close() })
-	return d
+	return devtest.In(t, ns, "Open "+name, func() (*tun.Device, error) { return tun.Open(name, cfg) })
 }
 
-func linkIn(t *testing.T, ns *nstest.NS, name string) (netlink.Link, error) {
+// newPair is a devtest.Pair of TUNs configured as cfg, joined by two
+// devtest.Pumps: Read a batch from one, Write it to the other.
+func newPair(t *testing.T, cfg tun.Config) *devtest.Pair[*tun.Device] {
 	t.Helper()
-	var l netlink.Link
-	err := ns.Do(func() (err error) {
-		l, err = netlink.LinkByName(name)
-		return err
-	})
-	return l, err
-}
-
-func up(t *testing.T, ns *nstest.NS, dev string, v4, v6 netip.Addr) {
-	t.Helper()
-	ns.Run(t, "ip", "addr", "replace", netip.PrefixFrom(v4, 24).String(), "dev", dev)
-	if v6.IsValid() {
-		ns.Run(t, "ip", "addr", "replace", netip.PrefixFrom(v6, 64).String(), "dev", dev, "nodad")
-	}
-	ns.Run(t, "ip", "link", "set", dev, "up")
-}
-
-// pump copies packets from src to dst until either is closed, a batch at
-// a time (so dst can coalesce what src cut).
-func pump(src, dst *tun.Device, wg *sync.WaitGroup) {
-	defer wg.Done()
-	bufs := make([][]byte, src.BatchSize())
-	for i := range bufs {
-		bufs[i] = make([]byte, off+65535)
-	}
-	sizes := make([]int, len(bufs))
-	out := make([][]byte, len(bufs))
-	for {
-		n, err := src.Read(bufs, sizes, off)
-		if err != nil {
-			return
-		}
-		for i := range n {
-			out[i] = bufs[i][:off+sizes[i]]
-		}
-		if _, err := dst.Write(out[:n], off); err != nil {
-			return
-		}
-	}
-}
-
-type pair struct {
-	a, b   *nstest.NS
-	da, db *tun.Device
-	pumps  sync.WaitGroup
-}
-
-func newPair(t *testing.T, cfg tun.Config) *pair {
-	t.Helper()
-	p := &pair{a: nstest.New(t), b: nstest.New(t)}
-	checkFDs(t)
-	p.da = open(t, p.a, "pra", cfg)
-	p.db = open(t, p.b, "prb", cfg)
-	up(t, p.a, "pra", addrA, addrA6)
-	up(t, p.b, "prb", addrB, addrB6)
-	p.pumps.Add(2)
-	go pump(p.da, p.db, &p.pumps)
-	go pump(p.db, p.da, &p.pumps)
-	t.Cleanup(func() {
-		_ = p.da.Close()
-		_ = p.db.Close()
-		done := make(chan struct{})
-		go func() { p.pumps.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("pumps still running 5 s after Close")
-		}
-	})
+	p := devtest.NewPair(t, nil, func(ns *nstest.NS, name string) *tun.Device { return open(t, ns, name, cfg) })
+	p.Go(func() { devtest.Pump(p.DA, p.DB, off+65535, nil) })
+	p.Go(func() { devtest.Pump(p.DB, p.DA, off+65535, nil) })
 	return p
-}
-
-// iperf3 runs an iperf3 TCP test from client to srv and returns the
-// receiver's Gbit/s.
-func iperf3(t *testing.T, client, server *nstest.NS, srv netip.Addr, seconds int) float64 {
-	t.Helper()
-	nstest.RequireCommand(t, "iperf3")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds+30)*time.Second)
-	defer cancel()
-	s := server.Command(ctx, "iperf3", "-s", "-1", "-B", srv.String(), "-p", "5201")
-	if err := s.Start(); err != nil {
-		t.Fatalf("iperf3 server: %v", err)
-	}
-	defer func() { cancel(); _ = s.Wait() }()
-	family := "-4"
-	if srv.Is6() {
-		family = "-6"
-	}
-	var out []byte
-	var err error
-	for try := 0; try < 50; try++ {
-		out, err = client.Command(ctx, "iperf3", family, "-c", srv.String(), "-p", "5201", "-t", fmt.Sprint(seconds), "-J").Output()
-		if !strings.Contains(string(out), "unable to connect") {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("iperf3 client: %v\n%s", err, out)
-	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-				Bytes         float64 `json:"bytes"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil || res.End.SumReceived.Bytes == 0 {
-		t.Fatalf("iperf3 output (%v):\n%s", err, out)
-	}
-	return res.End.SumReceived.BitsPerSecond / 1e9
 }
 
 // TestPairPingIperf joins two namespaces through two TUNs and the pump:
@@ -209,31 +62,26 @@ func TestPairPingIperf(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPair(t, tc.cfg)
-			if p.da.GSO() == tc.cfg.DisableOffloads {
-				t.Fatalf("GSO() = %v with DisableOffloads %v", p.da.GSO(), tc.cfg.DisableOffloads)
+			if p.DA.GSO() == tc.cfg.DisableOffloads {
+				t.Fatalf("GSO() = %v with DisableOffloads %v", p.DA.GSO(), tc.cfg.DisableOffloads)
 			}
-			p.a.Run(t, "ping", "-c", "3", "-i", "0.2", "-W", "2", addrB.String())
-			p.a.Run(t, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", addrB6.String())
-			seconds := tc.seconds
-			if testing.Short() {
-				seconds = 1
-			}
-			gbps := iperf3(t, p.a, p.b, addrB, seconds)
+			p.Ping(t)
+			gbps := devtest.Iperf3(t, p.A, p.B, devtest.AddrB, tc.seconds)
 			// A late segment (a FIN's ACK, a retransmission) may be between
 			// one device's read and the other's write when iperf3 exits:
 			// wait for both directions to settle before comparing.
-			sa, sb := p.da.Stats(), p.db.Stats()
+			sa, sb := p.DA.Stats(), p.DB.Stats()
 			for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 				if sa.RxPackets == sb.TxPackets && sb.RxPackets == sa.TxPackets {
 					break
 				}
-				sa, sb = p.da.Stats(), p.db.Stats()
+				sa, sb = p.DA.Stats(), p.DB.Stats()
 			}
-			t.Logf("iperf3 TCP A->B over IPv4: %.2f Gbit/s (offloads %v)", gbps, p.da.GSO())
+			t.Logf("iperf3 TCP A->B over IPv4: %.2f Gbit/s (offloads %v)", gbps, p.DA.GSO())
 			t.Logf("A: %+v", sa)
 			t.Logf("B: %+v", sb)
-			if p.da.GSO() != (sa.RxSplit > 0) {
-				t.Errorf("A cut %d super-packets on read, want some: %v", sa.RxSplit, p.da.GSO())
+			if p.DA.GSO() != (sa.RxSplit > 0) {
+				t.Errorf("A cut %d super-packets on read, want some: %v", sa.RxSplit, p.DA.GSO())
 			}
 			if sa.RxDropped+sb.RxDropped+sa.TxDropped+sb.TxDropped != 0 {
 				t.Errorf("drops: A %+v, B %+v", sa, sb)
@@ -243,31 +91,6 @@ func TestPairPingIperf(t *testing.T) {
 			}
 		})
 	}
-}
-
-// openRaw opens /dev/net/tun in ns with the given TUNSETIFF flags, as
-// another process would, and returns it as a file.
-func openRaw(t *testing.T, ns *nstest.NS, name string, flags uint16) *os.File {
-	t.Helper()
-	var f *os.File
-	if err := ns.Do(func() error {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		ifr, _ := unix.NewIfreq(name)
-		ifr.SetUint16(flags)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		f = os.NewFile(uintptr(fd), "/dev/net/tun")
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
-	return f
 }
 
 // echoRequest is an ICMP echo request from 10.99.0.2 to 10.99.0.1.
@@ -281,7 +104,7 @@ func echoRequest(seq uint16) []byte {
 	ip := header.IPv4(b[off:])
 	ip.Encode(&header.IPv4Fields{
 		TotalLength: uint16(len(b) - off), TTL: 64, Protocol: uint8(header.ICMPv4ProtocolNumber),
-		SrcAddr: tcpip.AddrFrom4(addrB.As4()), DstAddr: tcpip.AddrFrom4(addrA.As4()),
+		SrcAddr: tcpip.AddrFrom4(devtest.AddrB.As4()), DstAddr: tcpip.AddrFrom4(devtest.AddrA.As4()),
 	})
 	ip.SetChecksum(^ip.CalculateChecksum())
 	return b
@@ -294,10 +117,7 @@ func echo(t *testing.T, d *tun.Device, seq uint16) {
 	if _, err := d.Write([][]byte{echoRequest(seq)}, off); err != nil {
 		t.Fatal(err)
 	}
-	bufs := make([][]byte, d.BatchSize())
-	for i := range bufs {
-		bufs[i] = make([]byte, off+65535)
-	}
+	bufs := devtest.Bufs(d.BatchSize(), off+65535)
 	sizes := make([]int, len(bufs))
 	done := make(chan error, 1)
 	go func() {
@@ -332,8 +152,8 @@ func echo(t *testing.T, d *tun.Device, seq uint16) {
 // talks to its kernel, and refuses a TAP.
 func TestFromFile(t *testing.T) {
 	ns := nstest.New(t)
-	checkFDs(t)
-	f := openRaw(t, ns, "prf", unix.IFF_TUN|unix.IFF_NO_PI|unix.IFF_VNET_HDR)
+	devtest.CheckFDs(t, nil)
+	f := devtest.OpenRaw(t, ns, "prf", unix.IFF_TUN|unix.IFF_NO_PI|unix.IFF_VNET_HDR)
 	d, err := tun.FromFile(f, tun.Config{MTU: 1300, Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -346,10 +166,10 @@ func TestFromFile(t *testing.T) {
 		t.Fatalf("MTU %d (%v), name %q, GSO %v", mtu, err, d.Name(), d.GSO())
 	}
 	ns.Run(t, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
-	up(t, ns, "prf", addrA, netip.Addr{})
+	devtest.Up(t, ns, "prf", devtest.AddrA, netip.Addr{})
 	echo(t, d, 1)
 
-	tap := openRaw(t, ns, "prx", unix.IFF_TAP|unix.IFF_NO_PI|unix.IFF_VNET_HDR)
+	tap := devtest.OpenRaw(t, ns, "prx", unix.IFF_TAP|unix.IFF_NO_PI|unix.IFF_VNET_HDR)
 	if _, err := tun.FromFile(tap, tun.Config{}); !errors.Is(err, tun.ErrNotTUN) {
 		t.Fatalf("TAP: %v, want ErrNotTUN", err)
 	}
@@ -365,13 +185,13 @@ func TestFromFile(t *testing.T) {
 // again, is refused a second attachment, and deletes it.
 func TestPersist(t *testing.T) {
 	ns := nstest.New(t)
-	checkFDs(t)
+	devtest.CheckFDs(t, nil)
 	d := open(t, ns, "prp", tun.Config{Persist: true})
-	up(t, ns, "prp", addrA, netip.Addr{})
+	devtest.Up(t, ns, "prp", devtest.AddrA, netip.Addr{})
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if out := ns.Run(t, "ip", "-4", "addr", "show", "dev", "prp"); !strings.Contains(out, addrA.String()) {
+	if out := ns.Run(t, "ip", "-4", "addr", "show", "dev", "prp"); !strings.Contains(out, devtest.AddrA.String()) {
 		t.Fatalf("persistent TUN or its address gone after Close: %s", out)
 	}
 	d2 := open(t, ns, "prp", tun.Config{Persist: true})
@@ -386,7 +206,7 @@ func TestPersist(t *testing.T) {
 	if err := d2.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := linkIn(t, ns, "prp"); err == nil {
+	if _, err := devtest.LinkIn(t, ns, "prp"); err == nil {
 		t.Fatal("TUN still there after SetPersist(false) and Close")
 	}
 	if err := d2.SetPersist(true); !errors.Is(err, link.ErrClosed) {
@@ -398,43 +218,13 @@ func TestPersist(t *testing.T) {
 // link.ErrClosed; Write wants its headroom.
 func TestClose(t *testing.T) {
 	ns := nstest.New(t)
-	checkFDs(t)
+	devtest.CheckFDs(t, nil)
 	d := open(t, ns, "prc", tun.Config{})
-	bufs := make([][]byte, d.BatchSize())
-	for i := range bufs {
-		bufs[i] = make([]byte, off+1500)
-	}
-	sizes := make([]int, len(bufs))
-	errc := make(chan error, 1)
-	go func() {
-		_, err := d.Read(bufs, sizes, off)
-		errc <- err
-	}()
-	time.Sleep(100 * time.Millisecond)
 	if _, err := d.Write([][]byte{echoRequest(1)}, 4); !errors.Is(err, tun.ErrHeadroom) {
 		t.Fatalf("Write with 4 bytes of headroom: %v", err)
 	}
-	if err := d.Close(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-errc:
-		if !errors.Is(err, link.ErrClosed) {
-			t.Fatalf("blocked Read returned %v, want link.ErrClosed", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Close did not unblock Read")
-	}
-	if err := d.Close(); err != nil {
-		t.Fatalf("second Close: %v", err)
-	}
-	if _, err := d.Read(bufs, sizes, off); !errors.Is(err, link.ErrClosed) {
-		t.Fatalf("Read after Close: %v", err)
-	}
-	if _, err := d.Write([][]byte{echoRequest(1)}, off); !errors.Is(err, link.ErrClosed) {
-		t.Fatalf("Write after Close: %v", err)
-	}
-	if _, err := linkIn(t, ns, "prc"); err == nil {
+	devtest.CheckClose(t, d, devtest.Bufs(d.BatchSize(), off+1500), [][]byte{echoRequest(1)})
+	if _, err := devtest.LinkIn(t, ns, "prc"); err == nil {
 		t.Fatal("non-persistent TUN still there after Close")
 	}
 	if _, err := d.MTU(); !errors.Is(err, link.ErrClosed) {
@@ -457,32 +247,9 @@ func TestReadBufferCheck(t *testing.T) {
 // later Write fail with ErrDetached.
 func TestDetached(t *testing.T) {
 	ns := nstest.New(t)
-	checkFDs(t)
+	devtest.CheckFDs(t, nil)
 	d := open(t, ns, "prd", tun.Config{})
-	bufs := make([][]byte, d.BatchSize())
-	for i := range bufs {
-		bufs[i] = make([]byte, off+1500)
-	}
-	sizes := make([]int, len(bufs))
-	errc := make(chan error, 1)
-	go func() {
-		for {
-			if _, err := d.Read(bufs, sizes, off); err != nil {
-				errc <- err
-				return
-			}
-		}
-	}()
-	time.Sleep(100 * time.Millisecond)
-	ns.Run(t, "ip", "link", "del", "prd")
-	select {
-	case err := <-errc:
-		if !errors.Is(err, tun.ErrDetached) {
-			t.Fatalf("Read on a deleted TUN: %v, want ErrDetached", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Read still blocked 2 s after the TUN was deleted")
-	}
+	devtest.CheckDetached(t, ns, d, "prd", devtest.Bufs(d.BatchSize(), off+1500), tun.ErrDetached)
 	if _, err := d.Write([][]byte{echoRequest(1)}, off); !errors.Is(err, tun.ErrDetached) {
 		t.Fatalf("Write on a deleted TUN: %v, want ErrDetached", err)
 	}
