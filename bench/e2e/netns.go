@@ -5,101 +5,50 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"time"
 
-	vnetns "github.com/vishvananda/netns"
+	"github.com/podrouter/podrouter/router/tempns"
 )
 
-var nsSeq atomic.Uint32
-
-// netns is a throwaway network namespace of a case, named
-// prb-<tag>-<pid>-<n> so that runs never collide; del removes it.
-type netns struct{ name string }
+// netns is a throwaway network namespace of a case (router/tempns: named
+// podr-<pid>-<tag>-<n>, so that runs never collide and a later run sweeps
+// what a killed one left), under the short names the cases call; del
+// removes it.
+type netns struct {
+	*tempns.NS
+	name string
+}
 
 func newNetns(tag string) (*netns, error) {
-	n := &netns{name: fmt.Sprintf("prb-%s-%d-%d", tag, os.Getpid(), nsSeq.Add(1))}
-	if err := sh("ip", "netns", "add", n.name); err != nil {
+	ns, err := tempns.New(tag, nil)
+	if err != nil {
 		return nil, err
 	}
-	if err := n.run("ip", "link", "set", "lo", "up"); err != nil {
-		n.del()
-		return nil, err
-	}
-	return n, nil
+	return &netns{NS: ns, name: ns.Name()}, nil
 }
 
-func (n *netns) path() string { return "/run/netns/" + n.name }
+func (n *netns) path() string { return n.Path() }
 
 // del kills what runs inside and removes the namespace.
-func (n *netns) del() {
-	if out, err := exec.Command("ip", "netns", "pids", n.name).Output(); err == nil {
-		for _, f := range strings.Fields(string(out)) {
-			if pid, err := strconv.Atoi(f); err == nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
-	for range 50 {
-		if exec.Command("ip", "netns", "del", n.name).Run() == nil {
-			return
-		}
-		if _, err := os.Stat(n.path()); err != nil {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+func (n *netns) del() { _ = n.Delete() }
 
 // cmd is name args... run inside the namespace.
 func (n *netns) cmd(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.name, name}, args...)...)
+	return n.Command(ctx, name, args...)
 }
 
 // run runs name args... inside the namespace; the error carries its output.
 func (n *netns) run(name string, args ...string) error {
-	return sh("ip", append([]string{"netns", "exec", n.name, name}, args...)...)
+	_, err := n.Run(context.Background(), name, args...)
+	return err
 }
 
 // do runs fn on an OS thread switched into the namespace: sockets and
-// devices fn creates live there. The thread dies with its goroutine if
-// switching back fails.
-func (n *netns) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := vnetns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h, err := vnetns.GetFromName(n.name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		if err := vnetns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := vnetns.Set(orig); err != nil {
-			errc <- fmt.Errorf("return to the original netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// devices fn creates live there.
+func (n *netns) do(fn func() error) error { return n.Do(fn) }
 
 // sh runs a command; the error carries its output.
 func sh(name string, args ...string) error {

@@ -1,9 +1,10 @@
 package lab
 
-// Netns pods: a network namespace per pod, named prl-<pid>-<pod>, whose
-// eth0 is a TAP device held by the engine, configured as a CNI plugin
-// would (addresses, default routes via the node's gateway). The pod's
-// sockets are opened on a thread switched into its namespace, and keep it.
+// Netns pods: a network namespace per pod (router/tempns, named
+// podr-<pid>-<pod>-<n>), whose eth0 is a TAP device held by the engine,
+// configured as a CNI plugin would (addresses, default routes via the
+// node's gateway). The pod's sockets are opened on a thread switched into
+// its namespace, and keep it.
 
 import (
 	"context"
@@ -15,26 +16,21 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/link/tap"
 	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/tempns"
 )
 
 // ErrPrivileges means netns pods cannot be built here.
 var ErrPrivileges = errors.New("netns pods need root (CAP_NET_ADMIN, CAP_SYS_ADMIN), /dev/net/tun and the ip command")
-
-const nsPrefix = "prl-"
 
 // netnsEnv builds and removes the lab's namespaces.
 type netnsEnv struct {
@@ -51,86 +47,16 @@ func newNetnsEnv(log *zap.Logger) (*netnsEnv, error) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrPrivileges, err)
 	}
-	sweepNamespaces()
+	_ = tempns.Sweep() // leftovers of labs (and tests, benchmarks) that are gone
 	return &netnsEnv{log: log}, nil
 }
 
 func (e *netnsEnv) close() error { return nil }
 
-// sweepNamespaces removes namespaces of labs whose process is gone.
-func sweepNamespaces() {
-	ents, err := os.ReadDir("/run/netns")
-	if err != nil {
-		return
-	}
-	for _, ent := range ents {
-		rest, ok := strings.CutPrefix(ent.Name(), nsPrefix)
-		if !ok {
-			continue
-		}
-		pidStr, _, _ := strings.Cut(rest, "-")
-		pid, err := strconv.Atoi(pidStr)
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		if syscall.Kill(pid, 0) == syscall.ESRCH {
-			deleteNamespace(ent.Name())
-		}
-	}
-}
-
-// deleteNamespace kills what runs in the namespace and removes it.
-func deleteNamespace(name string) {
-	if out, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
-		for _, f := range strings.Fields(string(out)) {
-			if pid, err := strconv.Atoi(f); err == nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
-	for range 50 {
-		if exec.Command("ip", "netns", "del", name).Run() == nil {
-			return
-		}
-		if _, err := os.Stat("/run/netns/" + name); err != nil {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// inNS runs fn on a locked OS thread switched into h.
-func inNS(h netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// The thread stays locked (and dies with the goroutine) if it
-		// cannot switch back.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("return to the original netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // nsPod is a netns pod.
 type nsPod struct {
-	name, ns    string
-	h           netns.NsHandle
+	name        string
+	ns          *tempns.NS
 	addr, addr6 netip.Addr
 	mac         net.HardwareAddr
 }
@@ -140,34 +66,15 @@ var _ Pod = (*nsPod)(nil)
 // newPod creates the pod's namespace and TAP, configures it and attaches
 // the TAP to n's engine.
 func (e *netnsEnv) newPod(n *Node, s podSpec) (Pod, error) {
-	name := fmt.Sprintf("%s%d-%s", nsPrefix, os.Getpid(), s.Name)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("ip netns add %s: %v: %s", name, err, strings.TrimSpace(string(out)))
-	}
-	p := &nsPod{name: s.Name, ns: name, addr: s.Addr.Addr()}
+	p := &nsPod{name: s.Name, addr: s.Addr.Addr()}
 	if s.Addr6.IsValid() {
 		p.addr6 = s.Addr6.Addr()
 	}
-	success := false
-	defer func() {
-		if !success {
-			_ = p.Close()
-		}
-	}()
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", name, err)
-	}
-	p.h = h
 	var dev *tap.Device
-	err = inNS(h, func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return fmt.Errorf("lo up: %w", err)
-		}
+	// eth0 runs inside the namespace: the TAP with the pod's addresses and
+	// default routes.
+	eth0 := func() error {
+		var err error
 		if dev, err = tap.Create("eth0", tap.Config{MTU: s.MTU, Logger: e.log.With(zap.String("pod", s.Name))}); err != nil {
 			return err
 		}
@@ -200,20 +107,26 @@ func (e *netnsEnv) newPod(n *Node, s podSpec) (Pod, error) {
 			}
 		}
 		return nil
-	})
-	if err != nil {
-		if dev != nil {
+	}
+	// A failed setup closes the TAP; tempns.New then deletes the namespace.
+	ns, err := tempns.New(s.Name, func(ns *tempns.NS) error {
+		err := ns.Do(eth0)
+		if err != nil && dev != nil {
 			_ = dev.Close()
 		}
-		return nil, fmt.Errorf("pod %s in %s: %w", s.Name, name, err)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pod %s: %w", s.Name, err)
 	}
+	p.ns = ns
 	if _, err := n.Eng.AddPort(dev, engine.PortConfig{
 		Name: s.Name, Kind: engine.KindPod, L2: true, PeerMAC: packet.MAC(p.mac), MTU: s.MTU, Addrs: s.addrs(),
 	}); err != nil {
 		_ = dev.Close()
+		_ = p.Close()
 		return nil, fmt.Errorf("attach %s: %w", s.Name, err)
 	}
-	success = true
 	return p, nil
 }
 
@@ -223,10 +136,10 @@ func (p *nsPod) Addr6() netip.Addr     { return p.addr6 }
 func (p *nsPod) MAC() net.HardwareAddr { return p.mac }
 
 // NetNS returns the name of the pod's network namespace (ip netns).
-func (p *nsPod) NetNS() string { return p.ns }
+func (p *nsPod) NetNS() string { return p.ns.Name() }
 
 func (p *nsPod) DialTCP(ctx context.Context, dst netip.AddrPort) (c net.Conn, err error) {
-	err = inNS(p.h, func() error {
+	err = p.ns.Do(func() error {
 		var d net.Dialer
 		c, err = d.DialContext(ctx, "tcp", dst.String())
 		return err
@@ -235,7 +148,7 @@ func (p *nsPod) DialTCP(ctx context.Context, dst netip.AddrPort) (c net.Conn, er
 }
 
 func (p *nsPod) DialUDP(dst netip.AddrPort) (c net.Conn, err error) {
-	err = inNS(p.h, func() error {
+	err = p.ns.Do(func() error {
 		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
 		return err
 	})
@@ -243,7 +156,7 @@ func (p *nsPod) DialUDP(dst netip.AddrPort) (c net.Conn, err error) {
 }
 
 func (p *nsPod) ListenTCP(port uint16) (ln net.Listener, err error) {
-	err = inNS(p.h, func() error {
+	err = p.ns.Do(func() error {
 		ln, err = net.Listen("tcp", ":"+strconv.Itoa(int(port)))
 		return err
 	})
@@ -251,7 +164,7 @@ func (p *nsPod) ListenTCP(port uint16) (ln net.Listener, err error) {
 }
 
 func (p *nsPod) ListenUDP(port uint16) (c net.PacketConn, err error) {
-	err = inNS(p.h, func() error {
+	err = p.ns.Do(func() error {
 		c, err = net.ListenPacket("udp", ":"+strconv.Itoa(int(port)))
 		return err
 	})
@@ -267,7 +180,7 @@ func (p *nsPod) Ping(ctx context.Context, dst netip.Addr, size int) (time.Durati
 		typ, reply = packet.ICMPv6EchoRequest, packet.ICMPv6EchoReply
 	}
 	var c net.PacketConn
-	if err := inNS(p.h, func() (err error) {
+	if err := p.ns.Do(func() (err error) {
 		c, err = net.ListenPacket(network, laddr)
 		return err
 	}); err != nil {
@@ -311,14 +224,4 @@ func (p *nsPod) Ping(ctx context.Context, dst netip.Addr, size int) (time.Durati
 
 // Close deletes the pod's namespace (with every process in it). The TAP
 // goes with it; the engine closes its descriptor. Idempotent.
-func (p *nsPod) Close() error {
-	if p.h.IsOpen() {
-		_ = p.h.Close()
-		p.h = netns.None()
-	}
-	if p.ns != "" {
-		deleteNamespace(p.ns)
-		p.ns = ""
-	}
-	return nil
-}
+func (p *nsPod) Close() error { return p.ns.Delete() }

@@ -1,9 +1,15 @@
 package nstest
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
+
+func exists(name string) bool {
+	_, err := os.Stat("/run/netns/" + name)
+	return err == nil
+}
 
 func TestNamespaceLifecycle(t *testing.T) {
 	var name string
