@@ -29,11 +29,13 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/podrouter/podrouter/cni"
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/nstest"
 )
@@ -45,6 +47,12 @@ const helperEnv = "PODROUTER_E2E_HELPER"
 
 func TestMain(m *testing.M) {
 	switch os.Getenv(helperEnv) {
+	case panicHelper:
+		cni.Main(skel.CNIFuncs{
+			Add: func(*skel.CmdArgs) error { return panicAdd() },
+			Del: func(*skel.CmdArgs) error { return panicDel() },
+		})
+		os.Exit(0)
 	case "http-serve":
 		addr := os.Args[len(os.Args)-1]
 		err := http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
