@@ -457,15 +457,31 @@ func readRequest(c *net.UnixConn) (request, []*os.File, error) {
 		}
 	}
 	line, _, _ := bytes.Cut(data, []byte{'\n'})
+	req, err = decodeRequest(line)
+	return req, files, err
+}
+
+// decodeRequest decodes one request line (without its newline): exactly
+// one JSON object, no field this package does not know, of this protocol
+// version. On error the request is what could be decoded (its Op names
+// the request in metrics). The ops' own checks (Validate, Normalize)
+// follow in dispatch.
+func decodeRequest(line []byte) (request, error) {
+	var req request
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		return req, files, fmt.Errorf("decode request: %w", err)
+		return req, fmt.Errorf("decode request: %w", err)
+	}
+	// Decode stops after the first value: anything but white space after
+	// it is a malformed request, not one to guess at.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return req, errors.New("decode request: data after the request object")
 	}
 	if req.V != Version {
-		return req, files, fmt.Errorf("protocol version %d, want %d", req.V, Version)
+		return req, fmt.Errorf("protocol version %d, want %d", req.V, Version)
 	}
-	return req, files, nil
+	return req, nil
 }
 
 func parseRights(oob []byte) ([]*os.File, error) {
