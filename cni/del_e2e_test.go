@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -364,3 +365,83 @@ func panicDel() error {
 }
 
 func panicAdd() error { panic(errors.New("boom")) }
+
+// refusingDaemon is a daemon that is ready but refuses every attach with
+// err, and records the detaches it is asked for.
+type refusingDaemon struct {
+	err      error
+	podCIDR  netip.Prefix
+	mu       sync.Mutex
+	detached []api.AttachmentID
+}
+
+func (d *refusingDaemon) Attach(_ context.Context, _ api.AttachRequest, tap *os.File) (api.Attachment, error) {
+	_ = tap.Close()
+	return api.Attachment{}, d.err
+}
+
+func (d *refusingDaemon) Detach(_ context.Context, id api.AttachmentID) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.detached = append(d.detached, id)
+	return nil
+}
+
+func (d *refusingDaemon) Status(context.Context) (api.Status, error) {
+	return api.Status{Ready: true, PodCIDRs: []netip.Prefix{d.podCIDR}, Gateway: d.podCIDR.Addr().Next(), MTU: 1500}, nil
+}
+
+func (d *refusingDaemon) Routes(context.Context) ([]api.Route, error)           { return nil, nil }
+func (d *refusingDaemon) Ports(context.Context) ([]api.Port, error)             { return nil, nil }
+func (d *refusingDaemon) Attachments(context.Context) ([]api.Attachment, error) { return nil, nil }
+
+// TestAddAttachRefused: a daemon that answers an attach with an error
+// attached nothing, so the failed ADD must not ask it to detach that ID
+// (it may be another attachment's, kept while the daemon is not ready);
+// the ADD still removes its own TAP and reservation.
+func TestAddAttachRefused(t *testing.T) {
+	nstest.RequireRoot(t)
+	bin, tools := buildBinaries(t)
+	for _, c := range []struct {
+		name string
+		err  error
+		code int
+	}{
+		{"not-ready", fmt.Errorf("%w: re-attaching recorded pods", api.ErrNotReady), 11},
+		{"conflict", fmt.Errorf("%w: address in use", api.ErrConflict), 999},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			d := &refusingDaemon{err: c.err, podCIDR: netip.MustParsePrefix("10.248.0.0/24")}
+			s, err := api.Listen(api.ServerConfig{Path: filepath.Join(dir, "run", "api.sock")}, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() { _ = s.Serve() }()
+			t.Cleanup(func() { _ = s.Close() })
+			conf := []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"podr-refused","type":"podrouter-cni","socket":%q,"ipam":{"type":"host-local","dataDir":%q}}`,
+				s.Path(), filepath.Join(dir, "ipam")))
+			p := &pod{ns: nstest.New(t)}
+			id := api.AttachmentID{ContainerID: randomID("refused"), IfName: "eth0"}
+			r := execPlugin(t, filepath.Join(bin, "podrouter-cni"), bin+string(os.PathListSeparator)+tools, "ADD", id, netnsPath(p.ns), conf)
+			if r.code != 1 {
+				t.Fatalf("ADD with the attach refused: %s", r)
+			}
+			if code, msg, _ := r.cniError(t); code != c.code {
+				t.Errorf("CNI error %d %q, want code %d", code, msg, c.code)
+			}
+			d.mu.Lock()
+			detached := d.detached
+			d.mu.Unlock()
+			if len(detached) != 0 {
+				t.Errorf("the failed ADD asked the daemon to detach %v, which it never attached", detached)
+			}
+			if tapExists(t, p) {
+				t.Error("eth0 left after the refused attach")
+			}
+			if files := ipamFilesIn(t, filepath.Join(dir, "ipam", "podr-refused")); len(files) != 0 {
+				t.Errorf("IPAM reservations left: %v", files)
+			}
+		})
+	}
+}
