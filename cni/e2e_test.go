@@ -287,6 +287,12 @@ func (n *node) daemonPID() int {
 	return n.daemon.Process.Pid
 }
 
+// cli runs the podrouter CLI against n's daemon (--socket added) and
+// returns its combined output.
+func (n *node) cli(args ...string) ([]byte, error) {
+	return exec.Command(filepath.Join(n.bin, "podrouter"), append(args, "--socket", n.socket)...).CombinedOutput()
+}
+
 func (n *node) client() *api.Client { return &api.Client{Path: n.socket, Timeout: 5 * time.Second} }
 
 // pod is a pod netns with its interface added by cnitool.
@@ -547,7 +553,7 @@ func TestPods(t *testing.T) {
 	})
 	t.Run("cli", func(t *testing.T) {
 		run := func(args ...string) []byte {
-			out, err := exec.Command(filepath.Join(n.bin, "podrouter"), append(args, "--socket", n.socket)...).CombinedOutput()
+			out, err := n.cli(args...)
 			if err != nil {
 				t.Fatalf("podrouter %v: %v\n%s", args, err, out)
 			}
@@ -1126,8 +1132,7 @@ func TestOperability(t *testing.T) {
 		}
 		defer func() { cancel(); _ = pinger.Wait() }()
 		file := filepath.Join(n.dir, "a.pcap")
-		out, err := exec.Command(filepath.Join(n.bin, "podrouter"), "pcap", a.ip.String(), "-c", "8", "-w", file,
-			"--duration", "20s", "--socket", n.socket).CombinedOutput()
+		out, err := n.cli("pcap", a.ip.String(), "-c", "8", "-w", file, "--duration", "20s")
 		if err != nil {
 			t.Fatalf("podrouter pcap: %v\n%s", err, out)
 		}
@@ -1195,8 +1200,7 @@ func TestOperability(t *testing.T) {
 		}
 		defer func() { cancel(); _ = nodePing.Wait() }()
 		upFile := filepath.Join(n.dir, "up.pcap")
-		if out, err := exec.Command(filepath.Join(n.bin, "podrouter"), "pcap", n.uplink, "-c", "4", "-w", upFile,
-			"--socket", n.socket).CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "captured 4 packets") {
+		if out, err := n.cli("pcap", n.uplink, "-c", "4", "-w", upFile); err != nil || !strings.HasPrefix(string(out), "captured 4 packets") {
 			t.Fatalf("podrouter pcap %s: %v\n%s", n.uplink, err, out)
 		}
 		dump, err = exec.Command("tcpdump", "-n", "-r", upFile).CombinedOutput()
@@ -1207,7 +1211,7 @@ func TestOperability(t *testing.T) {
 
 		// An unknown pod is an error naming it, and leaves no file.
 		bad := filepath.Join(n.dir, "none.pcap")
-		out, err = exec.Command(filepath.Join(n.bin, "podrouter"), "pcap", "10.250.254.254", "-w", bad, "--socket", n.socket).CombinedOutput()
+		out, err = n.cli("pcap", "10.250.254.254", "-w", bad)
 		if err == nil || !strings.Contains(string(out), "not found") {
 			t.Errorf("pcap of an unknown pod: %v\n%s", err, out)
 		}
@@ -1217,11 +1221,11 @@ func TestOperability(t *testing.T) {
 	})
 
 	t.Run("cli", func(t *testing.T) {
-		out, err := exec.Command(filepath.Join(n.bin, "podrouter"), "peers", "--json", "--socket", n.socket).CombinedOutput()
+		out, err := n.cli("peers", "--json")
 		if err != nil || strings.TrimSpace(string(out)) != "[]" {
 			t.Errorf("peers --json on a node without peers: %v %q", err, out)
 		}
-		out, err = exec.Command(filepath.Join(n.bin, "podrouter"), "status", "--socket", n.socket).CombinedOutput()
+		out, err = n.cli("status")
 		if err != nil || !strings.Contains(string(out), "readiness:") || !strings.Contains(string(out), "ok") {
 			t.Errorf("status: %v\n%s", err, out)
 		}
