@@ -5,7 +5,8 @@
 //	       ranges filled in from the podCIDRs) ─► pod netns: lo up, eth0 = persistent
 //	       TAP (MAC, MTU, addresses, default routes via the gateway)
 //	       ─► daemon attach (the TAP fd by SCM_RIGHTS) ─► result
-//	DEL:   daemon detach ─► TAP deleted ─► IPAM DEL; each step tolerates what is gone
+//	DEL:   netns (CNI_NETNS, else the daemon's record, else prevResult) ─► daemon
+//	       detach ─► TAP deleted ─► IPAM DEL; each step tolerates what is gone
 //	CHECK: IPAM CHECK ─► interface, addresses, routes ─► the daemon's attachment
 //	STATUS: the daemon answers ready (else code 50)
 //	GC:    attachments and host-local reservations not in cni.dev/valid-attachments
@@ -17,7 +18,10 @@
 // podCIDR: when its ipam section has neither "subnet" nor "ranges", ADD
 // fills them in from the daemon (flannel does the same with subnet.env), so
 // one conflist serves every node. ADD rolls back through an explicit
-// success flag, as the CNI bridge plugin does.
+// success flag, as the CNI bridge plugin does, undoing only the steps
+// that succeeded (an interface of the same name that was there before is
+// not ADD's to delete). Main turns a panic into a CNI error: a crashed
+// plugin's exit 2 and stack trace leave the runtime retrying forever.
 package cni
 
 import (

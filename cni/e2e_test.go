@@ -29,11 +29,13 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/podrouter/podrouter/cni"
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/nstest"
 )
@@ -45,6 +47,12 @@ const helperEnv = "PODROUTER_E2E_HELPER"
 
 func TestMain(m *testing.M) {
 	switch os.Getenv(helperEnv) {
+	case panicHelper:
+		cni.Main(skel.CNIFuncs{
+			Add: func(*skel.CmdArgs) error { return panicAdd() },
+			Del: func(*skel.CmdArgs) error { return panicDel() },
+		})
+		os.Exit(0)
 	case "http-serve":
 		addr := os.Args[len(os.Args)-1]
 		err := http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -277,6 +285,12 @@ func (n *node) daemonPID() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.daemon.Process.Pid
+}
+
+// cli runs the podrouter CLI against n's daemon (--socket added) and
+// returns its combined output.
+func (n *node) cli(args ...string) ([]byte, error) {
+	return exec.Command(filepath.Join(n.bin, "podrouter"), append(args, "--socket", n.socket)...).CombinedOutput()
 }
 
 func (n *node) client() *api.Client { return &api.Client{Path: n.socket, Timeout: 5 * time.Second} }
@@ -539,7 +553,7 @@ func TestPods(t *testing.T) {
 	})
 	t.Run("cli", func(t *testing.T) {
 		run := func(args ...string) []byte {
-			out, err := exec.Command(filepath.Join(n.bin, "podrouter"), append(args, "--socket", n.socket)...).CombinedOutput()
+			out, err := n.cli(args...)
 			if err != nil {
 				t.Fatalf("podrouter %v: %v\n%s", args, err, out)
 			}
@@ -1118,8 +1132,7 @@ func TestOperability(t *testing.T) {
 		}
 		defer func() { cancel(); _ = pinger.Wait() }()
 		file := filepath.Join(n.dir, "a.pcap")
-		out, err := exec.Command(filepath.Join(n.bin, "podrouter"), "pcap", a.ip.String(), "-c", "8", "-w", file,
-			"--duration", "20s", "--socket", n.socket).CombinedOutput()
+		out, err := n.cli("pcap", a.ip.String(), "-c", "8", "-w", file, "--duration", "20s")
 		if err != nil {
 			t.Fatalf("podrouter pcap: %v\n%s", err, out)
 		}
@@ -1187,8 +1200,7 @@ func TestOperability(t *testing.T) {
 		}
 		defer func() { cancel(); _ = nodePing.Wait() }()
 		upFile := filepath.Join(n.dir, "up.pcap")
-		if out, err := exec.Command(filepath.Join(n.bin, "podrouter"), "pcap", n.uplink, "-c", "4", "-w", upFile,
-			"--socket", n.socket).CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "captured 4 packets") {
+		if out, err := n.cli("pcap", n.uplink, "-c", "4", "-w", upFile); err != nil || !strings.HasPrefix(string(out), "captured 4 packets") {
 			t.Fatalf("podrouter pcap %s: %v\n%s", n.uplink, err, out)
 		}
 		dump, err = exec.Command("tcpdump", "-n", "-r", upFile).CombinedOutput()
@@ -1199,7 +1211,7 @@ func TestOperability(t *testing.T) {
 
 		// An unknown pod is an error naming it, and leaves no file.
 		bad := filepath.Join(n.dir, "none.pcap")
-		out, err = exec.Command(filepath.Join(n.bin, "podrouter"), "pcap", "10.250.254.254", "-w", bad, "--socket", n.socket).CombinedOutput()
+		out, err = n.cli("pcap", "10.250.254.254", "-w", bad)
 		if err == nil || !strings.Contains(string(out), "not found") {
 			t.Errorf("pcap of an unknown pod: %v\n%s", err, out)
 		}
@@ -1209,11 +1221,11 @@ func TestOperability(t *testing.T) {
 	})
 
 	t.Run("cli", func(t *testing.T) {
-		out, err := exec.Command(filepath.Join(n.bin, "podrouter"), "peers", "--json", "--socket", n.socket).CombinedOutput()
+		out, err := n.cli("peers", "--json")
 		if err != nil || strings.TrimSpace(string(out)) != "[]" {
 			t.Errorf("peers --json on a node without peers: %v %q", err, out)
 		}
-		out, err = exec.Command(filepath.Join(n.bin, "podrouter"), "status", "--socket", n.socket).CombinedOutput()
+		out, err = n.cli("status")
 		if err != nil || !strings.Contains(string(out), "readiness:") || !strings.Contains(string(out), "ok") {
 			t.Errorf("status: %v\n%s", err, out)
 		}

@@ -12,14 +12,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"math/rand/v2"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,115 +23,7 @@ import (
 	"time"
 
 	"github.com/podrouter/podrouter/router/api"
-	"github.com/podrouter/podrouter/router/nstest"
 )
-
-// outside is the outside netns and its addresses.
-type outside struct {
-	ns     *nstest.NS
-	addr   netip.Addr   // the outside's own address
-	nodeIP netip.Addr   // the node's end of the veth: what the outside sees
-	stuck  netip.Prefix // routed to the outside, never answered
-}
-
-// newOutside joins a new netns to n's by a veth pair.
-func newOutside(t *testing.T, n *node) *outside {
-	t.Helper()
-	x := 1 + rand.IntN(250)
-	o := &outside{
-		ns:     nstest.New(t),
-		addr:   netip.MustParseAddr(fmt.Sprintf("10.253.%d.2", x)),
-		nodeIP: netip.MustParseAddr(fmt.Sprintf("10.253.%d.1", x)),
-		stuck:  netip.MustParsePrefix(fmt.Sprintf("10.254.%d.0/24", x)),
-	}
-	id := rand.IntN(1 << 20)
-	nodeEnd, outEnd := fmt.Sprintf("pen%05x", id), fmt.Sprintf("peo%05x", id)
-	// Both ends are born in the node netns (deleted with it); one moves.
-	n.ns.Run(t, "ip", "link", "add", nodeEnd, "type", "veth", "peer", "name", outEnd)
-	n.ns.Run(t, "ip", "link", "set", outEnd, "netns", o.ns.Name)
-	n.ns.Run(t, "ip", "addr", "add", o.nodeIP.String()+"/24", "dev", nodeEnd)
-	n.ns.Run(t, "ip", "link", "set", nodeEnd, "up")
-	n.ns.Run(t, "ip", "route", "add", o.stuck.String(), "via", o.addr.String())
-	o.ns.Run(t, "ip", "addr", "add", o.addr.String()+"/24", "dev", outEnd)
-	o.ns.Run(t, "ip", "link", "set", outEnd, "up")
-	// A new netns does not forward (net.ipv4.ip_forward is 0): o.stuck
-	// packets die there without an ICMP error.
-	if out := o.ns.Run(t, "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "0" {
-		t.Fatalf("the outside netns forwards: ip_forward %q", out)
-	}
-	return o
-}
-
-// listen opens a listener inside ns (the socket stays there, whatever
-// thread uses it later).
-func listen(t *testing.T, ns *nstest.NS, network, addr string) (ln net.Listener, pc net.PacketConn) {
-	t.Helper()
-	err := ns.Do(func() error {
-		var err error
-		if network == "udp" {
-			pc, err = net.ListenPacket(network, addr)
-		} else {
-			ln, err = net.Listen(network, addr)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln, pc
-}
-
-// dialIn dials from inside ns.
-func dialIn(ctx context.Context, ns *nstest.NS, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := ns.Do(func() error {
-		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
-}
-
-// holdServer accepts TCP connections on ln and holds them open (reading
-// until EOF) until the test ends; it counts the connections it saw.
-type holdServer struct {
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
-}
-
-func serveHold(t *testing.T, ln net.Listener) *holdServer {
-	h := &holdServer{}
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			h.mu.Lock()
-			h.conns = append(h.conns, c)
-			h.mu.Unlock()
-			h.wg.Add(1)
-			go func() {
-				defer h.wg.Done()
-				_, _ = io.Copy(io.Discard, c)
-				_ = c.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		h.mu.Lock()
-		for _, c := range h.conns {
-			_ = c.Close()
-		}
-		h.mu.Unlock()
-		h.wg.Wait()
-	})
-	return h
-}
 
 func TestEgress(t *testing.T) {
 	n := newNode(t)
@@ -147,28 +34,9 @@ func TestEgress(t *testing.T) {
 	a, b := n.addPod(), n.addPod()
 	ctx := context.Background()
 
-	// The outside's servers: HTTP answering with the peer it sees, a UDP
-	// echo that prefixes the peer, and a TCP sink holding connections.
-	hln, _ := listen(t, o.ns, "tcp", o.addr.String()+":8080")
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "you are %s", r.RemoteAddr)
-	})}
-	go func() { _ = hs.Serve(hln) }()
-	t.Cleanup(func() { _ = hs.Close() })
-	_, upc := listen(t, o.ns, "udp", o.addr.String()+":9000")
-	udpDone := make(chan struct{})
-	go func() {
-		defer close(udpDone)
-		buf := make([]byte, 2048)
-		for {
-			k, from, err := upc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = upc.WriteTo([]byte(fmt.Sprintf("%s from %s", buf[:k], from)), from)
-		}
-	}()
-	t.Cleanup(func() { _ = upc.Close(); <-udpDone })
+	// The outside's servers (serveEcho), and a TCP sink holding
+	// connections.
+	o.serveEcho(t)
 	sln, _ := listen(t, o.ns, "tcp", o.addr.String()+":7000")
 	sink := serveHold(t, sln)
 
@@ -181,30 +49,10 @@ func TestEgress(t *testing.T) {
 	})
 
 	t.Run("udp", func(t *testing.T) {
-		var pc net.PacketConn
-		if err := a.ns.Do(func() error {
-			var err error
-			pc, err = net.ListenPacket("udp4", ":0")
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
+		_, pc := listen(t, a.ns, "udp4", ":0")
 		defer pc.Close()
-		dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(o.addr, 9000))
-		buf := make([]byte, 2048)
 		for i := range 3 {
-			if _, err := pc.WriteTo([]byte(fmt.Sprintf("ping %d", i)), dst); err != nil {
-				t.Fatal(err)
-			}
-			_ = pc.SetReadDeadline(time.Now().Add(5 * time.Second))
-			k, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				t.Fatalf("datagram %d: %v", i, err)
-			}
-			want := fmt.Sprintf("ping %d from %s:", i, o.nodeIP)
-			if !strings.HasPrefix(string(buf[:k]), want) || from.String() != dst.String() {
-				t.Fatalf("reply %q from %v, want %q... from %v", buf[:k], from, want, dst)
-			}
+			o.udpEcho(t, pc, i, o.nodeIP)
 		}
 		ct, err := n.client().Conntrack(ctx, api.ConntrackRequest{Pod: a.ip.String()})
 		if err != nil {
@@ -293,7 +141,7 @@ func TestEgress(t *testing.T) {
 			}
 		}
 		// The CLI shows the same, and the metrics count the drops.
-		out, err := exec.Command(filepath.Join(n.bin, "podrouter"), "conntrack", "--socket", n.socket, "--pod", c.ip.String()).CombinedOutput()
+		out, err := n.cli("conntrack", "--pod", c.ip.String())
 		if err != nil || !strings.Contains(string(out), fmt.Sprintf("%d flows, egress netstack", perPod)) ||
 			!strings.Contains(string(out), o.nodeIP.String()) {
 			t.Fatalf("podrouter conntrack: %v\n%s", err, out)

@@ -84,16 +84,24 @@ func Add(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrDecodingFailure, "podrouter-cni: ipam config", err.Error())
 	}
 
+	// Rollback: each step that creates something registers its undo
+	// right after it succeeded, and only then; a failed ADD undoes what
+	// it made and nothing else (an interface of the same name that was
+	// there before, another pod's attachment).
 	success := false
+	var undo []func()
+	defer func() {
+		if !success {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
 	r, err := ipam.ExecAdd(ic.Type, ipamIn)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if !success {
-			_ = ipam.ExecDel(ic.Type, ipamIn)
-		}
-	}()
+	undo = append(undo, func() { _ = ipam.ExecDel(ic.Type, ipamIn) })
 	res, err := current.NewResultFromResult(r)
 	if err != nil {
 		return types.NewError(types.ErrDecodingFailure, "podrouter-cni: IPAM result", err.Error())
@@ -103,16 +111,13 @@ func Add(args *skel.CmdArgs) error {
 		return err
 	}
 
+	// setupPodIf leaves nothing behind when it fails, and fails without
+	// touching an interface of that name that already exists.
 	f, index, err := setupPodIf(netns, pi)
 	if err != nil {
-		_ = deletePodIf(args.Netns, args.IfName)
-		return types.NewError(types.ErrInternal, "podrouter-cni: pod interface", err.Error())
+		return types.NewError(types.ErrInternal, "podrouter-cni: pod interface in "+args.Netns, err.Error())
 	}
-	defer func() {
-		if !success {
-			_ = deletePodIf(args.Netns, args.IfName)
-		}
-	}()
+	undo = append(undo, func() { _ = deleteLinkIndex(netns, index) })
 	req := api.AttachRequest{
 		AttachmentID: api.AttachmentID{ContainerID: args.ContainerID, IfName: args.IfName},
 		Netns:        args.Netns,
@@ -123,10 +128,15 @@ func Add(args *skel.CmdArgs) error {
 	_, err = client(conf).Attach(ctx, req, f)
 	_ = f.Close()
 	if err != nil {
-		// The daemon may have attached before failing to answer.
-		_ = client(conf).Detach(ctx, req.AttachmentID)
+		// A daemon that answered with an error attached nothing: its
+		// state is not this ADD's to undo. Without an answer, it may
+		// have attached before the reply was lost.
+		if errors.Is(err, api.ErrUnavailable) {
+			_ = client(conf).Detach(ctx, req.AttachmentID)
+		}
 		return daemonError("attach", err)
 	}
+	undo = append(undo, func() { _ = client(conf).Detach(ctx, req.AttachmentID) })
 
 	out := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
@@ -145,9 +155,7 @@ func Add(args *skel.CmdArgs) error {
 		}
 		out.Routes = append(out.Routes, &types.Route{Dst: *route.IPNet(dst), GW: gw.AsSlice()})
 	}
-	_ = index
 	if err := types.PrintResult(out, conf.CNIVersion); err != nil {
-		_ = client(conf).Detach(ctx, req.AttachmentID)
 		return err
 	}
 	success = true
@@ -238,27 +246,71 @@ func family(a netip.Addr) string {
 	return "IPv6"
 }
 
+// prevResult returns the runtime's previous result, nil when it passed
+// none (a repeated DEL after the runtime dropped its cache) or one this
+// version cannot read.
+func prevResult(conf *NetConf) *current.Result {
+	if conf.PrevResult == nil {
+		return nil
+	}
+	res, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return nil
+	}
+	return res
+}
+
 // knownPodCIDRs returns the node's podCIDRs for an IPAM release: from the
-// daemon when it answers, else from the previous result's addresses.
-func knownPodCIDRs(ctx context.Context, conf *NetConf) []netip.Prefix {
+// daemon when it answers, else from prev's addresses (prev may be nil).
+func knownPodCIDRs(ctx context.Context, conf *NetConf, prev *current.Result) []netip.Prefix {
 	if st, err := client(conf).Status(ctx); err == nil && len(st.PodCIDRs) > 0 {
 		return st.PodCIDRs
 	}
+	if prev == nil {
+		return nil
+	}
 	var out []netip.Prefix
-	if res, err := current.NewResultFromResult(conf.PrevResult); err == nil && conf.PrevResult != nil {
-		for _, ipc := range res.IPs {
-			a, ok := netip.AddrFromSlice(ipc.Address.IP)
-			ones, _ := ipc.Address.Mask.Size()
-			if ok && ones > 0 {
-				out = append(out, netip.PrefixFrom(a.Unmap(), ones).Masked())
-			}
+	for _, ipc := range prev.IPs {
+		if ipc == nil {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(ipc.Address.IP)
+		ones, _ := ipc.Address.Mask.Size()
+		if ok && ones > 0 {
+			out = append(out, netip.PrefixFrom(a.Unmap(), ones).Masked())
 		}
 	}
 	return out
 }
 
+// delNetns returns the netns DEL cleans up in: CNI_NETNS, else (the
+// runtime may pass none on DEL) the one the daemon recorded for id, else
+// the sandbox of prev's interface ifName. "" when nothing names one.
+func delNetns(ctx context.Context, conf *NetConf, args *skel.CmdArgs, id api.AttachmentID, prev *current.Result) string {
+	if args.Netns != "" {
+		return args.Netns
+	}
+	if as, err := client(conf).Attachments(ctx); err == nil {
+		for _, a := range as {
+			if a.AttachmentID == id && a.Netns != "" {
+				return a.Netns
+			}
+		}
+	}
+	if prev != nil {
+		for _, i := range prev.Interfaces {
+			if i != nil && i.Name == args.IfName && i.Sandbox != "" {
+				return i.Sandbox
+			}
+		}
+	}
+	return ""
+}
+
 // Del implements CNI DEL: detach, delete the TAP, release the addresses.
-// It succeeds when the netns, the interface or the daemon is gone.
+// It succeeds when the netns, the interface, the daemon or the previous
+// result is gone; it fails only when something that is there could not be
+// removed (the runtime retries then).
 func Del(args *skel.CmdArgs) error {
 	conf, ic, err := ParseConf(args.StdinData)
 	if err != nil {
@@ -266,14 +318,16 @@ func Del(args *skel.CmdArgs) error {
 	}
 	ctx := context.Background()
 	id := api.AttachmentID{ContainerID: args.ContainerID, IfName: args.IfName}
+	prev := prevResult(conf)
+	netns := delNetns(ctx, conf, args, id, prev)
 	if err := client(conf).Detach(ctx, id); err != nil &&
 		!errors.Is(err, api.ErrNotFound) && !errors.Is(err, api.ErrUnavailable) && !errors.Is(err, api.ErrBadRequest) {
 		return daemonError("detach", err)
 	}
-	if err := deletePodIf(args.Netns, args.IfName); err != nil {
+	if err := deletePodIf(netns, args.IfName); err != nil {
 		return types.NewError(types.ErrInternal, "podrouter-cni: delete pod interface", err.Error())
 	}
-	ipamIn, err := ipamStdin(args.StdinData, ic, knownPodCIDRs(ctx, conf))
+	ipamIn, err := ipamStdin(args.StdinData, ic, knownPodCIDRs(ctx, conf, prev))
 	if err != nil {
 		return types.NewError(types.ErrDecodingFailure, "podrouter-cni: ipam config", err.Error())
 	}
@@ -434,7 +488,7 @@ func GC(args *skel.CmdArgs) error {
 		}
 	}
 	if len(stale) > 0 {
-		ipamIn, err := ipamStdin(args.StdinData, ic, knownPodCIDRs(ctx, conf))
+		ipamIn, err := ipamStdin(args.StdinData, ic, knownPodCIDRs(ctx, conf, prevResult(conf)))
 		if err != nil {
 			return types.NewError(types.ErrDecodingFailure, "podrouter-cni: ipam config", err.Error())
 		}

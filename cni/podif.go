@@ -64,10 +64,16 @@ func tapFile(dev *tap.Device) (*os.File, error) {
 	return os.NewFile(uintptr(fd), name), nil
 }
 
+// errIfExists: the pod's netns already has an interface of the name ADD
+// was asked to create (another container's, or the one an earlier ADD
+// made). ADD fails and leaves it alone.
+var errIfExists = errors.New("interface already exists in the netns")
+
 // setupPodIf creates and configures the pod's interface inside netns and
 // returns a descriptor of its TAP for the daemon, and the interface's
-// index. On error nothing is left in the netns (the caller's rollback
-// deletes it again all the same).
+// index. On error nothing it created is left in the netns, and an
+// interface of that name that was there before (errIfExists) is not
+// touched.
 func setupPodIf(netns ns.NetNS, pi *podIf) (f *os.File, index int, err error) {
 	err = netns.Do(func(ns.NetNS) error {
 		lo, err := netlink.LinkByName("lo")
@@ -77,29 +83,30 @@ func setupPodIf(netns ns.NetNS, pi *podIf) (f *os.File, index int, err error) {
 		if err := netlink.LinkSetUp(lo); err != nil {
 			return fmt.Errorf("lo up: %w", err)
 		}
-		if _, err := netlink.LinkByName(pi.name); err == nil {
-			return fmt.Errorf("interface %s already exists in the netns", pi.name)
+		if l, err := netlink.LinkByName(pi.name); err == nil {
+			return fmt.Errorf("%w: %s (a %s, index %d)", errIfExists, pi.name, l.Type(), l.Attrs().Index)
 		}
 		dev, err := tap.Create(pi.name, tap.Config{MTU: pi.mtu, Persist: true})
 		if err != nil {
 			return fmt.Errorf("create TAP %s: %w", pi.name, err)
 		}
+		// The TAP is this call's from here: look it up once, by name
+		// right after its creation, and delete it by index on failure.
+		l, err := netlink.LinkByName(pi.name)
+		if err != nil {
+			_ = dev.SetPersist(false) // the kernel deletes it with the fd
+			_ = dev.Close()
+			return fmt.Errorf("look up the new TAP %s: %w", pi.name, err)
+		}
 		success := false
 		defer func() {
 			if !success {
 				_ = dev.Close()
-				if l, err := netlink.LinkByName(pi.name); err == nil {
-					_ = netlink.LinkDel(l)
-				}
+				_ = netlink.LinkDel(l)
 			}
 		}()
 		file, err := tapFile(dev)
 		if err != nil {
-			return err
-		}
-		l, err := netlink.LinkByName(pi.name)
-		if err != nil {
-			_ = file.Close()
 			return err
 		}
 		if err := configureLink(l, pi); err != nil {
@@ -145,6 +152,18 @@ func configureLink(l netlink.Link, pi *podIf) error {
 		}
 	}
 	return nil
+}
+
+// deleteLinkIndex deletes the interface with index in netns: the rollback
+// of an ADD that created it.
+func deleteLinkIndex(netns ns.NetNS, index int) error {
+	return netns.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByIndex(index)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
+	})
 }
 
 // deletePodIf deletes the pod's TAP in the netns at path. A missing netns

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -70,26 +69,7 @@ func TestSNATEgress(t *testing.T) {
 	// address, captured for the whole test.
 	capture := startCapture(t, o, fmt.Sprintf("src net %s or src host %s", n.podCIDR, snat))
 
-	hln, _ := listen(t, o.ns, "tcp", o.addr.String()+":8080")
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "you are %s", r.RemoteAddr)
-	})}
-	go func() { _ = hs.Serve(hln) }()
-	t.Cleanup(func() { _ = hs.Close() })
-	_, upc := listen(t, o.ns, "udp", o.addr.String()+":9000")
-	udpDone := make(chan struct{})
-	go func() {
-		defer close(udpDone)
-		buf := make([]byte, 2048)
-		for {
-			k, from, err := upc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = upc.WriteTo([]byte(fmt.Sprintf("%s from %s", buf[:k], from)), from)
-		}
-	}()
-	t.Cleanup(func() { _ = upc.Close(); <-udpDone })
+	o.serveEcho(t)
 
 	// HTTP: the server sees the SNAT address.
 	body := httpGet(t, a.ns, fmt.Sprintf("http://%s:8080/", o.addr))
@@ -99,35 +79,14 @@ func TestSNATEgress(t *testing.T) {
 	}
 
 	// UDP request/response, from one socket: one flow, one port.
-	var pc net.PacketConn
-	if err := a.ns.Do(func() error {
-		var err error
-		pc, err = net.ListenPacket("udp4", ":0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	_, pc := listen(t, a.ns, "udp4", ":0")
 	defer pc.Close()
-	dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(o.addr, 9000))
-	buf := make([]byte, 2048)
 	var seenFrom string
 	for i := range 3 {
-		if _, err := pc.WriteTo([]byte(fmt.Sprintf("ping %d", i)), dst); err != nil {
-			t.Fatal(err)
-		}
-		_ = pc.SetReadDeadline(time.Now().Add(5 * time.Second))
-		k, from, err := pc.ReadFrom(buf)
-		if err != nil {
-			t.Fatalf("datagram %d: %v", i, err)
-		}
-		reply := string(buf[:k])
-		want := fmt.Sprintf("ping %d from %s:", i, snat)
-		if !strings.HasPrefix(reply, want) || from.String() != dst.String() {
-			t.Fatalf("reply %q from %v, want %q... from %v", reply, from, want, dst)
-		}
+		f := o.udpEcho(t, pc, i, snat)
 		if i == 0 {
-			seenFrom = strings.TrimPrefix(reply, fmt.Sprintf("ping %d from ", i))
-		} else if f := strings.TrimPrefix(reply, fmt.Sprintf("ping %d from ", i)); f != seenFrom {
+			seenFrom = f
+		} else if f != seenFrom {
 			t.Fatalf("datagram %d from %s, the first from %s: the translation changed", i, f, seenFrom)
 		}
 	}
@@ -137,12 +96,8 @@ func TestSNATEgress(t *testing.T) {
 
 	// An ICMP error about a translated flow reaches the pod translated
 	// back: a datagram to a closed port of the outside is refused.
-	var uc net.Conn
-	if err := a.ns.Do(func() error {
-		var err error
-		uc, err = net.Dial("udp4", netip.AddrPortFrom(o.addr, 9001).String())
-		return err
-	}); err != nil {
+	uc, err := dialIn(ctx, a.ns, "udp4", netip.AddrPortFrom(o.addr, 9001).String())
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer uc.Close()
@@ -150,7 +105,7 @@ func TestSNATEgress(t *testing.T) {
 	if _, err := uc.Write([]byte("anyone?")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := uc.Read(buf); !errors.Is(err, syscall.ECONNREFUSED) {
+	if _, err := uc.Read(make([]byte, 64)); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("UDP to a closed port of the outside: %v, want ECONNREFUSED (port unreachable, translated back)", err)
 	}
 
@@ -171,7 +126,7 @@ func TestSNATEgress(t *testing.T) {
 	if ct.Egress != "snat" || !udpFlow || ct.Stats == nil || ct.Stats.Inserts < 3 {
 		t.Fatalf("conntrack: egress %q, flows %+v, stats %+v; want the UDP flow replying to %s", ct.Egress, ct.Flows, ct.Stats, seenFrom)
 	}
-	cli, err := exec.Command(filepath.Join(n.bin, "podrouter"), "conntrack", "--socket", n.socket, "--pod", a.ip.String()).CombinedOutput()
+	cli, err := n.cli("conntrack", "--pod", a.ip.String())
 	if err != nil || !strings.Contains(string(cli), "egress snat") || !strings.Contains(string(cli), seenFrom) {
 		t.Fatalf("podrouter conntrack: %v\n%s", err, cli)
 	}
@@ -188,12 +143,8 @@ func TestSNATEgress(t *testing.T) {
 	}
 
 	// Unsolicited traffic to the SNAT address is dropped by the engine.
-	var stray net.Conn
-	if err := o.ns.Do(func() error {
-		var err error
-		stray, err = net.Dial("udp4", netip.AddrPortFrom(snat, 40404).String())
-		return err
-	}); err != nil {
+	stray, err := dialIn(ctx, o.ns, "udp4", netip.AddrPortFrom(snat, 40404).String())
+	if err != nil {
 		t.Fatal(err)
 	}
 	_, _ = stray.Write([]byte("stray"))

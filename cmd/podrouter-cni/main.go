@@ -4,13 +4,6 @@
 // logic lives in package cni.
 package main
 
-import (
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/version"
+import "github.com/podrouter/podrouter/cni"
 
-	"github.com/podrouter/podrouter/cni"
-)
-
-func main() {
-	skel.PluginMainFuncs(cni.Funcs(), version.PluginSupports(cni.SupportedVersions...), "podrouter-cni: pods on the podrouter engine")
-}
+func main() { cni.Main(cni.Funcs()) }

@@ -274,15 +274,78 @@ func TestListenStaleAndRunning(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Listen over a stale socket: %v", err)
 	}
-	if fi, err := os.Stat(filepath.Dir(path)); err != nil || fi.Mode().Perm() != 0o700 {
-		t.Errorf("existing 0755 socket dir not tightened to 0700: %v %v", fi.Mode().Perm(), err)
-	}
 	if err := s2.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("socket file left after Close: %v", err)
 	}
+}
+
+// TestListenSocketDir: Listen makes a missing socket directory 0700 and
+// leaves an existing one's mode alone (--socket /run/podrouter.sock must
+// not chmod /run); the socket is 0600 either way.
+func TestListenSocketDir(t *testing.T) {
+	uid := uint32(os.Getuid())
+	for _, c := range []struct {
+		name     string
+		existing os.FileMode // 0: the directory is missing
+		nested   bool        // its parent is missing too
+		want     os.FileMode
+	}{
+		{name: "missing", want: 0o700},
+		{name: "missing-parent", nested: true, want: 0o700},
+		{name: "existing-0755", existing: 0o755, want: 0o755},
+		{name: "existing-0711", existing: 0o711, want: 0o711},
+		{name: "existing-1777", existing: os.ModeSticky | 0o777, want: os.ModeSticky | 0o777},
+		{name: "existing-0700", existing: 0o700, want: 0o700},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "run")
+			if c.nested {
+				dir = filepath.Join(dir, "podrouter")
+			}
+			if c.existing != 0 {
+				if err := os.Mkdir(dir, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				// Chmod: Mkdir's mode is masked by the umask and
+				// drops the sticky bit.
+				if err := os.Chmod(dir, c.existing); err != nil {
+					t.Fatal(err)
+				}
+			}
+			path := filepath.Join(dir, "api.sock")
+			s, err := Listen(ServerConfig{Path: path, AllowUID: &uid, Logger: zaptest.NewLogger(t)}, &fakeHandler{})
+			if err != nil {
+				t.Fatalf("Listen: %v", err)
+			}
+			defer s.Close()
+			fi, err := os.Stat(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fi.Mode() & (os.ModePerm | os.ModeSticky); got != c.want {
+				t.Errorf("socket directory mode %v, want %v", got, c.want)
+			}
+			fi, err = os.Lstat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o600 {
+				t.Errorf("socket mode %v, want a socket 0600", fi.Mode())
+			}
+		})
+	}
+	t.Run("not-a-directory", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "file")
+		if err := os.WriteFile(file, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Listen(ServerConfig{Path: filepath.Join(file, "api.sock"), AllowUID: &uid}, &fakeHandler{}); err == nil {
+			t.Fatal("Listen under a regular file succeeded")
+		}
+	})
 }
 
 func TestClientUnavailable(t *testing.T) {

@@ -53,8 +53,10 @@ var ErrDaemonRunning = errors.New("api: another daemon is listening on the socke
 // ServerConfig configures a Server.
 type ServerConfig struct {
 	// Path is the socket path (default DefaultSocket). Its directory is
-	// created with mode 0700 when missing (an existing one is set to 0700)
-	// and must be owned by this process's effective uid.
+	// created with mode 0700 when missing; an existing one keeps its mode
+	// (--socket /run/podrouter.sock must not chmod /run: the socket's own
+	// 0600 keeps others out) and must be owned by this process's
+	// effective uid.
 	Path string
 	// AllowUID is the only peer uid served (SO_PEERCRED); default 0.
 	// Tests running unprivileged set their own uid.
@@ -95,7 +97,8 @@ const maxRequest = 64 << 10
 // captureReplyGrace is how long past its bound a capture's reply may take.
 const captureReplyGrace = time.Second
 
-// Listen creates the socket (directory 0700, socket 0600), replacing a stale
+// Listen creates the socket (0600, in a directory made 0700 when missing,
+// an existing one left as it is), replacing a stale
 // socket file that nobody answers on, and returns a Server that does not
 // serve yet (see Serve).
 func Listen(cfg ServerConfig, h Handler) (*Server, error) {
@@ -130,8 +133,8 @@ func Listen(cfg ServerConfig, h Handler) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api: listen: %w", err)
 	}
-	// The directory (0700) already keeps others out; this closes the
-	// socket itself too.
+	// The socket's mode is what keeps others out: its directory may be
+	// one that is not ours to close (/run).
 	if err := os.Chmod(cfg.Path, 0o600); err != nil {
 		_ = ln.Close()
 		return nil, fmt.Errorf("api: chmod socket: %w", err)
@@ -142,22 +145,31 @@ func Listen(cfg ServerConfig, h Handler) (*Server, error) {
 	return s, nil
 }
 
+// prepareDir makes the socket's directory (0700, parents too) when it is
+// missing, and checks that it is a directory owned by us. An existing
+// directory's mode is left alone.
 func (s *Server) prepareDir() error {
 	dir := filepath.Dir(s.cfg.Path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("api: socket directory: %w", err)
-	}
 	fi, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("api: socket directory: %w", err)
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
-		return fmt.Errorf("api: socket directory %s is owned by uid %d, want %d", dir, st.Uid, os.Geteuid())
-	}
-	if fi.Mode().Perm() != 0o700 {
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("api: socket directory: %w", err)
+		}
+		// MkdirAll's mode is masked by the umask; the new directory is
+		// ours to set.
 		if err := os.Chmod(dir, 0o700); err != nil {
 			return fmt.Errorf("api: socket directory: %w", err)
 		}
+		fi, err = os.Stat(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("api: socket directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("api: socket directory %s is not a directory", dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("api: socket directory %s is owned by uid %d, want %d", dir, st.Uid, os.Geteuid())
 	}
 	return nil
 }
@@ -445,15 +457,31 @@ func readRequest(c *net.UnixConn) (request, []*os.File, error) {
 		}
 	}
 	line, _, _ := bytes.Cut(data, []byte{'\n'})
+	req, err = decodeRequest(line)
+	return req, files, err
+}
+
+// decodeRequest decodes one request line (without its newline): exactly
+// one JSON object, no field this package does not know, of this protocol
+// version. On error the request is what could be decoded (its Op names
+// the request in metrics). The ops' own checks (Validate, Normalize)
+// follow in dispatch.
+func decodeRequest(line []byte) (request, error) {
+	var req request
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		return req, files, fmt.Errorf("decode request: %w", err)
+		return req, fmt.Errorf("decode request: %w", err)
+	}
+	// Decode stops after the first value: anything but white space after
+	// it is a malformed request, not one to guess at.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return req, errors.New("decode request: data after the request object")
 	}
 	if req.V != Version {
-		return req, files, fmt.Errorf("protocol version %d, want %d", req.V, Version)
+		return req, fmt.Errorf("protocol version %d, want %d", req.V, Version)
 	}
-	return req, files, nil
+	return req, nil
 }
 
 func parseRights(oob []byte) ([]*os.File, error) {
