@@ -243,7 +243,12 @@ func peersOf(ps []api.Port, rs []api.Route) []peer {
 func runPeers(args []string, stdout, stderr io.Writer) int {
 	var cf clientFlags
 	if rc := cf.parse("peers", "Shows the engine's peer ports (other nodes, through the underlay) with their\n"+
-		"counters and the podCIDRs routed to each. A daemon without peers shows none.", args, stdout, stderr); rc >= 0 {
+		"counters and the podCIDRs routed to each. A daemon without peers shows none.\n"+
+		"ADDR is a peer's underlay endpoint (on the underlay row, the receive port, the local one).\n"+
+		"A peer's RX counts what the underlay delivered from it (its port itself receives nothing).\n"+
+		"DROPS are the engine's drops at the port; UNDERLAY DROPS the underlay's, by reason: on a\n"+
+		"peer's row those of its datagrams (foreign-source, wrong-vni, short, bad-checksum, ...) and\n"+
+		"of packets to it; on the underlay row all of them, unknown-sender (from no peer) included.", args, stdout, stderr); rc >= 0 {
 		return rc
 	}
 	ctx := context.Background()
@@ -264,10 +269,20 @@ func runPeers(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "INDEX\tNAME\tMTU\tPREFIXES\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tDROPS")
+	fmt.Fprintln(tw, "INDEX\tNAME\tADDR\tMTU\tPREFIXES\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tDROPS\tUNDERLAY DROPS")
 	for _, p := range peers {
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", p.Index, p.Name, p.MTU, joinStringers(p.Prefixes),
-			p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, dropsText(p.Drops))
+		addr, rxp, rxb, udrops := "-", p.RxPackets, p.RxBytes, "-"
+		if u := p.Underlay; u != nil {
+			if u.Addr.IsValid() {
+				addr = u.Addr.String()
+			}
+			if u.Peer != "" {
+				rxp, rxb = u.RxPackets, u.RxBytes
+			}
+			udrops = dropsText(u.Drops)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", p.Index, p.Name, addr, p.MTU, joinStringers(p.Prefixes),
+			rxp, rxb, p.TxPackets, p.TxBytes, dropsText(p.Drops), udrops)
 	}
 	_ = tw.Flush()
 	return 0

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -117,5 +118,65 @@ func TestStatusExitCodes(t *testing.T) {
 	errb.Reset()
 	if rc := run([]string{"status", "--socket", filepath.Join(t.TempDir(), "none.sock")}, &out, &errb); rc != 1 || !strings.Contains(errb.String(), "unavailable") {
 		t.Errorf("no daemon: exit %d, stderr %q", rc, errb.String())
+	}
+}
+
+// underlayPeersHandler is a node with an underlay: its receive port and a
+// peer's port, both with the underlay's counters.
+type underlayPeersHandler struct{ peersHandler }
+
+func (underlayPeersHandler) Ports(context.Context) ([]api.Port, error) {
+	return []api.Port{
+		{Index: 0, Name: "podr0", Kind: "uplink", MTU: 1500},
+		{Index: 1, Name: "underlay", Kind: "peer", MTU: 1450, RxPackets: 7,
+			Underlay: &api.UnderlayCounters{Addr: netip.MustParseAddrPort("192.0.2.1:8472"), RxPackets: 7,
+				Drops: map[string]uint64{"unknown-sender": 3, "foreign-source": 2}}},
+		{Index: 2, Name: "node-b", Kind: "peer", MTU: 1450, TxPackets: 5,
+			Underlay: &api.UnderlayCounters{Peer: "node-b", Addr: netip.MustParseAddrPort("192.0.2.2:8472"), RxPackets: 6, RxBytes: 600, TxPackets: 5,
+				Drops: map[string]uint64{"foreign-source": 2, "wrong-vni": 1}}},
+	}, nil
+}
+
+func (underlayPeersHandler) Routes(context.Context) ([]api.Route, error) {
+	return []api.Route{{Prefix: netip.MustParsePrefix("10.244.2.0/24"), Kind: "peer", Port: 2, PortName: "node-b"}}, nil
+}
+
+// TestPeersUnderlayCLI: podrouter peers shows each peer's endpoint, what
+// the underlay received from it and dropped of it by reason, and on the
+// underlay row every underlay drop, unknown senders' included.
+func TestPeersUnderlayCLI(t *testing.T) {
+	var out, errb bytes.Buffer
+	sock := serveCLI(t, underlayPeersHandler{})
+	if rc := run([]string{"peers", "--socket", sock}, &out, &errb); rc != 0 {
+		t.Fatalf("exit %d: %s", rc, errb.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], "ADDR") || !strings.Contains(lines[0], "UNDERLAY DROPS") {
+		t.Fatalf("peers table:\n%s", out.String())
+	}
+	row := func(name string) []string {
+		for _, l := range lines[1:] {
+			if f := strings.Fields(l); len(f) > 1 && f[1] == name {
+				return f
+			}
+		}
+		t.Fatalf("no row %s:\n%s", name, out.String())
+		return nil
+	}
+	// INDEX NAME ADDR MTU PREFIXES RX-PKTS RX-BYTES TX-PKTS TX-BYTES DROPS UNDERLAY-DROPS
+	if got, want := row("underlay"), []string{"1", "underlay", "192.0.2.1:8472", "1450", "-", "7", "0", "0", "0", "-", "foreign-source=2,unknown-sender=3"}; !slices.Equal(got, want) {
+		t.Errorf("underlay row %q, want %q", got, want)
+	}
+	if got, want := row("node-b"), []string{"2", "node-b", "192.0.2.2:8472", "1450", "10.244.2.0/24", "6", "600", "5", "0", "-", "foreign-source=2,wrong-vni=1"}; !slices.Equal(got, want) {
+		t.Errorf("node-b row %q, want %q", got, want)
+	}
+	out.Reset()
+	if rc := run([]string{"peers", "--socket", sock, "--json"}, &out, &errb); rc != 0 {
+		t.Fatalf("exit %d: %s", rc, errb.String())
+	}
+	var ps []peer
+	if err := json.Unmarshal(out.Bytes(), &ps); err != nil || len(ps) != 2 || ps[1].Underlay == nil ||
+		ps[1].Underlay.Peer != "node-b" || ps[1].Underlay.Drops["foreign-source"] != 2 || ps[0].Underlay.Drops["unknown-sender"] != 3 {
+		t.Errorf("peers --json: %+v, %v\n%s", ps, err, out.String())
 	}
 }

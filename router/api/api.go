@@ -326,6 +326,35 @@ type Port struct {
 	TxPackets uint64            `json:"txPackets"`
 	TxBytes   uint64            `json:"txBytes"`
 	Drops     map[string]uint64 `json:"drops,omitempty"` // by reason, non-zero only
+	// Underlay is set on the ports of kind peer of a daemon with an
+	// underlay (nil elsewhere, and from an older daemon): on a peer's
+	// port, what the underlay counted for that peer; on the underlay's
+	// receive port, its totals.
+	Underlay *UnderlayCounters `json:"underlay,omitempty"`
+}
+
+// UnderlayCounters are the underlay's counters behind a peer port (see
+// Port.Underlay). A peer's port counts nothing received (what the peer
+// sends comes out of the receive port), so RxPackets and RxBytes here are
+// where a peer's traffic to us shows.
+type UnderlayCounters struct {
+	// Peer is the node's name and Addr its underlay endpoint, on a peer's
+	// port; on the receive port, Peer is empty and Addr is the local
+	// endpoint.
+	Peer string         `json:"peer,omitempty"`
+	Addr netip.AddrPort `json:"addr,omitzero"`
+	// RxPackets and RxBytes are the inner packets received (from the
+	// peer) and delivered to the engine; TxPackets and TxBytes those
+	// handed to the kernel (to the peer).
+	RxPackets uint64 `json:"rxPackets"`
+	RxBytes   uint64 `json:"rxBytes"`
+	TxPackets uint64 `json:"txPackets"`
+	TxBytes   uint64 `json:"txBytes"`
+	// Drops are the underlay's drops by reason (underlay.DropReason's
+	// names: foreign-source, wrong-vni, short, bad-checksum, ...),
+	// non-zero only. On the receive port they are every drop of the
+	// underlay, those of no peer included (unknown-sender, no-peer).
+	Drops map[string]uint64 `json:"drops,omitempty"`
 }
 
 // Capture bounds.

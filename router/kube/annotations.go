@@ -177,6 +177,8 @@ func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 		if local.Backend != underlay.EncapVXLAN {
 			return p, fmt.Errorf("%w: flannel vxlan node, our backend %s", ErrIncompatible, local.Backend)
 		}
+		// A Linux vxlan device hashes the inner flow into its source port.
+		p.AnySourcePort = true
 		dataKey, ipKey := FlannelBackendData, FlannelPublicIP
 		if v6 {
 			dataKey, ipKey = FlannelBackendV6Data, FlannelPublicIPv6

@@ -357,7 +357,8 @@ func (c *Controller) process(ctx context.Context, name string) bool {
 }
 
 func samePeer(a, b underlay.Peer) bool {
-	return a.Name == b.Name && a.Addr == b.Addr && a.VTEPMAC == b.VTEPMAC && slices.Equal(a.PodCIDRs, b.PodCIDRs)
+	return a.Name == b.Name && a.Addr == b.Addr && a.AnySourcePort == b.AnySourcePort && a.VTEPMAC == b.VTEPMAC &&
+		slices.Equal(a.PodCIDRs, b.PodCIDRs) && slices.Equal(a.NodeAddrs, b.NodeAddrs)
 }
 
 // flush hands the sink a snapshot when the peer set changed since the last

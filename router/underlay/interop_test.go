@@ -113,7 +113,7 @@ func setupInterop(t *testing.T) *interop {
 	if _, err := eng.AddPort(x.u.RxDevice(), engine.PortConfig{Name: "underlay", Kind: engine.KindPeer, MTU: x.u.MTU()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := x.u.SetPeers([]underlay.Peer{{Name: "nodeB", Addr: netip.AddrPortFrom(underB, 8472), VTEPMAC: x.flannelMAC, PodCIDRs: []netip.Prefix{cidrB}}}); err != nil {
+	if err := x.u.SetPeers([]underlay.Peer{{Name: "nodeB", Addr: netip.AddrPortFrom(underB, 8472), AnySourcePort: true, VTEPMAC: x.flannelMAC, PodCIDRs: []netip.Prefix{cidrB}}}); err != nil {
 		t.Fatal(err)
 	}
 	peer, err := eng.AddPort(x.u.PeerDevice("nodeB"), engine.PortConfig{Name: "peer-nodeB", Kind: engine.KindPeer, MTU: x.u.MTU()})
@@ -237,13 +237,13 @@ func TestKernelVXLANInterop(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer uc.Close()
-		frame := x.vxlanFrame(t, []byte("injected"))
-		before := x.u.Stats().Drops[underlay.DropUnknown]
+		frame := x.vxlanFrame(t, kpodAddr, []byte("injected"))
+		before := x.u.Stats().Drops[underlay.DropUnknownSender]
 		x.inject(t, underX, frame)
 		deadline := time.Now().Add(5 * time.Second)
-		for x.u.Stats().Drops[underlay.DropUnknown] == before {
+		for x.u.Stats().Drops[underlay.DropUnknownSender] == before {
 			if time.Now().After(deadline) {
-				t.Fatal("the stranger's datagram was not counted as unknown-peer")
+				t.Fatal("the stranger's datagram was not counted as unknown-sender")
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -261,16 +261,45 @@ func TestKernelVXLANInterop(t *testing.T) {
 			t.Fatalf("from the peer's address: %q, %v", buf[:n], err)
 		}
 	})
+
+	t.Run("foreign inner source not delivered", func(t *testing.T) {
+		uc, err := x.pod.ListenUDP(9999)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer uc.Close()
+		// The peer's endpoint, sending as a pod of ours (a spoof a peer
+		// must not get through) and as a pod of a third node.
+		for i, src := range []netip.Addr{netip.MustParseAddr("10.244.1.99"), netip.MustParseAddr("10.244.3.2")} {
+			x.inject(t, underB, x.vxlanFrame(t, src, []byte("spoofed")))
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				ps, _ := x.u.PeerStats("nodeB")
+				if ps.Drops[underlay.DropForeignSource] == uint64(i+1) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("inner source %s: peer drops %v, want %d foreign-source", src, ps.Drops, i+1)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		_ = uc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		buf := make([]byte, 100)
+		if n, _, err := uc.ReadFrom(buf); err == nil {
+			t.Fatalf("delivered a foreign inner source: %q", buf[:n])
+		}
+	})
 }
 
-// vxlanFrame builds a VXLAN datagram from the kernel pod to the virtual
-// pod's UDP port 9999.
-func (x *interop) vxlanFrame(t *testing.T, payload []byte) []byte {
+// vxlanFrame builds a VXLAN datagram from src (the kernel pod's address,
+// or a spoofed one) to the virtual pod's UDP port 9999.
+func (x *interop) vxlanFrame(t *testing.T, src netip.Addr, payload []byte) []byte {
 	ip := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize+len(payload))
 	h := header.IPv4(ip)
 	h.Encode(&header.IPv4Fields{
 		TotalLength: uint16(len(ip)), TTL: 63, Protocol: uint8(header.UDPProtocolNumber),
-		SrcAddr: tcpip.AddrFrom4(kpodAddr.As4()), DstAddr: tcpip.AddrFrom4(vpodAddr.As4()),
+		SrcAddr: tcpip.AddrFrom4(src.As4()), DstAddr: tcpip.AddrFrom4(vpodAddr.As4()),
 	})
 	h.SetChecksum(^h.CalculateChecksum())
 	u := header.UDP(ip[header.IPv4MinimumSize:])

@@ -1,6 +1,7 @@
 package underlay
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -15,16 +16,29 @@ type Peer struct {
 	// Name is the node's name, unique in the table (required).
 	Name string
 	// Addr is the node's underlay endpoint: where its packets go, and the
-	// source its packets must come from (required). Over vxlan only the
-	// address is checked on receipt, not the port: a Linux vxlan device
-	// sends from a source port hashed from the inner flow.
+	// source address and port its datagrams must come from (required);
+	// see AnySourcePort.
 	Addr netip.AddrPort
+	// AnySourcePort: the node sends from source ports of its own choosing,
+	// so its datagrams are matched on Addr's address alone. A Linux vxlan
+	// device (flannel's vxlan backend) does: it hashes the inner flow into
+	// the source port. A podrouter node sends from its Addr, and leaves
+	// this false. Where two such peers share an address, neither matches
+	// but by exact address and port.
+	AnySourcePort bool
 	// VTEPMAC is the node's VTEP MAC: the inner Ethernet destination of
 	// what we send it (required for vxlan, ignored for udp).
 	VTEPMAC packet.MAC
-	// PodCIDRs are the node's podCIDRs. The underlay does not route; the
-	// control plane turns them into engine routes to the peer's port.
+	// PodCIDRs are the node's podCIDRs: the inner sources it may send
+	// from (as WireGuard's AllowedIPs), besides its node addresses. The
+	// underlay does not route; the control plane turns them into engine
+	// routes to the peer's port.
 	PodCIDRs []netip.Prefix
+	// NodeAddrs are further addresses of the node (optional): inner
+	// sources its hostNetwork traffic may come from, besides Addr's
+	// address, which always may (e.g. its address of the other family on
+	// a dual-stack cluster, or a node IP apart from its underlay address).
+	NodeAddrs []netip.Addr
 }
 
 // PeerStats are one peer's counters (kept across peer table updates while
@@ -32,6 +46,19 @@ type Peer struct {
 type PeerStats struct {
 	RxPackets, RxBytes uint64 // inner packets received from the peer and delivered
 	TxPackets, TxBytes uint64 // inner packets sent to the peer
+	// Drops counts, by reason (non-zero reasons only), what the underlay
+	// dropped of the datagrams the peer sent us and of the packets we
+	// were to send it.
+	Drops map[DropReason]uint64
+}
+
+// TotalDrops sums the drops over every reason.
+func (s PeerStats) TotalDrops() uint64 {
+	var n uint64
+	for _, v := range s.Drops {
+		n += v
+	}
+	return n
 }
 
 // peerState is a peer in one snapshot of the table: immutable except for
@@ -41,6 +68,7 @@ type peerState struct {
 	name     [28]byte // the peer's sockaddr, as sendmmsg takes it
 	nameLen  uint32
 	tmpl     *encapTemplate // vxlan only
+	src      sources        // the inner sources it may send from
 	counters *peerCounters
 }
 
@@ -48,13 +76,14 @@ type peerCounters struct {
 	rxPackets, rxBytes atomic.Uint64
 	_                  [48]byte // rx (the RX goroutine) apart from tx (any writer)
 	txPackets, txBytes atomic.Uint64
+	drops              [numDropReasons]atomic.Uint64 // rx and tx: both rare
 }
 
 // table is one immutable snapshot of the peer table.
 type table struct {
 	byName map[string]*peerState
 	byAddr map[netip.AddrPort]*peerState
-	byIP   map[netip.Addr]*peerState // vxlan: source address alone; nil entry = ambiguous
+	byIP   map[netip.Addr]*peerState // AnySourcePort peers by address; nil entry = ambiguous
 }
 
 func (u *Underlay) validatePeer(p *Peer) error {
@@ -75,8 +104,13 @@ func (u *Underlay) validatePeer(p *Peer) error {
 		return fmt.Errorf("%w: %s: VTEPMAC %s: want a unicast MAC for vxlan", ErrBadPeer, p.Name, p.VTEPMAC)
 	}
 	for _, c := range p.PodCIDRs {
-		if !c.IsValid() || c != c.Masked() {
+		if !c.IsValid() || c != c.Masked() || c.Addr().Zone() != "" || c.Addr().Is4In6() {
 			return fmt.Errorf("%w: %s: PodCIDRs: %s is not a masked prefix", ErrBadPeer, p.Name, c)
+		}
+	}
+	for _, a := range p.NodeAddrs {
+		if !a.IsValid() || a.Zone() != "" || a.Is4In6() || a.IsUnspecified() || a.IsMulticast() {
+			return fmt.Errorf("%w: %s: NodeAddrs: %s: want a unicast address without zone", ErrBadPeer, p.Name, a)
 		}
 	}
 	return nil
@@ -106,8 +140,10 @@ func (u *Underlay) buildTable(peers []Peer, old *table) (*table, error) {
 			return nil, fmt.Errorf("%w: %s: Addr %s is this underlay's own address", ErrBadPeer, p.Name, p.Addr)
 		}
 		p.PodCIDRs = slices.Clone(p.PodCIDRs)
+		p.NodeAddrs = slices.Clone(p.NodeAddrs)
 		ps := &peerState{Peer: p}
 		ps.nameLen = putSockaddr(&ps.name, p.Addr)
+		ps.src.build(&p)
 		if u.cfg.Encap == EncapVXLAN {
 			tm := newTemplate(u.cfg.VNI, p.VTEPMAC, u.cfg.VTEPMAC)
 			ps.tmpl = &tm
@@ -119,8 +155,11 @@ func (u *Underlay) buildTable(peers []Peer, old *table) (*table, error) {
 		}
 		t.byName[p.Name] = ps
 		t.byAddr[p.Addr] = ps
+		if !p.AnySourcePort {
+			continue
+		}
 		if _, seen := t.byIP[p.Addr.Addr()]; seen {
-			t.byIP[p.Addr.Addr()] = nil // two peers behind one address: match ports
+			t.byIP[p.Addr.Addr()] = nil // two such peers behind one address: match ports
 		} else {
 			t.byIP[p.Addr.Addr()] = ps
 		}
@@ -128,15 +167,48 @@ func (u *Underlay) buildTable(peers []Peer, old *table) (*table, error) {
 	return t, nil
 }
 
-// lookupSource returns the peer a datagram from src belongs to, or nil.
-func (u *Underlay) lookupSource(t *table, src netip.AddrPort) *peerState {
+// lookupSource returns the peer a datagram from src belongs to, or nil:
+// the peer of that address and port, else the AnySourcePort peer of that
+// address.
+func lookupSource(t *table, src netip.AddrPort) *peerState {
 	if p := t.byAddr[src]; p != nil {
 		return p
 	}
-	if u.cfg.Encap == EncapVXLAN {
-		return t.byIP[src.Addr()]
+	if len(t.byIP) == 0 {
+		return nil
 	}
-	return nil
+	return t.byIP[src.Addr()]
+}
+
+// checkInner checks the inner IP packet ip (decapsulate vouched for its
+// version nibble) as far as the underlay must before the engine trusts the
+// peer's port with it: a whole IP header that is not longer than the
+// packet (IPv4: a correct header checksum), and a source the peer may send
+// from. The engine checks the rest, as of any port.
+func (p *peerState) checkInner(ip []byte) DropReason {
+	if ip[0]>>4 == 4 {
+		if len(ip) < packet.IPv4MinLen {
+			return DropShort
+		}
+		hl, total := int(ip[0]&0x0f)*4, int(binary.BigEndian.Uint16(ip[2:4]))
+		if hl < packet.IPv4MinLen || total < hl || total > len(ip) {
+			return DropShort
+		}
+		if packet.Checksum(ip[:hl], 0) != 0xffff {
+			return DropBadChecksum
+		}
+		if !p.src.contains4(binary.BigEndian.Uint32(ip[12:16])) {
+			return DropForeignSource
+		}
+		return dropNone
+	}
+	if len(ip) < packet.IPv6Len || packet.IPv6Len+int(binary.BigEndian.Uint16(ip[4:6])) > len(ip) {
+		return DropShort
+	}
+	if !p.src.contains6(binary.BigEndian.Uint64(ip[8:16]), binary.BigEndian.Uint64(ip[16:24])) {
+		return DropForeignSource
+	}
+	return dropNone
 }
 
 // SetPeers replaces the whole peer table with peers, atomically: a packet
@@ -205,6 +277,7 @@ func (u *Underlay) Peers() []Peer {
 	for _, p := range t.byName {
 		q := p.Peer
 		q.PodCIDRs = slices.Clone(q.PodCIDRs)
+		q.NodeAddrs = slices.Clone(q.NodeAddrs)
 		out = append(out, q)
 	}
 	slices.SortFunc(out, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
@@ -219,8 +292,71 @@ func (u *Underlay) PeerStats(name string) (PeerStats, bool) {
 		return PeerStats{}, false
 	}
 	c := p.counters
-	return PeerStats{
+	s := PeerStats{
 		RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(),
 		TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(),
-	}, true
+		Drops: map[DropReason]uint64{},
+	}
+	loadDrops(s.Drops, &c.drops)
+	return s, true
+}
+
+// sources is the set of inner source addresses a peer may send from: its
+// podCIDRs and node addresses, as masked integers, so that the check per
+// packet is a few compares over a handful of entries and allocates
+// nothing. A peer has one or two podCIDRs and a node address or two:
+// WireGuard's AllowedIPs without the trie.
+type sources struct {
+	v4 []prefix4
+	v6 []prefix6
+}
+
+type prefix4 struct{ addr, mask uint32 }
+
+type prefix6 struct{ hi, lo, mhi, mlo uint64 }
+
+// build fills s with p's podCIDRs, Addr's address and NodeAddrs.
+func (s *sources) build(p *Peer) {
+	s.add(netip.PrefixFrom(p.Addr.Addr(), p.Addr.Addr().BitLen()))
+	for _, c := range p.PodCIDRs {
+		s.add(c)
+	}
+	for _, a := range p.NodeAddrs {
+		s.add(netip.PrefixFrom(a, a.BitLen()))
+	}
+}
+
+func (s *sources) add(c netip.Prefix) {
+	c = c.Masked()
+	n := c.Bits() // Go's shifts by the width or more give 0: /0 masks nothing
+	if c.Addr().Is4() {
+		b := c.Addr().As4()
+		s.v4 = append(s.v4, prefix4{binary.BigEndian.Uint32(b[:]), ^uint32(0) << (32 - n)})
+		return
+	}
+	b := c.Addr().As16()
+	s.v6 = append(s.v6, prefix6{
+		hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:]),
+		mhi: ^uint64(0) << (64 - min(n, 64)), mlo: ^uint64(0) << (128 - max(n, 64)),
+	})
+}
+
+// contains4 reports whether the IPv4 address a (big-endian) is in s.
+func (s *sources) contains4(a uint32) bool {
+	for _, p := range s.v4 {
+		if a&p.mask == p.addr {
+			return true
+		}
+	}
+	return false
+}
+
+// contains6 reports whether the IPv6 address hi:lo is in s.
+func (s *sources) contains6(hi, lo uint64) bool {
+	for _, p := range s.v6 {
+		if hi&p.mhi == p.hi && lo&p.mlo == p.lo {
+			return true
+		}
+	}
+	return false
 }

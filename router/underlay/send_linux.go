@@ -137,10 +137,10 @@ func (b *sendBatch) send(p *peerState, bufs [][]byte, gso []packet.GSO, offset i
 		}
 	}
 	if notIP > 0 {
-		u.c.drops[DropNotIP].Add(uint64(notIP))
+		u.drop(p, DropNotIP, uint64(notIP))
 	}
 	if bad > 0 {
-		u.c.drops[DropBadGSO].Add(uint64(bad))
+		u.drop(p, DropBadGSO, uint64(bad))
 	}
 	if err := b.flush(); err != nil {
 		return err
@@ -385,7 +385,7 @@ func (b *sendBatch) flush() error {
 	b.pk -= b.drops
 	b.by -= b.dropB
 	if b.drops > 0 {
-		b.u.c.drops[DropTxError].Add(uint64(b.drops))
+		b.u.drop(p, DropTxError, uint64(b.drops))
 	}
 	b.reset()
 	if err != nil {

@@ -273,9 +273,19 @@ func (r *rxDevice) drain(bufs [][]byte, sizes []int, gso []packet.GSO, offset in
 		h := &r.hdrs[r.next]
 		mlen := int(h.len)
 		if !r.msgReady {
-			// The first datagram of a message: check the message as a whole.
+			// The first datagram of a message: check the message as a
+			// whole. A stranger's datagrams are its, whatever their shape.
+			src := parseSockaddr(r.names[r.next][:h.hdr.Namelen])
+			r.peer = lookupSource(r.tbl, src)
 			if h.hdr.Flags&unix.MSG_TRUNC != 0 || mlen == 0 {
-				u.c.drops[DropTruncated].Add(1)
+				why := DropTruncated
+				switch {
+				case r.peer == nil:
+					why = DropUnknownSender
+				case mlen == 0:
+					why = DropShort
+				}
+				u.drop(r.peer, why, 1)
 				r.nextMessage()
 				continue
 			}
@@ -285,9 +295,8 @@ func (r *rxDevice) drain(bufs [][]byte, sizes []int, gso []packet.GSO, offset in
 			} else if r.seg < mlen {
 				u.c.rxGRO.Add(1)
 			}
-			src := parseSockaddr(r.names[r.next][:h.hdr.Namelen])
-			if r.peer = u.lookupSource(r.tbl, src); r.peer == nil {
-				u.c.drops[DropUnknown].Add(uint64((mlen + r.seg - 1) / r.seg))
+			if r.peer == nil {
+				u.drop(nil, DropUnknownSender, uint64((mlen+r.seg-1)/r.seg))
 				r.nextMessage()
 				continue
 			}
@@ -295,8 +304,11 @@ func (r *rxDevice) drain(bufs [][]byte, sizes []int, gso []packet.GSO, offset in
 		}
 		end := min(r.off+r.seg, mlen)
 		ip, why := decapsulate(r.bufs[r.next][r.off:end], u.cfg.Encap, u.cfg.VNI, u.cfg.VTEPMAC)
+		if why == dropNone {
+			why = r.peer.checkInner(ip)
+		}
 		if why != dropNone {
-			u.c.drops[why].Add(1)
+			u.drop(r.peer, why, 1)
 			r.advance(end, mlen)
 			continue
 		}
@@ -314,7 +326,7 @@ func (r *rxDevice) drain(bufs [][]byte, sizes []int, gso []packet.GSO, offset in
 		}
 		dst := bufs[k][offset:]
 		if len(ip) > len(dst) {
-			u.c.drops[DropTooBig].Add(1)
+			u.drop(r.peer, DropTooBig, 1)
 			r.advance(end, mlen)
 			continue
 		}
@@ -365,7 +377,7 @@ func (r *rxDevice) Write(bufs [][]byte, offset int) (int, error) {
 	if r.closed.Load() {
 		return 0, link.ErrClosed
 	}
-	r.u.c.drops[DropNoPeer].Add(uint64(len(bufs)))
+	r.u.drop(nil, DropNoPeer, uint64(len(bufs)))
 	return len(bufs), nil
 }
 

@@ -13,7 +13,10 @@
 //	      iovec or two per datagram, UDP_SEGMENT) ─► sendmmsg ─► kernel ─► peer
 //
 //	peer ─► kernel (GRO) ─► recvmmsg into the receiver's own buffers
-//	   ─► per datagram: source in the peer table? VNI? inner dst MAC?
+//	   ─► per message: source address and port a peer's? (else unknown-sender)
+//	   ─► per datagram: VNI? inner dst MAC? inner IP header whole (IPv4:
+//	      checksum)? inner source in that peer's podCIDRs or node addresses?
+//	      (else dropped, counted by reason underlay-wide and on the peer)
 //	   ─► inner packet copied to bufs[i][offset:]; with ReadGSO, runs of TCP
 //	      segments or same-sized UDP datagrams of one flow merged into one
 //	      super-packet (gro.go) ─► engine (RX port) ─► a TAP takes it whole
@@ -24,8 +27,11 @@
 // goroutine and a queue per peer, a handoff and a copy per packet. Peer
 // devices therefore never return packets from Read (it blocks until Close)
 // and the RX device never sends. The engine treats every packet read from
-// a KindPeer port alike (routed, for this node's podCIDRs only), so nothing
-// is lost by not knowing the peer there; the underlay counts per peer.
+// a KindPeer port alike (routed, for this node's podCIDRs only), so the
+// underlay, which knows the peer, is where a peer's inner sources are
+// checked (WireGuard's AllowedIPs: a peer speaks for its podCIDRs and its
+// node addresses only, so no peer can inject as a pod of ours or of a third
+// node) and where drops are counted per peer.
 //
 // Sending is zero-copy: the encapsulation is written in the engine's
 // headroom, and each datagram is an iovec pointing into the engine's
@@ -115,29 +121,34 @@ type Config struct {
 	Logger *zap.Logger
 }
 
-// DropReason says why the underlay dropped a datagram or a packet.
+// DropReason says why the underlay dropped a datagram or a packet. Every
+// drop is counted by reason in Stats.Drops and, when the datagram or packet
+// belongs to a peer in the table, in that peer's PeerStats.Drops as well
+// (DropUnknownSender and DropNoPeer never have one).
 type DropReason uint8
 
 // Drop reasons.
 const (
-	dropNone      DropReason = iota
-	DropUnknown              // rx: source address not in the peer table
-	DropShort                // rx: shorter than the encapsulation header
-	DropBadHeader            // rx: VXLAN header without the I flag
-	DropWrongVNI             // rx: another VNI
-	DropWrongMAC             // rx: inner Ethernet destination not our VTEP MAC
-	DropNotIP                // rx or tx: the inner packet is not IPv4 or IPv6
-	DropTruncated            // rx: the datagram did not fit the receive buffer
-	DropTooBig               // rx: the inner packet did not fit the engine's buffer
-	DropNoPeer               // tx: the device's peer is not in the table
-	DropTxError              // tx: the kernel refused the datagram
-	DropBadGSO               // tx: a super-packet or partial checksum that does not fit its descriptor
+	dropNone          DropReason = iota
+	DropUnknownSender            // rx: source address and port of no peer in the table
+	DropShort                    // rx: empty, or shorter than the encapsulation header, or the inner IP header or length cut short
+	DropBadHeader                // rx: VXLAN header without the I flag
+	DropWrongVNI                 // rx: another VNI
+	DropWrongMAC                 // rx: inner Ethernet destination not our VTEP MAC
+	DropNotIP                    // rx or tx: the inner packet is not IPv4 or IPv6
+	DropTruncated                // rx: the datagram did not fit the receive buffer
+	DropTooBig                   // rx: the inner packet did not fit the engine's buffer
+	DropNoPeer                   // tx: the device's peer is not in the table
+	DropTxError                  // tx: the kernel refused the datagram
+	DropBadGSO                   // tx: a super-packet or partial checksum that does not fit its descriptor
+	DropForeignSource            // rx: inner source in none of the sending peer's podCIDRs, nor one of its node addresses
+	DropBadChecksum              // rx: inner IPv4 header checksum wrong
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
-	"", "unknown-peer", "short", "bad-header", "wrong-vni", "wrong-mac", "not-ip",
-	"truncated", "too-big", "no-peer", "tx-error", "bad-gso",
+	"", "unknown-sender", "short", "bad-header", "wrong-vni", "wrong-mac", "not-ip",
+	"truncated", "too-big", "no-peer", "tx-error", "bad-gso", "foreign-source", "bad-checksum",
 }
 
 // String returns the reason's kebab-case name.
@@ -163,7 +174,10 @@ type Stats struct {
 	TxPackets, TxBytes uint64 // inner packets handed to the kernel
 	RxCalls, TxCalls   uint64 // recvmmsg and sendmmsg calls
 	RxGRO, TxGSO       uint64 // super-datagrams received and sent
-	Drops              map[DropReason]uint64
+	// Drops counts every drop by reason, non-zero reasons only: the sum
+	// over the peers' PeerStats.Drops (of peers past and present) plus
+	// what belongs to no peer (DropUnknownSender, DropNoPeer).
+	Drops map[DropReason]uint64
 }
 
 // TotalDrops sums the drops over every reason.
@@ -180,6 +194,15 @@ type counters struct {
 	_                                  [32]byte
 	txPackets, txBytes, txCalls, txGSO atomic.Uint64
 	drops                              [numDropReasons]atomic.Uint64
+}
+
+// drop counts n drops for reason r: underlay-wide and, when p is not nil,
+// for that peer.
+func (u *Underlay) drop(p *peerState, r DropReason, n uint64) {
+	u.c.drops[r].Add(n)
+	if p != nil {
+		p.counters.drops[r].Add(n)
+	}
 }
 
 // Underlay is one node's UDP underlay: its socket, its peer table, a
@@ -346,12 +369,17 @@ func (u *Underlay) Stats() Stats {
 		RxGRO: c.rxGRO.Load(), TxGSO: c.txGSO.Load(),
 		Drops: map[DropReason]uint64{},
 	}
+	loadDrops(s.Drops, &c.drops)
+	return s
+}
+
+// loadDrops copies the non-zero counters of c into m.
+func loadDrops(m map[DropReason]uint64, c *[numDropReasons]atomic.Uint64) {
 	for r := dropNone + 1; r < numDropReasons; r++ {
-		if v := c.drops[r].Load(); v != 0 {
-			s.Drops[r] = v
+		if v := c[r].Load(); v != 0 {
+			m[r] = v
 		}
 	}
-	return s
 }
 
 // Close closes the socket: every device's Read and Write return
@@ -439,7 +467,7 @@ func (d *peerDevice) write(bufs [][]byte, gso []packet.GSO, offset int) (int, er
 	u := d.u
 	p := u.peers.Load().byName[d.name]
 	if p == nil {
-		u.c.drops[DropNoPeer].Add(uint64(len(bufs)))
+		u.drop(nil, DropNoPeer, uint64(len(bufs)))
 		return len(bufs), nil
 	}
 	b := u.batch.Get().(*sendBatch)

@@ -60,13 +60,20 @@ func newUnderlay(t testing.TB, cfg Config) *Underlay {
 	return u
 }
 
-// introduce puts each underlay in the other's table, named "a" and "b".
+// Pod addresses of the nodes a and b: the tests' packets come from a's.
+var (
+	podCIDRsA = []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")}
+	podCIDRsB = []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24"), netip.MustParsePrefix("fd00:10:244:2::/64")}
+)
+
+// introduce puts each underlay in the other's table, named "a" and "b",
+// with podCIDRs podCIDRsA and podCIDRsB.
 func introduce(t testing.TB, a, b *Underlay) {
 	t.Helper()
-	if err := a.UpsertPeer(Peer{Name: "b", Addr: b.LocalAddr(), VTEPMAC: b.VTEPMAC()}); err != nil {
+	if err := a.UpsertPeer(Peer{Name: "b", Addr: b.LocalAddr(), VTEPMAC: b.VTEPMAC(), PodCIDRs: podCIDRsB}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.UpsertPeer(Peer{Name: "a", Addr: a.LocalAddr(), VTEPMAC: a.VTEPMAC()}); err != nil {
+	if err := b.UpsertPeer(Peer{Name: "a", Addr: a.LocalAddr(), VTEPMAC: a.VTEPMAC(), PodCIDRs: podCIDRsA}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -269,13 +276,13 @@ func TestReceiveChecks(t *testing.T) {
 		}
 		defer known.Close()
 		kap := known.LocalAddr().(*net.UDPAddr).AddrPort()
-		if err := b.SetPeers([]Peer{{Name: "a", Addr: kap}}); err != nil {
+		if err := b.SetPeers([]Peer{{Name: "a", Addr: kap, PodCIDRs: podCIDRsB}}); err != nil {
 			t.Fatal(err)
 		}
 		// Same address, another port: not the peer.
 		inject(t, lo4, b, ip)
 		inject(t, netip.MustParseAddrPort("127.0.0.2:0"), b, ip)
-		waitDrops(t, b, DropUnknown, 2)
+		waitDrops(t, b, DropUnknownSender, 2)
 		expectNothing(t, rx)
 		// The peer itself is delivered (so the drops above were decisions).
 		if _, err := known.WriteToUDPAddrPort(ip, b.LocalAddr()); err != nil {
@@ -289,13 +296,13 @@ func TestReceiveChecks(t *testing.T) {
 	t.Run("vxlan: source address, VNI and inner MAC", func(t *testing.T) {
 		b := newUnderlay(t, Config{Encap: EncapVXLAN, VTEPMAC: macA})
 		rx := collect(t, b.RxDevice())
-		// The peer's port is ignored over vxlan (Linux hashes the flow
-		// into the source port), so any port of 127.0.0.1 is the peer.
-		if err := b.SetPeers([]Peer{{Name: "k", Addr: netip.MustParseAddrPort("127.0.0.1:8472"), VTEPMAC: macB}}); err != nil {
+		// A Linux vxlan peer hashes the flow into the source port, so
+		// any port of 127.0.0.1 is that peer.
+		if err := b.SetPeers([]Peer{{Name: "k", Addr: netip.MustParseAddrPort("127.0.0.1:8472"), AnySourcePort: true, VTEPMAC: macB, PodCIDRs: podCIDRsB}}); err != nil {
 			t.Fatal(err)
 		}
 		inject(t, netip.MustParseAddrPort("127.0.0.2:0"), b, vx(1, macA))
-		waitDrops(t, b, DropUnknown, 1)
+		waitDrops(t, b, DropUnknownSender, 1)
 		inject(t, lo4, b, vx(2, macA), vx(1, macB), vx(1, packet.Broadcast), []byte{8, 0, 0})
 		waitDrops(t, b, DropWrongVNI, 1)
 		waitDrops(t, b, DropWrongMAC, 2)
@@ -327,6 +334,9 @@ func TestPeerTable(t *testing.T) {
 		{"duplicate address", []Peer{p1, {Name: "n3", Addr: p1.Addr, VTEPMAC: macB}}},
 		{"our own address", []Peer{{Name: "me", Addr: u.LocalAddr(), VTEPMAC: macA}}},
 		{"unmasked podCIDR", []Peer{{Name: "x", Addr: p1.Addr, VTEPMAC: macA, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.1/24")}}}},
+		{"mapped podCIDR", []Peer{{Name: "x", Addr: p1.Addr, VTEPMAC: macA, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("::ffff:10.244.1.0/120")}}}},
+		{"unspecified node address", []Peer{{Name: "x", Addr: p1.Addr, VTEPMAC: macA, NodeAddrs: []netip.Addr{netip.IPv4Unspecified()}}}},
+		{"invalid node address", []Peer{{Name: "x", Addr: p1.Addr, VTEPMAC: macA, NodeAddrs: []netip.Addr{{}}}}},
 	}
 	for _, tc := range bad {
 		if err := u.SetPeers(tc.peers); !errors.Is(err, ErrBadPeer) {
@@ -363,11 +373,31 @@ func TestPeerTable(t *testing.T) {
 	if t1 == t2 {
 		t.Fatal("SetPeers did not publish a new snapshot")
 	}
-	if p := u.lookupSource(t2, p2.Addr); p == nil || p.Name != "n2" {
+	if p := lookupSource(t2, p2.Addr); p == nil || p.Name != "n2" {
 		t.Fatalf("lookup %s = %+v", p2.Addr, p)
 	}
-	if p := u.lookupSource(t2, netip.MustParseAddrPort("127.0.0.1:9")); p != nil {
+	if p := lookupSource(t2, netip.MustParseAddrPort("127.0.0.1:9")); p != nil {
+		t.Fatalf("another port matched %s", p.Name)
+	}
+	// Peers that send from any port: one alone at its address matches any
+	// port; two at one address match only their own.
+	p1.AnySourcePort = true
+	if err := u.SetPeers([]Peer{p1, p2}); err != nil {
+		t.Fatal(err)
+	}
+	if p := lookupSource(u.peers.Load(), netip.MustParseAddrPort("127.0.0.1:9")); p == nil || p.Name != "n1" {
+		t.Fatalf("any-port peer: lookup = %+v", p)
+	}
+	p2.AnySourcePort = true
+	if err := u.SetPeers([]Peer{p1, p2}); err != nil {
+		t.Fatal(err)
+	}
+	t3 := u.peers.Load()
+	if p := lookupSource(t3, netip.MustParseAddrPort("127.0.0.1:9")); p != nil {
 		t.Fatalf("ambiguous address matched %s", p.Name)
+	}
+	if p := lookupSource(t3, p2.Addr); p == nil || p.Name != "n2" {
+		t.Fatalf("lookup %s = %+v", p2.Addr, p)
 	}
 }
 
@@ -543,7 +573,7 @@ func TestNotIPDropped(t *testing.T) {
 	a, b := newUnderlay(t, Config{Encap: EncapVXLAN}), newUnderlay(t, Config{Encap: EncapVXLAN})
 	introduce(t, a, b)
 	rx := collect(t, b.RxDevice())
-	sendPackets(t, a.PeerDevice("b"), [][]byte{{0x00, 1, 2, 3}, ipv4Packet("10.0.0.1", "10.0.0.2", 8, 3)})
+	sendPackets(t, a.PeerDevice("b"), [][]byte{{0x00, 1, 2, 3}, ipv4Packet("10.244.1.2", "10.244.2.2", 8, 3)})
 	if got := receive(t, rx, 1); len(got[0]) != 36 {
 		t.Fatalf("got %x", got[0])
 	}
