@@ -22,6 +22,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/route"
 )
@@ -143,4 +144,60 @@ func (n *Node) usablePeers(peers []Peer) []Peer {
 		keep = append(keep, q)
 	}
 	return keep
+}
+
+// UnderlayCounters returns the backend's counters behind port p: a peer's
+// (on that peer's port), the backend's totals (on the underlay port), or
+// nil for any other port and on a node without a backend.
+func (n *Node) UnderlayCounters(p *engine.Port) *api.UnderlayCounters {
+	b := n.peers.b
+	if b == nil || p == nil {
+		return nil
+	}
+	if p == n.peers.rx {
+		s := b.Stats()
+		return &api.UnderlayCounters{Addr: b.LocalAddr(), RxPackets: s.RxPackets, RxBytes: s.RxBytes,
+			TxPackets: s.TxPackets, TxBytes: s.TxBytes, Drops: dropNames(s.Drops)}
+	}
+	n.peers.mu.Lock()
+	name := ""
+	for nm, q := range n.peers.ports {
+		if q == p {
+			name = nm
+		}
+	}
+	n.peers.mu.Unlock()
+	if name == "" {
+		return nil
+	}
+	ps, ok := b.PeerStats(name)
+	if !ok {
+		return nil
+	}
+	c := &api.UnderlayCounters{Peer: name, RxPackets: ps.RxPackets, RxBytes: ps.RxBytes,
+		TxPackets: ps.TxPackets, TxBytes: ps.TxBytes, Drops: dropNames(ps.Drops)}
+	for _, q := range b.Peers() {
+		if q.Name == name {
+			c.Addr = q.Addr
+		}
+	}
+	return c
+}
+
+// dropNames keys drop counts by the reason's name (nil when none).
+func dropNames[R interface {
+	comparable
+	fmt.Stringer
+}](m map[R]uint64) map[string]uint64 {
+	var out map[string]uint64
+	for r, v := range m {
+		if v == 0 {
+			continue
+		}
+		if out == nil {
+			out = map[string]uint64{}
+		}
+		out[r.String()] = v
+	}
+	return out
 }

@@ -2,8 +2,10 @@ package node
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"go.uber.org/zap/zaptest"
 
@@ -145,5 +147,45 @@ func TestSetPeersWithoutUnderlay(t *testing.T) {
 	cfg := Config{PodCIDR: netip.MustParsePrefix("10.244.0.0/24"), Underlay: UnderlayConfig{Peers: []underlay.Peer{{Name: "a"}}}}
 	if err := cfg.Validate(); !errors.Is(err, ErrConfig) {
 		t.Fatalf("peers without backend: %v", err)
+	}
+}
+
+// TestUnderlayCounters: the underlay port shows the backend's totals (a
+// stranger's datagram among its drops), a peer's port that peer's counters,
+// any other port none.
+func TestUnderlayCounters(t *testing.T) {
+	d := newPeerNode(t, "udp")
+	if err := d.SetPeers([]underlay.Peer{{Name: "a", Addr: netip.MustParseAddrPort("127.0.0.2:8285"),
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("udp", d.Backend().LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(make([]byte, 40)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rx := d.UnderlayCounters(d.UnderlayPort())
+		if rx == nil || rx.Peer != "" || rx.Addr != d.Backend().LocalAddr() {
+			t.Fatalf("underlay port: %+v", rx)
+		}
+		if rx.Drops["unknown-sender"] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("underlay drops %v, want unknown-sender 1", rx.Drops)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	pc := d.UnderlayCounters(d.PeerPort("a"))
+	if pc == nil || pc.Peer != "a" || pc.Addr != netip.MustParseAddrPort("127.0.0.2:8285") {
+		t.Fatalf("peer port: %+v", pc)
+	}
+	if uc := d.UnderlayCounters(d.UplinkPort()); uc != nil {
+		t.Fatalf("uplink port: %+v", uc)
 	}
 }

@@ -318,6 +318,7 @@ func (d handler) Ports(context.Context) ([]api.Port, error) {
 				ap.Drops[r.String()] = n
 			}
 		}
+		ap.Underlay = d.node.UnderlayCounters(p)
 		out = append(out, ap)
 	}
 	return out, nil

@@ -27,6 +27,7 @@ import (
 
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/node"
+	"github.com/podrouter/podrouter/router/underlay"
 )
 
 // Reasons readiness gives.
@@ -110,6 +111,10 @@ var (
 		"Recorded pods the daemon re-attached at its start (ok) or could not (failed).", []string{"result"}, nil)
 	descReattachTime = prometheus.NewDesc("podrouter_reattach_seconds",
 		"How long re-attaching the recorded pods took at the daemon's start.", nil, nil)
+	descUnderlayDrops = prometheus.NewDesc("podrouter_underlay_drops_total",
+		"Datagrams and packets the underlay dropped, by reason (unknown-sender, foreign-source, bad-vni, short, bad-checksum, ...).", []string{"reason"}, nil)
+	descUnderlayPeerDrops = prometheus.NewDesc("podrouter_underlay_peer_drops_total",
+		"Underlay drops counted on a peer node, by peer and reason (non-zero reasons only).", []string{"peer", "reason"}, nil)
 )
 
 // apiMetrics counts the local API's requests (the CNI plugin's attach and
@@ -155,7 +160,7 @@ type collector struct{ d *Daemon }
 
 // Describe implements prometheus.Collector.
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReady, descAttachments, descReattached, descReattachTime} {
+	for _, d := range []*prometheus.Desc{descReady, descAttachments, descReattached, descReattachTime, descUnderlayDrops, descUnderlayPeerDrops} {
 		ch <- d
 	}
 	node.DescribeEgress(ch)
@@ -178,6 +183,21 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if eg := c.d.node.Egress(); eg != nil {
 		eg.Collect(ch)
+	}
+	if b := c.d.node.Backend(); b != nil {
+		drops := b.Stats().Drops
+		for _, r := range underlay.DropReasons() {
+			ch <- prometheus.MustNewConstMetric(descUnderlayDrops, prometheus.CounterValue, float64(drops[r]), r.String())
+		}
+		for _, q := range b.Peers() {
+			ps, ok := b.PeerStats(q.Name)
+			if !ok {
+				continue
+			}
+			for r, v := range ps.Drops {
+				ch <- prometheus.MustNewConstMetric(descUnderlayPeerDrops, prometheus.CounterValue, float64(v), q.Name, r.String())
+			}
+		}
 	}
 }
 
