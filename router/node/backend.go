@@ -7,11 +7,8 @@ package node
 
 import (
 	"fmt"
-	"maps"
 	"net/netip"
-	"slices"
 	"strings"
-	"sync"
 
 	"go.uber.org/zap"
 
@@ -117,41 +114,21 @@ type BackendKind struct {
 	New func(cfg UnderlayConfig, log *zap.Logger) (Backend, error)
 }
 
-var backendKinds struct {
-	mu sync.RWMutex
-	m  map[string]BackendKind
-}
+var backendKinds = registry[string, BackendKind]{what: "backend"}
 
 // RegisterBackend adds a kind of backend (typically from an init function
 // in the kind's own file). It panics when the name is empty or taken.
 func RegisterBackend(k BackendKind) {
-	backendKinds.mu.Lock()
-	defer backendKinds.mu.Unlock()
 	if k.Name == "" || k.New == nil || k.Overhead == nil {
 		panic("node: RegisterBackend: name, Overhead and New are required")
 	}
-	if backendKinds.m == nil {
-		backendKinds.m = map[string]BackendKind{}
-	}
-	if _, dup := backendKinds.m[k.Name]; dup {
-		panic("node: RegisterBackend: " + k.Name + " registered twice")
-	}
-	backendKinds.m[k.Name] = k
+	backendKinds.add(k.Name, k)
 }
 
-func backendKind(name string) (BackendKind, bool) {
-	backendKinds.mu.RLock()
-	defer backendKinds.mu.RUnlock()
-	k, ok := backendKinds.m[name]
-	return k, ok
-}
+func backendKind(name string) (BackendKind, bool) { return backendKinds.get(name) }
 
 // BackendNames returns the registered backends, sorted.
-func BackendNames() []string {
-	backendKinds.mu.RLock()
-	defer backendKinds.mu.RUnlock()
-	return slices.Sorted(maps.Keys(backendKinds.m))
-}
+func BackendNames() []string { return backendKinds.names() }
 
 // LookupBackend returns the registered kind called name.
 func LookupBackend(name string) (BackendKind, error) {

@@ -28,7 +28,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -143,42 +142,22 @@ type EgressKind struct {
 	New func(env *Env) (Egress, error)
 }
 
-var egressKinds struct {
-	mu sync.RWMutex
-	m  map[EgressMode]EgressKind
-}
+var egressKinds = registry[EgressMode, EgressKind]{what: "egress"}
 
 // RegisterEgress adds a kind of egress (typically from an init function
 // in the kind's own file). It panics when the mode is empty or taken: a
 // programming error.
 func RegisterEgress(k EgressKind) {
-	egressKinds.mu.Lock()
-	defer egressKinds.mu.Unlock()
 	if k.Mode == "" || k.New == nil {
 		panic("node: RegisterEgress: mode and New are required")
 	}
-	if egressKinds.m == nil {
-		egressKinds.m = map[EgressMode]EgressKind{}
-	}
-	if _, dup := egressKinds.m[k.Mode]; dup {
-		panic("node: RegisterEgress: " + string(k.Mode) + " registered twice")
-	}
-	egressKinds.m[k.Mode] = k
+	egressKinds.add(k.Mode, k)
 }
 
-func egressKind(m EgressMode) (EgressKind, bool) {
-	egressKinds.mu.RLock()
-	defer egressKinds.mu.RUnlock()
-	k, ok := egressKinds.m[m]
-	return k, ok
-}
+func egressKind(m EgressMode) (EgressKind, bool) { return egressKinds.get(m) }
 
 // EgressModes returns the registered modes, sorted.
-func EgressModes() []EgressMode {
-	egressKinds.mu.RLock()
-	defer egressKinds.mu.RUnlock()
-	return slices.Sorted(maps.Keys(egressKinds.m))
-}
+func EgressModes() []EgressMode { return egressKinds.names() }
 
 func wantModes() string {
 	var s []string
