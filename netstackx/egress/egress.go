@@ -113,6 +113,13 @@ type Config struct {
 	// the engine's worker, per packet: it must be quick, must not block and
 	// must not allocate.
 	Allow func(src, dst netip.Addr) bool
+	// DenyUDP, when set, is asked about every UDP packet's destination
+	// (unfragmented, without IPv6 extension headers): packets to the
+	// addresses it names (other nodes' underlay endpoints: a pod must not
+	// inject into another node's underlay from this node's address) are
+	// dropped and counted as UnderlayDenied. Same rules as Allow: quick,
+	// no blocking, no allocation.
+	DenyUDP func(dst netip.AddrPort) bool
 	// Logger (default zap.NewNop()).
 	Logger *zap.Logger
 }
@@ -319,6 +326,12 @@ func (f *Forwarder) Write(bufs [][]byte, offset int) (int, error) {
 				denied = true
 			}
 		}
+		toUnderlay := false
+		if !denied && f.cfg.DenyUDP != nil {
+			if dst, ok := udpDst(b[offset:]); ok && f.cfg.DenyUDP(dst) {
+				denied, toUnderlay = true, true
+			}
+		}
 		if !echo && !denied {
 			continue
 		}
@@ -327,9 +340,12 @@ func (f *Forwarder) Write(bufs [][]byte, offset int) (int, error) {
 				return start, err
 			}
 		}
-		if denied {
+		switch {
+		case toUnderlay:
+			f.c.underlayDenied.Add(1)
+		case denied:
 			f.c.notAllowed.Add(1)
-		} else {
+		default:
 			f.handleEcho(b[offset:])
 		}
 		start = i + 1
@@ -450,6 +466,7 @@ type Stats struct {
 	ICMPErrorsSent   uint64 // ICMP errors sent to pods (unreachable)
 	Denied           uint64 // packets to destinations never dialled (loopback, unspecified, multicast): RST or dropped
 	NotAllowed       uint64 // packets dropped because Config.Allow refused them
+	UnderlayDenied   uint64 // UDP packets dropped because Config.DenyUDP named their destination
 	BytesToRemote    uint64 // TCP and UDP payload bytes sent to the outside
 	BytesToPod       uint64 // TCP and UDP payload bytes sent to pods
 	ActiveFlows      int    // TCP, UDP and echo flows now
@@ -462,7 +479,7 @@ type counters struct {
 	tcpDialLimited, tcpFlowLimited, tcpResetsToPod, tcpResetsToHost                    atomic.Uint64
 	udpFlows, udpFlowLimited, udpDialErrors, udpIdleClosed                             atomic.Uint64
 	echoRequests, echoReplies, echoDropped, pingUnsupported, icmpErrorsSent, denied    atomic.Uint64
-	notAllowed                                                                         atomic.Uint64
+	notAllowed, underlayDenied                                                         atomic.Uint64
 	bytesToRemote, bytesToPod                                                          atomic.Uint64
 }
 
@@ -478,7 +495,7 @@ func (f *Forwarder) Stats() Stats {
 		UDPFlowLimited: c.udpFlowLimited.Load(), UDPDialErrors: c.udpDialErrors.Load(),
 		UDPIdleClosed: c.udpIdleClosed.Load(), ICMPEchoRequests: c.echoRequests.Load(),
 		ICMPEchoReplies: c.echoReplies.Load(), ICMPEchoDropped: c.echoDropped.Load(),
-		PingUnsupported: c.pingUnsupported.Load(), ICMPErrorsSent: c.icmpErrorsSent.Load(), Denied: c.denied.Load(), NotAllowed: c.notAllowed.Load(),
+		PingUnsupported: c.pingUnsupported.Load(), ICMPErrorsSent: c.icmpErrorsSent.Load(), Denied: c.denied.Load(), NotAllowed: c.notAllowed.Load(), UnderlayDenied: c.underlayDenied.Load(),
 		BytesToRemote: c.bytesToRemote.Load(), BytesToPod: c.bytesToPod.Load(),
 		ActiveFlows: f.conns.inUse(), DialsInFlight: f.dials.inUse(),
 		Endpoint: f.ep.Stats(),

@@ -188,6 +188,28 @@ func ipAddrs(b []byte) (src, dst netip.Addr, ok bool) {
 	return src, dst, false
 }
 
+// udpDst returns the destination of a UDP packet: IPv4 without
+// fragmentation past the first, or IPv6 whose next header is UDP.
+func udpDst(b []byte) (netip.AddrPort, bool) {
+	if len(b) == 0 {
+		return netip.AddrPort{}, false
+	}
+	switch b[0] >> 4 {
+	case 4:
+		ihl := int(b[0]&0x0f) * 4
+		if len(b) < 20 || ihl < 20 || len(b) < ihl+4 || b[9] != 17 || (b[6]&0x1f != 0 || b[7] != 0) {
+			return netip.AddrPort{}, false
+		}
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[16:20])), uint16(b[ihl+2])<<8|uint16(b[ihl+3])), true
+	case 6:
+		if len(b) < 44 || b[6] != 17 {
+			return netip.AddrPort{}, false
+		}
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[24:40])), uint16(b[42])<<8|uint16(b[43])), true
+	}
+	return netip.AddrPort{}, false
+}
+
 // Closed reports whether Close has been called (readiness probes).
 func (f *Forwarder) Closed() bool {
 	f.mu.Lock()

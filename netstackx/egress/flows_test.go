@@ -127,3 +127,38 @@ func TestAllow(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestDenyUDP: UDP to an address DenyUDP names (another node's underlay
+// endpoint) never reaches a host socket and is counted; the same address on
+// another port is relayed.
+func TestDenyUDP(t *testing.T) {
+	checkGoroutines(t)
+	underlayEP := netip.AddrPortFrom(outside, 8472)
+	v := newEnv(t, func(c *egress.Config) {
+		c.DenyUDP = func(dst netip.AddrPort) bool { return dst == underlayEP }
+	})
+	p := v.pod(t, 0)
+	srv, _ := udpEcho(t)
+	v.d.set(underlayEP, srv)
+	v.d.set(netip.AddrPortFrom(outside, 9), srv)
+	pc, err := p.ListenUDP(5000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	buf := make([]byte, 100)
+	if _, err := pc.WriteTo([]byte("inject"), net.UDPAddrFromAddrPort(underlayEP)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return v.fwd.Stats().UnderlayDenied == 1 }, "the datagram to the underlay endpoint to be refused")
+	if _, err := pc.WriteTo([]byte("ok"), &net.UDPAddr{IP: outside.AsSlice(), Port: 9}); err != nil {
+		t.Fatal(err)
+	}
+	_ = pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, _, err := pc.ReadFrom(buf); err != nil || string(buf[:n]) != "echo: ok" {
+		t.Fatalf("other port: %q, %v", buf[:n], err)
+	}
+	if st := v.fwd.Stats(); st.UDPFlows != 1 || st.UnderlayDenied != 1 || st.NotAllowed != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}

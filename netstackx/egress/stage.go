@@ -75,6 +75,7 @@ func newStage(env *node.Env) (node.Egress, error) {
 		MaxDials: e.MaxDials, MaxDialsPerPod: e.MaxDialsPerPod,
 		DialTimeout: e.DialTimeout,
 		Allow:       pol.Translates,
+		DenyUDP:     env.UnderlayEndpoint,
 		Logger:      env.Logger,
 	})
 	if err != nil {
@@ -175,6 +176,7 @@ func (s *stage) Stats() *api.Egress {
 		"tcp-dial-limit": st.TCPDialLimited, "tcp-flow-limit": st.TCPFlowLimited, "udp-flow-limit": st.UDPFlowLimited,
 		"icmp-echo-dropped": st.ICMPEchoDropped, "ping-unsupported": st.PingUnsupported,
 		"denied-destination": st.Denied, "not-masqueraded": st.NotAllowed,
+		"underlay-endpoint": st.UnderlayDenied,
 	}
 	return &api.Egress{
 		Flows: st.ActiveFlows, DialsInFlight: st.DialsInFlight,

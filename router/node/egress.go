@@ -91,6 +91,10 @@ type Env struct {
 	Uplink *Uplink
 	// Logger is the node's logger.
 	Logger *zap.Logger
+	// UnderlayEndpoint reports whether a destination is an underlay
+	// endpoint (this node's or a peer's, kept current as peers change):
+	// an egress must not send there (Node.UnderlayEndpoint).
+	UnderlayEndpoint func(netip.AddrPort) bool
 }
 
 // Egress is a node's way out of the cluster: where packets to addresses

@@ -172,6 +172,9 @@ type Node struct {
 	egress Egress
 	peers  peering
 	closed atomic.Bool
+	// endpoints are the underlay endpoints of this node and its peers,
+	// which no egress may send to (UnderlayEndpoint).
+	endpoints atomic.Pointer[map[netip.AddrPort]struct{}]
 }
 
 // New builds a node from cfg (see the package doc for the order). Its
@@ -199,6 +202,7 @@ func New(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("node: underlay: %w", err)
 		}
 		n.peers.ports = map[string]*engine.Port{}
+		n.setEndpoints(nil)
 	}
 	if n.cfg.MTU == 0 {
 		n.cfg.MTU = DefaultMTU
@@ -213,7 +217,8 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.Egress.Mode != "" {
 		kind, _ := egressKind(cfg.Egress.Mode) // Validate checked it
-		if n.egress, err = kind.New(&Env{Config: &n.cfg, Engine: n.eng, Uplink: n.up, Logger: cfg.Logger}); err != nil {
+		env := &Env{Config: &n.cfg, Engine: n.eng, Uplink: n.up, Logger: cfg.Logger, UnderlayEndpoint: n.UnderlayEndpoint}
+		if n.egress, err = kind.New(env); err != nil {
 			return nil, fmt.Errorf("node: egress %s: %w", cfg.Egress.Mode, err)
 		}
 	}
@@ -268,6 +273,28 @@ func (n *Node) applyRoutes() error {
 		rs = n.egress.Routes(n.upPort)
 	}
 	return n.eng.SetRoutes(slices.Concat(rs, n.peers.routes))
+}
+
+// UnderlayEndpoint reports whether ap is the underlay endpoint of this node
+// or of one of its peers: egress refuses to send there, so that a pod cannot
+// inject into another node's underlay from this node's address. It is
+// safe for concurrent use and does not allocate.
+func (n *Node) UnderlayEndpoint(ap netip.AddrPort) bool {
+	m := n.endpoints.Load()
+	if m == nil {
+		return false
+	}
+	_, ok := (*m)[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())]
+	return ok
+}
+
+// setEndpoints publishes the underlay endpoints: ours and the peers'.
+func (n *Node) setEndpoints(peers []Peer) {
+	m := map[netip.AddrPort]struct{}{n.peers.b.LocalAddr(): {}}
+	for _, q := range peers {
+		m[q.Addr] = struct{}{}
+	}
+	n.endpoints.Store(&m)
 }
 
 // Engine returns the node's engine (pods' ports are attached to it).

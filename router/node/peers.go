@@ -90,6 +90,7 @@ func (n *Node) SetPeers(peers []Peer) error {
 	for name, port := range added {
 		p.ports[name] = port
 	}
+	n.setEndpoints(keep)
 	n.log.Info("peers set", zap.Int("peers", len(keep)), zap.Int("added", len(added)), zap.Int("removed", len(gone)),
 		zap.Int("skipped", len(peers)-len(keep)))
 	return nil

@@ -189,3 +189,25 @@ func TestUnderlayCounters(t *testing.T) {
 		t.Fatalf("uplink port: %+v", uc)
 	}
 }
+
+// TestUnderlayEndpoints: ours and the current peers' endpoints are what
+// egress must refuse; a peer that leaves is no longer refused.
+func TestUnderlayEndpoints(t *testing.T) {
+	d := newPeerNode(t, "udp")
+	a := netip.MustParseAddrPort("127.0.0.2:8285")
+	if !d.UnderlayEndpoint(d.Backend().LocalAddr()) || d.UnderlayEndpoint(a) {
+		t.Fatal("before peers: want only our own endpoint")
+	}
+	if err := d.SetPeers([]underlay.Peer{{Name: "a", Addr: a, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if !d.UnderlayEndpoint(a) || d.UnderlayEndpoint(netip.MustParseAddrPort("127.0.0.2:53")) {
+		t.Fatal("with peer a: want a's endpoint, and only its port")
+	}
+	if err := d.SetPeers(nil); err != nil {
+		t.Fatal(err)
+	}
+	if d.UnderlayEndpoint(a) {
+		t.Fatal("a left: still refused")
+	}
+}
