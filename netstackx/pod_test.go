@@ -61,7 +61,8 @@ func TestWiredPods(t *testing.T) {
 			for _, fam := range []struct {
 				name string
 				dst  netip.Addr
-			}{{"v4", b.Addr()}, {"v6", b.Addr6()}} {
+				port uint16 // one per family: a closed listener's port may still be held for a moment
+			}{{"v4", b.Addr(), 8080}, {"v6", b.Addr6(), 8081}} {
 				t.Run(fam.name+"/ping", func(t *testing.T) {
 					for _, size := range []int{0, 56, 1400, 4000} {
 						rtt, err := a.Ping(testContext(t), fam.dst, size)
@@ -74,10 +75,10 @@ func TestWiredPods(t *testing.T) {
 					}
 				})
 				t.Run(fam.name+"/tcp", func(t *testing.T) {
-					tcpEcho(t, a, b, netip.AddrPortFrom(fam.dst, 8080), 4<<20)
+					tcpEcho(t, a, b, netip.AddrPortFrom(fam.dst, fam.port), 4<<20)
 				})
 				t.Run(fam.name+"/udp", func(t *testing.T) {
-					udpRequestResponse(t, a, b, netip.AddrPortFrom(fam.dst, 5353))
+					udpRequestResponse(t, a, b, netip.AddrPortFrom(fam.dst, 5353+fam.port-8080))
 				})
 			}
 			if st := a.Stats(); st.Endpoint.OutboundDropTooBig != 0 || st.Endpoint.InboundDropInvalid != 0 {
