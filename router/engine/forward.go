@@ -20,10 +20,13 @@ package engine
 //
 // Offloads: a port whose device is a link.GSODevice hands the engine TSO/USO
 // super-packets and packets with partial checksums, each described by a
-// packet.GSO. The engine routes a super-packet once, checks the next hop's MTU
-// against its segment size, and passes it whole to a next port that accepts
-// it (TAP to TAP: the kernel never segments); toward any other port it
-// segments (or finishes the checksum) in software.
+// packet.GSO. The descriptor is the sender's word, so handle checks it
+// against the parsed packet (packet.Parsed.OffloadValid) before anything
+// acts on it, and drops a forged one (DropBadOffload). The engine routes a
+// super-packet once, checks the next hop's MTU against its segment size, and
+// passes it whole to a next port that accepts it (TAP to TAP: the kernel
+// never segments); toward any other port it segments (or finishes the
+// checksum) in software.
 
 import (
 	"encoding/binary"
@@ -240,6 +243,13 @@ func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
 		return
 	default:
 		w.drop(DropMalformed)
+		return
+	}
+	// The descriptor comes from the sender (a pod's virtio-net header) and
+	// is acted on after the source check: check it against the packet once,
+	// here, so that nothing later trusts a forged offset or size.
+	if g != (packet.GSO{}) && !pp.OffloadValid(frame, g) {
+		w.drop(DropBadOffload)
 		return
 	}
 	if in.cfg.L2 {
