@@ -481,6 +481,14 @@ type icmpKind struct {
 	rest      uint32
 }
 
+// pmtu reports whether k tells the sender a path MTU (as tooBig makes it).
+// The types of the two versions do not collide here: ICMPv6's type 3 (time
+// exceeded) never has code 4, and ICMPv4 has no type 2.
+func (k icmpKind) pmtu() bool {
+	return (k.typ == packet.ICMPv4DstUnreachable && k.code == packet.ICMPv4FragNeeded) ||
+		(k.typ == packet.ICMPv6PacketTooBig && k.code == 0)
+}
+
 func timeExceeded(v uint8) icmpKind {
 	if v == 4 {
 		return icmpKind{typ: packet.ICMPv4TimeExceeded}
@@ -516,6 +524,19 @@ func (w *worker) unreachable(frame []byte) {
 
 // icmpError sends an ICMP error about the packet in frame (w.pp describes
 // it) back toward its source, within the rate limit.
+//
+// Design notes: the limit is one token bucket per input port, not one for
+// the engine, so that one pod's flood of TTL-expired or unreachable
+// triggers cannot starve another pod of its errors. A bucket per source
+// address would need a map on the hot path, keyed by addresses a sender
+// chooses, with eviction; a port is a bounded stand-in for a source: a pod
+// port sends only from its own addresses (the source check comes first), so
+// there it is exactly per pod, and the uplink, egress and each peer port
+// share one budget among their sources, never with a pod. Errors that carry
+// a path MTU (IPv4 fragmentation needed, ICMPv6 packet too big) are not
+// limited at all, as Linux exempts them (icmpv4_mask_allow, icmpv6_ratemask):
+// a lost one black-holes a flow, and each is smaller than the packet that
+// caused it, so they amplify nothing.
 func (w *worker) icmpError(frame []byte, k icmpKind) {
 	pp := &w.pp
 	if !packet.ICMPErrorAllowed(pp) {
@@ -528,7 +549,7 @@ func (w *worker) icmpError(frame []byte, k icmpKind) {
 			return
 		}
 	}
-	if !w.e.icmp.Allow() {
+	if !k.pmtu() && !w.in.icmp.Allow() {
 		w.e.icmpLimited.Add(1)
 		return
 	}
