@@ -76,7 +76,7 @@ type worker struct {
 	gsoIn     link.GSODevice
 	gso       []packet.GSO
 	stagedGSO [][]packet.GSO
-	segBufs   [][]byte
+	segBufs   [][]byte // one buffer for a segment to be fragmented (emit)
 	segSizes  []int
 	// conntrack clock of the batch, read once per table (snat.go).
 	ctTab  *conntrack.Table
@@ -421,30 +421,51 @@ func (w *worker) emit(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g 
 		w.drop(DropNoBuffer)
 		return
 	}
-	need, err := packet.GSOSegments(ip, g)
+	total, err := packet.GSOSegments(ip, g)
 	if err != nil {
 		w.drop(DropMalformed)
 		return
 	}
-	bufs := w.scratchBufs(need)
-	if cap(w.segSizes) < need {
-		w.segSizes = make([]int, need)
+	// Cut in chunks of at most numScratch segments, so that the scratch
+	// never grows with the segment count a sender chose (64 KiB of 1-byte
+	// segments would be 65000 buffers held for good). Segments that are
+	// still too big (IPv4 without DF) are cut one at a time into segBufs[0]
+	// and fragmented from there: fragment4 may flush and reuse the scratch,
+	// which must then hold no segment still to be read.
+	if cap(w.segSizes) < numScratch {
+		w.segSizes = make([]int, numScratch)
 	}
-	sizes := w.segSizes[:need]
-	n, err := packet.GSOSegment(ip, g, bufs, sizes, readOffset)
-	if err != nil {
-		w.drop(DropMalformed)
-		return
+	fragSegs := int(g.HdrLen)+int(g.Size) > q.cfg.MTU
+	if fragSegs && w.segBufs == nil {
+		w.segBufs = [][]byte{make([]byte, w.scratchSize)}
 	}
-	w.e.offload.segmented.Add(1)
-	w.e.offload.segments.Add(uint64(n))
-	for i := range n {
-		seg := bufs[i][readOffset : readOffset+sizes[i]]
-		if len(seg) > q.cfg.MTU {
-			w.fragment4(seg, q)
-			continue
+	for next := 0; next < total; {
+		k := min(total-next, numScratch)
+		var bufs [][]byte
+		if fragSegs {
+			k, bufs = 1, w.segBufs
+		} else {
+			bufs = w.scratchBufs(k)
 		}
-		w.stage(q, bufs[i], readOffset, readOffset+sizes[i], version, packet.GSO{})
+		sizes := w.segSizes[:k]
+		n, _, err := packet.GSOSegmentFrom(ip, g, next, bufs, sizes, readOffset)
+		if err != nil || n == 0 {
+			w.drop(DropMalformed)
+			return
+		}
+		if next == 0 {
+			w.e.offload.segmented.Add(1)
+		}
+		w.e.offload.segments.Add(uint64(n))
+		next += n
+		for i := range n {
+			seg := bufs[i][readOffset : readOffset+sizes[i]]
+			if fragSegs { // fragment4 copies (one fragment when it fits)
+				w.fragment4(seg, q)
+				continue
+			}
+			w.stage(q, bufs[i], readOffset, readOffset+sizes[i], version, packet.GSO{})
+		}
 	}
 }
 
