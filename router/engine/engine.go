@@ -120,6 +120,7 @@ type Engine struct {
 	workers sync.WaitGroup
 
 	icmpSent, icmpLimited atomic.Uint64
+	origDrops             atomic.Uint64 // packets the engine made and could not deliver
 	offload               struct {
 		whole, segmented, segments, csums atomic.Uint64
 	}
@@ -402,6 +403,12 @@ func (e *Engine) PortByIndex(i int32) *Port {
 func (e *Engine) ICMPStats() (sent, limited uint64) {
 	return e.icmpSent.Load(), e.icmpLimited.Load()
 }
+
+// OriginatedDrops returns how many packets the engine made itself (ICMP
+// errors, echo replies) it then dropped, e.g. for want of a route back to
+// the sender. They are not counted on any port: each port counts the
+// packets that arrived on it, each under exactly one reason.
+func (e *Engine) OriginatedDrops() uint64 { return e.origDrops.Load() }
 
 // Close detaches every port and waits for the workers.
 func (e *Engine) Close() error {

@@ -81,6 +81,9 @@ type worker struct {
 	// conntrack clock of the batch, read once per table (snat.go).
 	ctTab  *conntrack.Table
 	ctTime conntrack.Time
+	// originating is set while the worker routes a packet it made itself
+	// (originate): drops then count as the engine's, not w.in's.
+	originating bool
 }
 
 func newWorker(e *Engine, p *Port) *worker {
@@ -220,7 +223,13 @@ func (w *worker) scratchBufs(n int) [][]byte {
 	return b
 }
 
-func (w *worker) drop(r DropReason) { w.in.c.drops[r].Add(1) }
+func (w *worker) drop(r DropReason) {
+	if w.originating {
+		w.e.origDrops.Add(1)
+		return
+	}
+	w.in.c.drops[r].Add(1)
+}
 
 // handle decides on the frame buf[start:end], described by g.
 func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
@@ -585,12 +594,17 @@ func (w *worker) icmpError(frame []byte, k icmpKind) {
 	w.originate(buf, readOffset, readOffset+n)
 }
 
-// originate routes an IP packet the engine made at buf[start:end].
+// originate routes an IP packet the engine made at buf[start:end]. Its
+// drops are the engine's own (Engine.OriginatedDrops), not a second drop of
+// the packet it answers, which arrived on w.in and is counted there once.
 func (w *worker) originate(buf []byte, start, end int) {
+	w.originating = true
 	if packet.Parse(buf[start:end], false, &w.pp) != packet.OK {
-		return
+		w.drop(DropMalformed)
+	} else {
+		w.forward(buf, start, end, packet.GSO{}, true)
 	}
-	w.forward(buf, start, end, packet.GSO{}, true)
+	w.originating = false
 }
 
 // answerEcho answers an ICMP echo request to the gateway address; anything

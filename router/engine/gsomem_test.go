@@ -7,6 +7,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/route"
 )
 
 // TestTinyGSOSizeBoundedScratch: a pod's 64 KiB USO super-packet with
@@ -106,5 +107,37 @@ func TestGSOSegmentsFragmented(t *testing.T) {
 		if got := l4[header.UDPMinimumSize:]; string(got) != string(want) {
 			t.Fatalf("segment %d: payload differs", i)
 		}
+	}
+}
+
+// TestOriginatedDropNotCountedTwice: an ICMP error the engine cannot route
+// back (here: to an address of the podCIDR with no pod, from the uplink)
+// is the engine's own drop; the packet that caused it is counted once, on
+// its port, under its own reason.
+func TestOriginatedDropNotCountedTwice(t *testing.T) {
+	e, err := New(Config{PodCIDR: podCIDR})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Close() })
+	up, err := e.AddPort(newRecDev(), PortConfig{Name: "uplink", Kind: KindUplink, MTU: 1500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := e.AddPort(newRecDev(), PortConfig{Name: "out", Kind: KindEgress, MTU: 1500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetRoutes([]route.Route{{Prefix: netip.MustParsePrefix("0.0.0.0/0"), NextHop: route.ToEgress(out.idx)}}); err != nil {
+		t.Fatal(err)
+	}
+	w := newWorker(e, up)
+	w.sizes[0] = copy(w.bufs[0][readOffset:], ipv4(netip.MustParseAddr("10.244.1.77"), outside, ipOpts{ttl: 1}))
+	w.process(1)
+	if d := up.Stats().Drops; len(d) != 1 || d[DropTTL] != 1 {
+		t.Fatalf("uplink drops %v, want one %v", d, DropTTL)
+	}
+	if n := e.OriginatedDrops(); n != 1 {
+		t.Fatalf("%d originated drops, want 1", n)
 	}
 }
