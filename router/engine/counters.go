@@ -25,6 +25,7 @@ const (
 	DropNoBuffer                      // no scratch buffer for a reply or fragment
 	DropNoConntrack                   // to a port's SNAT address, but no tracked flow's reply
 	DropSNAT                          // to be translated, but conntrack refused it or it cannot be rewritten
+	DropBadOffload                    // an offload descriptor that does not fit the packet (packet.Parsed.OffloadValid)
 	numDropReasons
 )
 
@@ -32,6 +33,7 @@ var dropNames = [numDropReasons]string{
 	"too-short", "malformed", "bad-checksum", "ethertype", "not-for-us", "multicast",
 	"spoofed-source", "no-route", "ttl-exceeded", "too-big", "to-gateway", "neighbor",
 	"not-local", "tx-error", "no-buffer", "no-conntrack", "snat",
+	"bad-offload",
 }
 
 // String returns the reason's kebab-case name, as metrics and the CLI show it.

@@ -74,8 +74,10 @@ type Config struct {
 	// GatewayMAC is the MAC the engine answers ARP/NDP with on L2 ports.
 	// Default: 0a:58 followed by the IPv4 gateway address.
 	GatewayMAC packet.MAC
-	// ICMPRate and ICMPBurst bound the ICMP errors the engine sends
-	// (default 1000/s, burst 50, as Linux's icmp_msgs_per_sec/burst).
+	// ICMPRate and ICMPBurst bound the ICMP errors the engine sends about
+	// the packets of each port, one budget per port (default 1000/s, burst
+	// 50, as Linux's icmp_msgs_per_sec/burst). Errors that carry a path MTU
+	// (fragmentation needed, packet too big) are never limited, as in Linux.
 	ICMPRate, ICMPBurst int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -108,7 +110,6 @@ type Engine struct {
 	cfg      Config
 	gw4, gw6 netip.Addr
 	log      *zap.Logger
-	icmp     *packet.RateLimiter
 
 	state atomic.Pointer[snapshot]
 
@@ -119,6 +120,7 @@ type Engine struct {
 	workers sync.WaitGroup
 
 	icmpSent, icmpLimited atomic.Uint64
+	origDrops             atomic.Uint64 // packets the engine made and could not deliver
 	offload               struct {
 		whole, segmented, segments, csums atomic.Uint64
 	}
@@ -162,6 +164,9 @@ type Port struct {
 	// what its WriteGSO accepts.
 	gsoDev   link.GSODevice
 	offloads packet.Offloads
+	// icmp is the budget of the ICMP errors sent about this port's packets
+	// (see worker.icmpError); only the port's worker takes from it.
+	icmp *packet.RateLimiter
 }
 
 // Direction says which way a tapped packet crossed a port.
@@ -251,7 +256,6 @@ func New(cfg Config) (*Engine, error) {
 		g := e.gw4.As4()
 		e.cfg.GatewayMAC = packet.MAC{0x0a, 0x58, g[0], g[1], g[2], g[3]}
 	}
-	e.icmp = packet.NewRateLimiter(cfg.ICMPRate, cfg.ICMPBurst, cfg.Now)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.publishLocked(); err != nil {
@@ -309,7 +313,8 @@ func (e *Engine) AddPort(dev link.Device, pc PortConfig) (*Port, error) {
 			}
 		}
 	}
-	p := &Port{e: e, cfg: pc, dev: dev, addrs: slices.Clone(pc.Addrs), done: make(chan struct{})}
+	p := &Port{e: e, cfg: pc, dev: dev, addrs: slices.Clone(pc.Addrs), done: make(chan struct{}),
+		icmp: packet.NewRateLimiter(e.cfg.ICMPRate, e.cfg.ICMPBurst, e.cfg.Now)}
 	if g, ok := dev.(link.GSODevice); ok {
 		p.gsoDev, p.offloads = g, g.Offloads()
 	}
@@ -398,6 +403,12 @@ func (e *Engine) PortByIndex(i int32) *Port {
 func (e *Engine) ICMPStats() (sent, limited uint64) {
 	return e.icmpSent.Load(), e.icmpLimited.Load()
 }
+
+// OriginatedDrops returns how many packets the engine made itself (ICMP
+// errors, echo replies) it then dropped, e.g. for want of a route back to
+// the sender. They are not counted on any port: each port counts the
+// packets that arrived on it, each under exactly one reason.
+func (e *Engine) OriginatedDrops() uint64 { return e.origDrops.Load() }
 
 // Close detaches every port and waits for the workers.
 func (e *Engine) Close() error {

@@ -613,3 +613,89 @@ func TestICMPRateLimit(t *testing.T) {
 
 var _ = binary.BigEndian
 var _ link.Device = (*linktest.End)(nil)
+
+// TestICMPRateLimitPerPort: a pod that floods the engine with TTL-expired
+// triggers spends only its own budget; another pod still gets its errors,
+// and errors that carry a path MTU are never limited.
+func TestICMPRateLimitPerPort(t *testing.T) {
+	now := time.Unix(0, 0)
+	e, err := New(Config{PodCIDR: podCIDR, PodCIDR6: podCIDR6, ICMPRate: 1, ICMPBurst: 2, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ha, da := linktest.Pipe(256, 2000, 64)
+	hb, db := linktest.Pipe(256, 2000, 64)
+	hout, dout := linktest.Pipe(256, 2000, 64)
+	if _, err := e.AddPort(da, PortConfig{Name: "a", MTU: 1500, Addrs: []netip.Addr{addrA, addrA6}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.AddPort(db, PortConfig{Name: "b", MTU: 1500, Addrs: []netip.Addr{addrB}}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := e.AddPort(dout, PortConfig{Name: "out", Kind: KindEgress, MTU: egressMTU})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetRoutes([]route.Route{
+		{Prefix: netip.MustParsePrefix("0.0.0.0/0"), NextHop: route.ToEgress(out.idx)},
+		{Prefix: netip.MustParsePrefix("::/0"), NextHop: route.ToEgress(out.idx)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	icmpType := func(ip []byte) (uint8, uint8) {
+		_, _, _, l4 := l4Of(ip)
+		return l4[0], l4[1]
+	}
+
+	// A floods: 20 packets whose TTL expires on the routed hop out.
+	for range 20 {
+		send(t, ha, ipv4(addrA, outside, ipOpts{ttl: 1}))
+	}
+	for range 2 {
+		if typ, _ := icmpType(recv(t, ha)); typ != uint8(header.ICMPv4TimeExceeded) {
+			t.Fatalf("A got ICMP type %d, want time exceeded", typ)
+		}
+	}
+	// (No tryRecv on A here: its reader would steal a later packet.)
+	waitICMP := func(sent, limited uint64) {
+		t.Helper()
+		deadline := time.Now().Add(time.Second)
+		for {
+			s, l := e.ICMPStats()
+			if s == sent && l == limited {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("ICMP errors sent %d limited %d, want %d and %d", s, l, sent, limited)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitICMP(2, 18)
+	// B's budget is its own.
+	send(t, hb, ipv4(addrB, outside, ipOpts{ttl: 1}))
+	if typ, _ := icmpType(recv(t, hb)); typ != uint8(header.ICMPv4TimeExceeded) {
+		t.Fatalf("B got ICMP type %d, want time exceeded", typ)
+	}
+	// A's budget is spent, and still every packet too big for the egress
+	// MTU gets its fragmentation needed / packet too big.
+	for range 10 {
+		send(t, ha, ipv4(addrA, outside, ipOpts{df: true, payload: egressMTU}))
+		send(t, ha, ipv6(addrA6, netip.MustParseAddr("2001:db8::1"), 64, egressMTU))
+	}
+	for range 10 {
+		for _, want := range [][2]uint8{{uint8(header.ICMPv4DstUnreachable), uint8(header.ICMPv4FragmentationNeeded)}, {uint8(header.ICMPv6PacketTooBig), 0}} {
+			if typ, code := icmpType(recv(t, ha)); typ != want[0] || code != want[1] {
+				t.Fatalf("A got ICMP %d/%d, want %d/%d", typ, code, want[0], want[1])
+			}
+		}
+	}
+	waitICMP(23, 18)
+	if _, ok := tryRecv(ha, 50*time.Millisecond); ok {
+		t.Fatal("A got more errors than its budget and its PMTU errors")
+	}
+	if _, ok := tryRecv(hout, 50*time.Millisecond); ok {
+		t.Fatal("a packet left through egress")
+	}
+}

@@ -20,10 +20,13 @@ package engine
 //
 // Offloads: a port whose device is a link.GSODevice hands the engine TSO/USO
 // super-packets and packets with partial checksums, each described by a
-// packet.GSO. The engine routes a super-packet once, checks the next hop's MTU
-// against its segment size, and passes it whole to a next port that accepts
-// it (TAP to TAP: the kernel never segments); toward any other port it
-// segments (or finishes the checksum) in software.
+// packet.GSO. The descriptor is the sender's word, so handle checks it
+// against the parsed packet (packet.Parsed.OffloadValid) before anything
+// acts on it, and drops a forged one (DropBadOffload). The engine routes a
+// super-packet once, checks the next hop's MTU against its segment size, and
+// passes it whole to a next port that accepts it (TAP to TAP: the kernel
+// never segments); toward any other port it segments (or finishes the
+// checksum) in software.
 
 import (
 	"encoding/binary"
@@ -73,11 +76,14 @@ type worker struct {
 	gsoIn     link.GSODevice
 	gso       []packet.GSO
 	stagedGSO [][]packet.GSO
-	segBufs   [][]byte
+	segBufs   [][]byte // one buffer for a segment to be fragmented (emit)
 	segSizes  []int
 	// conntrack clock of the batch, read once per table (snat.go).
 	ctTab  *conntrack.Table
 	ctTime conntrack.Time
+	// originating is set while the worker routes a packet it made itself
+	// (originate): drops then count as the engine's, not w.in's.
+	originating bool
 }
 
 func newWorker(e *Engine, p *Port) *worker {
@@ -217,7 +223,13 @@ func (w *worker) scratchBufs(n int) [][]byte {
 	return b
 }
 
-func (w *worker) drop(r DropReason) { w.in.c.drops[r].Add(1) }
+func (w *worker) drop(r DropReason) {
+	if w.originating {
+		w.e.origDrops.Add(1)
+		return
+	}
+	w.in.c.drops[r].Add(1)
+}
 
 // handle decides on the frame buf[start:end], described by g.
 func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
@@ -240,6 +252,13 @@ func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
 		return
 	default:
 		w.drop(DropMalformed)
+		return
+	}
+	// The descriptor comes from the sender (a pod's virtio-net header) and
+	// is acted on after the source check: check it against the packet once,
+	// here, so that nothing later trusts a forged offset or size.
+	if g != (packet.GSO{}) && !pp.OffloadValid(frame, g) {
+		w.drop(DropBadOffload)
 		return
 	}
 	if in.cfg.L2 {
@@ -411,30 +430,51 @@ func (w *worker) emit(q *Port, buf []byte, ipStart, ipEnd int, version uint8, g 
 		w.drop(DropNoBuffer)
 		return
 	}
-	need, err := packet.GSOSegments(ip, g)
+	total, err := packet.GSOSegments(ip, g)
 	if err != nil {
 		w.drop(DropMalformed)
 		return
 	}
-	bufs := w.scratchBufs(need)
-	if cap(w.segSizes) < need {
-		w.segSizes = make([]int, need)
+	// Cut in chunks of at most numScratch segments, so that the scratch
+	// never grows with the segment count a sender chose (64 KiB of 1-byte
+	// segments would be 65000 buffers held for good). Segments that are
+	// still too big (IPv4 without DF) are cut one at a time into segBufs[0]
+	// and fragmented from there: fragment4 may flush and reuse the scratch,
+	// which must then hold no segment still to be read.
+	if cap(w.segSizes) < numScratch {
+		w.segSizes = make([]int, numScratch)
 	}
-	sizes := w.segSizes[:need]
-	n, err := packet.GSOSegment(ip, g, bufs, sizes, readOffset)
-	if err != nil {
-		w.drop(DropMalformed)
-		return
+	fragSegs := int(g.HdrLen)+int(g.Size) > q.cfg.MTU
+	if fragSegs && w.segBufs == nil {
+		w.segBufs = [][]byte{make([]byte, w.scratchSize)}
 	}
-	w.e.offload.segmented.Add(1)
-	w.e.offload.segments.Add(uint64(n))
-	for i := range n {
-		seg := bufs[i][readOffset : readOffset+sizes[i]]
-		if len(seg) > q.cfg.MTU {
-			w.fragment4(seg, q)
-			continue
+	for next := 0; next < total; {
+		k := min(total-next, numScratch)
+		var bufs [][]byte
+		if fragSegs {
+			k, bufs = 1, w.segBufs
+		} else {
+			bufs = w.scratchBufs(k)
 		}
-		w.stage(q, bufs[i], readOffset, readOffset+sizes[i], version, packet.GSO{})
+		sizes := w.segSizes[:k]
+		n, _, err := packet.GSOSegmentFrom(ip, g, next, bufs, sizes, readOffset)
+		if err != nil || n == 0 {
+			w.drop(DropMalformed)
+			return
+		}
+		if next == 0 {
+			w.e.offload.segmented.Add(1)
+		}
+		w.e.offload.segments.Add(uint64(n))
+		next += n
+		for i := range n {
+			seg := bufs[i][readOffset : readOffset+sizes[i]]
+			if fragSegs { // fragment4 copies (one fragment when it fits)
+				w.fragment4(seg, q)
+				continue
+			}
+			w.stage(q, bufs[i], readOffset, readOffset+sizes[i], version, packet.GSO{})
+		}
 	}
 }
 
@@ -469,6 +509,14 @@ func (w *worker) stageFrame(q *Port, b []byte, g packet.GSO) {
 type icmpKind struct {
 	typ, code uint8
 	rest      uint32
+}
+
+// pmtu reports whether k tells the sender a path MTU (as tooBig makes it).
+// The types of the two versions do not collide here: ICMPv6's type 3 (time
+// exceeded) never has code 4, and ICMPv4 has no type 2.
+func (k icmpKind) pmtu() bool {
+	return (k.typ == packet.ICMPv4DstUnreachable && k.code == packet.ICMPv4FragNeeded) ||
+		(k.typ == packet.ICMPv6PacketTooBig && k.code == 0)
 }
 
 func timeExceeded(v uint8) icmpKind {
@@ -506,6 +554,19 @@ func (w *worker) unreachable(frame []byte) {
 
 // icmpError sends an ICMP error about the packet in frame (w.pp describes
 // it) back toward its source, within the rate limit.
+//
+// Design notes: the limit is one token bucket per input port, not one for
+// the engine, so that one pod's flood of TTL-expired or unreachable
+// triggers cannot starve another pod of its errors. A bucket per source
+// address would need a map on the hot path, keyed by addresses a sender
+// chooses, with eviction; a port is a bounded stand-in for a source: a pod
+// port sends only from its own addresses (the source check comes first), so
+// there it is exactly per pod, and the uplink, egress and each peer port
+// share one budget among their sources, never with a pod. Errors that carry
+// a path MTU (IPv4 fragmentation needed, ICMPv6 packet too big) are not
+// limited at all, as Linux exempts them (icmpv4_mask_allow, icmpv6_ratemask):
+// a lost one black-holes a flow, and each is smaller than the packet that
+// caused it, so they amplify nothing.
 func (w *worker) icmpError(frame []byte, k icmpKind) {
 	pp := &w.pp
 	if !packet.ICMPErrorAllowed(pp) {
@@ -518,7 +579,7 @@ func (w *worker) icmpError(frame []byte, k icmpKind) {
 			return
 		}
 	}
-	if !w.e.icmp.Allow() {
+	if !k.pmtu() && !w.in.icmp.Allow() {
 		w.e.icmpLimited.Add(1)
 		return
 	}
@@ -533,12 +594,17 @@ func (w *worker) icmpError(frame []byte, k icmpKind) {
 	w.originate(buf, readOffset, readOffset+n)
 }
 
-// originate routes an IP packet the engine made at buf[start:end].
+// originate routes an IP packet the engine made at buf[start:end]. Its
+// drops are the engine's own (Engine.OriginatedDrops), not a second drop of
+// the packet it answers, which arrived on w.in and is counted there once.
 func (w *worker) originate(buf []byte, start, end int) {
+	w.originating = true
 	if packet.Parse(buf[start:end], false, &w.pp) != packet.OK {
-		return
+		w.drop(DropMalformed)
+	} else {
+		w.forward(buf, start, end, packet.GSO{}, true)
 	}
-	w.forward(buf, start, end, packet.GSO{}, true)
+	w.originating = false
 }
 
 // answerEcho answers an ICMP echo request to the gateway address; anything
