@@ -32,7 +32,7 @@ var (
 	descDrops   = prometheus.NewDesc(ns+"_port_drops_total", "Packets dropped on arrival at a port, by reason.", []string{"port", "kind", "reason"}, nil)
 	descPorts   = prometheus.NewDesc(ns+"_ports", "Attached ports, by kind.", []string{"kind"}, nil)
 	descRoutes  = prometheus.NewDesc(ns+"_routes", "Routes in the current table snapshot.", nil, nil)
-	descICMP    = prometheus.NewDesc(ns+"_icmp_errors_total", "ICMP errors the engine originated (sent) or suppressed by its rate limit (ratelimited).", []string{"result"}, nil)
+	descICMP    = prometheus.NewDesc(ns+"_icmp_errors_total", "ICMP errors the engine originated (sent), suppressed by its rate limit (ratelimited), or made but could not route (undeliverable).", []string{"result"}, nil)
 	descOffload = prometheus.NewDesc(ns+"_offload_total", "Offload work: super-packets passed whole, super-packets segmented in software, the segments made, partial checksums finished.", []string{"op"}, nil)
 )
 
@@ -73,6 +73,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	sent, limited := c.e.ICMPStats()
 	ch <- prometheus.MustNewConstMetric(descICMP, prometheus.CounterValue, float64(sent), "sent")
 	ch <- prometheus.MustNewConstMetric(descICMP, prometheus.CounterValue, float64(limited), "ratelimited")
+	ch <- prometheus.MustNewConstMetric(descICMP, prometheus.CounterValue, float64(c.e.OriginatedDrops()), "undeliverable")
 	o := c.e.OffloadStats()
 	ch <- prometheus.MustNewConstMetric(descOffload, prometheus.CounterValue, float64(o.SuperPackets), "superpackets")
 	ch <- prometheus.MustNewConstMetric(descOffload, prometheus.CounterValue, float64(o.Segmented), "segmented")
