@@ -276,6 +276,34 @@ func (e *Engine) GatewayMAC() packet.MAC { return e.cfg.GatewayMAC }
 // AddPort attaches dev as a port and starts its worker. The engine owns dev
 // from now on: RemovePort and Close close it.
 func (e *Engine) AddPort(dev link.Device, pc PortConfig) (*Port, error) {
+	return e.addPort(dev, pc, nil)
+}
+
+// ReplacePort attaches dev as AddPort does and, in the same table swap,
+// detaches old (whose addresses and name the new port may take): traffic
+// moves from old to the new port at once. When the new port cannot be
+// attached, old stays as it was and the error says why. On success old's
+// worker stops and its device is closed, as RemovePort does.
+func (e *Engine) ReplacePort(old *Port, dev link.Device, pc PortConfig) (*Port, error) {
+	if old == nil {
+		return nil, ErrPortUnknown
+	}
+	p, err := e.addPort(dev, pc, old)
+	if err != nil {
+		return nil, err
+	}
+	cerr := old.dev.Close()
+	<-old.done
+	e.log.Info("port replaced", zap.String("port", old.cfg.Name), zap.String("by", pc.Name))
+	if cerr != nil {
+		e.log.Warn("close replaced port", zap.String("port", old.cfg.Name), zap.Error(cerr))
+	}
+	return p, nil
+}
+
+// addPort attaches dev; with replace, it detaches that port in the same
+// snapshot (the caller closes its device).
+func (e *Engine) addPort(dev link.Device, pc PortConfig, replace *Port) (*Port, error) {
 	if pc.Name == "" {
 		return nil, errors.New("engine: port name is empty")
 	}
@@ -300,8 +328,11 @@ func (e *Engine) AddPort(dev link.Device, pc PortConfig) (*Port, error) {
 	if e.closed {
 		return nil, ErrClosed
 	}
+	if replace != nil && (int(replace.idx) >= len(e.ports) || e.ports[replace.idx] != replace) {
+		return nil, ErrPortUnknown
+	}
 	for _, q := range e.ports {
-		if q == nil {
+		if q == nil || q == replace {
 			continue
 		}
 		if q.cfg.Name == pc.Name {
@@ -323,6 +354,9 @@ func (e *Engine) AddPort(dev link.Device, pc PortConfig) (*Port, error) {
 		m := pc.PeerMAC
 		p.peerMAC.Store(&m)
 	}
+	if replace != nil {
+		e.ports[replace.idx] = nil
+	}
 	idx := slices.Index(e.ports, nil)
 	if idx < 0 {
 		idx = len(e.ports)
@@ -332,6 +366,9 @@ func (e *Engine) AddPort(dev link.Device, pc PortConfig) (*Port, error) {
 	e.ports[idx] = p
 	if err := e.publishLocked(); err != nil {
 		e.ports[idx] = nil
+		if replace != nil {
+			e.ports[replace.idx] = replace
+		}
 		return nil, err
 	}
 	e.workers.Add(1)

@@ -32,6 +32,7 @@ import (
 
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/link/tap"
 	"github.com/podrouter/podrouter/router/packet"
 )
@@ -101,39 +102,71 @@ func (d handler) Attach(ctx context.Context, req api.AttachRequest, f *os.File) 
 		_ = f.Close() // FromFile leaves it open on failure
 		return api.Attachment{}, fmt.Errorf("%w: TAP from the passed fd: %w", api.ErrBadRequest, err)
 	}
-	p := &d.pods
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if old, ok := p.byID[req.AttachmentID]; ok {
-		// A repeated ADD replaces the attachment (the runtime lost our
-		// reply, or the pod's TAP was re-created).
-		p.detachLocked(old)
-	}
-	rec := record{AttachRequest: req, Created: time.Now().UnixNano()}
-	pd := &pod{rec: rec}
-	if err := p.attachLocked(pd, dev); err != nil {
+	pd, err := d.pods.attach(req, dev)
+	if err != nil {
 		return api.Attachment{}, err
 	}
-	if err := p.store.put(rec); err != nil {
-		p.detachLocked(pd)
-		return api.Attachment{}, fmt.Errorf("%w: %w", api.ErrInternal, err)
-	}
-	p.byID[req.AttachmentID] = pd
 	d.log.Info("pod attached", zap.Stringer("pod", req.AttachmentID), zap.String("netns", req.Netns),
 		zap.Stringers("addrs", req.Addrs), zap.Int32("port", pd.port.Index()))
 	return pd.attachment(), nil
 }
 
-// attachLocked adds dev to the engine for pd; on error dev is closed.
-func (p *pods) attachLocked(pd *pod, dev *tap.Device) error {
-	port, err := p.eng.AddPort(dev, engine.PortConfig{
+// attach records req and attaches dev for it. A repeated ADD (the runtime
+// lost our reply, or the pod's TAP was re-created) replaces the attachment
+// of the same ID only once the new one works: the engine swaps the ports in
+// one step, and a failure leaves the old attachment, record and port as
+// they were. On error dev is closed.
+func (p *pods) attach(req api.AttachRequest, dev link.Device) (*pod, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.byID[req.AttachmentID]
+	rec := record{AttachRequest: req, Created: time.Now().UnixNano()}
+	pd := &pod{rec: rec}
+	if err := p.store.put(rec); err != nil {
+		_ = dev.Close()
+		return nil, fmt.Errorf("%w: %w", api.ErrInternal, err)
+	}
+	var replace *engine.Port
+	if old != nil {
+		replace = old.port
+	}
+	if err := p.attachLocked(pd, dev, replace); err != nil {
+		var rerr error
+		if old != nil {
+			rerr = p.store.put(old.rec)
+		} else {
+			rerr = p.store.remove(rec.AttachmentID)
+		}
+		if rerr != nil {
+			p.log.Error("restore attachment record", zap.Stringer("pod", rec.AttachmentID), zap.Error(rerr))
+		}
+		return nil, err
+	}
+	if old != nil {
+		old.port = nil
+	}
+	p.byID[req.AttachmentID] = pd
+	return pd, nil
+}
+
+// attachLocked adds dev to the engine for pd, in place of replace when it
+// is not nil; on error dev is closed (and replace stays attached).
+func (p *pods) attachLocked(pd *pod, dev link.Device, replace *engine.Port) error {
+	pc := engine.PortConfig{
 		Name:    pd.rec.String(),
 		Kind:    engine.KindPod,
 		L2:      true,
 		PeerMAC: packet.MAC(pd.rec.MAC),
 		MTU:     pd.rec.MTU,
 		Addrs:   pd.rec.Addrs,
-	})
+	}
+	var port *engine.Port
+	var err error
+	if replace != nil {
+		port, err = p.eng.ReplacePort(replace, dev, pc)
+	} else {
+		port, err = p.eng.AddPort(dev, pc)
+	}
 	if err != nil {
 		_ = dev.Close()
 		if errors.Is(err, engine.ErrAddrInUse) {
@@ -197,7 +230,7 @@ func (p *pods) reattach(recs []record) (ok, failed int) {
 		pd := &pod{rec: rec}
 		dev, err := reopenTAP(rec)
 		if err == nil {
-			err = p.attachLocked(pd, dev)
+			err = p.attachLocked(pd, dev, nil)
 		}
 		switch {
 		case err == nil:

@@ -8,7 +8,9 @@ package daemon
 // never share it.
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,8 +67,19 @@ func openStore(stateDir string) (*store, error) {
 // Close releases the lock.
 func (s *store) Close() error { return s.lock.Close() }
 
+// maxRecordName keeps record file names under NAME_MAX (255) with room.
+const maxRecordName = 200
+
+// path is id's record file: the ID in base64url, or, when that would be
+// too long for a file name (container IDs may have up to 1024 bytes), "h-"
+// and its SHA-256 (the record inside still names the ID in full).
 func (s *store) path(id api.AttachmentID) string {
-	return filepath.Join(s.dir, base64.RawURLEncoding.EncodeToString([]byte(id.String()))+".json")
+	name := base64.RawURLEncoding.EncodeToString([]byte(id.String()))
+	if len(name) > maxRecordName {
+		sum := sha256.Sum256([]byte(id.String()))
+		name = "h-" + hex.EncodeToString(sum[:])
+	}
+	return filepath.Join(s.dir, name+".json")
 }
 
 // put writes r atomically.
