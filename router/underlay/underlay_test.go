@@ -9,13 +9,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/podrouter/podrouter/router/leaktest"
 	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/packet"
 )
@@ -26,20 +26,7 @@ var (
 )
 
 // checkLeaks fails the test if goroutines it started outlive its cleanups.
-func checkLeaks(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(2 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<16)
-				t.Errorf("goroutines leaked: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
+func checkLeaks(t *testing.T) { t.Helper(); leaktest.Check(t, 2*time.Second) }
 
 func newUnderlay(t testing.TB, cfg Config) *Underlay {
 	t.Helper()
