@@ -7,6 +7,9 @@ package nstest
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"testing"
@@ -75,4 +78,44 @@ func (n *NS) Run(t testing.TB, name string, args ...string) string {
 		t.Fatal(err) // it carries the output
 	}
 	return out
+}
+
+// DialContext dials from inside the namespace: the socket is created on a
+// thread switched into it, and stays there whatever thread uses it later.
+// It has net.Dialer's signature, so an *NS serves as the dialer of code
+// that takes one.
+func (n *NS) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	var c net.Conn
+	err := n.Do(func() error {
+		var err error
+		c, err = (&net.Dialer{}).DialContext(ctx, network, address)
+		return err
+	})
+	return c, err
+}
+
+// HTTPClient returns a client whose connections are made inside the
+// namespace (a server on its loopback is reachable), one connection a
+// request, each request within 5 seconds.
+func (n *NS) HTTPClient() *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext:       n.DialContext,
+	}}
+}
+
+// HTTPGet fetches url with c and returns the status code and the body,
+// failing the test when the request or the body's read fails.
+func HTTPGet(t testing.TB, c *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
 }

@@ -1,9 +1,13 @@
 package nstest
 
 import (
+	"context"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 func exists(name string) bool {
@@ -29,5 +33,37 @@ func TestNamespaceLifecycle(t *testing.T) {
 	})
 	if name != "" && exists(name) {
 		t.Fatalf("namespace %s left behind", name)
+	}
+}
+
+// TestHTTPInside: the client's connections start inside the namespace: a
+// server on its loopback answers, one on the test process's loopback is
+// out of reach.
+func TestHTTPInside(t *testing.T) {
+	n := New(t)
+	var inside net.Listener
+	if err := n.Do(func() (err error) { inside, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusTeapot)
+		_, _ = w.Write([]byte("inside"))
+	})}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(inside) }()
+	t.Cleanup(func() { _ = srv.Close(); <-done })
+	if code, body := HTTPGet(t, n.HTTPClient(), "http://"+inside.Addr().String()+"/"); code != http.StatusTeapot || body != "inside" {
+		t.Fatalf("GET from inside: %d %q", code, body)
+	}
+	outside, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outside.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if c, err := n.DialContext(ctx, "tcp", outside.Addr().String()); err == nil {
+		_ = c.Close()
+		t.Fatal("dialled the test process's loopback from inside the namespace")
 	}
 }
