@@ -39,30 +39,16 @@ func proxyInto(t *testing.T, ns *nstest.NS, target string) int {
 	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				go func() { _, _ = io.Copy(u, c); _ = u.(*net.TCPConn).CloseWrite() }()
-				_, _ = io.Copy(c, u)
-			}()
+	nstest.Serve(t, ln, func(c net.Conn) {
+		defer c.Close()
+		u, err := net.Dial("tcp", target)
+		if err != nil {
+			return
 		}
-	}()
+		defer u.Close()
+		go func() { _, _ = io.Copy(u, c); _ = u.(*net.TCPConn).CloseWrite() }()
+		_, _ = io.Copy(c, u)
+	})
 	return ln.Addr().(*net.TCPAddr).Port
 }
 

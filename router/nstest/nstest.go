@@ -3,6 +3,11 @@
 // what a crashed run left behind), with lo up, deleted (with every process
 // inside killed) in t.Cleanup. Tests that need it call RequireRoot first,
 // which skips with the reason when the process lacks the privileges.
+//
+// With a namespace come the helpers a network test needs around it, which
+// work in any namespace: dialing and HTTP from inside one (NS.DialContext,
+// NS.HTTPClient, HTTPGet), and a server that lives as long as the test
+// (Serve).
 package nstest
 
 import (
@@ -12,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -118,4 +124,28 @@ func HTTPGet(t testing.TB, c *http.Client, url string) (int, string) {
 		t.Fatalf("GET %s: %v", url, err)
 	}
 	return resp.StatusCode, string(b)
+}
+
+// Serve runs handler, in a goroutine of its own, for every connection ln
+// accepts, until the test ends: then it closes ln and waits for the
+// handlers, which must return once their peer has gone. ln may be a
+// listener opened inside a namespace (NS.Do) or in the test's own.
+func Serve(t testing.TB, ln net.Listener, handler func(net.Conn)) {
+	var wg sync.WaitGroup
+	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				handler(c)
+			}()
+		}
+	}()
 }

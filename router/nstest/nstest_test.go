@@ -2,10 +2,12 @@ package nstest
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -65,5 +67,52 @@ func TestHTTPInside(t *testing.T) {
 	if c, err := n.DialContext(ctx, "tcp", outside.Addr().String()); err == nil {
 		_ = c.Close()
 		t.Fatal("dialled the test process's loopback from inside the namespace")
+	}
+}
+
+// TestServe: every connection is handled, concurrently, and when the test
+// ends the listener is closed and the handlers have returned.
+func TestServe(t *testing.T) {
+	var ln net.Listener
+	var running, handled atomic.Int32
+	t.Run("serve", func(t *testing.T) {
+		var err error
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		Serve(t, ln, func(c net.Conn) {
+			running.Add(1)
+			defer running.Add(-1)
+			defer c.Close()
+			handled.Add(1)
+			_, _ = io.Copy(c, c)
+		})
+		var conns []net.Conn
+		for i := range 2 { // both open at once: each has its own handler
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			conns = append(conns, c)
+			if _, err := c.Write([]byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, c := range conns {
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			b := make([]byte, 1)
+			if _, err := io.ReadFull(c, b); err != nil || b[0] != byte(i) {
+				t.Fatalf("connection %d: echoed %v, %v", i, b, err)
+			}
+		}
+	})
+	if n := running.Load(); n != 0 || handled.Load() != 2 {
+		t.Fatalf("after the test: %d handlers running, %d ran; want 0 and 2", n, handled.Load())
+	}
+	if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		_ = c.Close()
+		t.Fatal("the listener still accepts after the test ended")
 	}
 }
