@@ -31,6 +31,7 @@ import (
 	"github.com/podrouter/podrouter/netstackx/egress"
 	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/leaktest"
+	"github.com/podrouter/podrouter/router/nstest"
 	"github.com/podrouter/podrouter/router/packet"
 	"github.com/podrouter/podrouter/router/route"
 )
@@ -97,8 +98,13 @@ type env struct {
 	d   *mapDialer
 }
 
+// newEnv makes an engine whose egress port is a Forwarder (with cfg as
+// mod leaves it) dialling through a mapDialer, with default routes to it.
+// It first checks that the test leaves no goroutine behind
+// (checkGoroutines), so call it first.
 func newEnv(t *testing.T, mod func(*egress.Config)) *env {
 	t.Helper()
+	checkGoroutines(t)
 	log := zaptest.NewLogger(t)
 	e, err := engine.New(engine.Config{PodCIDR: podCIDR, PodCIDR6: podCIDR6, ClusterCIDRs: []netip.Prefix{clusterCIDR, podCIDR6}, Logger: log})
 	if err != nil {
@@ -232,23 +238,7 @@ func serve(t *testing.T, addr string, handler func(net.Conn)) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handler(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+	nstest.Serve(t, ln, handler)
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
@@ -295,7 +285,6 @@ func echo(t *testing.T, c net.Conn, n int) {
 }
 
 func TestTCPEcho(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
 	var peer atomic.Value
@@ -319,7 +308,6 @@ func TestTCPEcho(t *testing.T) {
 }
 
 func TestTCPEchoIPv6(t *testing.T) {
-	checkGoroutines(t)
 	ln, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
 		t.Skipf("skipped: no IPv6 loopback on this host: %v", err)
@@ -335,7 +323,6 @@ func TestTCPEchoIPv6(t *testing.T) {
 // TestTCPHalfClose: the pod's FIN reaches the server as EOF while the
 // server can still answer; the server's FIN reaches the pod as EOF.
 func TestTCPHalfClose(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
 	v.serveAt(t, 80, func(c net.Conn) {
@@ -364,7 +351,6 @@ func TestTCPHalfClose(t *testing.T) {
 
 // TestTCPResetFromRemote: a RST from the remote becomes a RST to the pod.
 func TestTCPResetFromRemote(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
 	v.serveAt(t, 80, func(c net.Conn) {
@@ -388,7 +374,6 @@ func TestTCPResetFromRemote(t *testing.T) {
 // TestTCPResetFromPod: a RST from the pod (closing with unread data)
 // becomes a RST to the remote.
 func TestTCPResetFromPod(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
 	remoteErr := make(chan error, 1)
@@ -424,7 +409,6 @@ func TestTCPResetFromPod(t *testing.T) {
 // TestTCPRefused: a refused dial is a RST to the pod, which sees
 // ECONNREFUSED at once.
 func TestTCPRefused(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
 	v.d.set(netip.AddrPortFrom(outside, 81), closedPort(t, "tcp"))
@@ -444,7 +428,6 @@ func TestTCPRefused(t *testing.T) {
 // TestTCPUnreachable: a dial that finds no route is an ICMP host
 // unreachable to the pod, quoting its SYN.
 func TestTCPUnreachable(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
 	_, err := p.DialTCP(ctxT(t, 10*time.Second), netip.MustParseAddrPort("198.51.100.77:80"))
@@ -504,7 +487,6 @@ func udpEcho(t *testing.T) (netip.AddrPort, *atomic.Value) {
 }
 
 func TestUDP(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) { c.UDPIdle = 300 * time.Millisecond })
 	p := v.pod(t, 0)
 	srv, peer := udpEcho(t)
@@ -553,7 +535,6 @@ func TestUDP(t *testing.T) {
 // TestUDPPortUnreachable: a destination's port unreachable reaches the
 // pod's connected socket as ECONNREFUSED.
 func TestUDPPortUnreachable(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
 	v.d.set(netip.AddrPortFrom(outside, 10), closedPort(t, "udp"))
@@ -571,7 +552,6 @@ func TestUDPPortUnreachable(t *testing.T) {
 
 // TestDNSIdle: flows to port 53 use the short idle timeout.
 func TestDNSIdle(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) { c.DNSIdle = 200 * time.Millisecond; c.UDPIdle = time.Hour })
 	p := v.pod(t, 0)
 	srv, _ := udpEcho(t)
@@ -590,7 +570,6 @@ func TestDNSIdle(t *testing.T) {
 // TestFlowLimitPerPod: a pod opening 10x its flow limit gets RSTs beyond
 // it, and another pod's new flows are not affected.
 func TestFlowLimitPerPod(t *testing.T) {
-	checkGoroutines(t)
 	const limit = 8
 	v := newEnv(t, func(c *egress.Config) { c.MaxFlowsPerPod = limit; c.MaxFlows = 4 * limit })
 	a, b := v.pod(t, 0), v.pod(t, 1)
@@ -631,7 +610,6 @@ func TestFlowLimitPerPod(t *testing.T) {
 // TestFairShare: with a total limit, pods that flood cannot take the last
 // slots: another pod still gets one.
 func TestFairShare(t *testing.T) {
-	checkGoroutines(t)
 	const total = 16
 	v := newEnv(t, func(c *egress.Config) { c.MaxFlows = total; c.MaxFlowsPerPod = total })
 	a, b := v.pod(t, 0), v.pod(t, 1)
@@ -654,7 +632,6 @@ func TestFairShare(t *testing.T) {
 // TestBlackholeDoesNotBlock: dials to a destination that never answers
 // run concurrently with their timeout and block no other dial.
 func TestBlackholeDoesNotBlock(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) { c.DialTimeout = time.Minute; c.MaxDialsPerPod = 16 })
 	a, b := v.pod(t, 0), v.pod(t, 1)
 	v.serveAt(t, 7, echoHandler)
@@ -677,7 +654,6 @@ func TestBlackholeDoesNotBlock(t *testing.T) {
 // TestDialLimit: SYNs over a pod's in-flight dial limit are dropped (the
 // pod retransmits); another pod dials meanwhile.
 func TestDialLimit(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) { c.MaxDialsPerPod = 2; c.MaxDials = 8 })
 	a, b := v.pod(t, 0), v.pod(t, 1)
 	v.serveAt(t, 7, echoHandler)
@@ -695,7 +671,6 @@ func TestDialLimit(t *testing.T) {
 // permits one (the reply comes back from the original destination), and a
 // counter where it does not.
 func TestPing(t *testing.T) {
-	checkGoroutines(t)
 	pingDialer := func(ctx context.Context, dst netip.Addr) (net.Conn, error) {
 		if dst != outside {
 			return nil, &net.OpError{Op: "dial", Net: "ping", Err: syscall.EHOSTUNREACH}
@@ -736,7 +711,6 @@ func TestPing(t *testing.T) {
 // TestResetSourceAndClose: ResetSource aborts a pod's flows (RST to the
 // pod); Close aborts the rest and every goroutine ends.
 func TestResetSourceAndClose(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	a, b := v.pod(t, 0), v.pod(t, 1)
 	v.serveAt(t, 7, echoHandler)

@@ -15,7 +15,6 @@ import (
 // its host socket's tuple and half-close state, and a UDP flow with its
 // expiry; filtering by pod and the bound work.
 func TestFlows(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) { c.DialTimeout = time.Minute; c.UDPIdle = time.Hour })
 	a, b := v.pod(t, 0), v.pod(t, 1)
 	srv := v.serveAt(t, 7, echoHandler)
@@ -96,7 +95,6 @@ func TestFlows(t *testing.T) {
 // TestAllow: packets Config.Allow refuses never reach the stack or a
 // host socket, and are counted.
 func TestAllow(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) {
 		c.Allow = func(_, dst netip.Addr) bool { return dst != outside }
 	})
