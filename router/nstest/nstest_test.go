@@ -87,6 +87,7 @@ func TestServe(t *testing.T) {
 			defer c.Close()
 			handled.Add(1)
 			_, _ = io.Copy(c, c)
+			time.Sleep(50 * time.Millisecond) // slow to return: Serve must wait
 		})
 		var conns []net.Conn
 		for i := range 2 { // both open at once: each has its own handler
