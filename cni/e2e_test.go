@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -932,39 +931,8 @@ func TestAddRollback(t *testing.T) {
 	})
 }
 
-// metricsHTTP returns an HTTP client whose connections start inside the
-// node netns, where the daemon serves its metrics on the netns's loopback.
-func (n *node) metricsHTTP() *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := n.ns.Do(func() error {
-				var err error
-				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
-}
-
 // metricsBase is the daemon's default --metrics-addr.
 const metricsBase = "http://127.0.0.1:9602"
-
-func httpGetCode(t *testing.T, c *http.Client, url string) (int, string) {
-	t.Helper()
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return resp.StatusCode, string(b)
-}
 
 // scrape fetches /metrics and parses it with the Prometheus text parser.
 func scrape(t *testing.T, c *http.Client) metricSet {
@@ -1025,13 +993,13 @@ func TestOperability(t *testing.T) {
 	nstest.RequireCommand(t, "tcpdump")
 	n := newNode(t)
 	n.startDaemon("--log-format", "json")
-	hc := n.metricsHTTP()
+	hc := n.ns.HTTPClient()
 
 	t.Run("health", func(t *testing.T) {
-		if code, body := httpGetCode(t, hc, metricsBase+"/healthz"); code != 200 || body != "ok\n" {
+		if code, body := nstest.HTTPGet(t, hc, metricsBase+"/healthz"); code != 200 || body != "ok\n" {
 			t.Errorf("/healthz: %d %q", code, body)
 		}
-		if code, body := httpGetCode(t, hc, metricsBase+"/readyz"); code != 200 || body != "ok\n" {
+		if code, body := nstest.HTTPGet(t, hc, metricsBase+"/readyz"); code != 200 || body != "ok\n" {
 			t.Errorf("/readyz of a ready daemon: %d %q", code, body)
 		}
 	})

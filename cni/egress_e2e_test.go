@@ -108,7 +108,7 @@ func TestEgress(t *testing.T) {
 		refused := 0
 		for range 10 * perPod {
 			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			cn, err := dialIn(dctx, c.ns, "tcp", netip.AddrPortFrom(o.addr, 7000).String())
+			cn, err := c.ns.DialContext(dctx, "tcp", netip.AddrPortFrom(o.addr, 7000).String())
 			cancel()
 			switch {
 			case err == nil:
@@ -146,7 +146,7 @@ func TestEgress(t *testing.T) {
 			!strings.Contains(string(out), o.nodeIP.String()) {
 			t.Fatalf("podrouter conntrack: %v\n%s", err, out)
 		}
-		m := scrape(t, n.metricsHTTP())
+		m := scrape(t, n.ns.HTTPClient())
 		if v := m.get("podrouter_egress_drops_total", map[string]string{"reason": "tcp-flow-limit"}); v < float64(9*perPod) {
 			t.Errorf("podrouter_egress_drops_total{reason=tcp-flow-limit} = %v", v)
 		}
@@ -174,7 +174,7 @@ func TestEgress(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if c, err := dialIn(dctx, a.ns, "tcp", netip.AddrPortFrom(o.stuck.Addr().Next(), uint16(80+i)).String()); err == nil {
+				if c, err := a.ns.DialContext(dctx, "tcp", netip.AddrPortFrom(o.stuck.Addr().Next(), uint16(80+i)).String()); err == nil {
 					_ = c.Close()
 				}
 			}()
@@ -211,7 +211,7 @@ func TestEgress(t *testing.T) {
 			t.Fatalf("conntrack shows %d dialing flows, want 5: %+v", dialing, ct.Flows)
 		}
 		// The daemon stops promptly with dials in flight and a live flow.
-		held, err := dialIn(ctx, b.ns, "tcp", netip.AddrPortFrom(o.addr, 7000).String())
+		held, err := b.ns.DialContext(ctx, "tcp", netip.AddrPortFrom(o.addr, 7000).String())
 		if err != nil {
 			t.Fatal(err)
 		}

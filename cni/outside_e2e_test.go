@@ -4,7 +4,6 @@ package cni_test
 // a veth pair, its servers, and sockets opened inside a netns.
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -72,17 +71,6 @@ func listen(t *testing.T, ns *nstest.NS, network, addr string) (ln net.Listener,
 		t.Fatal(err)
 	}
 	return ln, pc
-}
-
-// dialIn dials from inside ns.
-func dialIn(ctx context.Context, ns *nstest.NS, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := ns.Do(func() error {
-		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
 }
 
 // holdServer accepts TCP connections on ln and holds them open (reading

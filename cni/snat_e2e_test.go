@@ -96,7 +96,7 @@ func TestSNATEgress(t *testing.T) {
 
 	// An ICMP error about a translated flow reaches the pod translated
 	// back: a datagram to a closed port of the outside is refused.
-	uc, err := dialIn(ctx, a.ns, "udp4", netip.AddrPortFrom(o.addr, 9001).String())
+	uc, err := a.ns.DialContext(ctx, "udp4", netip.AddrPortFrom(o.addr, 9001).String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func TestSNATEgress(t *testing.T) {
 	if err != nil || st.EgressMode != "snat" || st.Egress == nil || st.Egress.Flows < 3 {
 		t.Fatalf("status: %+v, %v", st.Egress, err)
 	}
-	m := scrape(t, n.metricsHTTP())
+	m := scrape(t, n.ns.HTTPClient())
 	if v := m.get("podrouter_egress_events_total", map[string]string{"event": "inserts"}); v < 3 {
 		t.Errorf("podrouter_egress_events_total{event=inserts} = %v, want >= 3", v)
 	}
@@ -143,7 +143,7 @@ func TestSNATEgress(t *testing.T) {
 	}
 
 	// Unsolicited traffic to the SNAT address is dropped by the engine.
-	stray, err := dialIn(ctx, o.ns, "udp4", netip.AddrPortFrom(snat, 40404).String())
+	stray, err := o.ns.DialContext(ctx, "udp4", netip.AddrPortFrom(snat, 40404).String())
 	if err != nil {
 		t.Fatal(err)
 	}

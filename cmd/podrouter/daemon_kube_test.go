@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 )
 
@@ -14,28 +12,13 @@ func TestDaemonKubeBadFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("NODE_NAME", "")
-	cases := []struct {
-		name string
-		args []string
-		want string
-	}{
+	checkUsageErrors(t, []string{"daemon", "--kube", "--metrics-addr", "off"}, []usageCase{
 		{"no node name", []string{"--net-conf", nc}, "--node-name"},
 		{"no net-conf", []string{"--node-name", "n", "--net-conf", nc + ".absent"}, "--net-conf"},
 		{"bad backend", []string{"--node-name", "n", "--net-conf", nc, "--backend", "gre"}, "--backend"},
 		{"bad port", []string{"--node-name", "n", "--net-conf", nc, "--underlay-port", "70000"}, "--underlay-port"},
 		{"bad public ip", []string{"--node-name", "n", "--net-conf", nc, "--public-ip", "nowhere"}, "--public-ip"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			var out, errb bytes.Buffer
-			if rc := run(append([]string{"daemon", "--kube", "--metrics-addr", "off"}, tc.args...), &out, &errb); rc != 2 {
-				t.Fatalf("exit %d, want 2 (%s)", rc, errb.String())
-			}
-			if msg := errb.String(); strings.Count(msg, "\n") != 1 || !strings.Contains(msg, tc.want) {
-				t.Fatalf("want one line naming %q, got %q", tc.want, msg)
-			}
-		})
-	}
+	})
 }
 
 func TestDaemonStaticPeersBadFlags(t *testing.T) {
@@ -43,22 +26,9 @@ func TestDaemonStaticPeersBadFlags(t *testing.T) {
 	if err := os.WriteFile(pf, []byte("- name: b\n  endpoint: 192.0.2.2:8472\n  vtepMAC: 0a:00:00:00:00:02\n  podCIDRs: [10.244.2.0/24]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for name, tc := range map[string]struct {
-		args []string
-		want string
-	}{
-		"no public ip": {[]string{"--peers", pf}, "--public-ip"},
-		"bad backend":  {[]string{"--peers", pf, "--public-ip", "192.0.2.1", "--backend", "gre"}, "--backend"},
-		"bad file":     {[]string{"--peers", pf + ".absent", "--public-ip", "192.0.2.1"}, "--peers"},
-	} {
-		t.Run(name, func(t *testing.T) {
-			var out, errb bytes.Buffer
-			if rc := run(append([]string{"daemon", "--pod-cidr", "10.244.1.0/24", "--cluster-cidr", "10.244.0.0/16", "--metrics-addr", "off"}, tc.args...), &out, &errb); rc != 2 {
-				t.Fatalf("exit %d, want 2 (%s)", rc, errb.String())
-			}
-			if msg := errb.String(); strings.Count(msg, "\n") != 1 || !strings.Contains(msg, tc.want) {
-				t.Fatalf("want one line naming %q, got %q", tc.want, msg)
-			}
-		})
-	}
+	checkUsageErrors(t, []string{"daemon", "--pod-cidr", "10.244.1.0/24", "--cluster-cidr", "10.244.0.0/16", "--metrics-addr", "off"}, []usageCase{
+		{"no public ip", []string{"--peers", pf}, "--public-ip"},
+		{"bad backend", []string{"--peers", pf, "--public-ip", "192.0.2.1", "--backend", "gre"}, "--backend"},
+		{"bad file", []string{"--peers", pf + ".absent", "--public-ip", "192.0.2.1"}, "--peers"},
+	})
 }

@@ -41,46 +41,23 @@ func TestLabTopologyFile(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("nodes:\n  - {}\n  - podCIDR: 10.9.0.0/24\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"lab", "--topology", bad}, "nodes[1].podCIDR 10.9.0.0/24: not inside clusterCIDR"},
-		{[]string{"lab", "--topology", path, "--nodes", "3"}, "--nodes: not allowed with --topology"},
-		{[]string{"lab", "--topology", filepath.Join(t.TempDir(), "missing.yaml")}, "no such file"},
-	} {
-		out.Reset()
-		errb.Reset()
-		if rc := run(tc.args, &out, &errb); rc != 2 {
-			t.Errorf("%v: exit %d, want 2", tc.args, rc)
-		}
-		if msg := errb.String(); strings.Count(msg, "\n") != 1 || !strings.Contains(msg, tc.want) {
-			t.Errorf("%v: want one line naming %q, got %q", tc.args, tc.want, msg)
-		}
-	}
+	checkUsageErrors(t, nil, []usageCase{
+		{"bad topology", []string{"lab", "--topology", bad}, "nodes[1].podCIDR 10.9.0.0/24: not inside clusterCIDR"},
+		{"nodes with topology", []string{"lab", "--topology", path, "--nodes", "3"}, "--nodes: not allowed with --topology"},
+		{"missing topology", []string{"lab", "--topology", filepath.Join(t.TempDir(), "missing.yaml")}, "no such file"},
+	})
 }
 
 func TestLabMultiNodeFlagErrors(t *testing.T) {
-	for _, tc := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"lab", "--nodes", "0"}, "--nodes 0"},
-		{[]string{"lab", "--nodes", "100"}, "--nodes 100"},
-		{[]string{"lab", "--backend", "gre"}, "--backend \"gre\""},
-		{[]string{"lab", "--pod-mode", "vm"}, "--pod-mode \"vm\""},
-		{[]string{"lab", "--underlay-mtu", "100"}, "--underlay-mtu 100"},
-		{[]string{"lab", "--nodes", "300", "--cluster-cidr", "10.0.0.0/16"}, "--nodes 300"},
-		{[]string{"lab", "--cluster-cidr6", "10.0.0.0/8"}, "--cluster-cidr6 10.0.0.0/8"},
-	} {
-		var out, errb bytes.Buffer
-		if rc := run(tc.args, &out, &errb); rc != 2 {
-			t.Errorf("%v: exit %d, want 2", tc.args, rc)
-		}
-		if msg := errb.String(); strings.Count(msg, "\n") != 1 || !strings.Contains(msg, tc.want) {
-			t.Errorf("%v: want one line naming %q, got %q", tc.args, tc.want, msg)
-		}
-	}
+	checkUsageErrors(t, nil, []usageCase{
+		{"no nodes", []string{"lab", "--nodes", "0"}, "--nodes 0"},
+		{"too many nodes", []string{"lab", "--nodes", "100"}, "--nodes 100"},
+		{"bad backend", []string{"lab", "--backend", "gre"}, "--backend \"gre\""},
+		{"bad pod mode", []string{"lab", "--pod-mode", "vm"}, "--pod-mode \"vm\""},
+		{"underlay MTU too small", []string{"lab", "--underlay-mtu", "100"}, "--underlay-mtu 100"},
+		{"nodes beyond the cluster CIDR", []string{"lab", "--nodes", "300", "--cluster-cidr", "10.0.0.0/16"}, "--nodes 300"},
+		{"v4 cluster CIDR6", []string{"lab", "--cluster-cidr6", "10.0.0.0/8"}, "--cluster-cidr6 10.0.0.0/8"},
+	})
 }
 
 func TestLabExecWithoutLab(t *testing.T) {

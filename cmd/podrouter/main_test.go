@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -19,12 +20,32 @@ func TestLabRuns(t *testing.T) {
 	}
 }
 
+// usageCase is a command line that must fail as a usage error: exit 2,
+// with one line on stderr that names want.
+type usageCase struct {
+	name string
+	args []string
+	want string
+}
+
+// checkUsageErrors runs each case, its args after common, as a subtest.
+func checkUsageErrors(t *testing.T, common []string, cases []usageCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			if rc := run(append(slices.Clone(common), tc.args...), &out, &errb); rc != 2 {
+				t.Fatalf("exit %d, want 2; stderr %q", rc, errb.String())
+			}
+			if msg := errb.String(); strings.Count(msg, "\n") != 1 || !strings.Contains(msg, tc.want) {
+				t.Fatalf("stderr %q: want one line naming %q", msg, tc.want)
+			}
+		})
+	}
+}
+
 func TestBadFlagsAreOneLineErrors(t *testing.T) {
-	cases := []struct {
-		name string
-		args []string
-		want string
-	}{
+	checkUsageErrors(t, nil, []usageCase{
 		{"unknown flag", []string{"lab", "--bogus"}, "-bogus"},
 		{"bad CIDR", []string{"lab", "--pod-cidr", "10.1.0.0/33"}, "-pod-cidr"},
 		{"host bits", []string{"lab", "--cluster-cidr", "10.244.3.0/16"}, "10.244.0.0/16"},
@@ -34,19 +55,7 @@ func TestBadFlagsAreOneLineErrors(t *testing.T) {
 		{"bad log level", []string{"lab", "--log-level", "loud"}, "--log-level"},
 		{"stray argument", []string{"lab", "extra"}, "extra"},
 		{"unknown command", []string{"fly"}, "fly"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			var out, errb bytes.Buffer
-			if rc := run(tc.args, &out, &errb); rc != 2 {
-				t.Fatalf("exit %d, want 2", rc)
-			}
-			msg := errb.String()
-			if strings.Count(msg, "\n") != 1 || !strings.Contains(msg, tc.want) {
-				t.Fatalf("want one line naming %q, got %q", tc.want, msg)
-			}
-		})
-	}
+	})
 }
 
 func TestHelpDocumentsEveryLabFlag(t *testing.T) {

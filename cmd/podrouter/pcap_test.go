@@ -83,11 +83,7 @@ func TestPcapCLI(t *testing.T) {
 }
 
 func TestPcapBadFlags(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		args []string
-		want string
-	}{
+	checkUsageErrors(t, nil, []usageCase{
 		{"no pod", []string{"pcap"}, "POD"},
 		{"two pods", []string{"pcap", "a", "b"}, `"b"`},
 		{"negative count", []string{"pcap", "a", "-c", "-1"}, "-c"},
@@ -95,17 +91,7 @@ func TestPcapBadFlags(t *testing.T) {
 		{"snaplen", []string{"pcap", "a", "-s", "999999"}, "-s"},
 		{"unknown flag", []string{"pcap", "a", "--bogus"}, "-bogus"},
 		{"bad pod", []string{"pcap", "a\tb"}, "pod"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var out, errb bytes.Buffer
-			if rc := run(tc.args, &out, &errb); rc != 2 {
-				t.Fatalf("exit %d, want 2; stderr %q", rc, errb.String())
-			}
-			if msg := errb.String(); strings.Count(msg, "\n") != 1 || !strings.Contains(msg, tc.want) {
-				t.Fatalf("stderr %q: want one line naming %q", msg, tc.want)
-			}
-		})
-	}
+	})
 }
 
 // peersHandler is cliHandler on a node with one peer.
@@ -159,26 +145,12 @@ func TestPeersCLI(t *testing.T) {
 }
 
 func TestDaemonFlagErrors(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		args []string
-		want string
-	}{
+	checkUsageErrors(t, nil, []usageCase{
 		{"metrics addr", []string{"daemon", "--pod-cidr", "10.244.1.0/24", "--metrics-addr", "localhost:x"}, "-metrics-addr"},
 		{"metrics addr no port", []string{"daemon", "--pod-cidr", "10.244.1.0/24", "--metrics-addr", "127.0.0.1"}, "-metrics-addr"},
 		{"log format", []string{"daemon", "--pod-cidr", "10.244.1.0/24", "--log-format", "xml"}, "--log-format"},
 		{"log level", []string{"daemon", "--pod-cidr", "10.244.1.0/24", "--log-level", "loud"}, "--log-level"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var out, errb bytes.Buffer
-			if rc := run(tc.args, &out, &errb); rc != 2 {
-				t.Fatalf("exit %d, want 2; stderr %q", rc, errb.String())
-			}
-			if msg := errb.String(); strings.Count(msg, "\n") != 1 || !strings.Contains(msg, tc.want) {
-				t.Fatalf("stderr %q: want one line naming %q", msg, tc.want)
-			}
-		})
-	}
+	})
 	for in, want := range map[string]string{"off": "off", "": "off", ":9602": "[::]:9602", "[::1]:1": "[::1]:1", "10.0.0.1:9602": "10.0.0.1:9602"} {
 		var ap netip.AddrPort
 		if err := (listenAddrFlag{&ap}).Set(in); err != nil || (listenAddrFlag{&ap}).String() != want {

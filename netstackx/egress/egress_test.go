@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +30,8 @@ import (
 	"github.com/podrouter/podrouter/netstackx"
 	"github.com/podrouter/podrouter/netstackx/egress"
 	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/leaktest"
+	"github.com/podrouter/podrouter/router/nstest"
 	"github.com/podrouter/podrouter/router/packet"
 	"github.com/podrouter/podrouter/router/route"
 )
@@ -49,21 +50,7 @@ var (
 
 // checkGoroutines fails t if, once its other cleanups have run, more
 // goroutines are alive than when it was called. Call it first.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutine leak: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
+func checkGoroutines(t *testing.T) { t.Helper(); leaktest.Check(t, 10*time.Second) }
 
 // mapDialer dials the mapped address instead of the one asked for; an
 // unmapped address fails with "no route to host", and a blackholed one
@@ -111,8 +98,13 @@ type env struct {
 	d   *mapDialer
 }
 
+// newEnv makes an engine whose egress port is a Forwarder (with cfg as
+// mod leaves it) dialling through a mapDialer, with default routes to it.
+// It first checks that the test leaves no goroutine behind
+// (checkGoroutines), so call it first.
 func newEnv(t *testing.T, mod func(*egress.Config)) *env {
 	t.Helper()
+	checkGoroutines(t)
 	log := zaptest.NewLogger(t)
 	e, err := engine.New(engine.Config{PodCIDR: podCIDR, PodCIDR6: podCIDR6, ClusterCIDRs: []netip.Prefix{clusterCIDR, podCIDR6}, Logger: log})
 	if err != nil {
@@ -169,6 +161,75 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
+// dialTCP dials dst from p, with 10 seconds to connect; the connection is
+// closed when the test ends.
+func dialTCP(t *testing.T, p *netstackx.Pod, dst netip.AddrPort) net.Conn {
+	t.Helper()
+	c, err := p.DialTCP(ctxT(t, 10*time.Second), dst)
+	if err != nil {
+		t.Fatalf("%s: dial %s: %v", p.Name(), dst, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// askUDP sends msg from p to dst on a connected UDP socket (closed when
+// the test ends) and returns the first reply, which must come within 5
+// seconds.
+func askUDP(t *testing.T, p *netstackx.Pod, dst netip.AddrPort, msg string) string {
+	t.Helper()
+	c, err := p.DialUDP(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2048)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("%s: reply from %s: %v", p.Name(), dst, err)
+	}
+	return string(buf[:n])
+}
+
+// closedPort returns a 127.0.0.1 port on which nothing listens for network
+// ("tcp" or "udp"): one that was just bound and closed.
+func closedPort(t *testing.T, network string) netip.AddrPort {
+	t.Helper()
+	if network == "udp" {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	}
+	ln, err := net.Listen(network, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// dialBlackhole starts n dials from p to the blackholed address (ports 80
+// up), which hang until the test ends.
+func dialBlackhole(t *testing.T, p *netstackx.Pod, n int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = p.DialTCP(ctx, netip.AddrPortFrom(blackhole, uint16(80+i)))
+		}()
+	}
+}
+
 // serve runs handler for every connection to a TCP listener on addr
 // (127.0.0.1:0 or [::1]:0) until the test ends, and returns its address.
 func serve(t *testing.T, addr string, handler func(net.Conn)) netip.AddrPort {
@@ -177,29 +238,22 @@ func serve(t *testing.T, addr string, handler func(net.Conn)) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handler(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+	nstest.Serve(t, ln, handler)
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
 func echoHandler(c net.Conn) {
 	defer c.Close()
 	_, _ = io.Copy(c, c)
+}
+
+// serveAt runs handler for every connection to outside:port, served from
+// 127.0.0.1, until the test ends. It returns the server's address.
+func (v *env) serveAt(t *testing.T, port uint16, handler func(net.Conn)) netip.AddrPort {
+	t.Helper()
+	srv := serve(t, "127.0.0.1:0", handler)
+	v.d.set(netip.AddrPortFrom(outside, port), srv)
+	return srv
 }
 
 // echo sends n random bytes through c, half-closes, and checks that what
@@ -231,20 +285,14 @@ func echo(t *testing.T, c net.Conn, n int) {
 }
 
 func TestTCPEcho(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
 	var peer atomic.Value
-	srv := serve(t, "127.0.0.1:0", func(c net.Conn) {
+	v.serveAt(t, 7, func(c net.Conn) {
 		peer.Store(c.RemoteAddr().String())
 		echoHandler(c)
 	})
-	v.d.set(netip.AddrPortFrom(outside, 7), srv)
-	c, err := p.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 7))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialTCP(t, p, netip.AddrPortFrom(outside, 7))
 	echo(t, c, 4<<20)
 	// The server saw the node's address (here: loopback), not the pod's.
 	if s, _ := peer.Load().(string); !strings.HasPrefix(s, "127.0.0.1:") {
@@ -260,7 +308,6 @@ func TestTCPEcho(t *testing.T) {
 }
 
 func TestTCPEchoIPv6(t *testing.T) {
-	checkGoroutines(t)
 	ln, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
 		t.Skipf("skipped: no IPv6 loopback on this host: %v", err)
@@ -270,21 +317,15 @@ func TestTCPEchoIPv6(t *testing.T) {
 	p := v.pod(t, 0)
 	srv := serve(t, "[::1]:0", echoHandler)
 	v.d.set(netip.AddrPortFrom(outside6, 7), srv)
-	c, err := p.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside6, 7))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	echo(t, c, 1<<20)
+	echo(t, dialTCP(t, p, netip.AddrPortFrom(outside6, 7)), 1<<20)
 }
 
 // TestTCPHalfClose: the pod's FIN reaches the server as EOF while the
 // server can still answer; the server's FIN reaches the pod as EOF.
 func TestTCPHalfClose(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
-	srv := serve(t, "127.0.0.1:0", func(c net.Conn) {
+	v.serveAt(t, 80, func(c net.Conn) {
 		defer c.Close()
 		n, err := io.Copy(io.Discard, c) // to the pod's FIN
 		if err != nil {
@@ -294,12 +335,7 @@ func TestTCPHalfClose(t *testing.T) {
 		fmt.Fprintf(c, "got %d bytes", n)
 		_ = c.(*net.TCPConn).CloseWrite()
 	})
-	v.d.set(netip.AddrPortFrom(outside, 80), srv)
-	c, err := p.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 80))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialTCP(t, p, netip.AddrPortFrom(outside, 80))
 	if _, err := c.Write(make([]byte, 100000)); err != nil {
 		t.Fatal(err)
 	}
@@ -315,26 +351,20 @@ func TestTCPHalfClose(t *testing.T) {
 
 // TestTCPResetFromRemote: a RST from the remote becomes a RST to the pod.
 func TestTCPResetFromRemote(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
-	srv := serve(t, "127.0.0.1:0", func(c net.Conn) {
+	v.serveAt(t, 80, func(c net.Conn) {
 		buf := make([]byte, 5)
 		_, _ = io.ReadFull(c, buf)
 		_ = c.(*net.TCPConn).SetLinger(0)
 		_ = c.Close() // RST
 	})
-	v.d.set(netip.AddrPortFrom(outside, 80), srv)
-	c, err := p.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 80))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialTCP(t, p, netip.AddrPortFrom(outside, 80))
 	if _, err := c.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	_, err = c.Read(make([]byte, 10))
+	_, err := c.Read(make([]byte, 10))
 	if err == nil || !strings.Contains(err.Error(), "reset") {
 		t.Fatalf("pod read after the remote's RST: %v, want connection reset", err)
 	}
@@ -344,11 +374,10 @@ func TestTCPResetFromRemote(t *testing.T) {
 // TestTCPResetFromPod: a RST from the pod (closing with unread data)
 // becomes a RST to the remote.
 func TestTCPResetFromPod(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
 	remoteErr := make(chan error, 1)
-	srv := serve(t, "127.0.0.1:0", func(c net.Conn) {
+	v.serveAt(t, 80, func(c net.Conn) {
 		defer c.Close()
 		if _, err := c.Write([]byte("unread data")); err != nil {
 			remoteErr <- err
@@ -358,11 +387,7 @@ func TestTCPResetFromPod(t *testing.T) {
 		_, err := c.Read(make([]byte, 10))
 		remoteErr <- err
 	})
-	v.d.set(netip.AddrPortFrom(outside, 80), srv)
-	c, err := p.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 80))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialTCP(t, p, netip.AddrPortFrom(outside, 80))
 	// Let the data arrive, then close without reading it: the pod's stack
 	// answers with a RST (RFC 1122 4.2.2.13).
 	waitFor(t, func() bool { return v.fwd.Stats().BytesToPod == 11 }, "data delivered to the pod")
@@ -384,18 +409,11 @@ func TestTCPResetFromPod(t *testing.T) {
 // TestTCPRefused: a refused dial is a RST to the pod, which sees
 // ECONNREFUSED at once.
 func TestTCPRefused(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := ln.Addr().(*net.TCPAddr).AddrPort()
-	_ = ln.Close()
-	v.d.set(netip.AddrPortFrom(outside, 81), closed)
+	v.d.set(netip.AddrPortFrom(outside, 81), closedPort(t, "tcp"))
 	start := time.Now()
-	_, err = p.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 81))
+	_, err := p.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 81))
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("dial to a closed port: %v, want ECONNREFUSED", err)
 	}
@@ -410,7 +428,6 @@ func TestTCPRefused(t *testing.T) {
 // TestTCPUnreachable: a dial that finds no route is an ICMP host
 // unreachable to the pod, quoting its SYN.
 func TestTCPUnreachable(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
 	_, err := p.DialTCP(ctxT(t, 10*time.Second), netip.MustParseAddrPort("198.51.100.77:80"))
@@ -436,14 +453,9 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 	}
 }
 
-// udpEcho runs a UDP echo server on 127.0.0.1 until the test ends.
-func udpEcho(t *testing.T) (netip.AddrPort, *atomic.Value) {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var peer atomic.Value
+// serveUDP answers every datagram to pc with what reply returns, until
+// the test ends.
+func serveUDP(t *testing.T, pc net.PacketConn, reply func(msg []byte, from net.Addr) []byte) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -453,16 +465,28 @@ func udpEcho(t *testing.T) (netip.AddrPort, *atomic.Value) {
 			if err != nil {
 				return
 			}
-			peer.Store(from.String())
-			_, _ = pc.WriteTo(append([]byte("echo: "), buf[:n]...), from)
+			_, _ = pc.WriteTo(reply(buf[:n], from), from)
 		}
 	}()
 	t.Cleanup(func() { _ = pc.Close(); <-done })
+}
+
+// udpEcho runs a UDP echo server on 127.0.0.1 until the test ends.
+func udpEcho(t *testing.T) (netip.AddrPort, *atomic.Value) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peer atomic.Value
+	serveUDP(t, pc, func(msg []byte, from net.Addr) []byte {
+		peer.Store(from.String())
+		return append([]byte("echo: "), msg...)
+	})
 	return pc.LocalAddr().(*net.UDPAddr).AddrPort(), &peer
 }
 
 func TestUDP(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) { c.UDPIdle = 300 * time.Millisecond })
 	p := v.pod(t, 0)
 	srv, peer := udpEcho(t)
@@ -511,16 +535,9 @@ func TestUDP(t *testing.T) {
 // TestUDPPortUnreachable: a destination's port unreachable reaches the
 // pod's connected socket as ECONNREFUSED.
 func TestUDPPortUnreachable(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	p := v.pod(t, 0)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	_ = pc.Close()
-	v.d.set(netip.AddrPortFrom(outside, 10), closed)
+	v.d.set(netip.AddrPortFrom(outside, 10), closedPort(t, "udp"))
 	c, err := p.DialUDP(netip.AddrPortFrom(outside, 10))
 	if err != nil {
 		t.Fatal(err)
@@ -535,25 +552,13 @@ func TestUDPPortUnreachable(t *testing.T) {
 
 // TestDNSIdle: flows to port 53 use the short idle timeout.
 func TestDNSIdle(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) { c.DNSIdle = 200 * time.Millisecond; c.UDPIdle = time.Hour })
 	p := v.pod(t, 0)
 	srv, _ := udpEcho(t)
 	v.d.set(netip.AddrPortFrom(outside, 53), srv)
 	v.d.set(netip.AddrPortFrom(outside, 54), srv)
 	for _, port := range []uint16{53, 54} {
-		c, err := p.DialUDP(netip.AddrPortFrom(outside, port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := c.Write([]byte("q")); err != nil {
-			t.Fatal(err)
-		}
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Read(make([]byte, 10)); err != nil {
-			t.Fatal(err)
-		}
+		askUDP(t, p, netip.AddrPortFrom(outside, port), "q")
 	}
 	waitFor(t, func() bool { return v.fwd.Stats().UDPIdleClosed == 1 }, "the DNS flow to close")
 	time.Sleep(300 * time.Millisecond)
@@ -565,12 +570,10 @@ func TestDNSIdle(t *testing.T) {
 // TestFlowLimitPerPod: a pod opening 10x its flow limit gets RSTs beyond
 // it, and another pod's new flows are not affected.
 func TestFlowLimitPerPod(t *testing.T) {
-	checkGoroutines(t)
 	const limit = 8
 	v := newEnv(t, func(c *egress.Config) { c.MaxFlowsPerPod = limit; c.MaxFlows = 4 * limit })
 	a, b := v.pod(t, 0), v.pod(t, 1)
-	srv := serve(t, "127.0.0.1:0", echoHandler)
-	v.d.set(netip.AddrPortFrom(outside, 7), srv)
+	v.serveAt(t, 7, echoHandler)
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {
@@ -592,11 +595,8 @@ func TestFlowLimitPerPod(t *testing.T) {
 	if len(conns) != limit || refused != 9*limit {
 		t.Fatalf("pod A: %d flows, %d refused; want %d and %d", len(conns), refused, limit, 9*limit)
 	}
-	for i := range 3 {
-		c, err := b.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 7))
-		if err != nil {
-			t.Fatalf("pod B's flow %d: %v", i, err)
-		}
+	for range 3 {
+		c := dialTCP(t, b, netip.AddrPortFrom(outside, 7))
 		echo(t, c, 1000)
 		_ = c.Close()
 	}
@@ -610,7 +610,6 @@ func TestFlowLimitPerPod(t *testing.T) {
 // TestFairShare: with a total limit, pods that flood cannot take the last
 // slots: another pod still gets one.
 func TestFairShare(t *testing.T) {
-	checkGoroutines(t)
 	const total = 16
 	v := newEnv(t, func(c *egress.Config) { c.MaxFlows = total; c.MaxFlowsPerPod = total })
 	a, b := v.pod(t, 0), v.pod(t, 1)
@@ -627,45 +626,20 @@ func TestFairShare(t *testing.T) {
 	if st := v.fwd.Stats(); st.ActiveFlows >= total {
 		t.Fatalf("pod A took all %d flows", st.ActiveFlows)
 	}
-	c, err := b.DialUDP(netip.AddrPortFrom(outside, 9))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte("b")); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 10)); err != nil {
-		t.Fatalf("pod B's flow: %v", err)
-	}
+	askUDP(t, b, netip.AddrPortFrom(outside, 9), "b")
 }
 
 // TestBlackholeDoesNotBlock: dials to a destination that never answers
 // run concurrently with their timeout and block no other dial.
 func TestBlackholeDoesNotBlock(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) { c.DialTimeout = time.Minute; c.MaxDialsPerPod = 16 })
 	a, b := v.pod(t, 0), v.pod(t, 1)
-	srv := serve(t, "127.0.0.1:0", echoHandler)
-	v.d.set(netip.AddrPortFrom(outside, 7), srv)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	for i := range 10 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, _ = a.DialTCP(ctx, netip.AddrPortFrom(blackhole, uint16(80+i)))
-		}()
-	}
+	v.serveAt(t, 7, echoHandler)
+	dialBlackhole(t, a, 10)
 	waitFor(t, func() bool { return v.fwd.Stats().DialsInFlight == 10 }, "10 dials to the blackhole in flight")
 	for _, p := range []*netstackx.Pod{a, b} {
 		start := time.Now()
-		c, err := p.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 7))
-		if err != nil {
-			t.Fatalf("%s: dial next to the blackholed ones: %v", p.Name(), err)
-		}
+		c := dialTCP(t, p, netip.AddrPortFrom(outside, 7))
 		echo(t, c, 1000)
 		_ = c.Close()
 		if d := time.Since(start); d > 3*time.Second {
@@ -680,26 +654,12 @@ func TestBlackholeDoesNotBlock(t *testing.T) {
 // TestDialLimit: SYNs over a pod's in-flight dial limit are dropped (the
 // pod retransmits); another pod dials meanwhile.
 func TestDialLimit(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) { c.MaxDialsPerPod = 2; c.MaxDials = 8 })
 	a, b := v.pod(t, 0), v.pod(t, 1)
-	srv := serve(t, "127.0.0.1:0", echoHandler)
-	v.d.set(netip.AddrPortFrom(outside, 7), srv)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	for i := range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, _ = a.DialTCP(ctx, netip.AddrPortFrom(blackhole, uint16(80+i)))
-		}()
-	}
+	v.serveAt(t, 7, echoHandler)
+	dialBlackhole(t, a, 3)
 	waitFor(t, func() bool { return v.fwd.Stats().TCPDialLimited >= 1 }, "pod A's third dial to be dropped")
-	c, err := b.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 7))
-	if err != nil {
-		t.Fatalf("pod B: %v", err)
-	}
+	c := dialTCP(t, b, netip.AddrPortFrom(outside, 7))
 	echo(t, c, 100)
 	_ = c.Close()
 	if st := v.fwd.Stats(); st.DialsInFlight != 2 {
@@ -711,7 +671,6 @@ func TestDialLimit(t *testing.T) {
 // permits one (the reply comes back from the original destination), and a
 // counter where it does not.
 func TestPing(t *testing.T) {
-	checkGoroutines(t)
 	pingDialer := func(ctx context.Context, dst netip.Addr) (net.Conn, error) {
 		if dst != outside {
 			return nil, &net.OpError{Op: "dial", Net: "ping", Err: syscall.EHOSTUNREACH}
@@ -752,21 +711,11 @@ func TestPing(t *testing.T) {
 // TestResetSourceAndClose: ResetSource aborts a pod's flows (RST to the
 // pod); Close aborts the rest and every goroutine ends.
 func TestResetSourceAndClose(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, nil)
 	a, b := v.pod(t, 0), v.pod(t, 1)
-	srv := serve(t, "127.0.0.1:0", echoHandler)
-	v.d.set(netip.AddrPortFrom(outside, 7), srv)
-	ca, err := a.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 7))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ca.Close()
-	cb, err := b.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 7))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cb.Close()
+	v.serveAt(t, 7, echoHandler)
+	ca := dialTCP(t, a, netip.AddrPortFrom(outside, 7))
+	cb := dialTCP(t, b, netip.AddrPortFrom(outside, 7))
 	// The pod's dial returns at its SYN-ACK; the forwarder registers the
 	// flow when its own handshake completes, a moment later.
 	for deadline := time.Now().Add(5 * time.Second); v.fwd.TrackedFlows() < 2 && time.Now().Before(deadline); {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,29 +15,16 @@ import (
 // its host socket's tuple and half-close state, and a UDP flow with its
 // expiry; filtering by pod and the bound work.
 func TestFlows(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) { c.DialTimeout = time.Minute; c.UDPIdle = time.Hour })
 	a, b := v.pod(t, 0), v.pod(t, 1)
-	srv := serve(t, "127.0.0.1:0", echoHandler)
-	v.d.set(netip.AddrPortFrom(outside, 7), srv)
+	srv := v.serveAt(t, 7, echoHandler)
 	usrv, _ := udpEcho(t)
 	v.d.set(netip.AddrPortFrom(outside, 9), usrv)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_, _ = b.DialTCP(ctx, netip.AddrPortFrom(blackhole, 80))
-	}()
+	dialBlackhole(t, b, 1)
 	waitFor(t, func() bool { return v.fwd.Stats().DialsInFlight == 1 }, "the blackhole dial in flight")
 
-	c, err := a.DialTCP(ctxT(t, 10*time.Second), netip.AddrPortFrom(outside, 7))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialTCP(t, a, netip.AddrPortFrom(outside, 7))
 	if _, err := c.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -109,13 +95,11 @@ func TestFlows(t *testing.T) {
 // TestAllow: packets Config.Allow refuses never reach the stack or a
 // host socket, and are counted.
 func TestAllow(t *testing.T) {
-	checkGoroutines(t)
 	v := newEnv(t, func(c *egress.Config) {
 		c.Allow = func(_, dst netip.Addr) bool { return dst != outside }
 	})
 	p := v.pod(t, 0)
-	srv := serve(t, "127.0.0.1:0", echoHandler)
-	v.d.set(netip.AddrPortFrom(outside, 7), srv)
+	v.serveAt(t, 7, echoHandler)
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	if c, err := p.DialTCP(ctx, netip.AddrPortFrom(outside, 7)); err == nil {

@@ -51,22 +51,6 @@ var (
 	outAddr6  = netip.MustParseAddr("2001:db8:100::2")
 )
 
-// nsDialer dials from inside a network namespace.
-type nsDialer struct {
-	ns *nstest.NS
-	d  net.Dialer
-}
-
-func (n *nsDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	var c net.Conn
-	err := n.ns.Do(func() error {
-		var err error
-		c, err = n.d.DialContext(ctx, network, address)
-		return err
-	})
-	return c, err
-}
-
 func nsPing(ns *nstest.NS) egress.PingDialer {
 	return func(ctx context.Context, dst netip.Addr) (net.Conn, error) {
 		var c net.Conn
@@ -131,7 +115,7 @@ func newNetnsEnv(t *testing.T) *netnsEnv {
 	}
 	t.Cleanup(func() { _ = e.Close() })
 	v.e = e
-	fwd, err := egress.New(egress.Config{Dialer: &nsDialer{ns: v.node}, Ping: nsPing(v.node), DialTimeout: 5 * time.Second, Logger: log})
+	fwd, err := egress.New(egress.Config{Dialer: v.node, Ping: nsPing(v.node), DialTimeout: 5 * time.Second, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,32 +199,9 @@ func TestNetnsHTTP(t *testing.T) {
 func TestNetnsUDPAndPing(t *testing.T) {
 	v := newNetnsEnv(t)
 	pc := listen(t, v.out, "udp", "198.51.100.2:9").(net.PacketConn)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo([]byte(fmt.Sprintf("%s from %s", buf[:n], from)), from)
-		}
-	}()
-	t.Cleanup(func() { _ = pc.Close(); <-done })
-	c, err := v.vpod.DialUDP(netip.MustParseAddrPort("198.51.100.2:9"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte("hi")); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, 100)
-	n, err := c.Read(buf)
-	if err != nil || !strings.HasPrefix(string(buf[:n]), "hi from 198.51.100.1:") {
-		t.Fatalf("UDP reply %q, %v: want the node's address", buf[:n], err)
+	serveUDP(t, pc, func(msg []byte, from net.Addr) []byte { return fmt.Appendf(nil, "%s from %s", msg, from) })
+	if got := askUDP(t, v.vpod, netip.MustParseAddrPort("198.51.100.2:9"), "hi"); !strings.HasPrefix(got, "hi from 198.51.100.1:") {
+		t.Fatalf("UDP reply %q: want the node's address", got)
 	}
 	for _, dst := range []netip.Addr{outAddr, outAddr6} {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

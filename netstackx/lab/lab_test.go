@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -19,24 +18,13 @@ import (
 
 	"github.com/podrouter/podrouter/netstackx"
 	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/leaktest"
 	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 
-func checkGoroutines(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(3 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<16)
-				t.Errorf("goroutines leaked: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
+// checkGoroutines fails t if goroutines it started outlive its cleanups.
+func checkGoroutines(t *testing.T) { t.Helper(); leaktest.Check(t, 3*time.Second) }
 
 func startLab(t *testing.T, cfg Config) *Lab {
 	t.Helper()

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
-	"runtime"
 	"testing"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/podrouter/podrouter/router/leaktest"
 	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/link/linktest"
 	"github.com/podrouter/podrouter/router/packet"
@@ -47,20 +47,7 @@ type rig struct {
 
 // checkGoroutines fails the test if, after its cleanups, goroutines
 // started during it are still running (workers that did not stop).
-func checkGoroutines(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(2 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<16)
-				t.Errorf("goroutines leaked: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
+func checkGoroutines(t *testing.T) { t.Helper(); leaktest.Check(t, 2*time.Second) }
 
 func newRig(t *testing.T) *rig {
 	t.Helper()

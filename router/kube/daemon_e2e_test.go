@@ -39,30 +39,16 @@ func proxyInto(t *testing.T, ns *nstest.NS, target string) int {
 	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				go func() { _, _ = io.Copy(u, c); _ = u.(*net.TCPConn).CloseWrite() }()
-				_, _ = io.Copy(c, u)
-			}()
+	nstest.Serve(t, ln, func(c net.Conn) {
+		defer c.Close()
+		u, err := net.Dial("tcp", target)
+		if err != nil {
+			return
 		}
-	}()
+		defer u.Close()
+		go func() { _, _ = io.Copy(u, c); _ = u.(*net.TCPConn).CloseWrite() }()
+		_, _ = io.Copy(c, u)
+	})
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
@@ -88,6 +74,56 @@ func (n *e2eNode) logText() string {
 	return n.logs.String()
 }
 
+// nodePair makes node-a (pod CIDR 10.244.1.0/24) and node-b
+// (10.244.2.0/24), each in a namespace of its own with a directory under
+// dir, joined by a veth named vethPrefix and five random hex digits, on
+// which they have the addresses underlay.x.1 and underlay.x.2 (a /24, x
+// random).
+func nodePair(t *testing.T, dir, underlay, vethPrefix string) []*e2eNode {
+	t.Helper()
+	x := 1 + rand.IntN(250)
+	nodes := []*e2eNode{
+		{name: "node-a", podCIDR: "10.244.1.0/24", ip: fmt.Sprintf("%s.%d.1", underlay, x)},
+		{name: "node-b", podCIDR: "10.244.2.0/24", ip: fmt.Sprintf("%s.%d.2", underlay, x)},
+	}
+	for _, n := range nodes {
+		n.ns = nstest.New(t)
+		n.dir = filepath.Join(dir, n.name)
+	}
+	veth := fmt.Sprintf("%s%05x", vethPrefix, rand.IntN(1<<20))
+	nodes[0].ns.Run(t, "ip", "link", "add", veth, "type", "veth", "peer", "name", veth, "netns", nodes[1].ns.Name)
+	for _, n := range nodes {
+		n.ns.Run(t, "ip", "addr", "add", n.ip+"/24", "dev", veth)
+		n.ns.Run(t, "ip", "link", "set", veth, "up")
+	}
+	return nodes
+}
+
+// start starts n.cmd, the node's daemon, with its output in n's log. When
+// the test ends the daemon gets SIGTERM (SIGKILL after 10 seconds), and its
+// log is printed if the test failed.
+func (n *e2eNode) start(t *testing.T) {
+	t.Helper()
+	n.cmd.Stdout, n.cmd.Stderr = n, n
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n.done = make(chan struct{})
+	go func() { _ = n.cmd.Wait(); close(n.done) }()
+	t.Cleanup(func() {
+		_ = n.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-n.done:
+		case <-time.After(10 * time.Second):
+			_ = n.cmd.Process.Kill()
+			<-n.done
+		}
+		if t.Failed() {
+			t.Logf("%s log:\n%s", n.name, n.logText())
+		}
+	})
+}
+
 func TestKubeModeDaemons(t *testing.T) {
 	nstest.RequireRoot(t)
 	c, admin, _ := startWithRBAC(t)
@@ -99,20 +135,8 @@ func TestKubeModeDaemons(t *testing.T) {
 	if err := os.WriteFile(netConf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	x := 1 + rand.IntN(250)
-	nodes := []*e2eNode{
-		{name: "node-a", podCIDR: "10.244.1.0/24", ip: fmt.Sprintf("10.252.%d.1", x)},
-		{name: "node-b", podCIDR: "10.244.2.0/24", ip: fmt.Sprintf("10.252.%d.2", x)},
-	}
+	nodes := nodePair(t, dir, "10.252", "pru")
 	for _, n := range nodes {
-		n.ns = nstest.New(t)
-		n.dir = filepath.Join(dir, n.name)
-	}
-	veth := fmt.Sprintf("pru%05x", rand.IntN(1<<20))
-	nodes[0].ns.Run(t, "ip", "link", "add", veth, "type", "veth", "peer", "name", veth, "netns", nodes[1].ns.Name)
-	for _, n := range nodes {
-		n.ns.Run(t, "ip", "addr", "add", n.ip+"/24", "dev", veth)
-		n.ns.Run(t, "ip", "link", "set", veth, "up")
 		if err := createNode(ctx, admin, n.name, n.podCIDR, n.ip, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -134,24 +158,7 @@ current-context: k
 			"--net-conf", netConf, "--state-dir", filepath.Join(n.dir, "state"), "--socket", filepath.Join(n.dir, "api.sock"),
 			"--uplink", "podr0", "--metrics-addr", "off", "--log-level", "debug",
 			"--cni-conf", filepath.Join(n.dir, "net.d", "10-podrouter.conflist"), "--cni-data-dir", filepath.Join(n.dir, "ipam"), "--subnet-env", filepath.Join(n.dir, "subnet.env"))
-		n.cmd.Stdout, n.cmd.Stderr = n, n
-		if err := n.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		n.done = make(chan struct{})
-		go func() { _ = n.cmd.Wait(); close(n.done) }()
-		t.Cleanup(func() {
-			_ = n.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-n.done:
-			case <-time.After(10 * time.Second):
-				_ = n.cmd.Process.Kill()
-				<-n.done
-			}
-			if t.Failed() {
-				t.Logf("%s log:\n%s", n.name, n.logText())
-			}
-		})
+		n.start(t)
 	}
 
 	// Each daemon's peer table names the other node with its podCIDR.

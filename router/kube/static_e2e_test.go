@@ -3,11 +3,9 @@ package kube
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,24 +20,12 @@ func TestStaticPeersDaemons(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	bin, cniBin, tools := buildE2E(t, ctx, dir)
-	x := 1 + rand.IntN(250)
-	nodes := []*e2eNode{
-		{name: "node-a", podCIDR: "10.244.1.0/24", ip: fmt.Sprintf("10.253.%d.1", x)},
-		{name: "node-b", podCIDR: "10.244.2.0/24", ip: fmt.Sprintf("10.253.%d.2", x)},
-	}
-	for _, n := range nodes {
-		n.ns = nstest.New(t)
-		n.dir = filepath.Join(dir, n.name)
+	nodes := nodePair(t, dir, "10.253", "prs")
+	for i, n := range nodes {
+		other := nodes[1-i]
 		if err := os.MkdirAll(filepath.Join(n.dir, "net.d"), 0o755); err != nil {
 			t.Fatal(err)
 		}
-	}
-	veth := fmt.Sprintf("prs%05x", rand.IntN(1<<20))
-	nodes[0].ns.Run(t, "ip", "link", "add", veth, "type", "veth", "peer", "name", veth, "netns", nodes[1].ns.Name)
-	for i, n := range nodes {
-		other := nodes[1-i]
-		n.ns.Run(t, "ip", "addr", "add", n.ip+"/24", "dev", veth)
-		n.ns.Run(t, "ip", "link", "set", veth, "up")
 		peers := filepath.Join(n.dir, "peers.yaml")
 		sock := filepath.Join(n.dir, "api.sock")
 		if err := os.WriteFile(peers, fmt.Appendf(nil, "- name: %s\n  endpoint: %s:8285\n  podCIDRs: [%s]\n", other.name, other.ip, other.podCIDR), 0o644); err != nil {
@@ -53,24 +39,7 @@ func TestStaticPeersDaemons(t *testing.T) {
 		n.cmd = n.ns.Command(context.Background(), bin, "daemon", "--pod-cidr", n.podCIDR, "--cluster-cidr", "10.244.0.0/16",
 			"--node-ip", n.ip, "--mtu", "1472", "--backend", "udp", "--public-ip", n.ip, "--peers", peers,
 			"--state-dir", filepath.Join(n.dir, "state"), "--socket", sock, "--uplink", "podr0", "--metrics-addr", "off")
-		n.cmd.Stdout, n.cmd.Stderr = n, n
-		if err := n.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		n.done = make(chan struct{})
-		go func() { _ = n.cmd.Wait(); close(n.done) }()
-		t.Cleanup(func() {
-			_ = n.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-n.done:
-			case <-time.After(10 * time.Second):
-				_ = n.cmd.Process.Kill()
-				<-n.done
-			}
-			if t.Failed() {
-				t.Logf("%s log:\n%s", n.name, n.logText())
-			}
-		})
+		n.start(t)
 	}
 	for _, n := range nodes {
 		deadline := time.Now().Add(30 * time.Second)

@@ -80,6 +80,24 @@ next:
 	return 0
 }
 
+// newServer serves e's metrics; it is ready (its readiness check passes)
+// once ready is set, and "routes not synced" until then.
+func newServer(t *testing.T, e *engine.Engine) (srv *Server, ready *atomic.Bool) {
+	t.Helper()
+	reg, err := NewRegistry(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready = new(atomic.Bool)
+	srv = NewServer(reg, func() error {
+		if !ready.Load() {
+			return errors.New("routes not synced")
+		}
+		return nil
+	}, zaptest.NewLogger(t))
+	return srv, ready
+}
+
 func TestMetricsFollowTraffic(t *testing.T) {
 	e, err := engine.New(engine.Config{PodCIDR: podCIDR, Logger: zaptest.NewLogger(t)})
 	if err != nil {
@@ -94,17 +112,7 @@ func TestMetricsFollowTraffic(t *testing.T) {
 	if _, err := e.AddPort(db, engine.PortConfig{Name: "pod-b", Kind: engine.KindPod, MTU: 1500, Addrs: []netip.Addr{addrB}}); err != nil {
 		t.Fatal(err)
 	}
-	reg, err := NewRegistry(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ready atomic.Bool
-	srv := NewServer(reg, func() error {
-		if !ready.Load() {
-			return errors.New("routes not synced")
-		}
-		return nil
-	}, zaptest.NewLogger(t))
+	srv, _ := newServer(t, e)
 	h := srv.Handler()
 
 	before := scrape(t, h)
@@ -175,17 +183,7 @@ func TestHealthAndReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	reg, err := NewRegistry(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ready atomic.Bool
-	srv := NewServer(reg, func() error {
-		if !ready.Load() {
-			return errors.New("routes not synced")
-		}
-		return nil
-	}, zaptest.NewLogger(t))
+	srv, ready := newServer(t, e)
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	get := func(path string) (int, string) {

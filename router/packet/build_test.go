@@ -69,49 +69,34 @@ func bigV4() []byte {
 		tcpSeg(src4, dst4, 1234, 80, header.TCPFlagAck, bytes.Repeat([]byte{0xa5}, 1500-20-24)))
 }
 
-func TestBuildICMPErrorV4(t *testing.T) {
-	small := ip4(v4{src: src4, dst: dst4, proto: packet.ProtoUDP, ttl: 1}, udpSeg(src4, dst4, 40000, 33434, payload32))
-	tests := []struct {
-		name       string
-		orig       []byte
-		dstLen     int
-		typ, code  uint8
-		rest       uint32
-		wantLen    int
-		wantQuoted int
-	}{
-		{"time-exceeded", small, 1500, packet.ICMPv4TimeExceeded, 0, 0, 28 + len(small), len(small)},
-		{"net-unreachable-capped-576", bigV4(), 1500, packet.ICMPv4DstUnreachable, packet.ICMPv4NetUnreachable, 0, 576, 548},
-		{"frag-needed-mtu", bigV4(), 2048, packet.ICMPv4DstUnreachable, packet.ICMPv4FragNeeded, 1400, 576, 548},
-		{"dst-buffer-limits", bigV4(), 100, packet.ICMPv4DstUnreachable, packet.ICMPv4HostUnreachable, 0, 100, 72},
-		{"dst-buffer-headers-only", small, 28, packet.ICMPv4TimeExceeded, 0, 0, 28, 0},
-	}
+// icmpErrorCase is an ICMP error built about orig into a dstLen-byte
+// buffer, with the length and the number of quoted bytes it must have.
+type icmpErrorCase struct {
+	name       string
+	orig       []byte
+	dstLen     int
+	typ, code  uint8
+	rest       uint32
+	wantLen    int
+	wantQuoted int
+}
+
+// runICMPErrorCases builds each case's error from rtr and checks its length,
+// its headers (checkHeaders, per family, returns the ICMP message's quote),
+// the quote itself, and that it is not a packet that may trigger another
+// error.
+func runICMPErrorCases(t *testing.T, rtr netip.Addr, tests []icmpErrorCase, checkHeaders func(t *testing.T, tc icmpErrorCase, pkt []byte) (quote []byte)) {
+	t.Helper()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p := mustParse(t, tc.orig, false)
 			dst := make([]byte, tc.dstLen)
-			n := packet.BuildICMPError(dst, tc.orig[p.IPOff:p.IPEnd], &p, rtr4, tc.typ, tc.code, tc.rest)
+			n := packet.BuildICMPError(dst, tc.orig[p.IPOff:p.IPEnd], &p, rtr, tc.typ, tc.code, tc.rest)
 			if n != tc.wantLen {
 				t.Fatalf("BuildICMPError = %d bytes, want %d", n, tc.wantLen)
 			}
-			ip := header.IPv4(dst[:n])
-			if !ip.IsValid(n) || !ip.IsChecksumValid() || int(ip.TotalLength()) != n || ip.Protocol() != packet.ProtoICMPv4 ||
-				ip.TTL() == 0 || ip.More() || ip.FragmentOffset() != 0 ||
-				fromGV(ip.SourceAddress()) != rtr4 || fromGV(ip.DestinationAddress()) != src4 {
-				t.Fatalf("bad IPv4 header: % x", dst[:20])
-			}
-			c := header.ICMPv4(ip.Payload())
-			if c.Type() != header.ICMPv4Type(tc.typ) || c.Code() != header.ICMPv4Code(tc.code) {
-				t.Errorf("type/code = %d/%d", c.Type(), c.Code())
-			}
-			if checksum.Checksum(c, 0) != 0xffff || header.ICMPv4Checksum(c[:8], checksum.Checksum(c.Payload(), 0)) != c.Checksum() {
-				t.Errorf("ICMPv4 checksum invalid")
-			}
-			if tc.code == packet.ICMPv4FragNeeded && c.MTU() != uint16(tc.rest) {
-				t.Errorf("MTU = %d, want %d", c.MTU(), tc.rest)
-			}
-			if !bytes.Equal(c.Payload(), tc.orig[:tc.wantQuoted]) {
-				t.Errorf("quoted %d bytes, want the first %d of the original", len(c.Payload()), tc.wantQuoted)
+			if quote := checkHeaders(t, tc, dst[:n]); !bytes.Equal(quote, tc.orig[:tc.wantQuoted]) {
+				t.Errorf("quoted %d bytes, want the first %d of the original", len(quote), tc.wantQuoted)
 			}
 			// The error is itself a packet the engine parses, and never
 			// one that may trigger another error.
@@ -121,6 +106,36 @@ func TestBuildICMPErrorV4(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestBuildICMPErrorV4(t *testing.T) {
+	small := ip4(v4{src: src4, dst: dst4, proto: packet.ProtoUDP, ttl: 1}, udpSeg(src4, dst4, 40000, 33434, payload32))
+	runICMPErrorCases(t, rtr4, []icmpErrorCase{
+		{"time-exceeded", small, 1500, packet.ICMPv4TimeExceeded, 0, 0, 28 + len(small), len(small)},
+		{"net-unreachable-capped-576", bigV4(), 1500, packet.ICMPv4DstUnreachable, packet.ICMPv4NetUnreachable, 0, 576, 548},
+		{"frag-needed-mtu", bigV4(), 2048, packet.ICMPv4DstUnreachable, packet.ICMPv4FragNeeded, 1400, 576, 548},
+		{"dst-buffer-limits", bigV4(), 100, packet.ICMPv4DstUnreachable, packet.ICMPv4HostUnreachable, 0, 100, 72},
+		{"dst-buffer-headers-only", small, 28, packet.ICMPv4TimeExceeded, 0, 0, 28, 0},
+	}, func(t *testing.T, tc icmpErrorCase, pkt []byte) []byte {
+		n := len(pkt)
+		ip := header.IPv4(pkt)
+		if !ip.IsValid(n) || !ip.IsChecksumValid() || int(ip.TotalLength()) != n || ip.Protocol() != packet.ProtoICMPv4 ||
+			ip.TTL() == 0 || ip.More() || ip.FragmentOffset() != 0 ||
+			fromGV(ip.SourceAddress()) != rtr4 || fromGV(ip.DestinationAddress()) != src4 {
+			t.Fatalf("bad IPv4 header: % x", pkt[:20])
+		}
+		c := header.ICMPv4(ip.Payload())
+		if c.Type() != header.ICMPv4Type(tc.typ) || c.Code() != header.ICMPv4Code(tc.code) {
+			t.Errorf("type/code = %d/%d", c.Type(), c.Code())
+		}
+		if checksum.Checksum(c, 0) != 0xffff || header.ICMPv4Checksum(c[:8], checksum.Checksum(c.Payload(), 0)) != c.Checksum() {
+			t.Errorf("ICMPv4 checksum invalid")
+		}
+		if tc.code == packet.ICMPv4FragNeeded && c.MTU() != uint16(tc.rest) {
+			t.Errorf("MTU = %d, want %d", c.MTU(), tc.rest)
+		}
+		return c.Payload()
+	})
 	if n := packet.BuildICMPError(make([]byte, 27), small, ptr(mustParse(t, small, false)), rtr4, 11, 0, 0); n != 0 {
 		t.Errorf("BuildICMPError into 27 bytes = %d, want 0", n)
 	}
@@ -131,53 +146,31 @@ func ptr[T any](v T) *T { return &v }
 func TestBuildICMPErrorV6(t *testing.T) {
 	small := ip6(src6, dst6, 1, packet.ProtoUDP, []extHdr{hopByHop()}, udpSeg(src6, dst6, 40000, 33434, payload32))
 	big := ip6(src6, dst6, 64, packet.ProtoTCP, nil, tcpSeg(src6, dst6, 1234, 80, header.TCPFlagAck, bytes.Repeat([]byte{0x5a}, 1500-40-24)))
-	tests := []struct {
-		name       string
-		orig       []byte
-		dstLen     int
-		typ, code  uint8
-		rest       uint32
-		wantLen    int
-		wantQuoted int
-	}{
+	runICMPErrorCases(t, rtr6, []icmpErrorCase{
 		{"time-exceeded", small, 1500, packet.ICMPv6TimeExceeded, packet.ICMPv6HopLimitExceeded, 0, 48 + len(small), len(small)},
 		{"packet-too-big-capped-1280", big, 1600, packet.ICMPv6PacketTooBig, 0, 1280, 1280, 1232},
 		{"no-route", big, 1500, packet.ICMPv6DstUnreachable, packet.ICMPv6NoRoute, 0, 1280, 1232},
 		{"dst-buffer-limits", big, 200, packet.ICMPv6DstUnreachable, packet.ICMPv6AddrUnreachable, 0, 200, 152},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			p := mustParse(t, tc.orig, false)
-			dst := make([]byte, tc.dstLen)
-			n := packet.BuildICMPError(dst, tc.orig[p.IPOff:p.IPEnd], &p, rtr6, tc.typ, tc.code, tc.rest)
-			if n != tc.wantLen {
-				t.Fatalf("BuildICMPError = %d bytes, want %d", n, tc.wantLen)
-			}
-			ip := header.IPv6(dst[:n])
-			if !ip.IsValid(n) || int(ip.PayloadLength()) != n-40 || ip.NextHeader() != packet.ProtoICMPv6 || ip.HopLimit() == 0 ||
-				fromGV(ip.SourceAddress()) != rtr6 || fromGV(ip.DestinationAddress()) != src6 {
-				t.Fatalf("bad IPv6 header: % x", dst[:40])
-			}
-			c := header.ICMPv6(ip.Payload())
-			if c.Type() != header.ICMPv6Type(tc.typ) || c.Code() != header.ICMPv6Code(tc.code) {
-				t.Errorf("type/code = %d/%d", c.Type(), c.Code())
-			}
-			want := header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: c, Src: ip.SourceAddress(), Dst: ip.DestinationAddress()})
-			if c.Checksum() != want {
-				t.Errorf("ICMPv6 checksum %#04x, gVisor computes %#04x", c.Checksum(), want)
-			}
-			if tc.typ == packet.ICMPv6PacketTooBig && c.MTU() != tc.rest {
-				t.Errorf("MTU = %d, want %d", c.MTU(), tc.rest)
-			}
-			if !bytes.Equal(c.Payload(), tc.orig[:tc.wantQuoted]) {
-				t.Errorf("quoted %d bytes, want the first %d of the original", len(c.Payload()), tc.wantQuoted)
-			}
-			q := mustParse(t, dst[:n], false)
-			if packet.ICMPErrorAllowed(&q) {
-				t.Errorf("an ICMP error about our ICMP error is allowed")
-			}
-		})
-	}
+	}, func(t *testing.T, tc icmpErrorCase, pkt []byte) []byte {
+		n := len(pkt)
+		ip := header.IPv6(pkt)
+		if !ip.IsValid(n) || int(ip.PayloadLength()) != n-40 || ip.NextHeader() != packet.ProtoICMPv6 || ip.HopLimit() == 0 ||
+			fromGV(ip.SourceAddress()) != rtr6 || fromGV(ip.DestinationAddress()) != src6 {
+			t.Fatalf("bad IPv6 header: % x", pkt[:40])
+		}
+		c := header.ICMPv6(ip.Payload())
+		if c.Type() != header.ICMPv6Type(tc.typ) || c.Code() != header.ICMPv6Code(tc.code) {
+			t.Errorf("type/code = %d/%d", c.Type(), c.Code())
+		}
+		want := header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: c, Src: ip.SourceAddress(), Dst: ip.DestinationAddress()})
+		if c.Checksum() != want {
+			t.Errorf("ICMPv6 checksum %#04x, gVisor computes %#04x", c.Checksum(), want)
+		}
+		if tc.typ == packet.ICMPv6PacketTooBig && c.MTU() != tc.rest {
+			t.Errorf("MTU = %d, want %d", c.MTU(), tc.rest)
+		}
+		return c.Payload()
+	})
 	if n := packet.BuildICMPError(make([]byte, 47), small, ptr(mustParse(t, small, false)), rtr6, 3, 0, 0); n != 0 {
 		t.Errorf("BuildICMPError into 47 bytes = %d, want 0", n)
 	}

@@ -59,21 +59,30 @@ func readPcap(t *testing.T, b []byte) (LinkType, [][]byte) {
 	return lt, pkts
 }
 
-func TestCapturePort(t *testing.T) {
+// twoPods returns an engine (closed when the test ends) with two L2 pod
+// ports, a (addrA, macA) and b (addrB, macB), and the hosts' ends of
+// their links.
+func twoPods(t *testing.T) (e *engine.Engine, pa *engine.Port, ha, hb *linktest.End) {
+	t.Helper()
 	e, err := engine.New(engine.Config{PodCIDR: podCIDR})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
+	t.Cleanup(func() { _ = e.Close() })
 	ha, da := linktest.Pipe(64, 2000, 16)
 	hb, db := linktest.Pipe(64, 2000, 16)
-	pa, err := e.AddPort(da, engine.PortConfig{Name: "a", Kind: engine.KindPod, L2: true, PeerMAC: macA, MTU: 1500, Addrs: []netip.Addr{addrA}})
+	pa, err = e.AddPort(da, engine.PortConfig{Name: "a", Kind: engine.KindPod, L2: true, PeerMAC: macA, MTU: 1500, Addrs: []netip.Addr{addrA}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.AddPort(db, engine.PortConfig{Name: "b", Kind: engine.KindPod, L2: true, PeerMAC: macB, MTU: 1500, Addrs: []netip.Addr{addrB}}); err != nil {
 		t.Fatal(err)
 	}
+	return e, pa, ha, hb
+}
+
+func TestCapturePort(t *testing.T) {
+	e, pa, ha, hb := twoPods(t)
 	var out bytes.Buffer
 	done := make(chan Stats)
 	go func() {
@@ -196,20 +205,7 @@ func (f *flushRecorder) Flush() error {
 // whenever the queue is drained, so a live reader sees each packet; a
 // capture on a busy port writes nothing at all.
 func TestCaptureFlushes(t *testing.T) {
-	e, err := engine.New(engine.Config{PodCIDR: podCIDR})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	ha, da := linktest.Pipe(64, 2000, 16)
-	hb, db := linktest.Pipe(64, 2000, 16)
-	pa, err := e.AddPort(da, engine.PortConfig{Name: "a", Kind: engine.KindPod, L2: true, PeerMAC: macA, MTU: 1500, Addrs: []netip.Addr{addrA}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.AddPort(db, engine.PortConfig{Name: "b", Kind: engine.KindPod, L2: true, PeerMAC: macB, MTU: 1500, Addrs: []netip.Addr{addrB}}); err != nil {
-		t.Fatal(err)
-	}
+	e, pa, ha, hb := twoPods(t)
 	w := &flushRecorder{flushes: make(chan int, 16)}
 	done := make(chan Stats, 1)
 	go func() {

@@ -252,16 +252,34 @@ func TestBuilderReuse(t *testing.T) {
 	}
 }
 
+// prefixCase is a case of a query by prefix (LookupPrefix, Get) that
+// answers a T and whether it found one.
+type prefixCase[T comparable] struct {
+	name   string
+	tbl    *Table
+	prefix netip.Prefix
+	want   T
+	ok     bool
+}
+
+// runPrefixCases runs each case as a subtest: query(tbl, prefix) must
+// answer want, ok. name is the query's, for the failures.
+func runPrefixCases[T comparable](t *testing.T, name string, query func(*Table, netip.Prefix) (T, bool), tests []prefixCase[T]) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := query(tt.tbl, tt.prefix)
+			if got != tt.want || ok != tt.ok {
+				t.Errorf("%s(%v) = %v, %v; want %v, %v", name, tt.prefix, got, ok, tt.want, tt.ok)
+			}
+		})
+	}
+}
+
 func TestLookupPrefix(t *testing.T) {
 	tbl := clusterTable(t)
 	var nilTable *Table
-	tests := []struct {
-		name   string
-		tbl    *Table
-		prefix netip.Prefix
-		want   Route
-		ok     bool
-	}{
+	runPrefixCases(t, "LookupPrefix", (*Table).LookupPrefix, []prefixCase[Route]{
 		{"exact match", tbl, mustPrefix("10.244.1.0/24"), Route{mustPrefix("10.244.1.0/24"), ToPeer(1)}, true},
 		{"inside peer", tbl, mustPrefix("10.244.1.64/26"), Route{mustPrefix("10.244.1.0/24"), ToPeer(1)}, true},
 		{"unmasked input", tbl, mustPrefix("10.244.1.64/23"), Route{mustPrefix("10.244.0.0/16"), NextHop{Kind: Unreachable}}, true},
@@ -273,27 +291,13 @@ func TestLookupPrefix(t *testing.T) {
 		{"v6 default", tbl, mustPrefix("::/0"), Route{mustPrefix("::/0"), ToEgress(0)}, true},
 		{"invalid", tbl, netip.Prefix{}, Route{}, false},
 		{"nil table", nilTable, mustPrefix("10.0.0.0/8"), Route{}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, ok := tt.tbl.LookupPrefix(tt.prefix)
-			if got != tt.want || ok != tt.ok {
-				t.Errorf("LookupPrefix(%v) = %v, %v; want %v, %v", tt.prefix, got, ok, tt.want, tt.ok)
-			}
-		})
-	}
+	})
 }
 
 func TestGet(t *testing.T) {
 	tbl := clusterTable(t)
 	var nilTable *Table
-	tests := []struct {
-		name   string
-		tbl    *Table
-		prefix netip.Prefix
-		want   NextHop
-		ok     bool
-	}{
+	runPrefixCases(t, "Get", (*Table).Get, []prefixCase[NextHop]{
 		{"present", tbl, mustPrefix("10.244.2.0/24"), ToPeer(2), true},
 		{"present v6", tbl, mustPrefix("fd00:10:244::5/128"), ToLocal(5), true},
 		{"unmasked input", tbl, mustPrefix("10.244.2.7/24"), ToPeer(2), true},
@@ -302,15 +306,7 @@ func TestGet(t *testing.T) {
 		{"covered but absent", tbl, mustPrefix("10.244.2.0/26"), NextHop{}, false},
 		{"invalid", tbl, netip.Prefix{}, NextHop{}, false},
 		{"nil table", nilTable, mustPrefix("10.244.2.0/24"), NextHop{}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, ok := tt.tbl.Get(tt.prefix)
-			if got != tt.want || ok != tt.ok {
-				t.Errorf("Get(%v) = %v, %v; want %v, %v", tt.prefix, got, ok, tt.want, tt.ok)
-			}
-		})
-	}
+	})
 }
 
 func TestAllSorted(t *testing.T) {

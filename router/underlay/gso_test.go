@@ -129,8 +129,7 @@ func TestTSOSend(t *testing.T) {
 			for _, v6 := range []bool{false, true} {
 				t.Run(fmt.Sprintf("%v/offload=%v/v6=%v", encap, !noOffload, v6), func(t *testing.T) {
 					cfg := Config{Encap: encap, NoOffload: noOffload}
-					a, b := newUnderlay(t, cfg), newUnderlay(t, cfg)
-					introduce(t, a, b)
+					a, b := newPair(t, cfg)
 					rx := collect(t, b.RxDevice())
 					dev := a.PeerDevice("b").(link.GSODevice)
 					mss := 1400
@@ -211,8 +210,7 @@ func TestGROReceive(t *testing.T) {
 	checkLeaks(t)
 	for _, v6 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
-			a, b := newUnderlay(t, Config{Encap: EncapVXLAN}), newUnderlay(t, Config{Encap: EncapVXLAN})
-			introduce(t, a, b)
+			a, b := newPair(t, Config{Encap: EncapVXLAN})
 			dev, rx := a.PeerDevice("b"), b.RxDevice().(link.GSODevice)
 			const mss = 1000
 			// Segments as a sender's TSO cuts them: ID + i, PSH on the last.
@@ -265,8 +263,7 @@ func TestTSOEndToEnd(t *testing.T) {
 	checkLeaks(t)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, encap := range []Encap{EncapUDP, EncapVXLAN} {
-		a, b := newUnderlay(t, Config{Encap: encap}), newUnderlay(t, Config{Encap: encap})
-		introduce(t, a, b)
+		a, b := newPair(t, Config{Encap: encap})
 		dev, rx := a.PeerDevice("b").(link.GSODevice), b.RxDevice().(link.GSODevice)
 		for range 20 {
 			v6 := rng.IntN(2) == 0
@@ -299,8 +296,7 @@ func TestGSOZeroAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("skipped under -race: sync.Pool drops items at random there, by design")
 	}
-	a, b := newUnderlay(t, Config{Encap: EncapVXLAN}), newUnderlay(t, Config{Encap: EncapVXLAN})
-	introduce(t, a, b)
+	a, b := newPair(t, Config{Encap: EncapVXLAN})
 	dev, rx := a.PeerDevice("b").(link.GSODevice), b.RxDevice().(link.GSODevice)
 	pkt := tcpPacket(tcpOpts{payload: 40 * 1400, seq: 1}, true)
 	g := tsoDescriptor(pkt, false, 1400)
@@ -363,8 +359,7 @@ func TestGROReceiveUDP(t *testing.T) {
 	checkLeaks(t)
 	for _, v6 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
-			a, b := newUnderlay(t, Config{Encap: EncapUDP}), newUnderlay(t, Config{Encap: EncapUDP})
-			introduce(t, a, b)
+			a, b := newPair(t, Config{Encap: EncapUDP})
 			dev, rx := a.PeerDevice("b"), b.RxDevice().(link.GSODevice)
 			var run [][]byte
 			for i := range 30 {

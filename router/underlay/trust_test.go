@@ -259,8 +259,7 @@ func TestPeerTrustGRO(t *testing.T) {
 // TestPeerStatsTx: drops on the send side are counted on the peer too.
 func TestPeerStatsTx(t *testing.T) {
 	checkLeaks(t)
-	a, b := newUnderlay(t, Config{Encap: EncapUDP}), newUnderlay(t, Config{Encap: EncapUDP})
-	introduce(t, a, b)
+	a, _ := newPair(t, Config{Encap: EncapUDP})
 	sendPackets(t, a.PeerDevice("b"), [][]byte{{0x00, 1, 2, 3}})
 	sendPackets(t, a.PeerDevice("nobody"), [][]byte{ipv4Packet("10.244.1.2", "10.244.2.2", 8, 1)})
 	ps, _ := a.PeerStats("b")

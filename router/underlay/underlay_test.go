@@ -9,13 +9,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/podrouter/podrouter/router/leaktest"
 	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/packet"
 )
@@ -26,20 +26,7 @@ var (
 )
 
 // checkLeaks fails the test if goroutines it started outlive its cleanups.
-func checkLeaks(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(2 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<16)
-				t.Errorf("goroutines leaked: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
+func checkLeaks(t *testing.T) { t.Helper(); leaktest.Check(t, 2*time.Second) }
 
 func newUnderlay(t testing.TB, cfg Config) *Underlay {
 	t.Helper()
@@ -76,6 +63,15 @@ func introduce(t testing.TB, a, b *Underlay) {
 	if err := b.UpsertPeer(Peer{Name: "a", Addr: a.LocalAddr(), VTEPMAC: a.VTEPMAC(), PodCIDRs: podCIDRsA}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// newPair returns two underlays with cfg that know each other as peers
+// "a" and "b".
+func newPair(t testing.TB, cfg Config) (a, b *Underlay) {
+	t.Helper()
+	a, b = newUnderlay(t, cfg), newUnderlay(t, cfg)
+	introduce(t, a, b)
+	return a, b
 }
 
 // collect reads dev until it closes and passes copies of the packets on.
@@ -155,8 +151,7 @@ func TestLoopback(t *testing.T) {
 				t.Run(name, func(t *testing.T) {
 					checkLeaks(t)
 					cfg := Config{Encap: encap, Listen: listen, NoOffload: noOffload}
-					a, b := newUnderlay(t, cfg), newUnderlay(t, cfg)
-					introduce(t, a, b)
+					a, b := newPair(t, cfg)
 					rx := collect(t, b.RxDevice())
 					dev := a.PeerDevice("b")
 					// A burst of equal-sized packets (one GSO message when
@@ -216,8 +211,7 @@ func TestLoopback(t *testing.T) {
 // TestLargeBatch sends more than one sendmmsg batch in one Write.
 func TestLargeBatch(t *testing.T) {
 	checkLeaks(t)
-	a, b := newUnderlay(t, Config{Encap: EncapVXLAN}), newUnderlay(t, Config{Encap: EncapVXLAN})
-	introduce(t, a, b)
+	a, b := newPair(t, Config{Encap: EncapVXLAN})
 	rx := collect(t, b.RxDevice())
 	var pkts [][]byte
 	for i := range 3*batchSize + 5 {
@@ -406,8 +400,7 @@ func TestPeerTable(t *testing.T) {
 // counters survive updates.
 func TestPeerChangesWhileSending(t *testing.T) {
 	checkLeaks(t)
-	a, b := newUnderlay(t, Config{Encap: EncapUDP}), newUnderlay(t, Config{Encap: EncapUDP})
-	introduce(t, a, b)
+	a, b := newPair(t, Config{Encap: EncapUDP})
 	rx := collect(t, b.RxDevice())
 	dev := a.PeerDevice("b")
 	stop := make(chan struct{})
@@ -570,8 +563,7 @@ func TestConfig(t *testing.T) {
 
 func TestNotIPDropped(t *testing.T) {
 	checkLeaks(t)
-	a, b := newUnderlay(t, Config{Encap: EncapVXLAN}), newUnderlay(t, Config{Encap: EncapVXLAN})
-	introduce(t, a, b)
+	a, b := newPair(t, Config{Encap: EncapVXLAN})
 	rx := collect(t, b.RxDevice())
 	sendPackets(t, a.PeerDevice("b"), [][]byte{{0x00, 1, 2, 3}, ipv4Packet("10.244.1.2", "10.244.2.2", 8, 3)})
 	if got := receive(t, rx, 1); len(got[0]) != 36 {
@@ -594,8 +586,7 @@ func TestZeroAllocs(t *testing.T) {
 	}
 	for _, encap := range []Encap{EncapUDP, EncapVXLAN} {
 		t.Run(encap.String(), func(t *testing.T) {
-			a, b := newUnderlay(t, Config{Encap: encap}), newUnderlay(t, Config{Encap: encap})
-			introduce(t, a, b)
+			a, b := newPair(t, Config{Encap: encap})
 			dev, rx := a.PeerDevice("b"), b.RxDevice()
 			const batch = 32
 			bufs := make([][]byte, batch)

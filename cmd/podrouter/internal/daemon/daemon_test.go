@@ -11,13 +11,47 @@ import (
 	"github.com/podrouter/podrouter/router/api"
 )
 
+// configCase is a Config that must validate (field empty) or fail with
+// ErrConfig, naming field.
+type configCase struct {
+	name  string
+	cfg   Config
+	field string
+}
+
+// checkValidate runs each case as a subtest; valid, when not nil, checks
+// a config that validated (Validate fills in defaults).
+func checkValidate(t *testing.T, cases []configCase, valid func(t *testing.T, cfg Config)) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.field == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if valid != nil {
+					valid(t, tc.cfg)
+				}
+				return
+			}
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("Validate = %v, want ErrConfig naming %q", err, tc.field)
+			}
+		})
+	}
+}
+
+// withEgress is a valid config (pod CIDR 10.244.1.0/24 in cluster
+// 10.244.0.0/16) with e as its egress.
+func withEgress(e EgressConfig) Config {
+	pfx := netip.MustParsePrefix
+	return Config{PodCIDR: pfx("10.244.1.0/24"), ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")}, Egress: e}
+}
+
 func TestConfigValidate(t *testing.T) {
 	pfx := netip.MustParsePrefix
-	for _, tc := range []struct {
-		name  string
-		cfg   Config
-		field string // empty: valid
-	}{
+	checkValidate(t, []configCase{
 		{"minimal", Config{PodCIDR: pfx("10.244.1.0/24")}, ""},
 		{"dual stack in cluster", Config{PodCIDR: pfx("10.244.1.0/24"), PodCIDR6: pfx("fd00:10:244:1::/64"),
 			ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16"), pfx("fd00:10:244::/48")}, NodeIPs: []netip.Addr{netip.MustParseAddr("192.168.1.10")}}, ""},
@@ -31,23 +65,11 @@ func TestConfigValidate(t *testing.T) {
 		{"relative socket", Config{PodCIDR: pfx("10.244.1.0/24"), Socket: "x.sock"}, "socket"},
 		{"uplink name", Config{PodCIDR: pfx("10.244.1.0/24"), Uplink: "much-too-long-name"}, "uplink"},
 		{"mtu", Config{PodCIDR: pfx("10.244.1.0/24"), MTU: 576}, "mtu"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := tc.cfg.Validate()
-			if tc.field == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				if tc.cfg.StateDir != DefaultStateDir || tc.cfg.Socket != api.DefaultSocket || tc.cfg.Uplink != DefaultUplink || tc.cfg.MTU != DefaultMTU || len(tc.cfg.ClusterCIDRs) == 0 {
-					t.Fatalf("defaults not filled in: %+v", tc.cfg)
-				}
-				return
-			}
-			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.field) {
-				t.Fatalf("Validate = %v, want ErrConfig naming %q", err, tc.field)
-			}
-		})
-	}
+	}, func(t *testing.T, cfg Config) {
+		if cfg.StateDir != DefaultStateDir || cfg.Socket != api.DefaultSocket || cfg.Uplink != DefaultUplink || cfg.MTU != DefaultMTU || len(cfg.ClusterCIDRs) == 0 {
+			t.Fatalf("defaults not filled in: %+v", cfg)
+		}
+	})
 }
 
 func testRecord(id string) record {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,39 +17,19 @@ import (
 
 func TestEgressConfig(t *testing.T) {
 	pfx := netip.MustParsePrefix
-	base := func(e EgressConfig) Config {
-		return Config{PodCIDR: pfx("10.244.1.0/24"), ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")}, Egress: e}
-	}
-	for _, tc := range []struct {
-		name  string
-		cfg   Config
-		field string
-	}{
-		{"default netstack", base(EgressConfig{}), ""},
-		{"uplink", base(EgressConfig{Mode: EgressUplink}), ""},
-		{"limits", base(EgressConfig{MaxFlows: 100, MaxFlowsPerPod: 10, MaxDials: 10, MaxDialsPerPod: 2, DialTimeout: time.Second,
+	checkValidate(t, []configCase{
+		{"default netstack", withEgress(EgressConfig{}), ""},
+		{"uplink", withEgress(EgressConfig{Mode: EgressUplink}), ""},
+		{"limits", withEgress(EgressConfig{MaxFlows: 100, MaxFlowsPerPod: 10, MaxDials: 10, MaxDialsPerPod: 2, DialTimeout: time.Second,
 			UplinkRoutes: []netip.Prefix{pfx("192.168.0.0/16")}}), ""},
-		{"bad mode", base(EgressConfig{Mode: "seven"}), "egress"},
-		{"negative flows", base(EgressConfig{MaxFlows: -1}), "egress-max-flows"},
-		{"per pod above total", base(EgressConfig{MaxFlows: 10, MaxFlowsPerPod: 11}), "egress-max-flows-per-pod"},
-		{"dials per pod above total", base(EgressConfig{MaxDials: 1, MaxDialsPerPod: 2}), "egress-max-dials-per-pod"},
-		{"negative timeout", base(EgressConfig{DialTimeout: -time.Second}), "egress-dial-timeout"},
-		{"uplink route in cluster", base(EgressConfig{UplinkRoutes: []netip.Prefix{pfx("10.0.0.0/8")}}), "uplink-route"},
-		{"uplink route unmasked", base(EgressConfig{UplinkRoutes: []netip.Prefix{pfx("192.168.1.1/16")}}), "uplink-route"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := tc.cfg.Validate()
-			if tc.field == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.field) {
-				t.Fatalf("Validate = %v, want ErrConfig naming %q", err, tc.field)
-			}
-		})
-	}
+		{"bad mode", withEgress(EgressConfig{Mode: "seven"}), "egress"},
+		{"negative flows", withEgress(EgressConfig{MaxFlows: -1}), "egress-max-flows"},
+		{"per pod above total", withEgress(EgressConfig{MaxFlows: 10, MaxFlowsPerPod: 11}), "egress-max-flows-per-pod"},
+		{"dials per pod above total", withEgress(EgressConfig{MaxDials: 1, MaxDialsPerPod: 2}), "egress-max-dials-per-pod"},
+		{"negative timeout", withEgress(EgressConfig{DialTimeout: -time.Second}), "egress-dial-timeout"},
+		{"uplink route in cluster", withEgress(EgressConfig{UplinkRoutes: []netip.Prefix{pfx("10.0.0.0/8")}}), "uplink-route"},
+		{"uplink route unmasked", withEgress(EgressConfig{UplinkRoutes: []netip.Prefix{pfx("192.168.1.1/16")}}), "uplink-route"},
+	}, nil)
 	for _, m := range []EgressMode{EgressNetstack, EgressUplink, EgressSNAT} {
 		if got, err := ParseEgressMode(m.String()); err != nil || got != m {
 			t.Errorf("ParseEgressMode(%q) = %v, %v", m, got, err)

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/netip"
 	"path/filepath"
@@ -125,36 +123,6 @@ func TestAPIMetricsBoundedLabels(t *testing.T) {
 	}
 }
 
-// nsHTTP returns an HTTP client whose connections are made inside ns.
-func nsHTTP(ns *nstest.NS) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := ns.Do(func() error {
-				var err error
-				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
-}
-
-func httpGet(t *testing.T, c *http.Client, url string) (int, string) {
-	t.Helper()
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return resp.StatusCode, string(b)
-}
-
 // TestDaemonReadyz runs a daemon in a throwaway netns (root) and holds its
 // start before the route sync: /readyz is 503 there, 200 once New is done,
 // 503 while the uplink is down, and "shutting down" after Close.
@@ -210,12 +178,12 @@ func TestDaemonReadyz(t *testing.T) {
 			}
 		}
 	}()
-	c := nsHTTP(ns)
+	c := ns.HTTPClient()
 	base := "http://" + d.MetricsAddr().String()
-	if code, body := httpGet(t, c, base+"/readyz"); code != 503 || !strings.Contains(body, "routes not synced") {
+	if code, body := nstest.HTTPGet(t, c, base+"/readyz"); code != 503 || !strings.Contains(body, "routes not synced") {
 		t.Fatalf("/readyz before the route sync: %d %q", code, body)
 	}
-	if code, body := httpGet(t, c, base+"/healthz"); code != 200 || body != "ok\n" {
+	if code, body := nstest.HTTPGet(t, c, base+"/healthz"); code != 200 || body != "ok\n" {
 		t.Fatalf("/healthz: %d %q", code, body)
 	}
 	fams := scrapeURL(t, c, base+"/metrics")
@@ -230,7 +198,7 @@ func TestDaemonReadyz(t *testing.T) {
 		t.Fatalf("New: %v", r.err)
 	}
 	defer r.d.Close()
-	if code, body := httpGet(t, c, base+"/readyz"); code != 200 {
+	if code, body := nstest.HTTPGet(t, c, base+"/readyz"); code != 200 {
 		t.Fatalf("/readyz after New: %d %q", code, body)
 	}
 	fams = scrapeURL(t, c, base+"/metrics")
@@ -243,7 +211,7 @@ func TestDaemonReadyz(t *testing.T) {
 
 	// The probe sees the uplink as it is now.
 	ns.Run(t, "ip", "link", "set", cfg.Uplink, "down")
-	if code, body := httpGet(t, c, base+"/readyz"); code != 503 || !strings.Contains(body, "uplink "+cfg.Uplink+" is down") {
+	if code, body := nstest.HTTPGet(t, c, base+"/readyz"); code != 503 || !strings.Contains(body, "uplink "+cfg.Uplink+" is down") {
 		t.Errorf("/readyz with the uplink down: %d %q", code, body)
 	}
 	st, err := (handler{d}).Status(context.Background())
@@ -251,7 +219,7 @@ func TestDaemonReadyz(t *testing.T) {
 		t.Errorf("status with the uplink down: ready %v, notReady %q, %v", st.Ready, st.NotReady, err)
 	}
 	ns.Run(t, "ip", "link", "set", cfg.Uplink, "up")
-	if code, body := httpGet(t, c, base+"/readyz"); code != 200 {
+	if code, body := nstest.HTTPGet(t, c, base+"/readyz"); code != 200 {
 		t.Errorf("/readyz with the uplink up again: %d %q", code, body)
 	}
 
