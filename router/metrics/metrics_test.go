@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -98,10 +99,13 @@ func TestMetricsFollowTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ready atomic.Bool
+	var ready, stale atomic.Bool
 	srv := NewServer(reg, func() error {
 		if !ready.Load() {
 			return errors.New("routes not synced")
+		}
+		if stale.Load() {
+			return fmt.Errorf("wrapped: %w", Degraded{Reason: "stale: API server unreachable"})
 		}
 		return nil
 	}, zaptest.NewLogger(t))
@@ -179,10 +183,13 @@ func TestHealthAndReadiness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ready atomic.Bool
+	var ready, stale atomic.Bool
 	srv := NewServer(reg, func() error {
 		if !ready.Load() {
 			return errors.New("routes not synced")
+		}
+		if stale.Load() {
+			return fmt.Errorf("wrapped: %w", Degraded{Reason: "stale: API server unreachable"})
 		}
 		return nil
 	}, zaptest.NewLogger(t))
@@ -204,7 +211,12 @@ func TestHealthAndReadiness(t *testing.T) {
 		t.Fatalf("/readyz before sync: %d %q", code, body)
 	}
 	ready.Store(true)
-	if code, _ := get("/readyz"); code != 200 {
-		t.Fatalf("/readyz after sync: %d", code)
+	if code, body := get("/readyz"); code != 200 || body != "ok\n" {
+		t.Fatalf("/readyz after sync: %d %q", code, body)
+	}
+	// Degraded: ready (200), and the body says why it is degraded.
+	stale.Store(true)
+	if code, body := get("/readyz"); code != 200 || body != "ok: stale: API server unreachable\n" {
+		t.Fatalf("/readyz degraded: %d %q", code, body)
 	}
 }
