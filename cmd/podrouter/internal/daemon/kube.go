@@ -30,7 +30,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -134,7 +136,7 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 	if err != nil {
 		return err
 	}
-	sink := &persistSink{d: d, log: log.Named("kube-state"), base: kubeState{
+	sink := &persistSink{d: d, log: log.Named("kube-state"), fresh: make(chan struct{}), base: kubeState{
 		Node: ko.NodeName, PodCIDRs: self.PodCIDRs, InternalIPs: self.InternalIPs, NetConf: ko.NetConf,
 	}}
 	if persisted != nil {
@@ -169,14 +171,54 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 	go func() { cdone <- c.Run(cctx) }()
 	ddone := make(chan error, 1)
 	go func() { ddone <- d.Run(cctx) }()
-	select {
-	case err := <-ddone:
-		cancel()
-		return errors.Join(err, <-cdone)
-	case err := <-cdone:
-		cancel() // the controller failed (or ctx ended): stop the daemon too
-		return errors.Join(err, <-ddone)
+	var vdone chan error // stale start: the podCIDRs checked once the API server is back
+	if persisted != nil {
+		vdone = make(chan error, 1)
+		go func() {
+			select {
+			case <-sink.fresh:
+				vdone <- checkPodCIDRs(cctx, client, ko.NodeName, self.PodCIDRs, log)
+			case <-cctx.Done():
+				vdone <- nil
+			}
+		}()
 	}
+	for {
+		select {
+		case err := <-ddone:
+			cancel()
+			return errors.Join(err, <-cdone)
+		case err := <-cdone:
+			cancel() // the controller failed (or ctx ended): stop the daemon too
+			return errors.Join(err, <-ddone)
+		case err := <-vdone:
+			vdone = nil
+			if err != nil {
+				log.Error("the node's podCIDRs changed while the API server was away; stopping to restart with the new ones", zap.Error(err))
+				cancel()
+				return errors.Join(err, <-ddone, <-cdone)
+			}
+		}
+	}
+}
+
+// ErrPodCIDRChanged: the Node's podCIDRs differ from those the daemon
+// started with from its persisted state.
+var ErrPodCIDRChanged = errors.New("daemon: node's podCIDRs changed")
+
+// checkPodCIDRs reads the named Node (waiting for its podCIDRs) and
+// returns an error wrapping ErrPodCIDRChanged when they are not want; nil
+// when they are, or when ctx ends first.
+func checkPodCIDRs(ctx context.Context, client kubernetes.Interface, name string, want []netip.Prefix, log *zap.Logger) error {
+	self, err := kube.WaitForPodCIDRs(ctx, client, name, 0, log)
+	if err != nil {
+		return nil // only when ctx is done
+	}
+	if !slices.Equal(self.PodCIDRs, want) {
+		return fmt.Errorf("%w: node %s has %v, the persisted state %v", ErrPodCIDRChanged, name, self.PodCIDRs, want)
+	}
+	log.Info("the node's podCIDRs are still the persisted ones", zap.Stringers("podCIDRs", want))
+	return nil
 }
 
 // firstRead returns our Node's podCIDRs and InternalIPs: from the API
@@ -214,9 +256,11 @@ func firstRead(ctx context.Context, client kubernetes.Interface, stateDir string
 // the daemon's stale state. A failed write is logged, not refused: the
 // snapshot is in force, only a restart without API server would miss it.
 type persistSink struct {
-	d    *Daemon
-	log  *zap.Logger
-	base kubeState
+	d     *Daemon
+	log   *zap.Logger
+	base  kubeState
+	fresh chan struct{} // closed at the first applied snapshot
+	once  sync.Once
 }
 
 // SetPeers implements kube.PeerSink.
@@ -230,6 +274,7 @@ func (s *persistSink) SetPeers(peers []underlay.Peer) error {
 		s.log.Warn("persisting the peer snapshot failed", zap.Error(err))
 	}
 	s.d.ready.setStale("")
+	s.once.Do(func() { close(s.fresh) })
 	return nil
 }
 

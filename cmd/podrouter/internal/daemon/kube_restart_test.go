@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
 
 	"github.com/podrouter/podrouter/router/api"
@@ -292,4 +293,28 @@ func hasPeerRoute(d *Daemon, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// TestCheckPodCIDRs: a daemon started from its persisted state stops when
+// its Node's podCIDRs turn out to have changed meanwhile.
+func TestCheckPodCIDRs(t *testing.T) {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"},
+		Spec: corev1.NodeSpec{PodCIDR: "10.244.9.0/24", PodCIDRs: []string{"10.244.9.0/24", "fd00:9::/64"}}}
+	cs := fake.NewClientset(node)
+	log := zaptest.NewLogger(t)
+	same := []netip.Prefix{netip.MustParsePrefix("10.244.9.0/24"), netip.MustParsePrefix("fd00:9::/64")}
+	if err := checkPodCIDRs(context.Background(), cs, "n", same, log); err != nil {
+		t.Fatalf("same podCIDRs: %v", err)
+	}
+	if err := checkPodCIDRs(context.Background(), cs, "n", same[:1], log); !errors.Is(err, ErrPodCIDRChanged) {
+		t.Fatalf("lost the IPv6 podCIDR: %v", err)
+	}
+	if err := checkPodCIDRs(context.Background(), cs, "n", []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, log); !errors.Is(err, ErrPodCIDRChanged) {
+		t.Fatalf("another podCIDR: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := checkPodCIDRs(ctx, fake.NewClientset(), "absent", same, log); err != nil {
+		t.Fatalf("ctx done: %v", err)
+	}
 }
