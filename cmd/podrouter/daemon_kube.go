@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/podrouter/podrouter/cmd/podrouter/internal/daemon"
 	"github.com/podrouter/podrouter/router/kube"
@@ -31,6 +32,8 @@ type kubeFlags struct {
 	subnetEnv  string
 	cniData    string
 	peersFile  string
+	trustEPs   bool
+	firstRead  time.Duration
 }
 
 func (k *kubeFlags) register(fs *flag.FlagSet) {
@@ -45,6 +48,8 @@ func (k *kubeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.cniConf, "cni-conf", daemon.DefaultCNIConf, "where --kube writes the node's CNI conflist (atomically; empty: none)")
 	fs.StringVar(&k.cniData, "cni-data-dir", daemon.DefaultCNIData, "host-local's dataDir in the conflist --kube writes")
 	fs.StringVar(&k.peersFile, "peers", "", "without --kube: a static peer list (YAML or JSON: name, endpoint IP:port, vtepMAC, podCIDRs) over an underlay on --public-ip:--underlay-port with --backend (default vxlan)")
+	fs.BoolVar(&k.trustEPs, "trust-annotated-endpoints", false, "--kube: accept a peer's announced underlay endpoint even when it is none of its Node's addresses (default: such a node is skipped)")
+	fs.DurationVar(&k.firstRead, "kube-first-read", daemon.DefaultFirstRead, "--kube: when the first read of this node's Node gets no answer within this, start at once from the cluster state persisted in --state-dir (podCIDRs, net-conf, peers)")
 	fs.StringVar(&k.subnetEnv, "subnet-env", daemon.DefaultSubnetEnv, "where --kube writes flannel's subnet.env (empty: none)")
 }
 
@@ -54,7 +59,8 @@ func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) i
 		fmt.Fprintf(stderr, "podrouter daemon: "+format+"\n", a...)
 		return code
 	}
-	ko := daemon.KubeOptions{Kubeconfig: k.kubeconfig, NodeName: k.nodeName, Iface: k.iface, CNIConf: k.cniConf, SubnetEnv: k.subnetEnv, CNIDataDir: k.cniData}
+	ko := daemon.KubeOptions{Kubeconfig: k.kubeconfig, NodeName: k.nodeName, Iface: k.iface, CNIConf: k.cniConf, SubnetEnv: k.subnetEnv, CNIDataDir: k.cniData,
+		TrustAnnotatedEndpoints: k.trustEPs, FirstRead: k.firstRead}
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "mtu" {
 			ko.MTUSet = true
@@ -62,6 +68,9 @@ func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) i
 	})
 	if ko.NodeName == "" {
 		return fail(2, "--node-name: required with --kube (or $NODE_NAME)")
+	}
+	if k.firstRead <= 0 {
+		return fail(2, "--kube-first-read %v: want a positive duration", k.firstRead)
 	}
 	nc, err := kube.LoadNetConf(k.netConf)
 	if err != nil {

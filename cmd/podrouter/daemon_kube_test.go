@@ -18,6 +18,7 @@ func TestDaemonKubeBadFlags(t *testing.T) {
 		{"bad backend", []string{"--node-name", "n", "--net-conf", nc, "--backend", "gre"}, "--backend"},
 		{"bad port", []string{"--node-name", "n", "--net-conf", nc, "--underlay-port", "70000"}, "--underlay-port"},
 		{"bad public ip", []string{"--node-name", "n", "--net-conf", nc, "--public-ip", "nowhere"}, "--public-ip"},
+		{"bad first read", []string{"--node-name", "n", "--net-conf", nc, "--kube-first-read", "0s"}, "--kube-first-read"},
 	})
 }
 

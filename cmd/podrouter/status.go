@@ -123,6 +123,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 // readiness is what /readyz says.
 func readiness(st api.Status) string {
 	if st.NotReady == "" {
+		if st.Stale != "" {
+			return "ok: stale: " + st.Stale
+		}
 		return "ok"
 	}
 	return "not ready: " + st.NotReady

@@ -180,3 +180,20 @@ func TestPeersUnderlayCLI(t *testing.T) {
 		t.Errorf("peers --json: %+v, %v\n%s", ps, err, out.String())
 	}
 }
+
+// TestReadinessLine: podrouter status's readiness line says what /readyz
+// says, a stale cluster state included.
+func TestReadinessLine(t *testing.T) {
+	for _, tc := range []struct {
+		st   api.Status
+		want string
+	}{
+		{api.Status{Ready: true}, "ok"},
+		{api.Status{Ready: true, Stale: "API server unreachable at start"}, "ok: stale: API server unreachable at start"},
+		{api.Status{NotReady: "routes not synced", Stale: "x"}, "not ready: routes not synced"},
+	} {
+		if got := readiness(tc.st); got != tc.want {
+			t.Errorf("readiness(%+v) = %q, want %q", tc.st, got, tc.want)
+		}
+	}
+}

@@ -272,7 +272,12 @@ type Status struct {
 	// uplink down, API not serving, re-attaching, shutting down), empty
 	// when it passes. It can be set while Ready is true: the uplink went
 	// down after the start.
-	NotReady     string         `json:"notReady,omitempty"`
+	NotReady string `json:"notReady,omitempty"`
+	// Stale, in Kubernetes mode, says that the daemon runs on the cluster
+	// state an earlier run persisted (its podCIDRs, peers), because the API
+	// server did not answer at start; empty once a fresh peer snapshot is
+	// applied. The daemon is ready meanwhile: its pods forward.
+	Stale        string         `json:"stale,omitempty"`
 	PID          int            `json:"pid"`
 	Started      time.Time      `json:"started"`
 	PodCIDRs     []netip.Prefix `json:"podCIDRs"`

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -63,6 +64,9 @@ var (
 	ErrNoAddress = errors.New("kube: node has no underlay address")
 	// ErrNoPodCIDR: the node has no (valid) podCIDR yet.
 	ErrNoPodCIDR = errors.New("kube: node has no podCIDR")
+	// ErrForeignEndpoint: the node announces an underlay endpoint whose
+	// address is none of its own (status.addresses).
+	ErrForeignEndpoint = errors.New("kube: node announces an endpoint that is not its address")
 )
 
 // Local is this node's underlay identity as the cluster must see it.
@@ -111,6 +115,7 @@ type NodeInfo struct {
 	Name        string
 	PodCIDRs    []string
 	InternalIPs []string
+	ExternalIPs []string
 	Annotations map[string]string
 }
 
@@ -121,7 +126,8 @@ const maxAnnotation = 1024
 // peer of local: podrouter's annotations first, else flannel's (vxlan).
 // The endpoint comes from the annotation (podrouter's endpoint, flannel's
 // public-ip with local's port), else from the first InternalIP of the
-// underlay's family with local's port. Every error wraps one of the
+// underlay's family with local's port. NodeAddrs are the node's other
+// InternalIPs (inner sources of its hostNetwork traffic). Every error wraps one of the
 // sentinel errors above. It never panics, whatever the input.
 func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 	p := underlay.Peer{Name: n.Name}
@@ -236,7 +242,27 @@ func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 		port = local.Endpoint.Port()
 	}
 	p.Addr = netip.AddrPortFrom(addr, port)
+	for _, s := range n.InternalIPs {
+		if ip, err := netip.ParseAddr(s); err == nil && validUnicast(ip) && ip != addr && !slices.Contains(p.NodeAddrs, ip) {
+			p.NodeAddrs = append(p.NodeAddrs, ip)
+		}
+	}
 	return p, nil
+}
+
+// CheckEndpoint returns nil when p's underlay address (as ParsePeer made it
+// from n) is one of n's InternalIPs or ExternalIPs, else an error wrapping
+// ErrForeignEndpoint. An annotation is written by whoever may patch the
+// Node; its addresses are the kubelet's (or the cloud controller's) word.
+func CheckEndpoint(n NodeInfo, p underlay.Peer) error {
+	for _, ips := range [][]string{n.InternalIPs, n.ExternalIPs} {
+		for _, s := range ips {
+			if ip, err := netip.ParseAddr(s); err == nil && ip.Unmap() == p.Addr.Addr() {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%w: %s is none of its InternalIPs %.128q or ExternalIPs %.128q", ErrForeignEndpoint, p.Addr.Addr(), n.InternalIPs, n.ExternalIPs)
 }
 
 func validUnicast(a netip.Addr) bool {

@@ -26,16 +26,23 @@ func TestParsePeer(t *testing.T) {
 	}{
 		{"podrouter udp", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"},
 			Annotations: map[string]string{AnnotBackend: "udp", AnnotEndpoint: "192.0.2.9:9000"}},
-			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.9:9000"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}, nil},
+			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.9:9000"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")},
+				NodeAddrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}}, nil},
 		{"internal ip fallback", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24", "fd00:1::/64"}, InternalIPs: []string{"fd00::2", "192.0.2.2"},
 			Annotations: map[string]string{AnnotBackend: "udp"}},
-			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.2:8285"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24"), netip.MustParsePrefix("fd00:1::/64")}}, nil},
+			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.2:8285"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24"), netip.MustParsePrefix("fd00:1::/64")},
+				NodeAddrs: []netip.Addr{netip.MustParseAddr("fd00::2")}}, nil}, // the underlay address is not repeated
+		{"node addrs: internal ips, deduplicated, invalid ones left out", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2", "192.0.2.5", "junk", "192.0.2.5", "0.0.0.0"},
+			Annotations: map[string]string{AnnotBackend: "udp"}},
+			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.2:8285"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")},
+				NodeAddrs: []netip.Addr{netip.MustParseAddr("192.0.2.5")}}, nil},
 		{"podrouter vxlan", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"},
 			Annotations: map[string]string{AnnotBackend: "vxlan", AnnotEndpoint: "192.0.2.2:8472", AnnotVNI: "1", AnnotVTEPMAC: mac.String()}},
 			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.2:8472"), VTEPMAC: mac, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}, nil},
 		{"flannel vxlan", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.7"},
 			Annotations: map[string]string{FlannelBackendType: "vxlan", FlannelBackendData: `{"VNI":1,"VtepMAC":"0a:00:00:00:00:02"}`, FlannelPublicIP: "192.0.2.3", FlannelKubeSubnetManager: "true"}},
-			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.3:8472"), AnySourcePort: true, VTEPMAC: mac, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}, nil},
+			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.3:8472"), AnySourcePort: true, VTEPMAC: mac, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")},
+				NodeAddrs: []netip.Addr{netip.MustParseAddr("192.0.2.7")}}, nil},
 		{"flannel no public ip", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.7"},
 			Annotations: map[string]string{FlannelBackendType: "vxlan", FlannelBackendData: `{"VtepMAC":"0a:00:00:00:00:02"}`}},
 			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.7:8472"), AnySourcePort: true, VTEPMAC: mac, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}, nil},
@@ -74,6 +81,29 @@ func TestParsePeer(t *testing.T) {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestCheckEndpoint(t *testing.T) {
+	peer := func(ep string) underlay.Peer { return underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort(ep)} }
+	n := NodeInfo{Name: "n", InternalIPs: []string{"192.0.2.2", "fd00::2"}, ExternalIPs: []string{"198.51.100.2"}}
+	for _, tc := range []struct {
+		ep string
+		ok bool
+	}{
+		{"192.0.2.2:8285", true},
+		{"[fd00::2]:8285", true},
+		{"198.51.100.2:8472", true}, // an ExternalIP
+		{"192.0.2.3:8285", false},   // someone else's
+		{"127.0.0.1:8285", false},
+	} {
+		err := CheckEndpoint(n, peer(tc.ep))
+		if tc.ok != (err == nil) || (err != nil && !errors.Is(err, ErrForeignEndpoint)) {
+			t.Errorf("%s: err %v, want ok=%v", tc.ep, err, tc.ok)
+		}
+	}
+	if err := CheckEndpoint(NodeInfo{Name: "n"}, peer("192.0.2.2:1")); !errors.Is(err, ErrForeignEndpoint) {
+		t.Errorf("node without addresses: %v", err)
 	}
 }
 

@@ -83,6 +83,18 @@ func createNode(ctx context.Context, cs kubernetes.Interface, name, podCIDR, ip 
 	return err
 }
 
+// addExternalIP adds an ExternalIP to the node's status.addresses: an
+// announced endpoint must be one of the node's addresses.
+func addExternalIP(ctx context.Context, cs kubernetes.Interface, name, ip string) error {
+	n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: ip})
+	_, err = cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+	return err
+}
+
 func TestAPIServerConverges(t *testing.T) {
 	_, admin, sa := startWithRBAC(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -98,6 +110,7 @@ func TestAPIServerConverges(t *testing.T) {
 	must(createNode(ctx, admin, "b", "", "192.0.2.3", map[string]string{AnnotBackend: "vxlan", AnnotVNI: "1", AnnotVTEPMAC: "0a:00:00:00:00:03"}))
 	must(createNode(ctx, admin, "flannel", "10.244.4.0/24", "192.0.2.4", map[string]string{
 		FlannelBackendType: "vxlan", FlannelBackendData: `{"VNI":1,"VtepMAC":"0a:00:00:00:00:04"}`, FlannelPublicIP: "198.51.100.4"}))
+	must(addExternalIP(ctx, admin, "flannel", "198.51.100.4"))
 	must(createNode(ctx, admin, "bad", "10.244.5.0/24", "192.0.2.5", map[string]string{AnnotBackend: "vxlan", AnnotVNI: "1", AnnotVTEPMAC: "ff:ff:ff:ff:ff:ff"}))
 	sink := newRecSink()
 	c, _ := runController(t, Config{Client: sa, NodeName: "self", Local: localVXLAN, Sink: sink})
@@ -114,7 +127,8 @@ func TestAPIServerConverges(t *testing.T) {
 	_, err = admin.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
 	must(err)
 	sink.waitFor(t, 10*time.Second, "b joins", func(ps []underlay.Peer) bool { _, ok := peerNamed(ps, "b"); return ok })
-	// a's endpoint changes.
+	// a's endpoint changes (to an address it has).
+	must(addExternalIP(ctx, admin, "a", "203.0.113.2"))
 	n, err = admin.CoreV1().Nodes().Get(ctx, "a", metav1.GetOptions{})
 	must(err)
 	n.Annotations[AnnotEndpoint] = "203.0.113.2:8472"
@@ -207,7 +221,9 @@ func TestAPIServerScale(t *testing.T) {
 	sink.only1 = true
 	local := Local{Backend: underlay.EncapUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
 	t1 := time.Now()
-	c, _ := runController(t, Config{Client: sa, NodeName: "self", Local: local, Sink: sink, Logger: zaptest.NewLogger(t)})
+	// The nodes carry no addresses (one write each, not two): their
+	// endpoints are trusted as announced.
+	c, _ := runController(t, Config{Client: sa, NodeName: "self", Local: local, Sink: sink, Logger: zaptest.NewLogger(t), TrustAnnotatedEndpoints: true})
 	sink.waitFor(t, 2*time.Minute, "all peers", func(ps []underlay.Peer) bool { return len(ps) == nodes })
 	t.Logf("initial sync of %d nodes: %v, %d snapshot(s)", nodes, time.Since(t1).Round(time.Millisecond), sink.count())
 	heap1 := heapInuse()

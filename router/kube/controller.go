@@ -47,8 +47,10 @@ const (
 
 // Config configures a Controller.
 type Config struct {
-	// Client talks to the API server (required). It needs get, list,
-	// watch and patch on nodes and patch on nodes/status.
+	// Client talks to the API server (required). It needs get, list and
+	// watch on nodes and patch on nodes/status (annotations and the
+	// condition are both published through the status subresource, as
+	// flannel's subnet manager does: no patch on nodes).
 	Client kubernetes.Interface
 	// NodeName is this node (required): excluded from the peers; its
 	// annotations are published and its NetworkUnavailable condition set.
@@ -64,6 +66,12 @@ type Config struct {
 	Batch time.Duration
 	// Resync re-delivers every cached node this often (0: never).
 	Resync time.Duration
+	// TrustAnnotatedEndpoints accepts a peer's announced underlay endpoint
+	// whatever its address. By default the endpoint's address must be one
+	// of that Node's status.addresses (InternalIP or ExternalIP), so that
+	// whoever may annotate a Node cannot point its peers' traffic (and the
+	// trust of its datagrams) at another host.
+	TrustAnnotatedEndpoints bool
 	// Logger (default zap.NewNop()).
 	Logger *zap.Logger
 }
@@ -73,7 +81,7 @@ type Stats struct {
 	Nodes     int       // nodes in the cache
 	Peers     int       // peers in the last snapshot
 	Skipped   int       // nodes (other than self) not in it, any reason
-	Bad       int       // of those: malformed or incompatible annotations
+	Bad       int       // of those: malformed or incompatible annotations, foreign endpoints, overlapping podCIDRs
 	Snapshots uint64    // snapshots the sink accepted
 	Last      time.Time // when the last one was accepted
 	Published bool      // own annotations are up to date
@@ -93,6 +101,8 @@ type Controller struct {
 	mu        sync.Mutex
 	peers     map[string]underlay.Peer
 	bad       map[string]badNode // nodes left out, with why
+	conflicts map[string]string  // peers left out of the last snapshot for overlapping podCIDRs, with why
+	selfCIDRs []netip.Prefix     // our own node's podCIDRs (a peer may not overlap them)
 	dirty     bool
 	stats     Stats
 	annots    map[string]string
@@ -141,11 +151,12 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Batch = 50 * time.Millisecond
 	}
 	c := &Controller{
-		cfg:    cfg,
-		log:    cfg.Logger.Named("kube"),
-		peers:  map[string]underlay.Peer{},
-		bad:    map[string]badNode{},
-		annots: cfg.Local.Annotations(),
+		cfg:       cfg,
+		log:       cfg.Logger.Named("kube"),
+		peers:     map[string]underlay.Peer{},
+		bad:       map[string]badNode{},
+		conflicts: map[string]string{},
+		annots:    cfg.Local.Annotations(),
 	}
 	c.factory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync, informers.WithTransform(TrimNode))
 	c.informer = c.factory.Core().V1().Nodes().Informer()
@@ -159,7 +170,8 @@ func New(cfg Config) (*Controller, error) {
 
 // TrimNode is the informer's transform: it keeps only what the controller
 // reads (name, resourceVersion, the annotations of readAnnotations,
-// podCIDR(s), InternalIP addresses and the NetworkUnavailable condition),
+// podCIDR(s), InternalIP and ExternalIP addresses and the NetworkUnavailable
+// condition),
 // so that 5000 cached Nodes cost a few MB. Other objects (tombstones) pass
 // unchanged.
 func TrimNode(obj any) (any, error) {
@@ -181,7 +193,7 @@ func TrimNode(obj any) (any, error) {
 	t.Spec.PodCIDR = n.Spec.PodCIDR
 	t.Spec.PodCIDRs = n.Spec.PodCIDRs
 	for _, a := range n.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP {
+		if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
 			t.Status.Addresses = append(t.Status.Addresses, a)
 		}
 	}
@@ -208,8 +220,11 @@ func Info(n *corev1.Node) NodeInfo {
 		ni.PodCIDRs = []string{n.Spec.PodCIDR}
 	}
 	for _, a := range n.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP {
+		switch a.Type {
+		case corev1.NodeInternalIP:
 			ni.InternalIPs = append(ni.InternalIPs, a.Address)
+		case corev1.NodeExternalIP:
+			ni.ExternalIPs = append(ni.ExternalIPs, a.Address)
 		}
 	}
 	return ni
@@ -317,6 +332,7 @@ func (c *Controller) process(ctx context.Context, name string) bool {
 		n, _ = obj.(*corev1.Node)
 	}
 	if name == c.cfg.NodeName {
+		c.setSelf(n)
 		if n == nil {
 			return true // deleted or not registered yet: nothing to publish on
 		}
@@ -331,7 +347,11 @@ func (c *Controller) process(ctx context.Context, name string) bool {
 		c.dirty = c.dirty || had
 		return true
 	}
-	p, err := ParsePeer(Info(n), c.cfg.Local)
+	ni := Info(n)
+	p, err := ParsePeer(ni, c.cfg.Local)
+	if err == nil && !c.cfg.TrustAnnotatedEndpoints {
+		err = CheckEndpoint(ni, p)
+	}
 	if err != nil {
 		delete(c.peers, name)
 		c.dirty = c.dirty || had
@@ -373,8 +393,23 @@ func (c *Controller) flush() bool {
 	for _, p := range c.peers {
 		snap = append(snap, p)
 	}
+	selfCIDRs := c.selfCIDRs
 	c.mu.Unlock()
 	slices.SortFunc(snap, func(a, b underlay.Peer) int { return strings.Compare(a.Name, b.Name) })
+	snap, conflicts := dropOverlaps(snap, c.cfg.NodeName, selfCIDRs)
+	c.mu.Lock()
+	for name, msg := range conflicts {
+		if c.conflicts[name] != msg {
+			c.log.Warn("node skipped: its podCIDRs overlap another node's; both are left out", zap.String("peer", name), zap.String("conflict", msg))
+		}
+	}
+	for name := range c.conflicts {
+		if _, still := conflicts[name]; !still {
+			c.log.Info("podCIDR conflict resolved", zap.String("peer", name))
+		}
+	}
+	c.conflicts = conflicts
+	c.mu.Unlock()
 	if err := c.cfg.Sink.SetPeers(snap); err != nil {
 		c.log.Warn("peer snapshot refused; retrying", zap.Int("peers", len(snap)), zap.Error(err))
 		return false
@@ -407,7 +442,8 @@ func (c *Controller) publish(ctx context.Context, n *corev1.Node) bool {
 	}
 	if len(diff) > 0 && !(c.annotsSent && n.ResourceVersion == c.annotsFromRV) {
 		b, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": diff}})
-		if _, err := c.cfg.Client.CoreV1().Nodes().Patch(ctx, c.cfg.NodeName, types.MergePatchType, b, metav1.PatchOptions{}); err != nil {
+		// Through nodes/status: the ClusterRole grants no patch on nodes.
+		if _, err := c.cfg.Client.CoreV1().Nodes().Patch(ctx, c.cfg.NodeName, types.MergePatchType, b, metav1.PatchOptions{}, "status"); err != nil {
 			c.log.Warn("publishing the node's annotations failed; retrying", zap.Error(err))
 			ok = false
 		} else {
@@ -449,6 +485,88 @@ func (c *Controller) publish(ctx context.Context, n *corev1.Node) bool {
 	return ok
 }
 
+// setSelf records our own node's podCIDRs (n nil: none known); a change
+// makes a new snapshot, since peers may not overlap them.
+func (c *Controller) setSelf(n *corev1.Node) {
+	var cidrs []netip.Prefix
+	if n != nil {
+		for _, s := range Info(n).PodCIDRs {
+			if p, err := netip.ParsePrefix(s); err == nil && p == p.Masked() {
+				cidrs = append(cidrs, p)
+			}
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !slices.Equal(cidrs, c.selfCIDRs) {
+		c.selfCIDRs = cidrs
+		c.dirty = true
+	}
+}
+
+// dropOverlaps returns snap (sorted by name) less every peer whose podCIDRs
+// overlap another peer's or our own node's (self's), and for each peer
+// dropped a message naming what it overlaps. No node wins by its name or
+// its age: both sides of a conflict are dropped (self excepted, which is
+// never in snap), and come back when the conflict is gone.
+//
+// Prefixes are either nested or disjoint, so after sorting them by
+// address (shorter first on a tie), each prefix overlaps exactly the
+// prefixes still open on a stack of enclosing ones: O(n log n), for 5000
+// nodes too.
+func dropOverlaps(snap []underlay.Peer, self string, selfCIDRs []netip.Prefix) ([]underlay.Peer, map[string]string) {
+	type owned struct {
+		p    netip.Prefix
+		name string
+	}
+	all := make([]owned, 0, len(snap)+len(selfCIDRs))
+	for _, p := range selfCIDRs {
+		all = append(all, owned{p, self})
+	}
+	for _, peer := range snap {
+		for _, p := range peer.PodCIDRs {
+			all = append(all, owned{p, peer.Name})
+		}
+	}
+	slices.SortFunc(all, func(a, b owned) int {
+		if c := a.p.Addr().Compare(b.p.Addr()); c != 0 {
+			return c
+		}
+		return a.p.Bits() - b.p.Bits()
+	})
+	with := map[string][]string{}
+	var stack []owned
+	for _, o := range all {
+		for len(stack) > 0 && !stack[len(stack)-1].p.Overlaps(o.p) { // false across families
+			stack = stack[:len(stack)-1]
+		}
+		for _, enc := range stack {
+			if enc.name == o.name {
+				continue
+			}
+			with[o.name] = append(with[o.name], enc.name+" "+enc.p.String())
+			with[enc.name] = append(with[enc.name], o.name+" "+o.p.String())
+		}
+		stack = append(stack, o)
+	}
+	delete(with, self)
+	if len(with) == 0 {
+		return snap, nil
+	}
+	conflicts := make(map[string]string, len(with))
+	for name, ws := range with {
+		slices.Sort(ws)
+		conflicts[name] = "overlaps " + strings.Join(slices.Compact(ws), ", ")
+	}
+	kept := make([]underlay.Peer, 0, len(snap)-len(conflicts))
+	for _, p := range snap {
+		if _, bad := conflicts[p.Name]; !bad {
+			kept = append(kept, p)
+		}
+	}
+	return kept, conflicts
+}
+
 // Stats returns the controller's counters.
 func (c *Controller) Stats() Stats {
 	c.mu.Lock()
@@ -461,7 +579,8 @@ func (c *Controller) Stats() Stats {
 			s.Bad++
 		}
 	}
-	s.Skipped = len(c.bad)
+	s.Skipped = len(c.bad) + len(c.conflicts)
+	s.Bad += len(c.conflicts)
 	s.Published, s.Available = c.publishOK, c.availOK
 	return s
 }

@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -203,7 +208,8 @@ func TestControllerSnapshots(t *testing.T) {
 	}
 	sink.waitFor(t, 5*time.Second, "c joins", func(ps []underlay.Peer) bool { _, ok := peerNamed(ps, "c"); return ok })
 	n, _ = nodes.Get(ctx, "a", metav1.GetOptions{})
-	n.Annotations[AnnotEndpoint] = "192.0.2.20:8285"
+	n.Annotations[AnnotEndpoint] = "192.0.2.20:8285" // one of its addresses: accepted
+	n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: "192.0.2.20"})
 	if _, err := nodes.Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +246,8 @@ func TestControllerSnapshots(t *testing.T) {
 	if st.Nodes != 6 || st.Peers != 1 || st.Bad != 3 || st.Skipped != 4 || !st.Published || !st.Available {
 		t.Fatalf("stats %+v", st)
 	}
-	// Our annotations are patched once, the condition once.
+	// Our annotations are patched once, the condition once, both through
+	// nodes/status (the ClusterRole grants no patch on nodes).
 	var patches, statusPatches int
 	for _, a := range cs.Actions() {
 		if a.GetVerb() == "patch" && a.GetResource().Resource == "nodes" {
@@ -251,8 +258,8 @@ func TestControllerSnapshots(t *testing.T) {
 			}
 		}
 	}
-	if patches != 1 || statusPatches != 1 {
-		t.Fatalf("%d annotation patches and %d status patches, want 1 and 1", patches, statusPatches)
+	if patches != 0 || statusPatches != 2 {
+		t.Fatalf("%d node patches and %d status patches, want 0 and 2", patches, statusPatches)
 	}
 }
 
@@ -300,7 +307,7 @@ func TestControllerCoalesces(t *testing.T) {
 	const n = 500
 	objs := []runtime.Object{testNode("self", "10.244.0.0/24", "192.0.2.1", nil)}
 	for i := 1; i <= n; i++ {
-		objs = append(objs, testNode(fmt.Sprintf("n%d", i), fmt.Sprintf("10.%d.%d.0/24", 100+i/256, i%256), "",
+		objs = append(objs, testNode(fmt.Sprintf("n%d", i), fmt.Sprintf("10.%d.%d.0/24", 100+i/256, i%256), fmt.Sprintf("192.0.%d.%d", 100+i/256, i%256),
 			udpAnnots(fmt.Sprintf("192.0.%d.%d:8285", 100+i/256, i%256))))
 	}
 	cs, watching := newFake(objs...)
@@ -369,5 +376,138 @@ func TestWaitForPodCIDRs(t *testing.T) {
 	defer cancel2()
 	if _, err := WaitForPodCIDRs(short, cs, "absent", 10*time.Millisecond, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("absent node: %v", err)
+	}
+}
+
+// TestControllerTrust: a node announcing an endpoint that is none of its
+// addresses is skipped (unless the operator trusts annotations), and two
+// nodes with overlapping podCIDRs are both dropped, each logged once, until
+// the conflict is gone. Peers carry their InternalIPs as NodeAddrs.
+func TestControllerTrust(t *testing.T) {
+	objs := func() []runtime.Object {
+		multi := testNode("m", "10.244.6.0/24", "192.0.2.6", udpAnnots("192.0.2.6:8285"))
+		multi.Status.Addresses = append(multi.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "192.0.2.66"})
+		return []runtime.Object{
+			testNode("self", "10.244.0.0/24", "192.0.2.1", nil),
+			testNode("a", "10.244.1.0/24", "192.0.2.2", udpAnnots("192.0.2.2:8285")),
+			testNode("foreign", "10.244.2.0/24", "192.0.2.3", udpAnnots("192.0.2.99:8285")), // someone else's address
+			testNode("x", "10.244.4.0/24", "192.0.2.4", udpAnnots("192.0.2.4:8285")),
+			testNode("y", "10.244.4.0/23", "192.0.2.5", udpAnnots("192.0.2.5:8285")),   // overlaps x
+			testNode("z", "10.244.0.128/25", "192.0.2.7", udpAnnots("192.0.2.7:8285")), // overlaps self
+			multi,
+		}
+	}
+	local := Local{Backend: underlay.EncapUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
+	names := func(ps []underlay.Peer) []string {
+		var out []string
+		for _, p := range ps {
+			out = append(out, p.Name)
+		}
+		return out
+	}
+
+	t.Run("validated", func(t *testing.T) {
+		cs, watching := newFake(objs()...)
+		sink := newRecSink()
+		core, logs := observer.New(zap.WarnLevel)
+		c, _ := runController(t, Config{Client: cs, NodeName: "self", Local: local, Sink: sink, Logger: zap.New(core)})
+		snap, _ := sink.waitFor(t, 10*time.Second, "initial snapshot", func([]underlay.Peer) bool { return true })
+		if got := names(snap); !slices.Equal(got, []string{"a", "m"}) {
+			t.Fatalf("snapshot %v, want [a m] (foreign endpoint, overlaps x-y and z-self dropped)", got)
+		}
+		if m, _ := peerNamed(snap, "m"); !slices.Equal(m.NodeAddrs, []netip.Addr{netip.MustParseAddr("192.0.2.66")}) {
+			t.Fatalf("m's NodeAddrs %v, want its other InternalIP", m.NodeAddrs)
+		}
+		if st := c.Stats(); st.Peers != 2 || st.Bad != 4 || st.Skipped != 4 {
+			t.Fatalf("stats %+v", st)
+		}
+		<-watching
+		// Another snapshot (a gains an address) logs nothing new.
+		ctx := context.Background()
+		n, _ := cs.CoreV1().Nodes().Get(ctx, "a", metav1.GetOptions{})
+		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "192.0.2.22"})
+		if _, err := cs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		sink.waitFor(t, 5*time.Second, "a's new address", func(ps []underlay.Peer) bool {
+			a, _ := peerNamed(ps, "a")
+			return len(a.NodeAddrs) == 1
+		})
+		for _, who := range []string{"foreign", "x", "y", "z"} {
+			if got := logs.FilterField(zap.String("peer", who)).Len(); got != 1 {
+				t.Errorf("%s logged %d times, want once: %v", who, got, logs.All())
+			}
+		}
+		if e := logs.FilterField(zap.String("peer", "foreign")).All(); len(e) == 1 && !strings.Contains(fmt.Sprint(e[0].ContextMap()["error"]), "192.0.2.99") {
+			t.Errorf("foreign's log does not name the endpoint: %v", e[0].ContextMap())
+		}
+		// x leaves: y is alone and joins; no winner was chosen before.
+		if err := cs.CoreV1().Nodes().Delete(ctx, "x", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		sink.waitFor(t, 5*time.Second, "y joins once x is gone", func(ps []underlay.Peer) bool { _, ok := peerNamed(ps, "y"); return ok })
+		if st := c.Stats(); st.Bad != 2 {
+			t.Fatalf("stats after x left %+v, want foreign and z bad", st)
+		}
+	})
+
+	t.Run("trusted", func(t *testing.T) {
+		cs, _ := newFake(objs()...)
+		sink := newRecSink()
+		runController(t, Config{Client: cs, NodeName: "self", Local: local, Sink: sink, TrustAnnotatedEndpoints: true})
+		snap, _ := sink.waitFor(t, 10*time.Second, "initial snapshot", func([]underlay.Peer) bool { return true })
+		if got := names(snap); !slices.Equal(got, []string{"a", "foreign", "m"}) {
+			t.Fatalf("snapshot %v, want [a foreign m]", got)
+		}
+	})
+}
+
+// TestDropOverlaps checks dropOverlaps against the quadratic reference on
+// random podCIDR sets.
+func TestDropOverlaps(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for iter := range 300 {
+		var peers []underlay.Peer
+		for i := range 1 + rnd.IntN(40) {
+			p := underlay.Peer{Name: fmt.Sprintf("p%02d", i)}
+			bits := 20 + rnd.IntN(9)
+			a := netip.AddrFrom4([4]byte{10, 244, byte(rnd.IntN(16)), byte(rnd.IntN(256))})
+			p.PodCIDRs = append(p.PodCIDRs, netip.PrefixFrom(a, bits).Masked())
+			if rnd.IntN(2) == 0 {
+				a6 := netip.AddrFrom16([16]byte{0xfd, 0, 0, 0, 0, 0, byte(rnd.IntN(8)), byte(rnd.IntN(8))})
+				p.PodCIDRs = append(p.PodCIDRs, netip.PrefixFrom(a6, 60+rnd.IntN(5)).Masked())
+			}
+			peers = append(peers, p)
+		}
+		self := []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(rnd.IntN(16)), 0}), 24)}
+		kept, conflicts := dropOverlaps(slices.Clone(peers), "self", self)
+		want := map[string]bool{}
+		for i, p := range peers {
+			for _, c := range p.PodCIDRs {
+				for _, s := range self {
+					if c.Overlaps(s) {
+						want[p.Name] = true
+					}
+				}
+				for j, q := range peers {
+					for _, d := range q.PodCIDRs {
+						if i != j && c.Overlaps(d) {
+							want[p.Name] = true
+						}
+					}
+				}
+			}
+		}
+		if len(conflicts) != len(want) {
+			t.Fatalf("iter %d: conflicts %v, want %v", iter, conflicts, want)
+		}
+		for name := range want {
+			if _, ok := conflicts[name]; !ok {
+				t.Fatalf("iter %d: %s not dropped: %v", iter, name, conflicts)
+			}
+		}
+		if len(kept)+len(conflicts) != len(peers) {
+			t.Fatalf("iter %d: kept %d + dropped %d != %d", iter, len(kept), len(conflicts), len(peers))
+		}
 	}
 }

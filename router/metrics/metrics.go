@@ -99,6 +99,13 @@ func NewRegistry(e *engine.Engine, extra ...prometheus.Collector) (*prometheus.R
 	return reg, nil
 }
 
+// Degraded is what a ready func returns when the agent is ready but runs
+// degraded (e.g. on a stale cluster state): /readyz answers 200 with
+// "ok: " and the reason, so probes pass and an operator sees why.
+type Degraded struct{ Reason string }
+
+func (d Degraded) Error() string { return d.Reason }
+
 // Server serves /metrics, /healthz and /readyz.
 type Server struct {
 	srv *http.Server
@@ -106,7 +113,8 @@ type Server struct {
 }
 
 // NewServer returns a server for reg. ready reports why the agent is not
-// ready (routes not synced, uplink down, API not serving), or nil.
+// ready (routes not synced, uplink down, API not serving), a Degraded when
+// it is ready but degraded, or nil.
 func NewServer(reg *prometheus.Registry, ready func() error, log *zap.Logger) *Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -116,7 +124,13 @@ func NewServer(reg *prometheus.Registry, ready func() error, log *zap.Logger) *S
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if err := ready(); err != nil {
+		err := ready()
+		var dg Degraded
+		if errors.As(err, &dg) {
+			_, _ = w.Write([]byte("ok: " + dg.Reason + "\n"))
+			return
+		}
+		if err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
 			return

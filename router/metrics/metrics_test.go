@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -82,20 +83,25 @@ next:
 
 // newServer serves e's metrics; it is ready (its readiness check passes)
 // once ready is set, and "routes not synced" until then.
-func newServer(t *testing.T, e *engine.Engine) (srv *Server, ready *atomic.Bool) {
+// newServer serves e's metrics; /readyz follows ready, and reports stale
+// as Degraded (200 with a reason).
+func newServer(t *testing.T, e *engine.Engine) (srv *Server, ready, stale *atomic.Bool) {
 	t.Helper()
 	reg, err := NewRegistry(e)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready = new(atomic.Bool)
+	ready, stale = new(atomic.Bool), new(atomic.Bool)
 	srv = NewServer(reg, func() error {
 		if !ready.Load() {
 			return errors.New("routes not synced")
 		}
+		if stale.Load() {
+			return fmt.Errorf("wrapped: %w", Degraded{Reason: "stale: API server unreachable"})
+		}
 		return nil
 	}, zaptest.NewLogger(t))
-	return srv, ready
+	return srv, ready, stale
 }
 
 func TestMetricsFollowTraffic(t *testing.T) {
@@ -112,7 +118,7 @@ func TestMetricsFollowTraffic(t *testing.T) {
 	if _, err := e.AddPort(db, engine.PortConfig{Name: "pod-b", Kind: engine.KindPod, MTU: 1500, Addrs: []netip.Addr{addrB}}); err != nil {
 		t.Fatal(err)
 	}
-	srv, _ := newServer(t, e)
+	srv, _, _ := newServer(t, e)
 	h := srv.Handler()
 
 	before := scrape(t, h)
@@ -183,7 +189,7 @@ func TestHealthAndReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	srv, ready := newServer(t, e)
+	srv, ready, stale := newServer(t, e)
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	get := func(path string) (int, string) {
@@ -202,7 +208,12 @@ func TestHealthAndReadiness(t *testing.T) {
 		t.Fatalf("/readyz before sync: %d %q", code, body)
 	}
 	ready.Store(true)
-	if code, _ := get("/readyz"); code != 200 {
-		t.Fatalf("/readyz after sync: %d", code)
+	if code, body := get("/readyz"); code != 200 || body != "ok\n" {
+		t.Fatalf("/readyz after sync: %d %q", code, body)
+	}
+	// Degraded: ready (200), and the body says why it is degraded.
+	stale.Store(true)
+	if code, body := get("/readyz"); code != 200 || body != "ok: stale: API server unreachable\n" {
+		t.Fatalf("/readyz degraded: %d %q", code, body)
 	}
 }

@@ -290,13 +290,17 @@ func checkControllerRBAC(ctx context.Context, t *testing.T, c *Cluster) {
 		t.Fatal("the serviceaccount's watch saw no event for a new node")
 	}
 
-	// get, patch annotations, patch the NetworkUnavailable condition.
+	// get, patch annotations through nodes/status, patch the
+	// NetworkUnavailable condition; patch on the node itself is refused.
 	if _, err := sa.CoreV1().Nodes().Get(ctx, "node-self", metav1.GetOptions{}); err != nil {
 		t.Fatalf("serviceaccount gets its node: %v", err)
 	}
 	annot := []byte(`{"metadata":{"annotations":{"podrouter.io/underlay-endpoint":"192.0.2.10:8472"}}}`)
-	if _, err := sa.CoreV1().Nodes().Patch(ctx, "node-self", types.MergePatchType, annot, metav1.PatchOptions{}); err != nil {
-		t.Fatalf("serviceaccount patches node annotations: %v", err)
+	if _, err := sa.CoreV1().Nodes().Patch(ctx, "node-self", types.MergePatchType, annot, metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("serviceaccount patches a node (not its status): err = %v, want Forbidden", err)
+	}
+	if _, err := sa.CoreV1().Nodes().Patch(ctx, "node-self", types.MergePatchType, annot, metav1.PatchOptions{}, "status"); err != nil {
+		t.Fatalf("serviceaccount patches node annotations through nodes/status: %v", err)
 	}
 	now := metav1.Now().Rfc3339Copy()
 	cond := fmt.Appendf(nil, `{"status":{"conditions":[{"type":"NetworkUnavailable","status":"False","reason":"PodrouterIsUp","message":"podrouter is running on this node","lastTransitionTime":%q,"lastHeartbeatTime":%q}]}}`,
@@ -335,6 +339,14 @@ func checkControllerRBAC(ctx context.Context, t *testing.T, c *Cluster) {
 			return err
 		}},
 		{"delete a node", func() error { return sa.CoreV1().Nodes().Delete(ctx, "node-peer", metav1.DeleteOptions{}) }},
+		{"patch another node's podCIDR", func() error {
+			_, err := sa.CoreV1().Nodes().Patch(ctx, "node-peer", types.MergePatchType, []byte(`{"spec":{"podCIDR":"10.244.1.0/24"}}`), metav1.PatchOptions{})
+			return err
+		}},
+		{"label a node", func() error {
+			_, err := sa.CoreV1().Nodes().Patch(ctx, "node-peer", types.MergePatchType, []byte(`{"metadata":{"labels":{"x":"y"}}}`), metav1.PatchOptions{})
+			return err
+		}},
 		{"list secrets", func() error {
 			_, err := sa.CoreV1().Secrets(deployNS).List(ctx, metav1.ListOptions{})
 			return err

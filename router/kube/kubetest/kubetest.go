@@ -155,6 +155,10 @@ type Cluster struct {
 	cacheDir string
 	client   *kubernetes.Clientset
 	procs    []*proc // etcd, kube-apiserver
+	// how kube-apiserver was started (StartAPIServer repeats it)
+	apiBin, apiLog string
+	apiArgs        []string
+	tlsConf        *tls.Config
 }
 
 // Start starts etcd and kube-apiserver on 127.0.0.1 with certificates made
@@ -258,33 +262,77 @@ func (c *Cluster) start(t testing.TB, apiserver, etcd string, pki *pki, try int)
 		return err
 	}
 	host := "https://127.0.0.1:" + strconv.Itoa(ports[2])
-	apiProc, err := startProc(t, apiserver, filepath.Join(c.Dir, "kube-apiserver.log"),
-		"--etcd-servers="+clientURL,
+	apiArgs := []string{
+		"--etcd-servers=" + clientURL,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(ports[2]),
-		"--cert-dir="+filepath.Join(c.Dir, "pki"),
-		"--tls-cert-file="+pki.servingCertFile,
-		"--tls-private-key-file="+pki.servingKeyFile,
-		"--client-ca-file="+pki.caFile,
+		"--secure-port=" + strconv.Itoa(ports[2]),
+		"--cert-dir=" + filepath.Join(c.Dir, "pki"),
+		"--tls-cert-file=" + pki.servingCertFile,
+		"--tls-private-key-file=" + pki.servingKeyFile,
+		"--client-ca-file=" + pki.caFile,
 		"--authorization-mode=RBAC",
 		"--anonymous-auth=false",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+pki.saPubFile,
-		"--service-account-signing-key-file="+pki.saKeyFile,
+		"--service-account-key-file=" + pki.saPubFile,
+		"--service-account-signing-key-file=" + pki.saKeyFile,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--endpoint-reconciler-type=none", // no lease or endpoints for 127.0.0.1
 		"--allow-privileged=true",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 		"--v=1",
-	)
+	}
+	apiLog := filepath.Join(c.Dir, "kube-apiserver.log")
+	apiProc, err := startProc(t, apiserver, apiLog, apiArgs...)
 	if err != nil {
 		etcdProc.stop(t)
 		return err
 	}
 	tlsConf := &tls.Config{RootCAs: x509.NewCertPool(), Certificates: []tls.Certificate{pki.adminTLS}}
 	tlsConf.RootCAs.AppendCertsFromPEM(pki.caPEM)
+	if err := waitReady(t, host, tlsConf, etcdProc, apiProc); err != nil {
+		return err
+	}
+	c.Host = host
+	c.EtcdURL = clientURL
+	c.procs = []*proc{etcdProc, apiProc}
+	c.apiBin, c.apiLog, c.apiArgs, c.tlsConf = apiserver, apiLog, apiArgs, tlsConf
+	// Registered last so that cleanups (LIFO) stop the API server first.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("kubetest: kube-apiserver log tail:\n%s", tail(c.apiLog, 4096))
+			t.Logf("kubetest: etcd log tail:\n%s", tail(etcdProc.log, 2048))
+		}
+	})
+	return nil
+}
+
+// StopAPIServer stops kube-apiserver (SIGTERM, then SIGKILL); etcd and its
+// data stay. Clients get connection refused until StartAPIServer.
+func (c *Cluster) StopAPIServer(t testing.TB) {
+	t.Helper()
+	c.procs[1].stop(t)
+}
+
+// StartAPIServer starts kube-apiserver again after StopAPIServer: same
+// address, certificates and etcd, so clients and their objects carry on.
+// It returns once /readyz answers 200.
+func (c *Cluster) StartAPIServer(t testing.TB) {
+	t.Helper()
+	apiProc, err := startProc(t, c.apiBin, c.apiLog, c.apiArgs...)
+	if err != nil {
+		t.Fatalf("kubetest: %v", err)
+	}
+	c.procs[1] = apiProc
+	if err := waitReady(t, c.Host, c.tlsConf, c.procs[0], apiProc); err != nil {
+		t.Fatalf("kubetest: restart: %v", err)
+	}
+}
+
+// waitReady waits until host's /readyz answers 200; on error (a process
+// exited, or readyTimeout) both processes are stopped.
+func waitReady(t testing.TB, host string, tlsConf *tls.Config, etcdProc, apiProc *proc) error {
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}, Timeout: 5 * time.Second}
 	defer hc.CloseIdleConnections()
 	deadline := time.Now().Add(readyTimeout)
@@ -318,16 +366,6 @@ func (c *Cluster) start(t testing.TB, apiserver, etcd string, pki *pki, try int)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	c.Host = host
-	c.EtcdURL = clientURL
-	c.procs = []*proc{etcdProc, apiProc}
-	// Registered last so that cleanups (LIFO) stop the API server first.
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("kubetest: kube-apiserver log tail:\n%s", tail(apiProc.log, 4096))
-			t.Logf("kubetest: etcd log tail:\n%s", tail(etcdProc.log, 2048))
-		}
-	})
 	return nil
 }
 

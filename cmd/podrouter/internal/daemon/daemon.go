@@ -154,7 +154,7 @@ func (d *Daemon) startMetrics() error {
 		return fmt.Errorf("daemon: metrics-addr %s: %w", d.cfg.MetricsAddr, err)
 	}
 	d.metricsAddr = ln.Addr()
-	d.metricsSrv = metrics.NewServer(reg, d.ready.check, d.cfg.Logger)
+	d.metricsSrv = metrics.NewServer(reg, d.ready.readyz, d.cfg.Logger)
 	d.metricsServed = make(chan error, 1)
 	go func() { d.metricsServed <- d.metricsSrv.Serve(ln) }()
 	return nil
@@ -263,6 +263,9 @@ func (d handler) Status(context.Context) (api.Status, error) {
 		Goroutines:     runtime.NumGoroutine(),
 		FDs:            openFDs(),
 		EgressMode:     d.cfg.Egress.Mode.String(),
+	}
+	if s := d.ready.stale.Load(); s != nil {
+		st.Stale = *s
 	}
 	if eg := d.node.Egress(); eg != nil {
 		st.Egress = eg.Stats()

@@ -2,11 +2,25 @@ package daemon
 
 // Kubernetes mode: the daemon as a DaemonSet pod.
 //
-//	RunKube: client ─► wait for our Node's podCIDR(s) ─► daemon config
-//	     (podCIDRs, net-conf's cluster CIDRs, underlay address and port)
-//	     ─► New (the node: engine, underlay, pod MTU, uplink, egress)
-//	     ─► CNI conflist + subnet.env written ─► node controller (peers into
-//	     SetPeers, our annotations, NetworkUnavailable=False) ─► Run
+//	RunKube: client ─► first read of our Node (FirstRead bound) ─┬─ answered:
+//	     wait for its podCIDR(s)                                  │
+//	     └─ no answer: kube-state.json (podCIDRs, net-conf, peers), stale
+//	     ─► daemon config (podCIDRs, net-conf's cluster CIDRs, underlay
+//	     address and port) ─► New (the node: engine, underlay, pod MTU,
+//	     uplink, egress) ─► [stale: persisted peers into SetPeers] ─► CNI
+//	     conflist + subnet.env written ─► node controller (peers into
+//	     SetPeers, each applied snapshot persisted and clearing stale; our
+//	     annotations, NetworkUnavailable=False) ─► Run
+//
+// Design notes. A node must keep its pods forwarding through an API server
+// outage, including its own restart: the liveness probe would otherwise
+// restart-loop a daemon that waits for its podCIDR. So every applied peer
+// snapshot is persisted with the podCIDRs and net-conf, and a daemon whose
+// first read of its Node gets no answer (an error that is not an API
+// status) within FirstRead starts from that state at once, shown as stale
+// in /readyz and the status until the controller's first fresh snapshot
+// replaces it. An API server that answers (even NotFound or Forbidden) is
+// believed: the persisted state is then not used.
 
 import (
 	"context"
@@ -16,14 +30,20 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"go.uber.org/zap"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/podrouter/podrouter/router/kube"
+	"github.com/podrouter/podrouter/router/underlay"
 )
 
 // Defaults of Kubernetes mode.
@@ -56,7 +76,22 @@ type KubeOptions struct {
 	// CNIDataDir is host-local's dataDir in the conflist (default
 	// DefaultCNIData).
 	CNIDataDir string
+	// TrustAnnotatedEndpoints accepts peers' announced underlay endpoints
+	// that are none of their Node's addresses (kube.Config's field).
+	TrustAnnotatedEndpoints bool
+	// FirstRead bounds the first read of our Node (default
+	// DefaultFirstRead): without an answer by then the daemon starts from
+	// the state persisted in Config.StateDir, if any.
+	FirstRead time.Duration
+
+	// started, when set, is called once the daemon is built and its
+	// persisted peers (if stale) applied, before the controller runs
+	// (tests).
+	started func(*Daemon)
 }
+
+// DefaultFirstRead is KubeOptions.FirstRead's default.
+const DefaultFirstRead = 2 * time.Second
 
 // RunKube runs the daemon in Kubernetes mode until ctx is done (then it
 // stops cleanly and returns nil) or something fails. cfg is the daemon's
@@ -87,7 +122,7 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 	if err != nil {
 		return fmt.Errorf("daemon: kubernetes client: %w", err)
 	}
-	self, err := kube.WaitForPodCIDRs(ctx, client, ko.NodeName, 0, log)
+	self, persisted, err := firstRead(ctx, client, cfg.StateDir, ko, log)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -101,12 +136,30 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 	if err != nil {
 		return err
 	}
+	sink := &persistSink{d: d, log: log.Named("kube-state"), fresh: make(chan struct{}), base: kubeState{
+		Node: ko.NodeName, PodCIDRs: self.PodCIDRs, InternalIPs: self.InternalIPs, NetConf: ko.NetConf,
+	}}
+	if persisted != nil {
+		d.ready.setStale(fmt.Sprintf("API server unreachable at start; running on the peer snapshot of %s (%d peers)",
+			persisted.Saved.UTC().Format(time.RFC3339), len(persisted.Peers)))
+		switch {
+		case persisted.NetConf != ko.NetConf:
+			log.Warn("net-conf changed since the persisted peer snapshot; starting without peers until the API server answers")
+		default:
+			if err := d.node.SetPeers(persisted.Peers); err != nil {
+				log.Warn("persisted peer snapshot refused; starting without peers until the API server answers", zap.Error(err))
+			}
+		}
+	}
+	if ko.started != nil {
+		ko.started(d)
+	}
 	if err := writeNodeFiles(d.cfg, ko); err != nil {
 		return errors.Join(err, d.Close())
 	}
 	ann := d.node.Backend().Announce()
 	c, err := kube.New(kube.Config{
-		Client: client, NodeName: ko.NodeName, Sink: d.node, Logger: log,
+		Client: client, NodeName: ko.NodeName, Sink: sink, Logger: log, TrustAnnotatedEndpoints: ko.TrustAnnotatedEndpoints,
 		Local: kube.Local{Backend: ko.NetConf.Backend, Endpoint: ann.Endpoint, VNI: ann.VNI, VTEPMAC: ann.VTEPMAC},
 	})
 	if err != nil {
@@ -118,15 +171,114 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 	go func() { cdone <- c.Run(cctx) }()
 	ddone := make(chan error, 1)
 	go func() { ddone <- d.Run(cctx) }()
-	select {
-	case err := <-ddone:
-		cancel()
-		return errors.Join(err, <-cdone)
-	case err := <-cdone:
-		cancel() // the controller failed (or ctx ended): stop the daemon too
-		return errors.Join(err, <-ddone)
+	var vdone chan error // stale start: the podCIDRs checked once the API server is back
+	if persisted != nil {
+		vdone = make(chan error, 1)
+		go func() {
+			select {
+			case <-sink.fresh:
+				vdone <- checkPodCIDRs(cctx, client, ko.NodeName, self.PodCIDRs, log)
+			case <-cctx.Done():
+				vdone <- nil
+			}
+		}()
+	}
+	for {
+		select {
+		case err := <-ddone:
+			cancel()
+			return errors.Join(err, <-cdone)
+		case err := <-cdone:
+			cancel() // the controller failed (or ctx ended): stop the daemon too
+			return errors.Join(err, <-ddone)
+		case err := <-vdone:
+			vdone = nil
+			if err != nil {
+				log.Error("the node's podCIDRs changed while the API server was away; stopping to restart with the new ones", zap.Error(err))
+				cancel()
+				return errors.Join(err, <-ddone, <-cdone)
+			}
+		}
 	}
 }
+
+// ErrPodCIDRChanged: the Node's podCIDRs differ from those the daemon
+// started with from its persisted state.
+var ErrPodCIDRChanged = errors.New("daemon: node's podCIDRs changed")
+
+// checkPodCIDRs reads the named Node (waiting for its podCIDRs) and
+// returns an error wrapping ErrPodCIDRChanged when they are not want; nil
+// when they are, or when ctx ends first.
+func checkPodCIDRs(ctx context.Context, client kubernetes.Interface, name string, want []netip.Prefix, log *zap.Logger) error {
+	self, err := kube.WaitForPodCIDRs(ctx, client, name, 0, log)
+	if err != nil {
+		return nil // only when ctx is done
+	}
+	if !slices.Equal(self.PodCIDRs, want) {
+		return fmt.Errorf("%w: node %s has %v, the persisted state %v", ErrPodCIDRChanged, name, self.PodCIDRs, want)
+	}
+	log.Info("the node's podCIDRs are still the persisted ones", zap.Stringers("podCIDRs", want))
+	return nil
+}
+
+// firstRead returns our Node's podCIDRs and InternalIPs: from the API
+// server, waiting for the podCIDR as long as it takes, or, when the first
+// read gets no answer within ko.FirstRead and stateDir holds this node's
+// persisted state, from that state (then persisted is it, and the daemon
+// runs stale).
+func firstRead(ctx context.Context, client kubernetes.Interface, stateDir string, ko KubeOptions, log *zap.Logger) (self kube.Self, persisted *kubeState, err error) {
+	bound := ko.FirstRead
+	if bound <= 0 {
+		bound = DefaultFirstRead
+	}
+	rctx, cancel := context.WithTimeout(ctx, bound)
+	_, err = client.CoreV1().Nodes().Get(rctx, ko.NodeName, metav1.GetOptions{})
+	cancel()
+	var status apierrors.APIStatus
+	if err != nil && !errors.As(err, &status) && ctx.Err() == nil {
+		st, lerr := loadKubeState(stateDir, ko.NodeName)
+		if lerr == nil {
+			log.Warn("API server unreachable; starting from the persisted cluster state",
+				zap.Error(err), zap.Time("saved", st.Saved), zap.Stringers("podCIDRs", st.PodCIDRs), zap.Int("peers", len(st.Peers)))
+			return kube.Self{PodCIDRs: st.PodCIDRs, InternalIPs: st.InternalIPs}, &st, nil
+		}
+		if !errors.Is(lerr, os.ErrNotExist) {
+			log.Warn("persisted cluster state not usable", zap.Error(lerr))
+		}
+		log.Warn("API server unreachable and no persisted state; waiting for it", zap.Error(err))
+	}
+	self, err = kube.WaitForPodCIDRs(ctx, client, ko.NodeName, 0, log)
+	return self, nil, err
+}
+
+// persistSink is the controller's PeerSink: it applies each snapshot to
+// the node, persists it with the node's podCIDRs and net-conf, and clears
+// the daemon's stale state. A failed write is logged, not refused: the
+// snapshot is in force, only a restart without API server would miss it.
+type persistSink struct {
+	d     *Daemon
+	log   *zap.Logger
+	base  kubeState
+	fresh chan struct{} // closed at the first applied snapshot
+	once  sync.Once
+}
+
+// SetPeers implements kube.PeerSink.
+func (s *persistSink) SetPeers(peers []underlay.Peer) error {
+	if err := s.d.node.SetPeers(peers); err != nil {
+		return err
+	}
+	st := s.base
+	st.Peers, st.Saved = peers, time.Now()
+	if err := saveKubeState(s.d.cfg.StateDir, st); err != nil {
+		s.log.Warn("persisting the peer snapshot failed", zap.Error(err))
+	}
+	s.d.ready.setStale("")
+	s.once.Do(func() { close(s.fresh) })
+	return nil
+}
+
+var _ kube.PeerSink = (*persistSink)(nil)
 
 // kubeConfig fills in what the cluster provides.
 func kubeConfig(cfg *Config, ko KubeOptions, self kube.Self) error {

@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/podrouter/podrouter/router/api"
+	"github.com/podrouter/podrouter/router/metrics"
 	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/underlay"
 )
@@ -49,8 +50,42 @@ type readiness struct {
 	// yet).
 	node atomic.Pointer[func() error]
 
+	// stale is why the daemon runs on a persisted cluster state (Kubernetes
+	// mode, API server unreachable at start), nil or "" when it does not.
+	// It does not make the daemon unready: its pods forward.
+	stale atomic.Pointer[string]
+
 	log     *zap.Logger
 	lastErr atomic.Pointer[string] // last reason reported, "" = ready
+}
+
+// readyz is what /readyz serves: check's answer, or when ready but stale,
+// a metrics.Degraded naming the stale state (200 "ok: stale: ...").
+func (r *readiness) readyz() error {
+	if err := r.check(); err != nil {
+		return err
+	}
+	if s := r.stale.Load(); s != nil && *s != "" {
+		return metrics.Degraded{Reason: "stale: " + *s}
+	}
+	return nil
+}
+
+// setStale records why the daemon runs on a stale state ("": not any
+// more), logging each change.
+func (r *readiness) setStale(why string) {
+	prev := r.stale.Swap(&why)
+	if prev != nil && *prev == why || prev == nil && why == "" {
+		return
+	}
+	if r.log == nil {
+		return
+	}
+	if why == "" {
+		r.log.Info("readiness: cluster state fresh again")
+	} else {
+		r.log.Warn("readiness: running on a stale cluster state", zap.String("stale", why))
+	}
 }
 
 // check returns nil when the daemon is ready to carry traffic, else why
@@ -105,6 +140,8 @@ type reattachStats struct {
 var (
 	descReady = prometheus.NewDesc("podrouter_ready",
 		"1 when the daemon is ready (its /readyz passes), else 0.", nil, nil)
+	descStale = prometheus.NewDesc("podrouter_kube_stale",
+		"1 while the daemon runs on the cluster state persisted by an earlier run (API server unreachable at start), else 0.", nil, nil)
 	descAttachments = prometheus.NewDesc("podrouter_attachments",
 		"Recorded pod attachments: attached to the engine, or recorded but unattached (their re-attach failed).", []string{"state"}, nil)
 	descReattached = prometheus.NewDesc("podrouter_reattach_pods",
@@ -160,7 +197,7 @@ type collector struct{ d *Daemon }
 
 // Describe implements prometheus.Collector.
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReady, descAttachments, descReattached, descReattachTime, descUnderlayDrops, descUnderlayPeerDrops} {
+	for _, d := range []*prometheus.Desc{descReady, descStale, descAttachments, descReattached, descReattachTime, descUnderlayDrops, descUnderlayPeerDrops} {
 		ch <- d
 	}
 	node.DescribeEgress(ch)
@@ -173,6 +210,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready)
+	stale := 0.0
+	if s := c.d.ready.stale.Load(); s != nil && *s != "" {
+		stale = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descStale, prometheus.GaugeValue, stale)
 	attached, unattached := c.d.pods.count()
 	ch <- prometheus.MustNewConstMetric(descAttachments, prometheus.GaugeValue, float64(attached), "attached")
 	ch <- prometheus.MustNewConstMetric(descAttachments, prometheus.GaugeValue, float64(unattached), "unattached")

@@ -2,7 +2,9 @@ package daemon
 
 // The state store keeps one file per attachment under <state>/attachments,
 // so a restarted daemon knows which persistent TAPs to re-open without any
-// CNI call. Each write is atomic (temp file, fsync, rename, fsync of the
+// CNI call. In Kubernetes mode <state>/kube-state.json keeps the node's
+// podCIDRs, net-conf and last applied peer snapshot, so a daemon restarted
+// while the API server is away starts forwarding at once. Each write is atomic (temp file, fsync, rename, fsync of the
 // directory): after a crash a record is either the old or the new one,
 // never a torn one. The store directory is locked (flock) so two daemons
 // never share it.
@@ -14,13 +16,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/podrouter/podrouter/router/api"
+	"github.com/podrouter/podrouter/router/kube"
+	"github.com/podrouter/podrouter/router/underlay"
 )
 
 // ErrLocked is returned by openStore when another process holds the state
@@ -163,4 +170,67 @@ func (s *store) load() (recs []record, bad []string, err error) {
 		recs = append(recs, r)
 	}
 	return recs, bad, nil
+}
+
+// kubeStateFile is, in the state directory, what Kubernetes mode last knew
+// of the cluster: written after every applied peer snapshot, read at start
+// when the API server does not answer (README "Kubernetes mode").
+const kubeStateFile = "kube-state.json"
+
+// kubeStateVersion is the on-disk format of kubeState.
+const kubeStateVersion = 1
+
+// kubeState is the cluster's state as this node last applied it: enough to
+// start the data plane without the API server.
+type kubeState struct {
+	V           int             `json:"v"`
+	Node        string          `json:"node"`
+	PodCIDRs    []netip.Prefix  `json:"podCIDRs"`
+	InternalIPs []netip.Addr    `json:"internalIPs,omitempty"`
+	NetConf     kube.NetConf    `json:"netConf"`
+	Peers       []underlay.Peer `json:"peers"`
+	// Saved is when the snapshot was applied.
+	Saved time.Time `json:"saved"`
+}
+
+// ErrNoKubeState: the state directory holds no (usable) Kubernetes state.
+var ErrNoKubeState = errors.New("daemon: no persisted kubernetes state")
+
+// saveKubeState writes st to stateDir atomically (temp file, fsync,
+// rename), readable by root only: it names every node's address.
+func saveKubeState(stateDir string, st kubeState) error {
+	st.V = kubeStateVersion
+	b, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("daemon: kube state: %w", err)
+	}
+	if err := writeAtomic(filepath.Join(stateDir, kubeStateFile), b, 0o600); err != nil {
+		return fmt.Errorf("daemon: kube state: %w", err)
+	}
+	return nil
+}
+
+// loadKubeState reads what saveKubeState wrote for node. A missing file,
+// another node's, another format version or one without an IPv4 podCIDR
+// wraps ErrNoKubeState (a missing file os.ErrNotExist too).
+func loadKubeState(stateDir, node string) (kubeState, error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, kubeStateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return kubeState{}, fmt.Errorf("%w: %w", ErrNoKubeState, err)
+	}
+	if err != nil {
+		return kubeState{}, fmt.Errorf("daemon: kube state: %w", err)
+	}
+	var st kubeState
+	switch {
+	case json.Unmarshal(b, &st) != nil:
+		return kubeState{}, fmt.Errorf("%w: %s does not decode", ErrNoKubeState, kubeStateFile)
+	case st.V != kubeStateVersion:
+		return kubeState{}, fmt.Errorf("%w: %s has version %d, want %d", ErrNoKubeState, kubeStateFile, st.V, kubeStateVersion)
+	case st.Node != node:
+		return kubeState{}, fmt.Errorf("%w: %s is node %q's, not %q's", ErrNoKubeState, kubeStateFile, st.Node, node)
+	case !slices.ContainsFunc(st.PodCIDRs, func(p netip.Prefix) bool { return p.IsValid() && p.Addr().Is4() && p == p.Masked() }):
+		return kubeState{}, fmt.Errorf("%w: %s has no IPv4 podCIDR", ErrNoKubeState, kubeStateFile)
+	}
+	return st, nil
 }
