@@ -53,13 +53,7 @@ type PeerStats struct {
 }
 
 // TotalDrops sums the drops over every reason.
-func (s PeerStats) TotalDrops() uint64 {
-	var n uint64
-	for _, v := range s.Drops {
-		n += v
-	}
-	return n
-}
+func (s PeerStats) TotalDrops() uint64 { return sumDrops(s.Drops) }
 
 // peerState is a peer in one snapshot of the table: immutable except for
 // its counters, which carry over to the next snapshot.
@@ -232,14 +226,7 @@ func (u *Underlay) UpsertPeer(p Peer) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	old := u.peers.Load()
-	peers := make([]Peer, 0, len(old.byName)+1)
-	for _, q := range old.byName {
-		if q.Name != p.Name {
-			peers = append(peers, q.Peer)
-		}
-	}
-	peers = append(peers, p)
-	t, err := u.buildTable(peers, old)
+	t, err := u.buildTable(append(old.without(p.Name, 1), p), old)
 	if err != nil {
 		return err
 	}
@@ -256,18 +243,24 @@ func (u *Underlay) RemovePeer(name string) bool {
 	if old.byName[name] == nil {
 		return false
 	}
-	peers := make([]Peer, 0, len(old.byName))
-	for _, q := range old.byName {
-		if q.Name != name {
-			peers = append(peers, q.Peer)
-		}
-	}
-	t, err := u.buildTable(peers, old)
+	t, err := u.buildTable(old.without(name, 0), old)
 	if err != nil { // cannot happen: the remaining peers were valid
 		return false
 	}
 	u.peers.Store(t)
 	return true
+}
+
+// without lists the table's peers but the named one, with room for extra
+// more peers (UpsertPeer appends the new one).
+func (t *table) without(name string, extra int) []Peer {
+	peers := make([]Peer, 0, len(t.byName)+extra)
+	for _, q := range t.byName {
+		if q.Name != name {
+			peers = append(peers, q.Peer)
+		}
+	}
+	return peers
 }
 
 // Peers returns the current table, sorted by name.
