@@ -21,11 +21,29 @@ import (
 
 func init() {
 	register(command{name: "status", summary: "show the daemon's status (exit 0 when ready, 1 when not)", run: runStatus})
-	register(command{name: "routes", summary: "show the engine's routing table", run: runRoutes})
-	register(command{name: "ports", summary: "show the engine's ports with their counters and drop reasons", run: runPorts})
-	register(command{name: "pods", summary: "show the attached pods", run: runPods})
-	register(command{name: "peers", summary: "show the peer nodes' ports and the podCIDRs routed to them", run: runPeers})
+	register(command{name: "routes", summary: "show the engine's routing table",
+		run: apiCommand("routes", routesDoc, (*api.Client).Routes, printRoutes)})
+	register(command{name: "ports", summary: "show the engine's ports with their counters and drop reasons",
+		run: apiCommand("ports", portsDoc, (*api.Client).Ports, printPorts)})
+	register(command{name: "pods", summary: "show the attached pods",
+		run: apiCommand("pods", podsDoc, (*api.Client).Attachments, printPods)})
+	register(command{name: "peers", summary: "show the peer nodes' ports and the podCIDRs routed to them",
+		run: apiCommand("peers", peersDoc, getPeers, printPeers)})
 }
+
+// The help texts of the API commands that take only the client flags.
+const (
+	routesDoc = "Shows the engine's routing table: prefix, next hop kind and port."
+	portsDoc  = "Shows the engine's ports: packets and bytes each way and drops by reason."
+	podsDoc   = "Shows the attached pods: container, interface, netns, MAC, MTU, addresses and port\n(port -1: recorded but not attached, its re-attach failed)."
+	peersDoc  = "Shows the engine's peer ports (other nodes, through the underlay) with their\n" +
+		"counters and the podCIDRs routed to each. A daemon without peers shows none.\n" +
+		"ADDR is a peer's underlay endpoint (on the underlay row, the receive port, the local one).\n" +
+		"A peer's RX counts what the underlay delivered from it (its port itself receives nothing).\n" +
+		"DROPS are the engine's drops at the port; UNDERLAY DROPS the underlay's, by reason: on a\n" +
+		"peer's row those of its datagrams (foreign-source, wrong-vni, short, bad-checksum, ...) and\n" +
+		"of packets to it; on the underlay row all of them, unknown-sender (from no peer) included."
+)
 
 // clientFlags are the flags of every command that reads the API.
 type clientFlags struct {
@@ -59,6 +77,19 @@ func (c *clientFlags) parseWith(fs *flag.FlagSet, usage string, args []string, s
 }
 
 func (c *clientFlags) client() *api.Client { return &api.Client{Path: c.socket, Timeout: c.timeout} }
+
+// apiCommand returns the run func of an API command that takes only the
+// client flags (doc: its help text): it parses them, then shows what get
+// returns.
+func apiCommand[T any](name, doc string, get func(*api.Client, context.Context) (T, error), table func(io.Writer, T)) func(args []string, stdout, stderr io.Writer) int {
+	return func(args []string, stdout, stderr io.Writer) int {
+		var cf clientFlags
+		if rc := cf.parse(name, doc, args, stdout, stderr); rc >= 0 {
+			return rc
+		}
+		return show(&cf, name, stdout, stderr, get, table)
+	}
+}
 
 // show finishes an API command whose flags are parsed: it gets the value
 // from the daemon with get (a Client method such as (*api.Client).Routes,
@@ -148,14 +179,6 @@ func readiness(st api.Status) string {
 	return "not ready: " + st.NotReady
 }
 
-func runRoutes(args []string, stdout, stderr io.Writer) int {
-	var cf clientFlags
-	if rc := cf.parse("routes", "Shows the engine's routing table: prefix, next hop kind and port.", args, stdout, stderr); rc >= 0 {
-		return rc
-	}
-	return show(&cf, "routes", stdout, stderr, (*api.Client).Routes, printRoutes)
-}
-
 func printRoutes(w io.Writer, rs []api.Route) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PREFIX\tNEXT HOP\tPORT")
@@ -167,14 +190,6 @@ func printRoutes(w io.Writer, rs []api.Route) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Prefix, r.Kind, port)
 	}
 	_ = tw.Flush()
-}
-
-func runPorts(args []string, stdout, stderr io.Writer) int {
-	var cf clientFlags
-	if rc := cf.parse("ports", "Shows the engine's ports: packets and bytes each way and drops by reason.", args, stdout, stderr); rc >= 0 {
-		return rc
-	}
-	return show(&cf, "ports", stdout, stderr, (*api.Client).Ports, printPorts)
 }
 
 func printPorts(w io.Writer, ps []api.Port) {
@@ -198,14 +213,6 @@ func dropsText(drops map[string]uint64) string {
 	}
 	slices.Sort(ds)
 	return strings.Join(ds, ",")
-}
-
-func runPods(args []string, stdout, stderr io.Writer) int {
-	var cf clientFlags
-	if rc := cf.parse("pods", "Shows the attached pods: container, interface, netns, MAC, MTU, addresses and port\n(port -1: recorded but not attached, its re-attach failed).", args, stdout, stderr); rc >= 0 {
-		return rc
-	}
-	return show(&cf, "pods", stdout, stderr, (*api.Client).Attachments, printPods)
 }
 
 func printPods(w io.Writer, as []api.Attachment) {
@@ -240,20 +247,6 @@ func peersOf(ps []api.Port, rs []api.Route) []peer {
 		out = append(out, pr)
 	}
 	return out
-}
-
-func runPeers(args []string, stdout, stderr io.Writer) int {
-	var cf clientFlags
-	if rc := cf.parse("peers", "Shows the engine's peer ports (other nodes, through the underlay) with their\n"+
-		"counters and the podCIDRs routed to each. A daemon without peers shows none.\n"+
-		"ADDR is a peer's underlay endpoint (on the underlay row, the receive port, the local one).\n"+
-		"A peer's RX counts what the underlay delivered from it (its port itself receives nothing).\n"+
-		"DROPS are the engine's drops at the port; UNDERLAY DROPS the underlay's, by reason: on a\n"+
-		"peer's row those of its datagrams (foreign-source, wrong-vni, short, bad-checksum, ...) and\n"+
-		"of packets to it; on the underlay row all of them, unknown-sender (from no peer) included.", args, stdout, stderr); rc >= 0 {
-		return rc
-	}
-	return show(&cf, "peers", stdout, stderr, getPeers, printPeers)
 }
 
 // getPeers gets the ports and the routes and joins them (peersOf).

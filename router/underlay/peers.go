@@ -212,12 +212,21 @@ func (p *peerState) checkInner(ip []byte) DropReason {
 func (u *Underlay) SetPeers(peers []Peer) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	t, err := u.buildTable(peers, u.peers.Load())
+	if err := u.publish(peers, u.peers.Load()); err != nil {
+		return err
+	}
+	u.log.Info("peer table set")
+	return nil
+}
+
+// publish builds the table of peers, carrying old's counters over, and
+// makes it the current one. The caller holds u.mu and old is current.
+func (u *Underlay) publish(peers []Peer, old *table) error {
+	t, err := u.buildTable(peers, old)
 	if err != nil {
 		return err
 	}
 	u.peers.Store(t)
-	u.log.Info("peer table set")
 	return nil
 }
 
@@ -226,11 +235,9 @@ func (u *Underlay) UpsertPeer(p Peer) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	old := u.peers.Load()
-	t, err := u.buildTable(append(old.without(p.Name, 1), p), old)
-	if err != nil {
+	if err := u.publish(append(old.without(p.Name, 1), p), old); err != nil {
 		return err
 	}
-	u.peers.Store(t)
 	u.log.Info("peer set")
 	return nil
 }
@@ -243,12 +250,8 @@ func (u *Underlay) RemovePeer(name string) bool {
 	if old.byName[name] == nil {
 		return false
 	}
-	t, err := u.buildTable(old.without(name, 0), old)
-	if err != nil { // cannot happen: the remaining peers were valid
-		return false
-	}
-	u.peers.Store(t)
-	return true
+	// An error cannot happen: the remaining peers were valid.
+	return u.publish(old.without(name, 0), old) == nil
 }
 
 // without lists the table's peers but the named one, with room for extra
