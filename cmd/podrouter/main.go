@@ -104,6 +104,17 @@ func (l *logFlags) register(fs *flag.FlagSet, defLevel string) {
 	fs.StringVar(&l.format, "log-format", "console", "log format: console or json")
 }
 
+// logger builds the logger of the command name, writing to stderr. On a bad
+// flag it prints one line to stderr and returns nil: the command exits 2.
+func (l *logFlags) logger(name string, stderr io.Writer) *zap.Logger {
+	log, err := l.build(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter %s: %v\n", name, err)
+		return nil
+	}
+	return log
+}
+
 func (l *logFlags) build(stderr io.Writer) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(l.level)
 	if err != nil {
