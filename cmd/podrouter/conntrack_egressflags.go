@@ -37,12 +37,7 @@ type snatAddrFlag struct {
 	v6 bool
 }
 
-func (f snatAddrFlag) String() string {
-	if f.a == nil || !f.a.IsValid() {
-		return ""
-	}
-	return f.a.String()
-}
+func (f snatAddrFlag) String() string { return flagText(f.a, "") }
 
 func (f snatAddrFlag) Set(s string) error {
 	a, err := netip.ParseAddr(s)

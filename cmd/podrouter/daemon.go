@@ -76,12 +76,7 @@ func (f listFlag[T]) Set(v string) error {
 // :PORT for every address, or "" / "off" for none (the zero AddrPort).
 type listenAddrFlag struct{ ap *netip.AddrPort }
 
-func (f listenAddrFlag) String() string {
-	if f.ap == nil || !f.ap.IsValid() {
-		return "off"
-	}
-	return f.ap.String()
-}
+func (f listenAddrFlag) String() string { return flagText(f.ap, "off") }
 
 func (f listenAddrFlag) Set(s string) error {
 	switch {
