@@ -50,11 +50,34 @@ var ErrPodClosed = errors.New("netstackx: pod closed")
 
 const (
 	nicID = 1
-
-	tcpBufferMin     = 4 << 10
-	tcpBufferDefault = 4 << 20
-	tcpBufferMax     = 16 << 20
 )
+
+// podTCPBuffers are a Pod's TCP buffers: a pod's flows are loopback-fast.
+var podTCPBuffers = TCPBuffers{Min: 4 << 10, Default: 4 << 20, Max: 16 << 20}
+
+// TCPBuffers is the range of a TCP socket's send and receive buffer
+// sizes, in bytes; gVisor's moderation grows a receive buffer from Default
+// up to Max.
+type TCPBuffers struct{ Min, Default, Max int }
+
+// TuneTCP sets the TCP options every stack of ours runs with (a Pod's and
+// the egress forwarder's): SACK, receive buffer moderation, CUBIC, and
+// send and receive buffers of bufs. Call it before the stack has
+// endpoints. The error names the option and wraps gVisor's error as a Pod's
+// errors do.
+func TuneTCP(s *stack.Stack, bufs TCPBuffers) error {
+	sack := tcpip.TCPSACKEnabled(true)
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	cubic := tcpip.CongestionControlOption("cubic")
+	sndBuf := tcpip.TCPSendBufferSizeRangeOption{Min: bufs.Min, Default: bufs.Default, Max: bufs.Max}
+	rcvBuf := tcpip.TCPReceiveBufferSizeRangeOption{Min: bufs.Min, Default: bufs.Default, Max: bufs.Max}
+	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &cubic, &sndBuf, &rcvBuf} {
+		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
+			return fmt.Errorf("tcp option %T: %w", opt, tcpipErr(err))
+		}
+	}
+	return nil
+}
 
 // PodConfig describes a virtual pod.
 type PodConfig struct {
@@ -208,15 +231,8 @@ func checkHostAddr(a netip.Addr) error {
 
 func (p *Pod) configure(cfg *PodConfig) error {
 	s := p.s
-	sack := tcpip.TCPSACKEnabled(true)
-	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	cubic := tcpip.CongestionControlOption("cubic")
-	sndBuf := tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufferMin, Default: tcpBufferDefault, Max: tcpBufferMax}
-	rcvBuf := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpBufferMin, Default: tcpBufferDefault, Max: tcpBufferMax}
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &cubic, &sndBuf, &rcvBuf} {
-		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
-			return fmt.Errorf("tcp option %T: %w", opt, tcpipErr(err))
-		}
+	if err := TuneTCP(s, podTCPBuffers); err != nil {
+		return err
 	}
 	if err := s.CreateNICWithOptions(nicID, p.ep.LinkEndpoint(), stack.NICOptions{Name: cfg.Name}); err != nil {
 		return fmt.Errorf("create NIC: %w", tcpipErr(err))

@@ -44,17 +44,8 @@ func runConntrack(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "podrouter conntrack: %v\n", err)
 		return 2
 	}
-	ct, err := cf.client().Conntrack(context.Background(), req)
-	if err != nil {
-		fmt.Fprintf(stderr, "podrouter conntrack: %v\n", err)
-		return 1
-	}
-	if cf.json {
-		printJSON(stdout, ct)
-		return 0
-	}
-	printConntrack(stdout, ct, time.Now())
-	return 0
+	get := func(c *api.Client, ctx context.Context) (api.Conntrack, error) { return c.Conntrack(ctx, req) }
+	return show(&cf, "conntrack", stdout, stderr, get, func(w io.Writer, ct api.Conntrack) { printConntrack(w, ct, time.Now()) })
 }
 
 func printConntrack(w io.Writer, ct api.Conntrack, now time.Time) {

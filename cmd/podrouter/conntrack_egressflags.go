@@ -37,12 +37,7 @@ type snatAddrFlag struct {
 	v6 bool
 }
 
-func (f snatAddrFlag) String() string {
-	if f.a == nil || !f.a.IsValid() {
-		return ""
-	}
-	return f.a.String()
-}
+func (f snatAddrFlag) String() string { return flagText(f.a, "") }
 
 func (f snatAddrFlag) Set(s string) error {
 	a, err := netip.ParseAddr(s)
@@ -70,5 +65,5 @@ func registerEgressFlags(fs *flag.FlagSet, e *daemon.EgressConfig) {
 	fs.IntVar(&e.MaxDials, "egress-max-dials", 0, "netstack egress: most TCP dials in flight in total (0: 4096)")
 	fs.IntVar(&e.MaxDialsPerPod, "egress-max-dials-per-pod", 0, "netstack egress: most TCP dials in flight of one pod address (0: 256)")
 	fs.DurationVar(&e.DialTimeout, "egress-dial-timeout", 0, "netstack egress: how long a TCP dial may wait for the remote's answer (0: 30s)")
-	fs.Var(prefixListFlag{&e.UplinkRoutes}, "uplink-route", "netstack egress: a prefix outside the cluster that pods reach through the uplink (the host kernel) instead, repeatable; the node's addresses always are")
+	fs.Var(prefixListFlag(&e.UplinkRoutes), "uplink-route", "netstack egress: a prefix outside the cluster that pods reach through the uplink (the host kernel) instead, repeatable; the node's addresses always are")
 }

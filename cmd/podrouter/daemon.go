@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -23,52 +24,50 @@ func init() {
 	})
 }
 
-// prefixListFlag collects repeated (or comma-separated) prefixes.
-type prefixListFlag struct{ ps *[]netip.Prefix }
+// listFlag collects repeated (or comma-separated) values, each checked by
+// parse when set.
+type listFlag[T fmt.Stringer] struct {
+	xs    *[]T
+	parse func(string) (T, error)
+}
 
-func (f prefixListFlag) String() string {
-	if f.ps == nil {
+// prefixListFlag collects prefixes, checked as prefixFlag does.
+func prefixListFlag(ps *[]netip.Prefix) listFlag[netip.Prefix] {
+	return listFlag[netip.Prefix]{ps, func(s string) (p netip.Prefix, err error) {
+		err = prefixFlag{&p}.Set(s)
+		return p, err
+	}}
+}
+
+// addrListFlag collects IP addresses.
+func addrListFlag(as *[]netip.Addr) listFlag[netip.Addr] {
+	return listFlag[netip.Addr]{as, func(s string) (netip.Addr, error) {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return a, errors.New("not an IP address")
+		}
+		return a, nil
+	}}
+}
+
+func (f listFlag[T]) String() string {
+	if f.xs == nil {
 		return ""
 	}
 	var s []string
-	for _, p := range *f.ps {
-		s = append(s, p.String())
+	for _, x := range *f.xs {
+		s = append(s, x.String())
 	}
 	return strings.Join(s, ",")
 }
 
-func (f prefixListFlag) Set(v string) error {
+func (f listFlag[T]) Set(v string) error {
 	for _, s := range strings.Split(v, ",") {
-		var p netip.Prefix
-		if err := (prefixFlag{&p}).Set(strings.TrimSpace(s)); err != nil {
+		x, err := f.parse(strings.TrimSpace(s))
+		if err != nil {
 			return fmt.Errorf("%q: %w", s, err)
 		}
-		*f.ps = append(*f.ps, p)
-	}
-	return nil
-}
-
-// addrListFlag collects repeated (or comma-separated) addresses.
-type addrListFlag struct{ as *[]netip.Addr }
-
-func (f addrListFlag) String() string {
-	if f.as == nil {
-		return ""
-	}
-	var s []string
-	for _, a := range *f.as {
-		s = append(s, a.String())
-	}
-	return strings.Join(s, ",")
-}
-
-func (f addrListFlag) Set(v string) error {
-	for _, s := range strings.Split(v, ",") {
-		a, err := netip.ParseAddr(strings.TrimSpace(s))
-		if err != nil {
-			return fmt.Errorf("%q: not an IP address", s)
-		}
-		*f.as = append(*f.as, a)
+		*f.xs = append(*f.xs, x)
 	}
 	return nil
 }
@@ -77,12 +76,7 @@ func (f addrListFlag) Set(v string) error {
 // :PORT for every address, or "" / "off" for none (the zero AddrPort).
 type listenAddrFlag struct{ ap *netip.AddrPort }
 
-func (f listenAddrFlag) String() string {
-	if f.ap == nil || !f.ap.IsValid() {
-		return "off"
-	}
-	return f.ap.String()
-}
+func (f listenAddrFlag) String() string { return flagText(f.ap, "off") }
 
 func (f listenAddrFlag) Set(s string) error {
 	switch {
@@ -107,8 +101,8 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
 	fs.Var(prefixFlag{&cfg.PodCIDR}, "pod-cidr", "this node's IPv4 podCIDR (required), e.g. 10.244.1.0/24; its first address is the pods' gateway")
 	fs.Var(prefixFlag{&cfg.PodCIDR6}, "pod-cidr6", "this node's IPv6 podCIDR (optional)")
-	fs.Var(prefixListFlag{&cfg.ClusterCIDRs}, "cluster-cidr", "cluster CIDR, repeatable (default: the podCIDRs); unrouted destinations inside it are unreachable")
-	fs.Var(addrListFlag{&cfg.NodeIPs}, "node-ip", "the node's own address, repeatable: pods reach it through the uplink, and the node reaches its pods from it (default: the uplink takes everything outside the cluster)")
+	fs.Var(prefixListFlag(&cfg.ClusterCIDRs), "cluster-cidr", "cluster CIDR, repeatable (default: the podCIDRs); unrouted destinations inside it are unreachable")
+	fs.Var(addrListFlag(&cfg.NodeIPs), "node-ip", "the node's own address, repeatable: pods reach it through the uplink, and the node reaches its pods from it (default: the uplink takes everything outside the cluster)")
 	fs.StringVar(&cfg.StateDir, "state-dir", daemon.DefaultStateDir, "directory of the attachment records (locked while the daemon runs)")
 	fs.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "local API socket (its directory is made 0700, the socket 0600)")
 	fs.StringVar(&cfg.Uplink, "uplink", daemon.DefaultUplink, "name of the uplink TUN device in this network namespace")
@@ -130,9 +124,8 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 		"Exits 0 after a clean stop, 1 when it fails, 2 on bad flags.\n\nFlags:\n", args, stdout, stderr); rc >= 0 {
 		return rc
 	}
-	log, err := lf.build(stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
+	log := lf.logger("daemon", stderr)
+	if log == nil {
 		return 2
 	}
 	defer func() { _ = log.Sync() }()

@@ -66,9 +66,8 @@ func runLab(args []string, stdout, stderr io.Writer) int {
 		"then runs a command inside one of its netns pods.\n\nFlags:\n", args, stdout, stderr); rc >= 0 {
 		return rc
 	}
-	log, err := lf.build(stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "podrouter lab: %v\n", err)
+	log := lf.logger("lab", stderr)
+	if log == nil {
 		return 2
 	}
 	defer func() { _ = log.Sync() }()
@@ -91,6 +90,7 @@ func runLab(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	} else {
+		var err error
 		if cfg.Nodes < 1 { // zero means the default to Validate; here it was typed
 			fmt.Fprintf(stderr, "podrouter lab: --nodes %d: want 1..%d\n", cfg.Nodes, lab.MaxNodes)
 			return 2

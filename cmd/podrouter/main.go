@@ -74,11 +74,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 // prefixFlag is a flag.Value holding a netip.Prefix, validated when parsed.
 type prefixFlag struct{ p *netip.Prefix }
 
-func (f prefixFlag) String() string {
-	if f.p == nil || !f.p.IsValid() {
-		return ""
+func (f prefixFlag) String() string { return flagText(f.p, "") }
+
+// flagText is the String of a flag.Value holding v: v's text, or unset
+// while v is nil (the flag package's zero Value) or invalid.
+func flagText[T interface {
+	IsValid() bool
+	String() string
+}](v *T, unset string) string {
+	if v == nil || !(*v).IsValid() {
+		return unset
 	}
-	return f.p.String()
+	return (*v).String()
 }
 
 func (f prefixFlag) Set(s string) error {
@@ -102,6 +109,17 @@ type logFlags struct {
 func (l *logFlags) register(fs *flag.FlagSet, defLevel string) {
 	fs.StringVar(&l.level, "log-level", defLevel, "log level: debug, info, warn, error")
 	fs.StringVar(&l.format, "log-format", "console", "log format: console or json")
+}
+
+// logger builds the logger of the command name, writing to stderr. On a bad
+// flag it prints one line to stderr and returns nil: the command exits 2.
+func (l *logFlags) logger(name string, stderr io.Writer) *zap.Logger {
+	log, err := l.build(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter %s: %v\n", name, err)
+		return nil
+	}
+	return log
 }
 
 func (l *logFlags) build(stderr io.Writer) (*zap.Logger, error) {
@@ -130,20 +148,27 @@ func (l *logFlags) build(stderr io.Writer) (*zap.Logger, error) {
 func parseFlags(fs *flag.FlagSet, usage string, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return 0
-		}
-		fmt.Fprintf(stderr, "podrouter %s: %s\n", fs.Name(), firstLine(err.Error()))
-		return 2
+		return parseError(fs, err, usage, stdout, stderr)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "podrouter %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
 		return 2
 	}
 	return -1
+}
+
+// parseError answers the error of fs.Parse: for -h (flag.ErrHelp) it
+// prints usage and the flags to stdout and returns 0; otherwise it prints
+// the error's first line to stderr and returns 2.
+func parseError(fs *flag.FlagSet, err error, usage string, stdout, stderr io.Writer) int {
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usage)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return 0
+	}
+	fmt.Fprintf(stderr, "podrouter %s: %s\n", fs.Name(), firstLine(err.Error()))
+	return 2
 }
 
 func firstLine(s string) string {

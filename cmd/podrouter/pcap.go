@@ -59,14 +59,7 @@ func runPcap(args []string, stdout, stderr io.Writer) int {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fmt.Fprint(stdout, pcapDoc)
-				fs.SetOutput(stdout)
-				fs.PrintDefaults()
-				return 0
-			}
-			fmt.Fprintf(stderr, "podrouter pcap: %s\n", firstLine(err.Error()))
-			return 2
+			return parseError(fs, err, pcapDoc, stdout, stderr)
 		}
 		if fs.NArg() == 0 {
 			break

@@ -21,11 +21,29 @@ import (
 
 func init() {
 	register(command{name: "status", summary: "show the daemon's status (exit 0 when ready, 1 when not)", run: runStatus})
-	register(command{name: "routes", summary: "show the engine's routing table", run: runRoutes})
-	register(command{name: "ports", summary: "show the engine's ports with their counters and drop reasons", run: runPorts})
-	register(command{name: "pods", summary: "show the attached pods", run: runPods})
-	register(command{name: "peers", summary: "show the peer nodes' ports and the podCIDRs routed to them", run: runPeers})
+	register(command{name: "routes", summary: "show the engine's routing table",
+		run: apiCommand("routes", routesDoc, (*api.Client).Routes, printRoutes)})
+	register(command{name: "ports", summary: "show the engine's ports with their counters and drop reasons",
+		run: apiCommand("ports", portsDoc, (*api.Client).Ports, printPorts)})
+	register(command{name: "pods", summary: "show the attached pods",
+		run: apiCommand("pods", podsDoc, (*api.Client).Attachments, printPods)})
+	register(command{name: "peers", summary: "show the peer nodes' ports and the podCIDRs routed to them",
+		run: apiCommand("peers", peersDoc, getPeers, printPeers)})
 }
+
+// The help texts of the API commands that take only the client flags.
+const (
+	routesDoc = "Shows the engine's routing table: prefix, next hop kind and port."
+	portsDoc  = "Shows the engine's ports: packets and bytes each way and drops by reason."
+	podsDoc   = "Shows the attached pods: container, interface, netns, MAC, MTU, addresses and port\n(port -1: recorded but not attached, its re-attach failed)."
+	peersDoc  = "Shows the engine's peer ports (other nodes, through the underlay) with their\n" +
+		"counters and the podCIDRs routed to each. A daemon without peers shows none.\n" +
+		"ADDR is a peer's underlay endpoint (on the underlay row, the receive port, the local one).\n" +
+		"A peer's RX counts what the underlay delivered from it (its port itself receives nothing).\n" +
+		"DROPS are the engine's drops at the port; UNDERLAY DROPS the underlay's, by reason: on a\n" +
+		"peer's row those of its datagrams (foreign-source, wrong-vni, short, bad-checksum, ...) and\n" +
+		"of packets to it; on the underlay row all of them, unknown-sender (from no peer) included."
+)
 
 // clientFlags are the flags of every command that reads the API.
 type clientFlags struct {
@@ -60,6 +78,39 @@ func (c *clientFlags) parseWith(fs *flag.FlagSet, usage string, args []string, s
 
 func (c *clientFlags) client() *api.Client { return &api.Client{Path: c.socket, Timeout: c.timeout} }
 
+// apiCommand returns the run func of an API command that takes only the
+// client flags (doc: its help text): it parses them, then shows what get
+// returns.
+func apiCommand[T any](name, doc string, get func(*api.Client, context.Context) (T, error), table func(io.Writer, T)) func(args []string, stdout, stderr io.Writer) int {
+	return func(args []string, stdout, stderr io.Writer) int {
+		var cf clientFlags
+		if rc := cf.parse(name, doc, args, stdout, stderr); rc >= 0 {
+			return rc
+		}
+		return show(&cf, name, stdout, stderr, get, table)
+	}
+}
+
+// show finishes an API command whose flags are parsed: it gets the value
+// from the daemon with get (a Client method such as (*api.Client).Routes,
+// hence the receiver first) and prints it to stdout, as the API's JSON with
+// --json, else with table. A failed get prints "podrouter name: err" to
+// stderr and returns 1; otherwise show returns 0.
+func show[T any](c *clientFlags, name string, stdout, stderr io.Writer,
+	get func(*api.Client, context.Context) (T, error), table func(io.Writer, T)) int {
+	v, err := get(c.client(), context.Background())
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter %s: %v\n", name, err)
+		return 1
+	}
+	if c.json {
+		printJSON(stdout, v)
+	} else {
+		table(stdout, v)
+	}
+	return 0
+}
+
 func printJSON(w io.Writer, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -82,42 +133,42 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	if rc := cf.parse("status", "Shows the daemon's status. Exits 0 when the daemon is ready, 1 when it is\nnot ready or does not answer, 2 on bad flags.", args, stdout, stderr); rc >= 0 {
 		return rc
 	}
-	st, err := cf.client().Status(context.Background())
-	if err != nil {
-		fmt.Fprintf(stderr, "podrouter status: %v\n", err)
-		return 1
+	ready := false
+	get := func(c *api.Client, ctx context.Context) (api.Status, error) {
+		st, err := c.Status(ctx)
+		ready = st.Ready
+		return st, err
 	}
-	if cf.json {
-		printJSON(stdout, st)
-	} else {
-		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-		gw := st.Gateway.String()
-		if st.Gateway6.IsValid() {
-			gw += "," + st.Gateway6.String()
-		}
-		for _, kv := range [][2]string{
-			{"ready", fmt.Sprint(st.Ready)},
-			{"readiness", readiness(st)},
-			{"pid", fmt.Sprint(st.PID)},
-			{"started", st.Started.Format(time.RFC3339)},
-			{"pod CIDRs", joinStringers(st.PodCIDRs)},
-			{"cluster CIDRs", joinStringers(st.ClusterCIDRs)},
-			{"gateway", gw + " (" + st.GatewayMAC.String() + ")"},
-			{"uplink", st.Uplink},
-			{"mtu", fmt.Sprint(st.MTU)},
-			{"attachments", fmt.Sprint(st.Attachments)},
-			{"re-attached", fmt.Sprintf("%d in %v (%d failed)", st.Reattached, st.ReattachTime.Round(time.Microsecond), st.ReattachFailed)},
-			{"goroutines", fmt.Sprint(st.Goroutines)},
-			{"open fds", fmt.Sprint(st.FDs)},
-		} {
-			fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
-		}
-		_ = tw.Flush()
-	}
-	if !st.Ready {
+	if rc := show(&cf, "status", stdout, stderr, get, printStatus); rc != 0 || !ready {
 		return 1
 	}
 	return 0
+}
+
+func printStatus(w io.Writer, st api.Status) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	gw := st.Gateway.String()
+	if st.Gateway6.IsValid() {
+		gw += "," + st.Gateway6.String()
+	}
+	for _, kv := range [][2]string{
+		{"ready", fmt.Sprint(st.Ready)},
+		{"readiness", readiness(st)},
+		{"pid", fmt.Sprint(st.PID)},
+		{"started", st.Started.Format(time.RFC3339)},
+		{"pod CIDRs", joinStringers(st.PodCIDRs)},
+		{"cluster CIDRs", joinStringers(st.ClusterCIDRs)},
+		{"gateway", gw + " (" + st.GatewayMAC.String() + ")"},
+		{"uplink", st.Uplink},
+		{"mtu", fmt.Sprint(st.MTU)},
+		{"attachments", fmt.Sprint(st.Attachments)},
+		{"re-attached", fmt.Sprintf("%d in %v (%d failed)", st.Reattached, st.ReattachTime.Round(time.Microsecond), st.ReattachFailed)},
+		{"goroutines", fmt.Sprint(st.Goroutines)},
+		{"open fds", fmt.Sprint(st.FDs)},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+	}
+	_ = tw.Flush()
 }
 
 // readiness is what /readyz says.
@@ -131,21 +182,8 @@ func readiness(st api.Status) string {
 	return "not ready: " + st.NotReady
 }
 
-func runRoutes(args []string, stdout, stderr io.Writer) int {
-	var cf clientFlags
-	if rc := cf.parse("routes", "Shows the engine's routing table: prefix, next hop kind and port.", args, stdout, stderr); rc >= 0 {
-		return rc
-	}
-	rs, err := cf.client().Routes(context.Background())
-	if err != nil {
-		fmt.Fprintf(stderr, "podrouter routes: %v\n", err)
-		return 1
-	}
-	if cf.json {
-		printJSON(stdout, rs)
-		return 0
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+func printRoutes(w io.Writer, rs []api.Route) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PREFIX\tNEXT HOP\tPORT")
 	for _, r := range rs {
 		port := "-"
@@ -155,31 +193,16 @@ func runRoutes(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Prefix, r.Kind, port)
 	}
 	_ = tw.Flush()
-	return 0
 }
 
-func runPorts(args []string, stdout, stderr io.Writer) int {
-	var cf clientFlags
-	if rc := cf.parse("ports", "Shows the engine's ports: packets and bytes each way and drops by reason.", args, stdout, stderr); rc >= 0 {
-		return rc
-	}
-	ps, err := cf.client().Ports(context.Background())
-	if err != nil {
-		fmt.Fprintf(stderr, "podrouter ports: %v\n", err)
-		return 1
-	}
-	if cf.json {
-		printJSON(stdout, ps)
-		return 0
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+func printPorts(w io.Writer, ps []api.Port) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "INDEX\tNAME\tKIND\tMTU\tADDRS\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tDROPS")
 	for _, p := range ps {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", p.Index, p.Name, p.Kind, p.MTU, joinStringers(p.Addrs),
 			p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, dropsText(p.Drops))
 	}
 	_ = tw.Flush()
-	return 0
 }
 
 // dropsText prints drops by reason as "a=1,b=2" (sorted), or "-".
@@ -195,27 +218,13 @@ func dropsText(drops map[string]uint64) string {
 	return strings.Join(ds, ",")
 }
 
-func runPods(args []string, stdout, stderr io.Writer) int {
-	var cf clientFlags
-	if rc := cf.parse("pods", "Shows the attached pods: container, interface, netns, MAC, MTU, addresses and port\n(port -1: recorded but not attached, its re-attach failed).", args, stdout, stderr); rc >= 0 {
-		return rc
-	}
-	as, err := cf.client().Attachments(context.Background())
-	if err != nil {
-		fmt.Fprintf(stderr, "podrouter pods: %v\n", err)
-		return 1
-	}
-	if cf.json {
-		printJSON(stdout, as)
-		return 0
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+func printPods(w io.Writer, as []api.Attachment) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CONTAINER\tIFNAME\tNETNS\tMAC\tMTU\tADDRS\tPORT")
 	for _, a := range as {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\n", a.ContainerID, a.IfName, a.Netns, a.MAC, a.MTU, joinStringers(a.Addrs), a.PortIndex)
 	}
 	_ = tw.Flush()
-	return 0
 }
 
 // peer is one peer port with the prefixes routed to it, as podrouter peers
@@ -243,35 +252,21 @@ func peersOf(ps []api.Port, rs []api.Route) []peer {
 	return out
 }
 
-func runPeers(args []string, stdout, stderr io.Writer) int {
-	var cf clientFlags
-	if rc := cf.parse("peers", "Shows the engine's peer ports (other nodes, through the underlay) with their\n"+
-		"counters and the podCIDRs routed to each. A daemon without peers shows none.\n"+
-		"ADDR is a peer's underlay endpoint (on the underlay row, the receive port, the local one).\n"+
-		"A peer's RX counts what the underlay delivered from it (its port itself receives nothing).\n"+
-		"DROPS are the engine's drops at the port; UNDERLAY DROPS the underlay's, by reason: on a\n"+
-		"peer's row those of its datagrams (foreign-source, wrong-vni, short, bad-checksum, ...) and\n"+
-		"of packets to it; on the underlay row all of them, unknown-sender (from no peer) included.", args, stdout, stderr); rc >= 0 {
-		return rc
-	}
-	ctx := context.Background()
-	c := cf.client()
+// getPeers gets the ports and the routes and joins them (peersOf).
+func getPeers(c *api.Client, ctx context.Context) ([]peer, error) {
 	ps, err := c.Ports(ctx)
 	if err != nil {
-		fmt.Fprintf(stderr, "podrouter peers: %v\n", err)
-		return 1
+		return nil, err
 	}
 	rs, err := c.Routes(ctx)
 	if err != nil {
-		fmt.Fprintf(stderr, "podrouter peers: %v\n", err)
-		return 1
+		return nil, err
 	}
-	peers := peersOf(ps, rs)
-	if cf.json {
-		printJSON(stdout, peers)
-		return 0
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	return peersOf(ps, rs), nil
+}
+
+func printPeers(w io.Writer, peers []peer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "INDEX\tNAME\tADDR\tMTU\tPREFIXES\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tDROPS\tUNDERLAY DROPS")
 	for _, p := range peers {
 		addr, rxp, rxb, udrops := "-", p.RxPackets, p.RxBytes, "-"
@@ -288,5 +283,4 @@ func runPeers(args []string, stdout, stderr io.Writer) int {
 			rxp, rxb, p.TxPackets, p.TxBytes, dropsText(p.Drops), udrops)
 	}
 	_ = tw.Flush()
-	return 0
 }

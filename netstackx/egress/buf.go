@@ -21,6 +21,18 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 func getBuf() *[]byte  { return bufPool.Get().(*[]byte) }
 func putBuf(b *[]byte) { bufPool.Put(b) }
 
+// readBuf waits for data on c (waitData), then reads it into a buffer from
+// the pool. bp is nil when the wait failed; otherwise the caller puts it
+// back, whatever n and err are.
+func readBuf(c net.Conn) (bp *[]byte, n int, err error) {
+	if err := waitData(c); err != nil {
+		return nil, 0, err
+	}
+	bp = getBuf()
+	n, err = c.Read(*bp)
+	return bp, n, err
+}
+
 // waitData blocks until a read on c would not block (data, EOF or an
 // error is pending), without a buffer, and returns the socket error it
 // found, if any: the peek consumes it (SO_ERROR), so the caller takes it as

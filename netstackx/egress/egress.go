@@ -257,23 +257,12 @@ func New(cfg Config) (*Forwarder, error) {
 
 // TCP buffers: throughput needs a window well above the bandwidth-delay
 // product of a host socket's loopback or LAN path.
-const (
-	tcpBufMin     = 4 << 10
-	tcpBufDefault = 1 << 20
-	tcpBufMax     = 8 << 20
-)
+var tcpBuffers = netstackx.TCPBuffers{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20}
 
 func (f *Forwarder) configure() error {
 	s := f.s
-	sack := tcpip.TCPSACKEnabled(true)
-	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	cubic := tcpip.CongestionControlOption("cubic")
-	sndBuf := tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufMin, Default: tcpBufDefault, Max: tcpBufMax}
-	rcvBuf := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpBufMin, Default: tcpBufDefault, Max: tcpBufMax}
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &cubic, &sndBuf, &rcvBuf} {
-		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
-			return fmt.Errorf("egress: tcp option %T: %s", opt, err)
-		}
+	if err := netstackx.TuneTCP(s, tcpBuffers); err != nil {
+		return fmt.Errorf("egress: %w", err)
 	}
 	if err := s.CreateNICWithOptions(nicID, f.ep.LinkEndpoint(), stack.NICOptions{Name: "egress"}); err != nil {
 		return fmt.Errorf("egress: create NIC: %s", err)

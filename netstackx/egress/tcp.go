@@ -259,13 +259,7 @@ func (fl *tcpFlow) podToHost() {
 // hostToPod copies what the remote sends to the pod.
 func (fl *tcpFlow) hostToPod() {
 	for {
-		var n int
-		var bp *[]byte
-		err := waitData(fl.host)
-		if err == nil {
-			bp = getBuf()
-			n, err = fl.host.Read(*bp)
-		}
+		bp, n, err := readBuf(fl.host)
 		if n > 0 {
 			werr := fl.pod.Write((*bp)[:n])
 			putBuf(bp)

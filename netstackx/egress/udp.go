@@ -186,13 +186,7 @@ func (fl *udpFlow) podToHost() {
 func (fl *udpFlow) hostToPod() {
 	var r bytes.Reader
 	for {
-		var n int
-		var bp *[]byte
-		err := waitData(fl.host)
-		if err == nil {
-			bp = getBuf()
-			n, err = fl.host.Read(*bp)
-		}
+		bp, n, err := readBuf(fl.host)
 		if err != nil {
 			if bp != nil {
 				putBuf(bp)

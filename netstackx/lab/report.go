@@ -268,17 +268,8 @@ func writeCounters(out io.Writer, eng *engine.Engine) {
 	slices.SortFunc(ports, func(a, b *engine.Port) int { return strings.Compare(a.Name(), b.Name()) })
 	for _, p := range ports {
 		s := p.Stats()
-		var drops []string
-		for _, r := range engine.DropReasons() {
-			if n := s.Drops[r]; n > 0 {
-				drops = append(drops, fmt.Sprintf("%s=%d", r, n))
-			}
-		}
-		d := "0"
-		if len(drops) > 0 {
-			d = strings.Join(drops, ",")
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", p.Name(), s.RxPackets, s.RxBytes, s.TxPackets, s.TxBytes, d)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", p.Name(), s.RxPackets, s.RxBytes, s.TxPackets, s.TxBytes,
+			dropsText(engine.DropReasons(), s.Drops))
 	}
 	_ = tw.Flush()
 	sent, limited := eng.ICMPStats()
@@ -287,16 +278,25 @@ func writeCounters(out io.Writer, eng *engine.Engine) {
 
 func writeUnderlay(out io.Writer, u *underlay.Underlay) {
 	s := u.Stats()
-	var drops []string
-	for _, r := range underlay.DropReasons() {
-		if n := s.Drops[r]; n > 0 {
-			drops = append(drops, fmt.Sprintf("%s=%d", r, n))
+	fmt.Fprintf(out, "underlay %s %s: rx %d pkts in %d recvmmsg (%d GRO), tx %d pkts in %d sendmmsg (%d GSO), drops %s\n",
+		u.Encap(), u.LocalAddr(), s.RxPackets, s.RxCalls, s.RxGRO, s.TxPackets, s.TxCalls, s.TxGSO,
+		dropsText(underlay.DropReasons(), s.Drops))
+}
+
+// dropsText prints the non-zero drops as "reason=n,...", in the order of
+// reasons (all of a layer's, from its DropReasons), or "0" when there are none.
+func dropsText[R interface {
+	comparable
+	fmt.Stringer
+}](reasons []R, drops map[R]uint64) string {
+	var ds []string
+	for _, r := range reasons {
+		if n := drops[r]; n > 0 {
+			ds = append(ds, fmt.Sprintf("%s=%d", r, n))
 		}
 	}
-	d := "0"
-	if len(drops) > 0 {
-		d = strings.Join(drops, ",")
+	if len(ds) == 0 {
+		return "0"
 	}
-	fmt.Fprintf(out, "underlay %s %s: rx %d pkts in %d recvmmsg (%d GRO), tx %d pkts in %d sendmmsg (%d GSO), drops %s\n",
-		u.Encap(), u.LocalAddr(), s.RxPackets, s.RxCalls, s.RxGRO, s.TxPackets, s.TxCalls, s.TxGSO, d)
+	return strings.Join(ds, ",")
 }

@@ -665,3 +665,36 @@ func TestObserve(t *testing.T) {
 		t.Errorf("observed %v, want %v", got, want)
 	}
 }
+
+// TestAnswer checks the client's reading of a reply's answer: the
+// exchange's error first, then a missing answer as ErrInternal naming what
+// is missing, else the answer itself.
+func TestAnswer(t *testing.T) {
+	st := Status{PID: 7}
+	errDown := fmt.Errorf("%w: refused", ErrUnavailable)
+	for _, tc := range []struct {
+		name    string
+		v       *Status
+		err     error
+		want    Status
+		wantErr error
+		msg     string
+	}{
+		{"answer", &st, nil, st, nil, ""},
+		{"exchange error", nil, errDown, Status{}, ErrUnavailable, "api: daemon unavailable: refused"},
+		{"missing", nil, nil, Status{}, ErrInternal, "api: internal error: status reply without the status"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := answer(tc.v, tc.err, "status reply without the status")
+			if !errors.Is(err, tc.wantErr) || (err == nil) != (tc.wantErr == nil) {
+				t.Fatalf("err %v, want %v", err, tc.wantErr)
+			}
+			if err != nil && err.Error() != tc.msg {
+				t.Errorf("message %q, want %q", err.Error(), tc.msg)
+			}
+			if got.PID != tc.want.PID {
+				t.Errorf("got PID %d, want %d", got.PID, tc.want.PID)
+			}
+		})
+	}
+}

@@ -31,13 +31,7 @@ func (c *Client) Attach(ctx context.Context, req AttachRequest, tap *os.File) (A
 		return Attachment{}, fmt.Errorf("%w: attach without a TAP file", ErrBadRequest)
 	}
 	rep, err := c.do(ctx, request{Op: OpAttach, Attach: &req}, tap)
-	if err != nil {
-		return Attachment{}, err
-	}
-	if rep.Attachment == nil {
-		return Attachment{}, fmt.Errorf("%w: attach reply without the attachment", ErrInternal)
-	}
-	return *rep.Attachment, nil
+	return answer(rep.Attachment, err, "attach reply without the attachment")
 }
 
 // Detach detaches id; an error wrapping ErrNotFound when it is not attached.
@@ -49,13 +43,7 @@ func (c *Client) Detach(ctx context.Context, id AttachmentID) error {
 // Status returns the daemon's status.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	rep, err := c.do(ctx, request{Op: OpStatus}, nil)
-	if err != nil {
-		return Status{}, err
-	}
-	if rep.Status == nil {
-		return Status{}, fmt.Errorf("%w: status reply without the status", ErrInternal)
-	}
-	return *rep.Status, nil
+	return answer(rep.Status, err, "status reply without the status")
 }
 
 // Routes returns the engine's routing table.
@@ -94,13 +82,21 @@ func (c *Client) Capture(ctx context.Context, req CaptureRequest, out *os.File) 
 		return CaptureStats{}, fmt.Errorf("%w: capture without an output file", ErrBadRequest)
 	}
 	rep, err := c.exchange(ctx, request{Op: OpCapture, Capture: &req}, out, req.Duration)
+	return answer(rep.Capture, err, "capture reply without the stats")
+}
+
+// answer returns *v, the part of a reply that answers its request, or the
+// exchange's error. A successful reply without it (v nil) is an error
+// wrapping ErrInternal that says what is missing.
+func answer[T any](v *T, err error, missing string) (T, error) {
+	var zero T
 	if err != nil {
-		return CaptureStats{}, err
+		return zero, err
 	}
-	if rep.Capture == nil {
-		return CaptureStats{}, fmt.Errorf("%w: capture reply without the stats", ErrInternal)
+	if v == nil {
+		return zero, fmt.Errorf("%w: %s", ErrInternal, missing)
 	}
-	return *rep.Capture, nil
+	return *v, nil
 }
 
 func (c *Client) timeout() time.Duration {

@@ -119,13 +119,7 @@ func (c *Client) Conntrack(ctx context.Context, req ConntrackRequest) (Conntrack
 		return Conntrack{}, err
 	}
 	rep, err := c.do(ctx, request{Op: OpConntrack, Conntrack: &req}, nil)
-	if err != nil {
-		return Conntrack{}, err
-	}
-	if rep.Conntrack == nil {
-		return Conntrack{}, fmt.Errorf("%w: conntrack reply without the flows", ErrInternal)
-	}
-	return *rep.Conntrack, nil
+	return answer(rep.Conntrack, err, "conntrack reply without the flows")
 }
 
 // serveConntrack is dispatch's OpConntrack.

@@ -53,13 +53,7 @@ type PeerStats struct {
 }
 
 // TotalDrops sums the drops over every reason.
-func (s PeerStats) TotalDrops() uint64 {
-	var n uint64
-	for _, v := range s.Drops {
-		n += v
-	}
-	return n
-}
+func (s PeerStats) TotalDrops() uint64 { return sumDrops(s.Drops) }
 
 // peerState is a peer in one snapshot of the table: immutable except for
 // its counters, which carry over to the next snapshot.
@@ -218,12 +212,21 @@ func (p *peerState) checkInner(ip []byte) DropReason {
 func (u *Underlay) SetPeers(peers []Peer) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	t, err := u.buildTable(peers, u.peers.Load())
+	if err := u.publish(peers, u.peers.Load()); err != nil {
+		return err
+	}
+	u.log.Info("peer table set")
+	return nil
+}
+
+// publish builds the table of peers, carrying old's counters over, and
+// makes it the current one. The caller holds u.mu and old is current.
+func (u *Underlay) publish(peers []Peer, old *table) error {
+	t, err := u.buildTable(peers, old)
 	if err != nil {
 		return err
 	}
 	u.peers.Store(t)
-	u.log.Info("peer table set")
 	return nil
 }
 
@@ -232,18 +235,9 @@ func (u *Underlay) UpsertPeer(p Peer) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	old := u.peers.Load()
-	peers := make([]Peer, 0, len(old.byName)+1)
-	for _, q := range old.byName {
-		if q.Name != p.Name {
-			peers = append(peers, q.Peer)
-		}
-	}
-	peers = append(peers, p)
-	t, err := u.buildTable(peers, old)
-	if err != nil {
+	if err := u.publish(append(old.without(p.Name, 1), p), old); err != nil {
 		return err
 	}
-	u.peers.Store(t)
 	u.log.Info("peer set")
 	return nil
 }
@@ -256,18 +250,20 @@ func (u *Underlay) RemovePeer(name string) bool {
 	if old.byName[name] == nil {
 		return false
 	}
-	peers := make([]Peer, 0, len(old.byName))
-	for _, q := range old.byName {
+	// An error cannot happen: the remaining peers were valid.
+	return u.publish(old.without(name, 0), old) == nil
+}
+
+// without lists the table's peers but the named one, with room for extra
+// more peers (UpsertPeer appends the new one).
+func (t *table) without(name string, extra int) []Peer {
+	peers := make([]Peer, 0, len(t.byName)+extra)
+	for _, q := range t.byName {
 		if q.Name != name {
 			peers = append(peers, q.Peer)
 		}
 	}
-	t, err := u.buildTable(peers, old)
-	if err != nil { // cannot happen: the remaining peers were valid
-		return false
-	}
-	u.peers.Store(t)
-	return true
+	return peers
 }
 
 // Peers returns the current table, sorted by name.

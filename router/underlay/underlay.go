@@ -181,9 +181,12 @@ type Stats struct {
 }
 
 // TotalDrops sums the drops over every reason.
-func (s Stats) TotalDrops() uint64 {
+func (s Stats) TotalDrops() uint64 { return sumDrops(s.Drops) }
+
+// sumDrops sums drops by reason (Stats and PeerStats).
+func sumDrops(drops map[DropReason]uint64) uint64 {
 	var n uint64
-	for _, v := range s.Drops {
+	for _, v := range drops {
 		n += v
 	}
 	return n

@@ -429,13 +429,13 @@ func writeNodeFiles(cfg Config, ko KubeOptions) error {
 		log = zap.NewNop()
 	}
 	if ko.CNIConf != "" {
-		if err := writeAtomic(ko.CNIConf, CNIConfList(cfg, ko.CNIDataDir), 0o644); err != nil {
+		if err := writeFile(ko.CNIConf, CNIConfList(cfg, ko.CNIDataDir), 0o644); err != nil {
 			return fmt.Errorf("daemon: cni conflist: %w", err)
 		}
 		log.Info("CNI conflist written", zap.String("file", ko.CNIConf))
 	}
 	if ko.SubnetEnv != "" {
-		if err := writeAtomic(ko.SubnetEnv, SubnetEnv(cfg, ko.NetConf), 0o644); err != nil {
+		if err := writeFile(ko.SubnetEnv, SubnetEnv(cfg, ko.NetConf), 0o644); err != nil {
 			return fmt.Errorf("daemon: subnet.env: %w", err)
 		}
 		log.Info("subnet.env written", zap.String("file", ko.SubnetEnv))
@@ -443,40 +443,11 @@ func writeNodeFiles(cfg Config, ko KubeOptions) error {
 	return nil
 }
 
-// writeAtomic writes data to path through a temporary file in the same
-// directory (made if missing), synced and renamed over path: readers see
-// the old file or the whole new one.
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// writeFile writes data to path with writeAtomic, making path's directory
+// first when it is missing.
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	success := false
-	defer func() {
-		if !success {
-			_ = f.Close()
-			_ = os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	success = true
-	return nil
+	return writeAtomic(path, data, mode)
 }

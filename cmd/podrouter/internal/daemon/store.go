@@ -96,31 +96,48 @@ func (s *store) put(r record) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(s.dir, ".tmp-*")
-	if err != nil {
+	if err := writeAtomic(s.path(r.AttachmentID), b, 0o600); err != nil {
 		return fmt.Errorf("daemon: record %s: %w", r.AttachmentID, err)
 	}
-	ok := false
+	return s.syncDir()
+}
+
+// tmpPrefix starts the name of writeAtomic's temporary files; load removes
+// those left by a crash.
+const tmpPrefix = ".tmp-"
+
+// writeAtomic writes data to path through a temporary file in the same
+// directory, with mode, synced and renamed over path: readers see the old
+// file or the whole new one. The directory must exist.
+func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
+	if err != nil {
+		return err
+	}
+	success := false
 	defer func() {
-		if !ok {
-			_ = tmp.Close()
-			_ = os.Remove(tmp.Name())
+		if !success {
+			_ = f.Close()
+			_ = os.Remove(f.Name())
 		}
 	}()
-	if _, err := tmp.Write(b); err != nil {
-		return fmt.Errorf("daemon: record %s: %w", r.AttachmentID, err)
+	if _, err := f.Write(data); err != nil {
+		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("daemon: record %s: %w", r.AttachmentID, err)
+	if err := f.Chmod(mode); err != nil {
+		return err
 	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("daemon: record %s: %w", r.AttachmentID, err)
+	if err := f.Sync(); err != nil {
+		return err
 	}
-	if err := os.Rename(tmp.Name(), s.path(r.AttachmentID)); err != nil {
-		return fmt.Errorf("daemon: record %s: %w", r.AttachmentID, err)
+	if err := f.Close(); err != nil {
+		return err
 	}
-	ok = true
-	return s.syncDir()
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	success = true
+	return nil
 }
 
 // remove deletes id's record; a missing record is not an error.
@@ -150,7 +167,7 @@ func (s *store) load() (recs []record, bad []string, err error) {
 	}
 	for _, e := range ents {
 		name := e.Name()
-		if strings.HasPrefix(name, ".tmp-") {
+		if strings.HasPrefix(name, tmpPrefix) {
 			_ = os.Remove(filepath.Join(s.dir, name))
 			continue
 		}
