@@ -1,0 +1,235 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/leaktest"
+	"github.com/podrouter/podrouter/router/link"
+	"github.com/podrouter/podrouter/router/link/linktest"
+	"github.com/podrouter/podrouter/router/underlay"
+)
+
+// wgNode is a node on the wireguard backend over loopback with one pod.
+type wgNode struct {
+	*Node
+	key  Key
+	pod  netip.Addr
+	host *linktest.End // the pod's side of its port
+	rx   chan []byte   // what the pod receives
+}
+
+func newWGNode(t *testing.T, podCIDR string) *wgNode {
+	t.Helper()
+	key, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(Config{
+		PodCIDR:      netip.MustParsePrefix(podCIDR),
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+		Underlay: UnderlayConfig{Backend: BackendWireGuard, Listen: netip.MustParseAddrPort("127.0.0.1:0"),
+			MTU: 1500, PrivateKey: key},
+		Logger: zaptest.NewLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w := &wgNode{Node: n, key: key, pod: netip.MustParsePrefix(podCIDR).Addr().Next().Next(), rx: make(chan []byte, 16)}
+	port, host := linktest.Pipe(64, 2048, 8)
+	w.host = host
+	if _, err := n.Engine().AddPort(port, engine.PortConfig{Name: "pod", Kind: engine.KindPod, MTU: n.MTU(),
+		Addrs: []netip.Addr{w.pod}}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		bufs, sizes := [][]byte{make([]byte, 2048)}, make([]int, 1)
+		for {
+			if _, err := host.Read(bufs, sizes, 0); err != nil {
+				return
+			}
+			w.rx <- bytes.Clone(bufs[0][:sizes[0]])
+		}
+	}()
+	return w
+}
+
+// peer returns w as a peer of another node.
+func (w *wgNode) peer(name string) Peer {
+	return Peer{Name: name, Addr: w.Backend().LocalAddr(), PublicKey: PublicKey(w.key), PodCIDRs: w.Config().PodCIDRs()}
+}
+
+// send writes a UDP packet from w's pod to dst.
+func (w *wgNode) send(t *testing.T, dst netip.Addr, payload string) []byte {
+	t.Helper()
+	b := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize+len(payload))
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.UDPProtocolNumber),
+		SrcAddr: tcpip.AddrFrom4(w.pod.As4()), DstAddr: tcpip.AddrFrom4(dst.As4()),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	header.UDP(b[header.IPv4MinimumSize:]).Encode(&header.UDPFields{SrcPort: 1000, DstPort: 2000,
+		Length: uint16(header.UDPMinimumSize + len(payload))})
+	copy(b[header.IPv4MinimumSize+header.UDPMinimumSize:], payload)
+	if _, err := w.host.Write([][]byte{append(make([]byte, link.Headroom), b...)}, link.Headroom); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// expect waits for the UDP packet sent as want (its TTL two less: each engine forwards it once) at w's pod.
+func (w *wgNode) expect(t *testing.T, want []byte) {
+	t.Helper()
+	select {
+	case got := <-w.rx:
+		ip := header.IPv4(got)
+		if !ip.IsValid(len(got)) || ip.CalculateChecksum() != 0xffff || ip.TTL() != 62 {
+			t.Fatalf("got an invalid IPv4 packet (ttl %d) % x", ip.TTL(), got)
+		}
+		if ip.SourceAddress() != header.IPv4(want).SourceAddress() || ip.DestinationAddress() != header.IPv4(want).DestinationAddress() ||
+			!bytes.Equal(ip.Payload(), header.IPv4(want).Payload()) {
+			t.Fatalf("got % x, want % x", got, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing arrived")
+	}
+}
+
+// expectNothing checks that nothing arrives at w's pod for a while.
+func (w *wgNode) expectNothing(t *testing.T, d time.Duration) {
+	t.Helper()
+	select {
+	case got := <-w.rx:
+		t.Fatalf("got % x, want nothing", got)
+	case <-time.After(d):
+	}
+}
+
+func TestWireGuard(t *testing.T) {
+	leaktest.Check(t, 5*time.Second)
+	n1, n2 := newWGNode(t, "10.244.1.0/24"), newWGNode(t, "10.244.2.0/24")
+	if n1.MTU() != 1440 {
+		t.Errorf("pod MTU %d on a 1500 underlay, want 1440", n1.MTU())
+	}
+	if a := n1.Backend().Announce(); a.Backend != BackendWireGuard || a.PublicKey != PublicKey(n1.key) || a.Endpoint != n1.Backend().LocalAddr() {
+		t.Errorf("announce %+v", a)
+	}
+	if err := n1.SetPeers([]Peer{n2.peer("n2")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.SetPeers([]Peer{n1.peer("n1")}); err != nil {
+		t.Fatal(err)
+	}
+	want := n1.send(t, n2.pod, "hello over wireguard")
+	n2.expect(t, want)
+	n1.expect(t, n2.send(t, n1.pod, "and back"))
+
+	if s := n2.Backend().Stats(); s.RxPackets != 1 || s.TxPackets != 1 || s.TotalDrops() != 0 {
+		t.Errorf("n2 stats %+v", s)
+	}
+	ps, ok := n1.Backend().PeerStats("n2")
+	if !ok || ps.TxPackets != 1 || ps.TxBytes != uint64(len(want)) || ps.RxBytes == 0 {
+		t.Errorf("n1's stats of n2: %+v, %v", ps, ok)
+	}
+	if _, ok := n1.Backend().PeerStats("n9"); ok {
+		t.Error("stats of a peer not in the table")
+	}
+
+	// n2 forgets n1: n1's packets no longer get through, n1's port on n2
+	// is closed, and a device of a peer not in the table drops.
+	oldDev := n2.Backend().PeerDevice("n1")
+	if err := n2.SetPeers(nil); err != nil {
+		t.Fatal(err)
+	}
+	n1.send(t, n2.pod, "after removal")
+	n2.expectNothing(t, time.Second)
+	pkt := [][]byte{append(make([]byte, link.Headroom), want...)}
+	if _, err := oldDev.Write(pkt, link.Headroom); !errors.Is(err, link.ErrClosed) {
+		t.Errorf("write to the removed peer's closed device: %v", err)
+	}
+	if _, err := n2.Backend().PeerDevice("n1").Write(pkt, link.Headroom); err != nil {
+		t.Fatal(err)
+	}
+	if d := n2.Backend().Stats().Drops[underlay.DropNoPeer]; d != 1 {
+		t.Errorf("no-peer drops %d, want 1", d)
+	}
+}
+
+// TestWireGuardWrongKey: a peer listed under another public key completes
+// no handshake, and none of its packets get through.
+func TestWireGuardWrongKey(t *testing.T) {
+	leaktest.Check(t, 5*time.Second)
+	n1, n2 := newWGNode(t, "10.244.1.0/24"), newWGNode(t, "10.244.2.0/24")
+	other, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := n1.peer("n1")
+	wrong.PublicKey = PublicKey(other)
+	if err := n1.SetPeers([]Peer{n2.peer("n2")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.SetPeers([]Peer{wrong}); err != nil {
+		t.Fatal(err)
+	}
+	n1.send(t, n2.pod, "forged")
+	n2.expectNothing(t, 1500*time.Millisecond)
+	if s := n2.Backend().Stats(); s.RxPackets != 0 {
+		t.Errorf("n2 delivered %d packets", s.RxPackets)
+	}
+}
+
+func TestWireGuardConfig(t *testing.T) {
+	_, err := New(Config{
+		PodCIDR:  netip.MustParsePrefix("10.244.1.0/24"),
+		Underlay: UnderlayConfig{Backend: BackendWireGuard, Listen: netip.MustParseAddrPort("127.0.0.1:0")},
+	})
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "private key") {
+		t.Fatalf("without a key: %v", err)
+	}
+	n := newWGNode(t, "10.244.1.0/24")
+	k1, _ := GenerateKey()
+	p := Peer{Name: "a", Addr: netip.MustParseAddrPort("127.0.0.2:51820"), PublicKey: PublicKey(k1),
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}
+	if err := n.SetPeers([]Peer{p}); err != nil {
+		t.Fatal(err)
+	}
+	for name, bad := range map[string][]Peer{
+		"no key":     {{Name: "b", Addr: netip.MustParseAddrPort("127.0.0.3:51820")}},
+		"own key":    {{Name: "b", Addr: netip.MustParseAddrPort("127.0.0.3:51820"), PublicKey: PublicKey(n.key)}},
+		"shared key": {p, {Name: "b", Addr: netip.MustParseAddrPort("127.0.0.3:51820"), PublicKey: p.PublicKey}},
+	} {
+		// The node passes usable peers on; the backend refuses, the old table stays.
+		if err := n.SetPeers(bad); !errors.Is(err, underlay.ErrBadPeer) {
+			t.Errorf("%s: %v, want ErrBadPeer", name, err)
+		}
+		if got := n.Backend().Peers(); len(got) != 1 || got[0].Name != "a" {
+			t.Errorf("%s: peers %v after a refused set", name, got)
+		}
+	}
+	k, err := underlay.ParseKey(p.PublicKey.String())
+	if err != nil || k != p.PublicKey {
+		t.Errorf("ParseKey(String()) = %v, %v", k, err)
+	}
+	if _, err := underlay.ParseKey("AAAA"); err == nil {
+		t.Error("ParseKey of 3 bytes: no error")
+	}
+}
