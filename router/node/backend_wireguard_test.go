@@ -233,3 +233,46 @@ func TestWireGuardConfig(t *testing.T) {
 		t.Error("ParseKey of 3 bytes: no error")
 	}
 }
+
+// TestWireGuardQueuesNoAlloc: a packet through a peer device, wireguard-go's
+// side of the TUN both ways and the RX device allocates nothing.
+func TestWireGuardQueuesNoAlloc(t *testing.T) {
+	b := &wgBackend{mtu: 1440}
+	b.tun = &wgTUN{b: b, q: newPktQueue(4, b.mtu)}
+	b.rx = &wgRxDevice{q: newPktQueue(4, b.mtu)}
+	b.peers.Store(&wgTable{byName: map[string]*wgPeer{"a": {Peer: Peer{Name: "a"}, c: new(wgPeerCounters)}}})
+	d := &wgPeerDevice{b: b, name: "a", done: make(chan struct{})}
+	pkt := make([]byte, link.Headroom+1400)
+	bufs, sizes := [][]byte{make([]byte, 2048)}, make([]int, 1)
+	in, out := [][]byte{pkt}, make([][]byte, 1)
+	step := func() {
+		if _, err := d.Write(in, link.Headroom); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := b.tun.Read(bufs, sizes, 16); n != 1 || err != nil {
+			t.Fatal(n, err)
+		}
+		out[0] = bufs[0][:16+sizes[0]] // as wireguard-go hands it over
+		if _, err := b.tun.Write(out, 16); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := b.rx.Read(bufs, sizes, link.Headroom); n != 1 || err != nil || sizes[0] != 1400 {
+			t.Fatal(n, err, sizes[0])
+		}
+	}
+	if a := testing.AllocsPerRun(100, step); a != 0 {
+		t.Fatalf("%v allocations per packet", a)
+	}
+	// A full queue drops and counts; a packet over the MTU too.
+	for range 5 {
+		_, _ = d.Write(in, link.Headroom)
+	}
+	_, _ = d.Write([][]byte{make([]byte, link.Headroom+1441)}, link.Headroom)
+	s := b.Stats()
+	if s.Drops[underlay.DropQueueFull] != 1 || s.Drops[underlay.DropTooBig] != 1 {
+		t.Fatalf("drops %v, want one queue-full and one too-big", s.Drops)
+	}
+	if ps := b.peers.Load().byName["a"].c; ps.drops[underlay.DropQueueFull].Load() != 1 {
+		t.Fatal("the peer's queue-full drop is not counted")
+	}
+}
