@@ -57,6 +57,10 @@ const BackendWireGuard = "wireguard"
 // message header (16) and the Poly1305 tag (16).
 const wireGuardOverhead = 32
 
+// wgDropReasons bounds the drop reasons the backend counts (no-peer,
+// too-big, queue-full).
+const wgDropReasons = underlay.DropQueueFull + 1
+
 // wgQueueLen is the length of each of the two queues (packets).
 const wgQueueLen = 1024
 
@@ -128,12 +132,12 @@ type wgCounters struct {
 	rxPackets, rxBytes atomic.Uint64
 	_                  [48]byte
 	txPackets, txBytes atomic.Uint64
-	drops              [underlay.DropQueueFull + 1]atomic.Uint64
+	drops              [wgDropReasons]atomic.Uint64
 }
 
 type wgPeerCounters struct {
 	txPackets, txBytes atomic.Uint64
-	drops              [underlay.DropQueueFull + 1]atomic.Uint64
+	drops              [wgDropReasons]atomic.Uint64
 }
 
 func (b *wgBackend) drop(p *wgPeerCounters, r underlay.DropReason, n uint64) {
@@ -356,7 +360,7 @@ func (b *wgBackend) Stats() underlay.Stats {
 	return s
 }
 
-func loadWGDrops(m map[underlay.DropReason]uint64, c *[underlay.DropQueueFull + 1]atomic.Uint64) {
+func loadWGDrops(m map[underlay.DropReason]uint64, c *[wgDropReasons]atomic.Uint64) {
 	for r := range c {
 		if v := c[r].Load(); v != 0 {
 			m[underlay.DropReason(r)] = v
@@ -482,7 +486,7 @@ func (d *wgRxDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return n, nil
 }
 
-// Write is refused: nothing is routed to the RX port.
+// Write discards: nothing is routed to the RX port.
 func (d *wgRxDevice) Write(bufs [][]byte, offset int) (int, error) { return len(bufs), nil }
 func (d *wgRxDevice) BatchSize() int                               { return conn.IdealBatchSize }
 func (d *wgRxDevice) Close() error                                 { d.q.close(); return nil }

@@ -232,6 +232,10 @@ func TestWireGuardConfig(t *testing.T) {
 	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "private key") {
 		t.Fatalf("without a key: %v", err)
 	}
+	k, _ := LookupBackend(BackendWireGuard)
+	if m4, m6 := PodMTU(1500, k, false), PodMTU(1500, k, true); m4 != 1440 || m6 != 1420 {
+		t.Errorf("pod MTU on 1500: %d over IPv4, %d over IPv6; want 1440, 1420", m4, m6)
+	}
 	n := newWGNode(t, "10.244.1.0/24")
 	k1, _ := GenerateKey()
 	p := Peer{Name: "a", Addr: netip.MustParseAddrPort("127.0.0.2:51820"), PublicKey: PublicKey(k1),
@@ -252,9 +256,8 @@ func TestWireGuardConfig(t *testing.T) {
 			t.Errorf("%s: peers %v after a refused set", name, got)
 		}
 	}
-	k, err := underlay.ParseKey(p.PublicKey.String())
-	if err != nil || k != p.PublicKey {
-		t.Errorf("ParseKey(String()) = %v, %v", k, err)
+	if pk, err := underlay.ParseKey(p.PublicKey.String()); err != nil || pk != p.PublicKey {
+		t.Errorf("ParseKey(String()) = %v, %v", pk, err)
 	}
 	if _, err := underlay.ParseKey("AAAA"); err == nil {
 		t.Error("ParseKey of 3 bytes: no error")
