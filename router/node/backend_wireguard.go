@@ -26,7 +26,6 @@ package node
 // accepts authenticated datagrams, and only from listed peers).
 
 import (
-	"bufio"
 	"crypto/ecdh"
 	"crypto/rand"
 	"encoding/hex"
@@ -47,6 +46,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/podrouter/podrouter/router/link"
+	"github.com/podrouter/podrouter/router/route"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 
@@ -121,11 +121,69 @@ var _ Backend = (*wgBackend)(nil)
 type wgTable struct {
 	list   []Peer // sorted by name
 	byName map[string]*wgPeer
+	// src maps a peer's AllowedIPs to its index in byIndex: whose
+	// decrypted packets wgTUN.Write is given (each call is one peer's).
+	src     *route.Table
+	byIndex []*wgPeer
 }
 
 type wgPeer struct {
 	Peer
 	c *wgPeerCounters // carried over while the peer stays
+}
+
+// allowedIPs returns the inner sources p may send from, as WireGuard's
+// AllowedIPs: its endpoint's address, its podCIDRs and node addresses.
+func allowedIPs(p *Peer) []netip.Prefix {
+	a := p.Addr.Addr().Unmap()
+	out := []netip.Prefix{netip.PrefixFrom(a, a.BitLen())}
+	out = append(out, p.PodCIDRs...)
+	for _, a := range p.NodeAddrs {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out
+}
+
+// newWGTable builds a snapshot of peers (validated); counters of peers
+// in old under the same key carry over.
+func newWGTable(peers []Peer, old *wgTable) *wgTable {
+	t := &wgTable{byName: make(map[string]*wgPeer, len(peers))}
+	rb := route.NewBuilder()
+	for _, p := range peers {
+		p.PodCIDRs, p.NodeAddrs = slices.Clone(p.PodCIDRs), slices.Clone(p.NodeAddrs)
+		wp := &wgPeer{Peer: p, c: new(wgPeerCounters)}
+		if o := old.byName[p.Name]; o != nil && o.PublicKey == p.PublicKey {
+			wp.c = o.c
+		}
+		for _, c := range allowedIPs(&p) {
+			_ = rb.Add(c, route.ToPeer(int32(len(t.byIndex)))) // a duplicate: WireGuard gives it to the last peer too; counts go to the first
+		}
+		t.byName[p.Name] = wp
+		t.byIndex = append(t.byIndex, wp)
+		t.list = append(t.list, p)
+	}
+	t.src = rb.Build()
+	slices.SortFunc(t.list, func(x, y Peer) int { return strings.Compare(x.Name, y.Name) })
+	return t
+}
+
+// sender returns the peer that may send from the source of the IP packet
+// ip, or nil.
+func (t *wgTable) sender(ip []byte) *wgPeer {
+	var a netip.Addr
+	switch {
+	case len(ip) >= 20 && ip[0]>>4 == 4:
+		a = netip.AddrFrom4([4]byte(ip[12:16]))
+	case len(ip) >= 40 && ip[0]>>4 == 6:
+		a = netip.AddrFrom16([16]byte(ip[8:24]))
+	default:
+		return nil
+	}
+	nh, ok := t.src.Lookup(a)
+	if !ok || int(nh.Peer) >= len(t.byIndex) {
+		return nil
+	}
+	return t.byIndex[nh.Peer]
 }
 
 type wgCounters struct {
@@ -136,6 +194,8 @@ type wgCounters struct {
 }
 
 type wgPeerCounters struct {
+	rxPackets, rxBytes atomic.Uint64
+	_                  [48]byte
 	txPackets, txBytes atomic.Uint64
 	drops              [wgDropReasons]atomic.Uint64
 }
@@ -167,7 +227,7 @@ func newWireGuard(cfg UnderlayConfig, log *zap.Logger) (Backend, error) {
 		log: log, pub: PublicKey(cfg.PrivateKey), devs: map[string]*wgPeerDevice{},
 		mtu: under - k.Overhead(cfg.Listen.Addr().Is6()),
 	}
-	b.peers.Store(&wgTable{byName: map[string]*wgPeer{}})
+	b.peers.Store(newWGTable(nil, &wgTable{}))
 	b.tun = &wgTUN{b: b, q: newPktQueue(wgQueueLen, b.mtu), events: make(chan tun.Event)}
 	b.rx = &wgRxDevice{q: newPktQueue(wgQueueLen, b.mtu)}
 	b.dev = device.NewDevice(b.tun, conn.NewDefaultBind(), &device.Logger{Verbosef: b.wgLog(zap.DebugLevel), Errorf: b.wgLog(zap.WarnLevel)})
@@ -282,13 +342,8 @@ func uapi(old *wgTable, peers []Peer) string {
 	}
 	for _, p := range peers {
 		fmt.Fprintf(&sb, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", hex.EncodeToString(p.PublicKey[:]), p.Addr)
-		a := p.Addr.Addr().Unmap()
-		fmt.Fprintf(&sb, "allowed_ip=%s\n", netip.PrefixFrom(a, a.BitLen()))
-		for _, c := range p.PodCIDRs {
+		for _, c := range allowedIPs(&p) {
 			fmt.Fprintf(&sb, "allowed_ip=%s\n", c)
-		}
-		for _, a := range p.NodeAddrs {
-			fmt.Fprintf(&sb, "allowed_ip=%s\n", netip.PrefixFrom(a, a.BitLen()))
 		}
 	}
 	return sb.String()
@@ -304,17 +359,7 @@ func (b *wgBackend) SetPeers(peers []Peer) error {
 		return err
 	}
 	old := b.peers.Load()
-	t := &wgTable{byName: make(map[string]*wgPeer, len(peers))}
-	for _, p := range peers {
-		p.PodCIDRs, p.NodeAddrs = slices.Clone(p.PodCIDRs), slices.Clone(p.NodeAddrs)
-		wp := &wgPeer{Peer: p, c: new(wgPeerCounters)}
-		if o := old.byName[p.Name]; o != nil && o.PublicKey == p.PublicKey {
-			wp.c = o.c
-		}
-		t.byName[p.Name] = wp
-		t.list = append(t.list, p)
-	}
-	slices.SortFunc(t.list, func(x, y Peer) int { return strings.Compare(x.Name, y.Name) })
+	t := newWGTable(peers, old)
 	if err := b.dev.IpcSet(uapi(old, peers)); err != nil {
 		if rerr := b.dev.IpcSet(uapi(&wgTable{byName: t.byName}, old.list)); rerr != nil {
 			b.log.Error("wireguard: restoring the previous peers failed", zap.Error(rerr))
@@ -368,38 +413,21 @@ func loadWGDrops(m map[underlay.DropReason]uint64, c *[wgDropReasons]atomic.Uint
 	}
 }
 
-// PeerStats returns the named peer's counters: tx as the peer's device
-// counts them (inner packets), rx as WireGuard counts it (RxBytes: the
-// bytes of the peer's datagrams; RxPackets is not known per peer).
+// PeerStats returns the named peer's counters (inner packets, as for
+// udp and vxlan: received from the peer and delivered, handed to
+// WireGuard for it).
 func (b *wgBackend) PeerStats(name string) (underlay.PeerStats, bool) {
 	p := b.peers.Load().byName[name]
 	if p == nil {
 		return underlay.PeerStats{}, false
 	}
-	s := underlay.PeerStats{TxPackets: p.c.txPackets.Load(), TxBytes: p.c.txBytes.Load(), Drops: map[underlay.DropReason]uint64{}}
+	s := underlay.PeerStats{
+		RxPackets: p.c.rxPackets.Load(), RxBytes: p.c.rxBytes.Load(),
+		TxPackets: p.c.txPackets.Load(), TxBytes: p.c.txBytes.Load(),
+		Drops: map[underlay.DropReason]uint64{},
+	}
 	loadWGDrops(s.Drops, &p.c.drops)
-	if st, err := b.dev.IpcGet(); err == nil {
-		s.RxBytes = uapiPeerValue(st, p.PublicKey, "rx_bytes")
-	}
 	return s, true
-}
-
-// uapiPeerValue returns the number key of the peer pub in an IpcGet dump.
-func uapiPeerValue(dump string, pub Key, key string) uint64 {
-	want := hex.EncodeToString(pub[:])
-	in := false
-	sc := bufio.NewScanner(strings.NewReader(dump))
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), "=")
-		switch {
-		case k == "public_key":
-			in = v == want
-		case in && k == key:
-			n, _ := strconv.ParseUint(v, 10, 64)
-			return n
-		}
-	}
-	return 0
 }
 
 // Close closes the device (its socket, its queue) and every device
@@ -512,18 +540,32 @@ func (t *wgTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return n, nil
 }
 
+// Write takes one peer's decrypted packets (wireguard-go's receiver of
+// that peer calls it), their sources already checked against the peer's
+// AllowedIPs; the first one's source names the peer for the counters.
 func (t *wgTUN) Write(bufs [][]byte, offset int) (int, error) {
+	if len(bufs) == 0 {
+		return 0, nil
+	}
+	var pc *wgPeerCounters
+	if p := t.b.peers.Load().sender(bufs[0][offset:]); p != nil {
+		pc = p.c
+	}
 	n, bytes, full, big := t.b.rx.q.write(bufs, offset)
 	if n < 0 {
 		return 0, os.ErrClosed
 	}
 	t.b.c.rxPackets.Add(uint64(n))
 	t.b.c.rxBytes.Add(bytes)
+	if pc != nil {
+		pc.rxPackets.Add(uint64(n))
+		pc.rxBytes.Add(bytes)
+	}
 	if full > 0 {
-		t.b.drop(nil, underlay.DropQueueFull, full)
+		t.b.drop(pc, underlay.DropQueueFull, full)
 	}
 	if big > 0 {
-		t.b.drop(nil, underlay.DropTooBig, big)
+		t.b.drop(pc, underlay.DropTooBig, big)
 	}
 	return len(bufs), nil
 }

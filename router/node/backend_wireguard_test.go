@@ -173,7 +173,7 @@ func TestWireGuard(t *testing.T) {
 		t.Errorf("n2 stats %+v", s)
 	}
 	ps, ok := n1.Backend().PeerStats("n2")
-	if !ok || ps.TxPackets != 1 || ps.TxBytes != uint64(len(want)) || ps.RxBytes == 0 {
+	if !ok || ps.TxPackets != 1 || ps.TxBytes != uint64(len(want)) || ps.RxPackets != 1 {
 		t.Errorf("n1's stats of n2: %+v, %v", ps, ok)
 	}
 	if _, ok := n1.Backend().PeerStats("n9"); ok {
@@ -270,9 +270,12 @@ func TestWireGuardQueuesNoAlloc(t *testing.T) {
 	b := &wgBackend{mtu: 1440}
 	b.tun = &wgTUN{b: b, q: newPktQueue(4, b.mtu)}
 	b.rx = &wgRxDevice{q: newPktQueue(4, b.mtu)}
-	b.peers.Store(&wgTable{byName: map[string]*wgPeer{"a": {Peer: Peer{Name: "a"}, c: new(wgPeerCounters)}}})
+	b.peers.Store(newWGTable([]Peer{{Name: "a", Addr: netip.MustParseAddrPort("192.0.2.1:51820"),
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}}}, &wgTable{}))
 	d := &wgPeerDevice{b: b, name: "a", done: make(chan struct{})}
 	pkt := make([]byte, link.Headroom+1400)
+	pkt[link.Headroom] = 0x45
+	copy(pkt[link.Headroom+12:], []byte{10, 244, 1, 2}) // from a's pod
 	bufs, sizes := [][]byte{make([]byte, 2048)}, make([]int, 1)
 	in, out := [][]byte{pkt}, make([][]byte, 1)
 	step := func() {
@@ -302,8 +305,10 @@ func TestWireGuardQueuesNoAlloc(t *testing.T) {
 	if s.Drops[underlay.DropQueueFull] != 1 || s.Drops[underlay.DropTooBig] != 1 {
 		t.Fatalf("drops %v, want one queue-full and one too-big", s.Drops)
 	}
-	if ps := b.peers.Load().byName["a"].c; ps.drops[underlay.DropQueueFull].Load() != 1 {
-		t.Fatal("the peer's queue-full drop is not counted")
+	ps, _ := b.PeerStats("a")
+	if ps.Drops[underlay.DropQueueFull] != 1 || ps.RxPackets != 101 || ps.RxBytes != 101*1400 || ps.TxPackets != 105 {
+		// AllocsPerRun(100) runs step 101 times; then 4 more queued.
+		t.Fatalf("a's stats %+v: want one queue-full drop, 101 packets received, 105 sent", ps)
 	}
 }
 
