@@ -9,10 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/podrouter/podrouter/netstackx/lab"
-	"github.com/podrouter/podrouter/router/underlay"
+	"github.com/podrouter/podrouter/router/node"
 )
 
 func init() {
@@ -37,7 +38,7 @@ func runLab(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Nodes, "nodes", 1, "number of nodes (1..64), each with its own engine, podCIDR and underlay")
 	fs.IntVar(&cfg.Pods, "pods", 4, "pods per node (2..250 on one node, 1..250 on several)")
 	fs.StringVar(&podMode, "pod-mode", "virtual", "virtual (gVisor netstacks, no privileges) or netns (namespaces with TAPs, as root)")
-	fs.StringVar(&backend, "backend", "vxlan", "underlay encapsulation between nodes: udp or vxlan")
+	fs.StringVar(&backend, "backend", "vxlan", "underlay backend between nodes: "+strings.Join(node.BackendNames(), ", "))
 	fs.Var(prefixFlag{&cfg.ClusterCIDR}, "cluster-cidr", "cluster CIDR (default 10.244.0.0/16)")
 	fs.Var(prefixFlag{&cfg.ClusterCIDR6}, "cluster-cidr6", "IPv6 cluster CIDR (default: --pod-cidr6 widened by 8 bits)")
 	fs.Var(prefixFlag{&cfg.PodCIDR}, "pod-cidr", "the first node's podCIDR, inside the cluster CIDR; node i gets the i-th next (default: the cluster CIDR's first /24)")
@@ -95,10 +96,11 @@ func runLab(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "podrouter lab: --nodes %d: want 1..%d\n", cfg.Nodes, lab.MaxNodes)
 			return 2
 		}
-		if cfg.Backend, err = underlay.ParseEncap(backend); err != nil {
-			fmt.Fprintf(stderr, "podrouter lab: --backend %q: want udp or vxlan\n", backend)
+		if _, err := node.LookupBackend(backend); err != nil {
+			fmt.Fprintf(stderr, "podrouter lab: --%v\n", err)
 			return 2
 		}
+		cfg.Backend = backend
 		if cfg.PodMode, err = lab.ParsePodMode(podMode); err != nil {
 			fmt.Fprintf(stderr, "podrouter lab: --pod-mode %v\n", err)
 			return 2

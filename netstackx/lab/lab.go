@@ -106,8 +106,9 @@ type Config struct {
 	// Topology lists the nodes explicitly (a topology file); when set,
 	// Nodes, Pods, PodCIDR and PodCIDR6 are ignored.
 	Topology []NodeSpec
-	// Backend is the underlay encapsulation between nodes (default vxlan).
-	Backend underlay.Encap
+	// Backend is the underlay backend between nodes, a registered name
+	// (node.BackendNames: udp, vxlan, wireguard; default vxlan).
+	Backend string
 	// UnderlayMTU is the underlay's MTU, 576..65535 (default 1500).
 	UnderlayMTU int
 	// MTU is the pods' MTU, 1280..65535. Default: 1500 on one node; the
@@ -141,11 +142,11 @@ func (c *Config) Validate() error {
 	if !c.ClusterCIDR.Addr().Is4() || c.ClusterCIDR != c.ClusterCIDR.Masked() {
 		return fmt.Errorf("%s %s: want a masked IPv4 prefix such as 10.244.0.0/16", name("cluster-cidr", "clusterCIDR"), c.ClusterCIDR)
 	}
-	if c.Backend == 0 {
-		c.Backend = underlay.EncapVXLAN
+	if c.Backend == "" {
+		c.Backend = underlay.EncapVXLAN.String()
 	}
-	if c.Backend != underlay.EncapUDP && c.Backend != underlay.EncapVXLAN {
-		return fmt.Errorf("%s %d: want udp or vxlan", name("backend", "backend"), c.Backend)
+	if _, err := node.LookupBackend(c.Backend); err != nil {
+		return fmt.Errorf("%s: %w", name("backend", "backend"), err)
 	}
 	if c.UnderlayMTU == 0 {
 		c.UnderlayMTU = 1500
@@ -160,7 +161,7 @@ func (c *Config) Validate() error {
 	} else if err := c.carveNodes(); err != nil {
 		return err
 	}
-	kind, err := node.LookupBackend(c.Backend.String())
+	kind, err := node.LookupBackend(c.Backend)
 	if err != nil {
 		return err
 	}

@@ -20,7 +20,7 @@ import (
 	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/leaktest"
 	"github.com/podrouter/podrouter/router/link"
-	"github.com/podrouter/podrouter/router/underlay"
+	"github.com/podrouter/podrouter/router/node"
 )
 
 // checkGoroutines fails t if goroutines it started outlive its cleanups.
@@ -110,12 +110,16 @@ func udpTTL(t *testing.T, src, dst *netstackx.Pod, to netip.Addr) (uint8, netip.
 }
 
 func TestTwoNodes(t *testing.T) {
-	for _, backend := range []underlay.Encap{underlay.EncapUDP, underlay.EncapVXLAN} {
-		t.Run(backend.String(), func(t *testing.T) {
+	for _, backend := range []string{"udp", "vxlan", node.BackendWireGuard} {
+		t.Run(backend, func(t *testing.T) {
 			l := startLab(t, Config{Nodes: 2, Pods: 2, Backend: backend})
-			wantMTU := 1500 - backend.Overhead(false)
-			if l.Config().MTU != wantMTU || l.Nodes[0].Underlay.MTU() != wantMTU {
-				t.Fatalf("pod MTU %d, peer MTU %d; want both %d", l.Config().MTU, l.Nodes[0].Underlay.MTU(), wantMTU)
+			kind, err := node.LookupBackend(backend)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantMTU := 1500 - kind.Overhead(false)
+			if peerMTU := l.Nodes[0].Node.Backend().MTU(); l.Config().MTU != wantMTU || peerMTU != wantMTU {
+				t.Fatalf("pod MTU %d, peer MTU %d; want both %d", l.Config().MTU, peerMTU, wantMTU)
 			}
 			if l.Nodes[1].PodCIDR != netip.MustParsePrefix("10.244.1.0/24") || l.Nodes[1].PodCIDR6 != netip.MustParsePrefix("fd00:10:244:1::/64") {
 				t.Fatalf("node 1 podCIDRs %s %s", l.Nodes[1].PodCIDR, l.Nodes[1].PodCIDR6)
@@ -144,7 +148,7 @@ func TestTwoNodes(t *testing.T) {
 					t.Errorf("%s: arrived with TTL %d from %s, want %d from %s", tc.name, ttl, from, tc.wantTTL, tc.wantFrom)
 				}
 			}
-			st, _ := l.Nodes[0].Underlay.PeerStats("n1")
+			st, _ := l.Nodes[0].Node.Backend().PeerStats("n1")
 			if st.TxPackets == 0 || st.RxPackets == 0 {
 				t.Errorf("no traffic counted for peer n1: %+v", st)
 			}
@@ -184,7 +188,7 @@ func icmpFrom(pod *netstackx.Pod, v6 bool, typ uint8) (wait func(t *testing.T, f
 }
 
 func TestICMPErrorsAcrossNodes(t *testing.T) {
-	l := startLab(t, Config{Nodes: 2, Pods: 1, Backend: underlay.EncapVXLAN, Duration: 0})
+	l := startLab(t, Config{Nodes: 2, Pods: 1, Backend: "vxlan", Duration: 0})
 	src, dst := vpod(t, l.Nodes[0].Pods[0]), vpod(t, l.Nodes[1].Pods[0])
 	gw0, gw1 := l.Nodes[0].Eng.Gateway(), l.Nodes[1].Eng.Gateway()
 	gw1v6 := l.Nodes[1].Eng.Gateway6()
@@ -233,7 +237,7 @@ func TestICMPErrorsAcrossNodes(t *testing.T) {
 // (peer MTU 1450) get fragmentation-needed / packet-too-big from their own
 // node, and TCP adapts.
 func TestPMTUDAcrossNodes(t *testing.T) {
-	l := startLab(t, Config{Nodes: 2, Pods: 1, Backend: underlay.EncapVXLAN, MTU: 1500})
+	l := startLab(t, Config{Nodes: 2, Pods: 1, Backend: "vxlan", MTU: 1500})
 	src, dst := vpod(t, l.Nodes[0].Pods[0]), vpod(t, l.Nodes[1].Pods[0])
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -265,7 +269,7 @@ func TestPMTUDAcrossNodes(t *testing.T) {
 }
 
 func TestThreeNodes(t *testing.T) {
-	l := startLab(t, Config{Nodes: 3, Pods: 1, Backend: underlay.EncapUDP})
+	l := startLab(t, Config{Nodes: 3, Pods: 1, Backend: "udp"})
 	if len(l.Pods()) != 3 {
 		t.Fatalf("%d pods", len(l.Pods()))
 	}
@@ -291,7 +295,7 @@ func TestThreeNodes(t *testing.T) {
 // TestUnderlayDeliversLocalOnly: a packet a peer sends to this node for
 // another node's podCIDR is dropped (not-local), not routed on.
 func TestUnderlayDeliversLocalOnly(t *testing.T) {
-	l := startLab(t, Config{Nodes: 3, Pods: 1, Backend: underlay.EncapVXLAN})
+	l := startLab(t, Config{Nodes: 3, Pods: 1, Backend: "vxlan"})
 	n0, n1 := l.Nodes[0], l.Nodes[1]
 	// From n0 to n1's underlay, a packet for n2's pod.
 	pkt := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize)
@@ -320,7 +324,7 @@ func TestUnderlayDeliversLocalOnly(t *testing.T) {
 
 // TestPeerChurn: removing and re-adding a peer while traffic flows.
 func TestPeerChurn(t *testing.T) {
-	l := startLab(t, Config{Nodes: 2, Pods: 1, Backend: underlay.EncapUDP, NoIPv6: true})
+	l := startLab(t, Config{Nodes: 2, Pods: 1, Backend: "udp", NoIPv6: true})
 	n0, n1 := l.Nodes[0], l.Nodes[1]
 	peer := n0.Underlay.Peers()[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -352,7 +356,7 @@ func TestPeerChurn(t *testing.T) {
 func TestRunReport(t *testing.T) {
 	checkGoroutines(t)
 	var out bytes.Buffer
-	cfg := Config{Nodes: 2, Pods: 2, Backend: underlay.EncapUDP, Duration: 200 * time.Millisecond, Logger: zaptest.NewLogger(t)}
+	cfg := Config{Nodes: 2, Pods: 2, Backend: "udp", Duration: 200 * time.Millisecond, Logger: zaptest.NewLogger(t)}
 	res, err := Run(context.Background(), cfg, &out)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
@@ -394,7 +398,7 @@ func TestConfigCarving(t *testing.T) {
 			t.Errorf("node %d: %+v, want %+v", i, n, want[i])
 		}
 	}
-	if c.ClusterCIDR6 != netip.MustParsePrefix("fd00:10:244::/56") || c.MTU != 1450 || c.Backend != underlay.EncapVXLAN {
+	if c.ClusterCIDR6 != netip.MustParsePrefix("fd00:10:244::/56") || c.MTU != 1450 || c.Backend != "vxlan" {
 		t.Errorf("defaults: cluster6 %s, MTU %d, backend %v", c.ClusterCIDR6, c.MTU, c.Backend)
 	}
 	one := Config{}

@@ -17,14 +17,13 @@ import (
 	"time"
 
 	"github.com/podrouter/podrouter/router/nstest"
-	"github.com/podrouter/podrouter/router/underlay"
 )
 
 func TestNetnsLab(t *testing.T) {
 	nstest.RequireRoot(t)
 	nstest.RequireCommand(t, "ping")
 	state := filepath.Join(t.TempDir(), "lab.json")
-	l := startLab(t, Config{Nodes: 2, Pods: 2, PodMode: Netns, Backend: underlay.EncapVXLAN, StateFile: state})
+	l := startLab(t, Config{Nodes: 2, Pods: 2, PodMode: Netns, Backend: "vxlan", StateFile: state})
 	allPairsOK(t, l)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -119,7 +118,7 @@ func TestNetnsThreeNodes(t *testing.T) {
 	nstest.RequireRoot(t)
 	nstest.RequireCommand(t, "iperf3")
 	state := filepath.Join(t.TempDir(), "lab.json")
-	l := startLab(t, Config{Nodes: 3, Pods: 1, PodMode: Netns, Backend: underlay.EncapUDP, NoIPv6: true, StateFile: state})
+	l := startLab(t, Config{Nodes: 3, Pods: 1, PodMode: Netns, Backend: "udp", NoIPv6: true, StateFile: state})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a, c := l.Nodes[0].Pods[0], l.Nodes[2].Pods[0]

@@ -21,7 +21,7 @@ type Node struct {
 	NodeSpec
 	Node     *node.Node
 	Eng      *engine.Engine     // Node's
-	Underlay *underlay.Underlay // Node's; nil in a one-node lab
+	Underlay *underlay.Underlay // Node's; nil in a one-node lab and on wireguard
 	Pods     []Pod
 }
 
@@ -102,10 +102,15 @@ func (l *Lab) startNode(spec NodeSpec) error {
 		nc.ClusterCIDRs = append(nc.ClusterCIDRs, cfg.ClusterCIDR6)
 	}
 	if len(cfg.Topology) > 1 {
+		key, err := node.GenerateKey() // used by wireguard only
+		if err != nil {
+			return err
+		}
 		nc.Underlay = node.UnderlayConfig{
-			Backend: cfg.Backend.String(),
-			Listen:  netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 0),
-			MTU:     cfg.UnderlayMTU,
+			Backend:    cfg.Backend,
+			PrivateKey: key,
+			Listen:     netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 0),
+			MTU:        cfg.UnderlayMTU,
 		}
 	}
 	nd, err := node.New(nc)
@@ -152,7 +157,7 @@ func (l *Lab) joinPeers(n *Node) error {
 			continue
 		}
 		ann := m.Node.Backend().Announce()
-		peers = append(peers, node.Peer{Name: m.Name, Addr: ann.Endpoint, VTEPMAC: ann.VTEPMAC, PodCIDRs: m.Node.Config().PodCIDRs()})
+		peers = append(peers, node.Peer{Name: m.Name, Addr: ann.Endpoint, VTEPMAC: ann.VTEPMAC, PublicKey: ann.PublicKey, PodCIDRs: m.Node.Config().PodCIDRs()})
 	}
 	return n.Node.SetPeers(peers)
 }

@@ -113,7 +113,7 @@ func (l *Lab) writeHeader(out io.Writer) {
 		fmt.Fprintf(out, ", gateway %s, %d %s pods, MTU %d\n\n", n.Eng.Gateway(), len(l.pods), cfg.PodMode, cfg.MTU)
 	} else {
 		fmt.Fprintf(out, "podrouter lab: %d nodes, %d %s pods, backend %s over 127.0.0.1 (underlay MTU %d, peer MTU %d, pod MTU %d), cluster CIDR %s",
-			len(l.Nodes), len(l.pods), cfg.PodMode, cfg.Backend, cfg.UnderlayMTU, l.Nodes[0].Underlay.MTU(), cfg.MTU, cfg.ClusterCIDR)
+			len(l.Nodes), len(l.pods), cfg.PodMode, cfg.Backend, cfg.UnderlayMTU, l.Nodes[0].Node.Backend().MTU(), cfg.MTU, cfg.ClusterCIDR)
 		if cfg.ClusterCIDR6.IsValid() {
 			fmt.Fprintf(out, " + %s", cfg.ClusterCIDR6)
 		}
@@ -125,11 +125,15 @@ func (l *Lab) writeHeader(out io.Writer) {
 			if n.PodCIDR6.IsValid() {
 				p6 = n.PodCIDR6.String()
 			}
-			if n.Underlay.Encap() == underlay.EncapVXLAN {
-				mac = n.Underlay.VTEPMAC().String()
+			offl := "-"
+			if n.Underlay != nil {
+				if n.Underlay.Encap() == underlay.EncapVXLAN {
+					mac = n.Underlay.VTEPMAC().String()
+				}
+				gso, gro := n.Underlay.Offloads()
+				offl = onOff(gso) + "/" + onOff(gro)
 			}
-			gso, gro := n.Underlay.Offloads()
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\n", n.Name, n.PodCIDR, p6, n.Eng.Gateway(), n.Underlay.LocalAddr(), mac, onOff(gso), onOff(gro))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.PodCIDR, p6, n.Eng.Gateway(), n.Node.Backend().LocalAddr(), mac, offl)
 		}
 		_ = tw.Flush()
 		fmt.Fprintln(out)

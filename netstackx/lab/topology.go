@@ -26,7 +26,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/podrouter/podrouter/router/underlay"
+	"github.com/podrouter/podrouter/router/node"
 )
 
 // topologyFile is the YAML document; strings are parsed into typed values
@@ -111,9 +111,10 @@ func parsePrefix(field, s string, want6 bool) (netip.Prefix, error) {
 func (t *topologyFile) apply(cfg *Config) error {
 	var err error
 	if t.Backend != "" {
-		if cfg.Backend, err = underlay.ParseEncap(t.Backend); err != nil {
-			return fmt.Errorf("backend %q: want udp or vxlan", t.Backend)
+		if _, err := node.LookupBackend(t.Backend); err != nil {
+			return err
 		}
+		cfg.Backend = t.Backend
 	}
 	if t.PodMode != "" {
 		if cfg.PodMode, err = ParsePodMode(t.PodMode); err != nil {

@@ -5,8 +5,6 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
-
-	"github.com/podrouter/podrouter/router/underlay"
 )
 
 func TestLoadTopology(t *testing.T) {
@@ -42,7 +40,7 @@ nodes:
 			t.Errorf("node %d: %+v, want %+v", i, c.Topology[i], want[i])
 		}
 	}
-	if c.Backend != underlay.EncapUDP || c.UnderlayMTU != 9000 || c.MTU != 9000-28 || c.PodMode != Virtual {
+	if c.Backend != "udp" || c.UnderlayMTU != 9000 || c.MTU != 9000-28 || c.PodMode != Virtual {
 		t.Errorf("backend %v, underlay MTU %d, pod MTU %d, mode %v", c.Backend, c.UnderlayMTU, c.MTU, c.PodMode)
 	}
 }

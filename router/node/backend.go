@@ -2,7 +2,8 @@ package node
 
 // Backends: how a node's packets for another node's podCIDR reach that
 // node. udp and vxlan (backend_underlay.go) are router/underlay's batched
-// UDP encapsulations; wireguard and host-gw are next, each one file that
+// UDP encapsulations, wireguard (backend_wireguard.go) userspace
+// WireGuard; host-gw is next, each one file that
 // implements Backend and registers itself.
 
 import (
@@ -59,7 +60,12 @@ type Announcement struct {
 	// VNI and VTEPMAC are vxlan's (zero for the others).
 	VNI     uint32
 	VTEPMAC packet.MAC
+	// PublicKey is wireguard's (zero for the others).
+	PublicKey Key
 }
+
+// Key is a WireGuard key (GenerateKey, PublicKey, underlay.ParseKey).
+type Key = underlay.Key
 
 // UnderlayConfig configures a node's backend. The zero value means none:
 // a single node without peers.
@@ -73,6 +79,9 @@ type UnderlayConfig struct {
 	// VNI and VTEPMAC are vxlan's (defaults: 1, derived from Listen).
 	VNI     uint32
 	VTEPMAC packet.MAC
+	// PrivateKey is the node's WireGuard private key (required by the
+	// wireguard backend, which checks it; GenerateKey makes one).
+	PrivateKey Key
 	// MTU is the underlay MTU (default: Interface's, else the MTU of the
 	// interface holding Listen's address, else 1500); Interface names that
 	// interface.

@@ -1,6 +1,7 @@
 package underlay
 
 import (
+	"encoding/base64"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -39,7 +40,31 @@ type Peer struct {
 	// address, which always may (e.g. its address of the other family on
 	// a dual-stack cluster, or a node IP apart from its underlay address).
 	NodeAddrs []netip.Addr
+	// PublicKey is the node's WireGuard public key (required by the
+	// wireguard backend, ignored by udp and vxlan).
+	PublicKey Key
 }
+
+// Key is a Curve25519 key as WireGuard uses it, private or public. Its
+// text form is standard base64, as wg(8) prints it.
+type Key [32]byte
+
+// ParseKey parses a key in base64 (44 characters, as wg(8) prints it).
+func ParseKey(s string) (Key, error) {
+	var k Key
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil || len(b) != len(k) {
+		return Key{}, fmt.Errorf("key %q: want 32 bytes in base64", s)
+	}
+	copy(k[:], b)
+	return k, nil
+}
+
+// String returns the key in base64.
+func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
+
+// IsZero reports whether k is the zero key (none).
+func (k Key) IsZero() bool { return k == Key{} }
 
 // PeerStats are one peer's counters (kept across peer table updates while
 // the peer stays in the table).

@@ -143,12 +143,13 @@ const (
 	DropBadGSO                   // tx: a super-packet or partial checksum that does not fit its descriptor
 	DropForeignSource            // rx: inner source in none of the sending peer's podCIDRs, nor one of its node addresses
 	DropBadChecksum              // rx: inner IPv4 header checksum wrong
+	DropQueueFull                // rx or tx: a bounded queue between the engine and a userspace backend (wireguard) was full
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"", "unknown-sender", "short", "bad-header", "wrong-vni", "wrong-mac", "not-ip",
-	"truncated", "too-big", "no-peer", "tx-error", "bad-gso", "foreign-source", "bad-checksum",
+	"truncated", "too-big", "no-peer", "tx-error", "bad-gso", "foreign-source", "bad-checksum", "queue-full",
 }
 
 // String returns the reason's kebab-case name.
