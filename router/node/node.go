@@ -7,7 +7,7 @@
 //	            first packet]  ─► [service: ClusterIP DNAT via conntrack]
 //	            ─► LPM route ─► next port
 //	next port ∈ { local pod ─► [policy: ingress rules],
-//	              peer      (Backend: udp | vxlan; next wireguard, host-gw),
+//	              peer      (Backend: udp | vxlan | wireguard; next host-gw),
 //	              egress    (Egress: netstack | snat | uplink),
 //	              uplink    (the host: node addresses, kubelet probes) }
 //
