@@ -46,6 +46,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/podrouter/podrouter/router/link"
+	"github.com/podrouter/podrouter/router/link/pktq"
 	"github.com/podrouter/podrouter/router/route"
 	"github.com/podrouter/podrouter/router/underlay"
 )
@@ -228,8 +229,8 @@ func newWireGuard(cfg UnderlayConfig, log *zap.Logger) (Backend, error) {
 		mtu: under - k.Overhead(cfg.Listen.Addr().Is6()),
 	}
 	b.peers.Store(newWGTable(nil, &wgTable{}))
-	b.tun = &wgTUN{b: b, q: newPktQueue(wgQueueLen, b.mtu), events: make(chan tun.Event)}
-	b.rx = &wgRxDevice{q: newPktQueue(wgQueueLen, b.mtu)}
+	b.tun = &wgTUN{b: b, q: pktq.New(wgQueueLen, b.mtu), events: make(chan tun.Event)}
+	b.rx = &wgRxDevice{q: pktq.New(wgQueueLen, b.mtu)}
 	b.dev = device.NewDevice(b.tun, conn.NewDefaultBind(), &device.Logger{Verbosef: b.wgLog(zap.DebugLevel), Errorf: b.wgLog(zap.WarnLevel)})
 	success := false
 	defer func() {
@@ -472,21 +473,21 @@ func (d *wgPeerDevice) Write(bufs [][]byte, offset int) (int, error) {
 		d.b.drop(nil, underlay.DropNoPeer, uint64(len(bufs)))
 		return len(bufs), nil
 	}
-	n, bytes, full, big := d.b.tun.q.write(bufs, offset)
-	if n > 0 {
-		p.c.txPackets.Add(uint64(n))
-		p.c.txBytes.Add(bytes)
-		d.b.c.txPackets.Add(uint64(n))
-		d.b.c.txBytes.Add(bytes)
+	w, err := d.b.tun.q.Write(bufs, offset)
+	if err != nil {
+		return 0, err
 	}
-	if full > 0 {
-		d.b.drop(p.c, underlay.DropQueueFull, full)
+	if w.Packets > 0 {
+		p.c.txPackets.Add(uint64(w.Packets))
+		p.c.txBytes.Add(w.Bytes)
+		d.b.c.txPackets.Add(uint64(w.Packets))
+		d.b.c.txBytes.Add(w.Bytes)
 	}
-	if big > 0 {
-		d.b.drop(p.c, underlay.DropTooBig, big)
+	if w.Full > 0 {
+		d.b.drop(p.c, underlay.DropQueueFull, w.Full)
 	}
-	if n < 0 {
-		return 0, link.ErrClosed
+	if w.TooBig > 0 {
+		d.b.drop(p.c, underlay.DropTooBig, w.TooBig)
 	}
 	return len(bufs), nil
 }
@@ -502,28 +503,24 @@ func (d *wgPeerDevice) Close() error {
 }
 
 // wgRxDevice is the RX port: what WireGuard decrypted, from every peer.
-type wgRxDevice struct{ q *pktQueue }
+type wgRxDevice struct{ q *pktq.Queue }
 
 var _ link.Device = (*wgRxDevice)(nil)
 
 func (d *wgRxDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	n := d.q.read(bufs, sizes, offset)
-	if n < 0 {
-		return 0, link.ErrClosed
-	}
-	return n, nil
+	return d.q.Read(bufs, sizes, offset)
 }
 
 // Write discards: nothing is routed to the RX port.
 func (d *wgRxDevice) Write(bufs [][]byte, offset int) (int, error) { return len(bufs), nil }
 func (d *wgRxDevice) BatchSize() int                               { return conn.IdealBatchSize }
-func (d *wgRxDevice) Close() error                                 { d.q.close(); return nil }
+func (d *wgRxDevice) Close() error                                 { d.q.Close(); return nil }
 
 // wgTUN is wireguard-go's tun.Device: Read hands it what the peer devices
 // queued, Write takes what it decrypted.
 type wgTUN struct {
 	b      *wgBackend
-	q      *pktQueue // tx: engine to WireGuard
+	q      *pktq.Queue // tx: engine to WireGuard
 	events chan tun.Event
 	once   sync.Once
 }
@@ -533,8 +530,8 @@ var _ tun.Device = (*wgTUN)(nil)
 func (t *wgTUN) File() *os.File { return nil }
 
 func (t *wgTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	n := t.q.read(bufs, sizes, offset)
-	if n < 0 {
+	n, err := t.q.Read(bufs, sizes, offset)
+	if err != nil {
 		return 0, os.ErrClosed
 	}
 	return n, nil
@@ -551,21 +548,21 @@ func (t *wgTUN) Write(bufs [][]byte, offset int) (int, error) {
 	if p := t.b.peers.Load().sender(bufs[0][offset:]); p != nil {
 		pc = p.c
 	}
-	n, bytes, full, big := t.b.rx.q.write(bufs, offset)
-	if n < 0 {
+	w, err := t.b.rx.q.Write(bufs, offset)
+	if err != nil {
 		return 0, os.ErrClosed
 	}
-	t.b.c.rxPackets.Add(uint64(n))
-	t.b.c.rxBytes.Add(bytes)
+	t.b.c.rxPackets.Add(uint64(w.Packets))
+	t.b.c.rxBytes.Add(w.Bytes)
 	if pc != nil {
-		pc.rxPackets.Add(uint64(n))
-		pc.rxBytes.Add(bytes)
+		pc.rxPackets.Add(uint64(w.Packets))
+		pc.rxBytes.Add(w.Bytes)
 	}
-	if full > 0 {
-		t.b.drop(pc, underlay.DropQueueFull, full)
+	if w.Full > 0 {
+		t.b.drop(pc, underlay.DropQueueFull, w.Full)
 	}
-	if big > 0 {
-		t.b.drop(pc, underlay.DropTooBig, big)
+	if w.TooBig > 0 {
+		t.b.drop(pc, underlay.DropTooBig, w.TooBig)
 	}
 	return len(bufs), nil
 }
@@ -576,86 +573,8 @@ func (t *wgTUN) Events() <-chan tun.Event { return t.events }
 func (t *wgTUN) BatchSize() int           { return conn.IdealBatchSize }
 func (t *wgTUN) Close() error {
 	t.once.Do(func() {
-		t.q.close()
+		t.q.Close()
 		close(t.events)
 	})
 	return nil
-}
-
-// pktQueue is a bounded FIFO of packet copies in preallocated slots, for
-// many writers and one reader.
-type pktQueue struct {
-	mu      sync.Mutex
-	cond    sync.Cond
-	slots   [][]byte
-	lens    []int
-	head, n int
-	closed  bool
-}
-
-func newPktQueue(capacity, maxPacket int) *pktQueue {
-	q := &pktQueue{slots: make([][]byte, capacity), lens: make([]int, capacity)}
-	for i := range q.slots {
-		q.slots[i] = make([]byte, maxPacket)
-	}
-	q.cond.L = &q.mu
-	return q
-}
-
-// write copies bufs[i][offset:] into the queue. It returns the packets
-// and bytes queued, those dropped for a full queue and for a packet
-// larger than a slot; n is -1 once the queue is closed.
-func (q *pktQueue) write(bufs [][]byte, offset int) (n int, bytes, full, big uint64) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.closed {
-		return -1, 0, 0, 0
-	}
-	for _, b := range bufs {
-		p := b[offset:]
-		switch {
-		case len(p) > len(q.slots[0]):
-			big++
-		case q.n == len(q.slots):
-			full++
-		default:
-			i := (q.head + q.n) % len(q.slots)
-			q.lens[i] = copy(q.slots[i], p)
-			q.n++
-			n++
-			bytes += uint64(len(p))
-		}
-	}
-	if n > 0 {
-		q.cond.Signal()
-	}
-	return n, bytes, full, big
-}
-
-// read blocks until a packet is queued, then copies up to len(bufs) of
-// them to bufs[i][offset:]. It returns -1 once the queue is closed.
-func (q *pktQueue) read(bufs [][]byte, sizes []int, offset int) int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for q.n == 0 && !q.closed {
-		q.cond.Wait()
-	}
-	if q.closed {
-		return -1
-	}
-	n := 0
-	for n < len(bufs) && q.n > 0 {
-		sizes[n] = copy(bufs[n][offset:], q.slots[q.head][:q.lens[q.head]])
-		q.head = (q.head + 1) % len(q.slots)
-		q.n--
-		n++
-	}
-	return n
-}
-
-func (q *pktQueue) close() {
-	q.mu.Lock()
-	q.closed = true
-	q.mu.Unlock()
-	q.cond.Broadcast()
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/podrouter/podrouter/router/leaktest"
 	"github.com/podrouter/podrouter/router/link"
 	"github.com/podrouter/podrouter/router/link/linktest"
+	"github.com/podrouter/podrouter/router/link/pktq"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 
@@ -268,8 +269,8 @@ func TestWireGuardConfig(t *testing.T) {
 // side of the TUN both ways and the RX device allocates nothing.
 func TestWireGuardQueuesNoAlloc(t *testing.T) {
 	b := &wgBackend{mtu: 1440}
-	b.tun = &wgTUN{b: b, q: newPktQueue(4, b.mtu)}
-	b.rx = &wgRxDevice{q: newPktQueue(4, b.mtu)}
+	b.tun = &wgTUN{b: b, q: pktq.New(4, b.mtu)}
+	b.rx = &wgRxDevice{q: pktq.New(4, b.mtu)}
 	b.peers.Store(newWGTable([]Peer{{Name: "a", Addr: netip.MustParseAddrPort("192.0.2.1:51820"),
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}}}, &wgTable{}))
 	d := &wgPeerDevice{b: b, name: "a", done: make(chan struct{})}
