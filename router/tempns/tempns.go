@@ -191,6 +191,11 @@ func (n *NS) Delete() error {
 	return remove(n.name)
 }
 
+// Remove kills what runs in the namespace /run/netns/name and removes it,
+// retrying while the kernel still holds it busy: for namespaces named
+// outside New (deploy/cluster's nodes). A missing namespace is no error.
+func Remove(name string) error { return remove(name) }
+
 // remove kills what runs in the named namespace and removes it, retrying
 // while the kernel still holds it busy.
 func remove(name string) error {

@@ -46,6 +46,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/podrouter/podrouter/router/kube/kubepki"
 )
 
 // Environment variables.
@@ -175,13 +177,13 @@ func Start(t testing.TB) *Cluster {
 	apiserver, etcd, kubectl := binariesOrSkip(t)
 	began := time.Now()
 	dir := t.TempDir()
-	pki, err := newPKI(filepath.Join(dir, "pki"))
+	pki, err := kubepki.New(filepath.Join(dir, "pki"))
 	if err != nil {
 		t.Fatalf("kubetest: certificates: %v", err)
 	}
 	c := &Cluster{
-		CAData:   pki.caPEM,
-		CAFile:   pki.caFile,
+		CAData:   pki.CAPEM,
+		CAFile:   pki.CAFile,
 		Dir:      dir,
 		kubectl:  kubectl,
 		cacheDir: filepath.Join(dir, "kubectl-cache"),
@@ -203,9 +205,9 @@ func Start(t testing.TB) *Cluster {
 	c.Admin = &rest.Config{
 		Host: c.Host,
 		TLSClientConfig: rest.TLSClientConfig{
-			CAData:   pki.caPEM,
-			CertData: pki.adminCertPEM,
-			KeyData:  pki.adminKeyPEM,
+			CAData:   pki.CAPEM,
+			CertData: pki.Admin.CertPEM,
+			KeyData:  pki.Admin.KeyPEM,
 		},
 		QPS:   200,
 		Burst: 400,
@@ -215,7 +217,7 @@ func Start(t testing.TB) *Cluster {
 		t.Fatalf("kubetest: admin client: %v", err)
 	}
 	c.Kubeconfig = filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(c.Kubeconfig, kubeconfig(c.Host, pki), 0o600); err != nil {
+	if err := os.WriteFile(c.Kubeconfig, pki.Kubeconfig(c.Host, "podrouter-test-admin", pki.Admin), 0o600); err != nil {
 		t.Fatalf("kubetest: %v", err)
 	}
 	t.Logf("kubetest: kube-apiserver %s ready in %v", c.Host, time.Since(began).Round(time.Millisecond))
@@ -238,7 +240,7 @@ func binariesOrSkip(t testing.TB) (apiserver, etcd, kubectl string) {
 
 // start runs one attempt: fresh ports, fresh etcd data, both processes,
 // then the wait for /readyz. On error both processes are already stopped.
-func (c *Cluster) start(t testing.TB, apiserver, etcd string, pki *pki, try int) error {
+func (c *Cluster) start(t testing.TB, apiserver, etcd string, pki *kubepki.PKI, try int) error {
 	t.Helper()
 	ports, err := freePorts(3)
 	if err != nil {
@@ -268,14 +270,14 @@ func (c *Cluster) start(t testing.TB, apiserver, etcd string, pki *pki, try int)
 		"--advertise-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(ports[2]),
 		"--cert-dir=" + filepath.Join(c.Dir, "pki"),
-		"--tls-cert-file=" + pki.servingCertFile,
-		"--tls-private-key-file=" + pki.servingKeyFile,
-		"--client-ca-file=" + pki.caFile,
+		"--tls-cert-file=" + pki.ServingCertFile,
+		"--tls-private-key-file=" + pki.ServingKeyFile,
+		"--client-ca-file=" + pki.CAFile,
 		"--authorization-mode=RBAC",
 		"--anonymous-auth=false",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file=" + pki.saPubFile,
-		"--service-account-signing-key-file=" + pki.saKeyFile,
+		"--service-account-key-file=" + pki.SAPubFile,
+		"--service-account-signing-key-file=" + pki.SAKeyFile,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--endpoint-reconciler-type=none", // no lease or endpoints for 127.0.0.1
 		"--allow-privileged=true",
@@ -289,8 +291,12 @@ func (c *Cluster) start(t testing.TB, apiserver, etcd string, pki *pki, try int)
 		etcdProc.stop(t)
 		return err
 	}
-	tlsConf := &tls.Config{RootCAs: x509.NewCertPool(), Certificates: []tls.Certificate{pki.adminTLS}}
-	tlsConf.RootCAs.AppendCertsFromPEM(pki.caPEM)
+	adminTLS, err := pki.Admin.TLS()
+	if err != nil {
+		return err
+	}
+	tlsConf := &tls.Config{RootCAs: x509.NewCertPool(), Certificates: []tls.Certificate{adminTLS}}
+	tlsConf.RootCAs.AppendCertsFromPEM(pki.CAPEM)
 	if err := waitReady(t, host, tlsConf, etcdProc, apiProc); err != nil {
 		return err
 	}
