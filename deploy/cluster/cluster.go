@@ -379,3 +379,28 @@ func DownAll() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Held returns the directory of a cluster that a live process holds (make
+// cluster), or "" when none does.
+func Held() (string, error) {
+	ents, err := os.ReadDir(BaseDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		dir := filepath.Join(BaseDir, e.Name())
+		st, err := readState(dir)
+		if err != nil || st == nil || st.Pid <= 0 {
+			continue
+		}
+		if cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.Pid)); err == nil && strings.Contains(string(cmd), "clusterctl") {
+			if _, err := os.Stat(filepath.Join(dir, "kubeconfig")); err == nil {
+				return dir, nil
+			}
+		}
+	}
+	return "", nil
+}

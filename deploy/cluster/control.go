@@ -108,7 +108,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	tlsConf.RootCAs.AppendCertsFromPEM(pki.CAPEM)
 	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConf}}
 	defer hc.CloseIdleConnections()
-	if err := waitFor("kube-apiserver /readyz", controlTimeout, api, func() (bool, error) {
+	if err := waitFor(ctx, "kube-apiserver /readyz", controlTimeout, api, func() (bool, error) {
 		if ctx.Err() != nil {
 			return false, ctx.Err()
 		}

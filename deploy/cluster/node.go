@@ -97,7 +97,7 @@ func (c *Cluster) startNode(ctx context.Context, st *state, i int) (*Node, error
 	if err := c.saveState(st); err != nil {
 		return n, err
 	}
-	if err := waitFor(n.Name+" mount namespace", 30*time.Second, n.holder, func() (bool, error) {
+	if err := waitFor(ctx, n.Name+" mount namespace", 30*time.Second, n.holder, func() (bool, error) {
 		_, err := os.Stat(filepath.Join(n.Dir, "holder.ready"))
 		return err == nil, err
 	}); err != nil {
@@ -157,6 +157,7 @@ state = "/run/containerd"
     sandbox = %q
 
 [plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = %t
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["/opt/cni/bin"]
     conf_dir = "/etc/cni/net.d"
@@ -164,7 +165,7 @@ state = "/run/containerd"
   [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
     BinaryName = %q
     SystemdCgroup = false
-`, sandbox, filepath.Join(n.c.cfg.Bin, "runc"))
+`, sandbox, !hasCap(capSysResource), filepath.Join(n.c.cfg.Bin, "runc"))
 	confPath := filepath.Join(n.Dir, "containerd.toml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return err
@@ -178,7 +179,7 @@ state = "/run/containerd"
 	if err := joinCgroup(n.cgroup+"/system", n.containerd.pid()); err != nil {
 		return fmt.Errorf("%w; containerd log tail:\n%s", err, tail(n.containerd.log, 3000))
 	}
-	return waitFor(n.Name+" containerd", 60*time.Second, n.containerd, func() (bool, error) {
+	return waitFor(ctx, n.Name+" containerd", 60*time.Second, n.containerd, func() (bool, error) {
 		out, err := n.Exec(ctx, filepath.Join(n.c.cfg.Bin, "ctr"), "--address=/run/containerd/containerd.sock", "version")
 		if err != nil {
 			return false, errors.New(strings.TrimSpace(out))
@@ -297,4 +298,27 @@ func killHolder(pid int) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// capSysResource is CAP_SYS_RESOURCE's number.
+const capSysResource = 24
+
+// hasCap reports whether this process has capability cap in its
+// effective set. Without CAP_SYS_RESOURCE (some sandboxes drop it) no
+// process may lower an oom_score_adj, and runc fails to start the pods
+// the kubelet gives a negative one (the pause container, critical and
+// Guaranteed pods): containerd's restrict_oom_score_adj then clamps those
+// to its own value instead.
+func hasCap(cap uint) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<cap) != 0
+		}
+	}
+	return false
 }

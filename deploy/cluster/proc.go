@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -110,9 +111,9 @@ func tail(path string, n int64) string {
 	return string(b)
 }
 
-// waitFor polls ok every 200 ms until it returns true, p exits, or
-// timeout passes; the error names what and carries ok's last error.
-func waitFor(what string, timeout time.Duration, p *proc, ok func() (bool, error)) error {
+// waitFor polls ok every 200 ms until it returns true, p exits, ctx ends
+// or timeout passes; the error names what and carries ok's last error.
+func waitFor(ctx context.Context, what string, timeout time.Duration, p *proc, ok func() (bool, error)) error {
 	deadline := time.Now().Add(timeout)
 	var last error
 	for {
@@ -127,6 +128,9 @@ func waitFor(what string, timeout time.Duration, p *proc, ok func() (bool, error
 			if gone, perr := p.exited(); gone {
 				return fmt.Errorf("cluster: %s: %s %v; log tail:\n%s", what, p.name, perr, tail(p.log, 3000))
 			}
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("cluster: %s: %w", what, ctx.Err())
 		}
 		if time.Now().After(deadline) {
 			msg := fmt.Sprintf("cluster: %s: not ready after %v", what, timeout)

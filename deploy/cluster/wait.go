@@ -17,7 +17,7 @@ const registerTimeout = 90 * time.Second
 
 // waitRegistered waits until every node's kubelet has registered its Node.
 func (c *Cluster) waitRegistered(ctx context.Context) error {
-	return waitFor("kubelets registering", registerTimeout, nil, func() (bool, error) {
+	return waitFor(ctx, "kubelets registering", registerTimeout, nil, func() (bool, error) {
 		for _, n := range c.Nodes {
 			if gone, err := n.kubelet.exited(); gone {
 				return false, fmt.Errorf("%s kubelet %v; log tail:\n%s", n.Name, err, tail(n.kubelet.log, 3000))
@@ -32,7 +32,7 @@ func (c *Cluster) waitRegistered(ctx context.Context) error {
 
 // WaitReady waits until every node reports Ready.
 func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
-	return waitFor("nodes Ready", timeout, nil, func() (bool, error) {
+	return waitFor(ctx, "nodes Ready", timeout, nil, func() (bool, error) {
 		for _, n := range c.Nodes {
 			node, err := c.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 			if err != nil {

@@ -3,12 +3,15 @@
 // make cluster-down).
 //
 //	clusterctl up [--nodes N] [--bin DIR] [--images T1,T2] [--sandbox-image NAME]
-//	              [--deploy DIR --image NAME:TAG] [--hold]
+//	              [--deploy DIR --image NAME:TAG]
+//	clusterctl e2e [the flags of up] --e2e E2E.TEST --ginkgo GINKGO --focus RE [--skip RE]
 //	clusterctl down
 //
-// up prints the admin kubeconfig's path; with --hold it keeps the cluster
-// until SIGINT or SIGTERM, then removes it. down removes every cluster
-// (a held one's clusterctl is stopped first), and what a killed run left.
+// up prints the admin kubeconfig's path and holds the cluster until SIGINT
+// or SIGTERM, then removes it. e2e runs the upstream e2e suite against the
+// held cluster, or against one of its own that it removes afterwards, and
+// exits non-zero when a spec failed. down removes every cluster (a held
+// one's clusterctl is stopped first), and what a killed run left.
 package main
 
 import (
@@ -39,14 +42,13 @@ func run(args []string) error {
 	switch args[0] {
 	case "down":
 		return cluster.DownAll()
-	case "up":
+	case "up", "e2e":
 	default:
-		return fmt.Errorf("unknown command %q (want up or down)", args[0])
+		return fmt.Errorf("unknown command %q (want up, e2e or down)", args[0])
 	}
-	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	var cfg cluster.Config
 	var images string
-	var hold bool
 	fs.IntVar(&cfg.Nodes, "nodes", 2, "number of nodes")
 	fs.StringVar(&cfg.Bin, "bin", ".cache/kube/bin", "directory of the kube, containerd and runc binaries")
 	fs.StringVar(&images, "images", "", "comma-separated OCI image tarballs to import into every node")
@@ -54,7 +56,10 @@ func run(args []string) error {
 	fs.StringVar(&cfg.Deploy, "deploy", "", "kustomization directory to apply (deploy/); empty: no DaemonSet")
 	fs.StringVar(&cfg.Image, "image", "podrouter:dev", "the podrouter image (with --deploy)")
 	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", 120*time.Second, "how long to wait for the nodes to be Ready (with --deploy)")
-	fs.BoolVar(&hold, "hold", false, "keep the cluster until SIGINT/SIGTERM, then remove it")
+	var e2e e2eFlags
+	if args[0] == "e2e" {
+		e2e.register(fs)
+	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -66,14 +71,14 @@ func run(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if args[0] == "e2e" {
+		return e2e.run(ctx, cfg)
+	}
 	c, err := cluster.Up(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("cluster %s up: %d nodes\nexport KUBECONFIG=%s\n", c.ID, len(c.Nodes), c.Kubeconfig)
-	if !hold {
-		return nil
-	}
 	fmt.Println("holding; Ctrl-C (or make cluster-down) removes it")
 	<-ctx.Done()
 	fmt.Println("removing the cluster")
