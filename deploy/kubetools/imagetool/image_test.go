@@ -6,9 +6,11 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -208,5 +210,51 @@ func TestMakefileNames(t *testing.T) {
 	}
 	if got, want := makeVar(t, mk, "PAUSE_IMAGE"), imageutils.GetPauseImageName(); got != want {
 		t.Errorf("Makefile PAUSE_IMAGE %s, the e2e framework expects %s", got, want)
+	}
+}
+
+// TestBuiltImages runs `make images` (seconds when cached; a cold agnhost
+// build takes minutes) and reads each tarball back: its name, linux/amd64,
+// its entrypoint and the files the pods rely on.
+func TestBuiltImages(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: builds agnhost")
+	}
+	mk, err := os.ReadFile("../../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("make", "-s", "-C", "../../..", "images", "IMAGES="+dir, "IMAGE=podrouter:built")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make images: %v\n%s", err, b)
+	}
+	pause, agnhost := makeVar(t, mk, "PAUSE_IMAGE"), makeVar(t, mk, "AGNHOST_IMAGE")
+	file := func(ref string) string {
+		return filepath.Join(dir, strings.NewReplacer("/", "_", ":", "_").Replace(ref)+".tar")
+	}
+	link := func(target string) tarEntry { return tarEntry{tar.TypeSymlink, 0o777, 0, 0, target, ""} }
+	checkTarball(t, file(pause), pause, v1.Config{Entrypoint: []string{"/pause"}, User: "65535:65535"},
+		map[string]tarEntry{"pause": {tar.TypeReg, 0o755, 0, 0, "", ""}})
+	checkTarball(t, file(agnhost), agnhost, v1.Config{
+		Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"},
+		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+	}, map[string]tarEntry{
+		"agnhost":          {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"agnhost-2":        link("agnhost"),
+		"bin/busybox":      {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"bin/sh":           link("busybox"),
+		"bin/grep":         link("busybox"),
+		"usr/bin/curl":     link("nettools"),
+		"usr/bin/nc":       link("nettools"),
+		"usr/bin/nettools": {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"tmp/":             {tar.TypeDir, 0o1777, 0, 0, "", ""},
+		"uploads/":         {tar.TypeDir, 0o755, 0, 0, "", ""},
+	})
+	// The podrouter image's config and files are checked against the
+	// Dockerfile by deploy's TestGoImageMatchesDockerfile; here: the name.
+	m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(file("podrouter:built")) })
+	if err != nil || len(m) != 1 || !reflect.DeepEqual(m[0].RepoTags, []string{"podrouter:built"}) {
+		t.Errorf("podrouter image: manifest %+v, %v; want one image tagged podrouter:built", m, err)
 	}
 }
