@@ -9,7 +9,7 @@ PKGS      := ./...
 BENCHTIME ?= 1s
 FUZZTIME  ?= 10s
 
-.PHONY: all build tools kube-tools image deps lab test check vet race bench bench-e2e fuzz clean cluster-tools cluster cluster-down conformance
+.PHONY: all build tools kube-tools image images deps lab test check vet race bench bench-e2e fuzz clean cluster-tools cluster cluster-down conformance
 
 all: build
 
@@ -49,6 +49,101 @@ $(KUBE_TOOLS) &: deploy/kubetools/go.mod deploy/kubetools/go.sum deploy/kubetool
 IMAGE ?= podrouter:dev
 image:
 	docker build -t $(IMAGE) .
+
+# Images without a registry or a docker daemon: deploy/kubetools/imagetool
+# writes docker-archive tarballs into $(IMAGES) that
+# `ctr -n k8s.io images import` loads under the names below, so that the
+# kubelet and the e2e suite never pull. Each is rebuilt only when its
+# binaries or files change; the binaries are static (CGO_ENABLED=0).
+#   podrouter: the Dockerfile's final stage (IMAGE sets the tag; a second
+#     tag is a second file, e.g. `make images IMAGE=podrouter:v2`);
+#   pause: our own deploy/kubetools/pause under containerd 2.4.2's default
+#     sandbox image (internal/cri/config DefaultSandboxImage), which is also
+#     the e2e framework's imageutils.Pause;
+#   agnhost: k8s.io/kubernetes/test/images/agnhost under the name of the
+#     e2e framework's imageutils.Agnhost, with busybox's sh and applets and
+#     our curl and nc (deploy/kubetools/nettools) for the specs that exec them.
+# deploy/kubetools/imagetool's TestMakefileNames checks the names against
+# the pinned k8s.io/kubernetes.
+IMAGES        ?= $(CACHE)/images
+IMAGES_BIN    := $(IMAGES)/bin
+PAUSE_IMAGE   := registry.k8s.io/pause:3.10.2
+AGNHOST_IMAGE := registry.k8s.io/e2e-test-images/agnhost:2.66.1
+BUSYBOX       ?= /bin/busybox
+# distroless's CA bundle is Debian's; ours is this machine's, when it has one.
+CA_BUNDLE     := $(wildcard /etc/ssl/certs/ca-certificates.crt)
+imagefile      = $(IMAGES)/$(subst :,_,$(subst /,_,$(1))).tar
+PODROUTER_TAR := $(call imagefile,$(IMAGE))
+PAUSE_TAR     := $(call imagefile,$(PAUSE_IMAGE))
+AGNHOST_TAR   := $(call imagefile,$(AGNHOST_IMAGE))
+IMAGETOOL     := $(IMAGES_BIN)/imagetool
+MAIN_SRC      := go.mod go.sum $(shell find cmd router cni netstackx -name '*.go' -not -name '*_test.go' 2>/dev/null)
+KUBETOOLS_MOD := deploy/kubetools/go.mod deploy/kubetools/go.sum
+# The applets of busybox that agnhost's /bin gets (its nc lacks -u: ours is used).
+AGNHOST_APPLETS := sh ash cat echo grep egrep fgrep ls mkdir rm rmdir sleep test [ true false \
+  env hostname ip ping ping6 nslookup wget sed awk head tail tr cut wc sort uniq id ps kill \
+  date dd printf touch ln mv cp chmod chown timeout xargs find which nproc netstat tee stat \
+  uname whoami readlink dirname basename mktemp seq expr pwd
+
+images: $(PODROUTER_TAR) $(PAUSE_TAR) $(AGNHOST_TAR)
+	@echo "images in $(IMAGES): $(IMAGE) $(PAUSE_IMAGE) $(AGNHOST_IMAGE)"
+	@echo "sandbox image (containerd sandbox_image / pinned_images.sandbox): $(PAUSE_IMAGE)"
+
+$(IMAGETOOL) $(IMAGES_BIN)/pause $(IMAGES_BIN)/nettools &: $(KUBETOOLS_MOD) $(wildcard deploy/kubetools/imagetool/*.go deploy/kubetools/pause/*.go deploy/kubetools/nettools/*.go)
+	@mkdir -p $(IMAGES_BIN)
+	cd deploy/kubetools && CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(abspath $(IMAGES_BIN))/ ./imagetool ./pause ./nettools
+	@touch $(IMAGETOOL) $(IMAGES_BIN)/pause $(IMAGES_BIN)/nettools
+
+$(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni &: $(MAIN_SRC)
+	@mkdir -p $(IMAGES_BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(IMAGES_BIN)/ ./cmd/podrouter ./cmd/podrouter-cni
+	@touch $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni
+
+$(IMAGES_BIN)/agnhost: $(KUBETOOLS_MOD)
+	@mkdir -p $(IMAGES_BIN)
+	cd deploy/kubetools && CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(abspath $(IMAGES_BIN))/ k8s.io/kubernetes/test/images/agnhost
+	@touch $@
+
+# The Dockerfile's final stage: distroless/static's nonroot base (users,
+# nsswitch.conf, /tmp, /home/nonroot, PATH, SSL_CERT_FILE) plus its COPY,
+# LABEL, USER, ENTRYPOINT and CMD. deploy/image_test.go checks they agree.
+$(PODROUTER_TAR): $(IMAGETOOL) $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(wildcard deploy/kubetools/images/base/etc/*)
+	$(IMAGETOOL) -name $(IMAGE) -o $@ \
+	  -file /etc/passwd=deploy/kubetools/images/base/etc/passwd:0644 \
+	  -file /etc/group=deploy/kubetools/images/base/etc/group:0644 \
+	  -file /etc/nsswitch.conf=deploy/kubetools/images/base/etc/nsswitch.conf:0644 \
+	  -dir /tmp:1777 -dir /home/nonroot:0700:65532:65532 \
+	  $(if $(CA_BUNDLE),-file /etc/ssl/certs/ca-certificates.crt=$(CA_BUNDLE):0644) \
+	  -file /usr/local/bin/podrouter=$(IMAGES_BIN)/podrouter:0755 \
+	  -file /usr/local/bin/podrouter-cni=$(IMAGES_BIN)/podrouter-cni:0755 \
+	  -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+	  -env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+	  -label org.opencontainers.image.title=podrouter \
+	  -label 'org.opencontainers.image.description=Userspace virtual router for Kubernetes pod networking: node agent and CNI plugin' \
+	  -label org.opencontainers.image.source=https://github.com/podrouter/podrouter \
+	  -workdir /home/nonroot -user 65532:65532 \
+	  -entrypoint /usr/local/bin/podrouter -cmd help
+
+$(PAUSE_TAR): $(IMAGETOOL) $(IMAGES_BIN)/pause
+	$(IMAGETOOL) -name $(PAUSE_IMAGE) -o $@ \
+	  -file /pause=$(IMAGES_BIN)/pause:0755 -user 65535:65535 -entrypoint /pause
+
+$(AGNHOST_TAR): $(IMAGETOOL) $(IMAGES_BIN)/agnhost $(IMAGES_BIN)/nettools $(BUSYBOX) $(wildcard deploy/kubetools/images/agnhost/etc/*)
+	$(IMAGETOOL) -name $(AGNHOST_IMAGE) -o $@ \
+	  -file /agnhost=$(IMAGES_BIN)/agnhost:0755 -symlink /agnhost-2=agnhost \
+	  -file /etc/passwd=deploy/kubetools/images/agnhost/etc/passwd:0644 \
+	  -file /etc/group=deploy/kubetools/images/agnhost/etc/group:0644 \
+	  -file /etc/nsswitch.conf=deploy/kubetools/images/agnhost/etc/nsswitch.conf:0644 \
+	  -dir /tmp:1777 -dir /uploads:0755 -dir /root:0700 \
+	  -dir /home/user-defined-in-image:0755:1000:1000 \
+	  -file /bin/busybox=$(BUSYBOX):0755 $(foreach a,$(AGNHOST_APPLETS),-symlink '/bin/$(a)=busybox') \
+	  -file /usr/bin/nettools=$(IMAGES_BIN)/nettools:0755 \
+	  -symlink /usr/bin/curl=nettools -symlink /usr/bin/nc=nettools \
+	  -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+	  -entrypoint /agnhost -cmd pause
+
+$(BUSYBOX):
+	@echo "$(BUSYBOX) missing: the agnhost image's shell. Run 'make deps' (Debian busybox-static) as root." >&2; exit 1
 
 # System packages for the privileged tests and benchmarks (installed when
 # missing and root; otherwise those tests skip and say why).
