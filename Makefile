@@ -94,10 +94,11 @@ $(IMAGETOOL) $(IMAGES_BIN)/pause $(IMAGES_BIN)/nettools &: $(KUBETOOLS_MOD) $(wi
 	cd deploy/kubetools && CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(abspath $(IMAGES_BIN))/ ./imagetool ./pause ./nettools
 	@touch $(IMAGETOOL) $(IMAGES_BIN)/pause $(IMAGES_BIN)/nettools
 
-$(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni &: $(MAIN_SRC)
+$(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local &: $(MAIN_SRC)
 	@mkdir -p $(IMAGES_BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(IMAGES_BIN)/ ./cmd/podrouter ./cmd/podrouter-cni
-	@touch $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(IMAGES_BIN)/ ./cmd/podrouter ./cmd/podrouter-cni \
+	  github.com/containernetworking/plugins/plugins/ipam/host-local
+	@touch $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local
 
 $(IMAGES_BIN)/agnhost: $(KUBETOOLS_MOD)
 	@mkdir -p $(IMAGES_BIN)
@@ -107,7 +108,7 @@ $(IMAGES_BIN)/agnhost: $(KUBETOOLS_MOD)
 # The Dockerfile's final stage: distroless/static's nonroot base (users,
 # nsswitch.conf, /tmp, /home/nonroot, PATH, SSL_CERT_FILE) plus its COPY,
 # LABEL, USER, ENTRYPOINT and CMD. deploy/image_test.go checks they agree.
-$(PODROUTER_TAR): $(IMAGETOOL) $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(wildcard deploy/kubetools/images/base/etc/*)
+$(PODROUTER_TAR): $(IMAGETOOL) $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local $(wildcard deploy/kubetools/images/base/etc/*)
 	$(IMAGETOOL) -name $(IMAGE) -o $@ \
 	  -file /etc/passwd=deploy/kubetools/images/base/etc/passwd:0644 \
 	  -file /etc/group=deploy/kubetools/images/base/etc/group:0644 \
@@ -116,6 +117,7 @@ $(PODROUTER_TAR): $(IMAGETOOL) $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-c
 	  $(if $(CA_BUNDLE),-file /etc/ssl/certs/ca-certificates.crt=$(CA_BUNDLE):0644) \
 	  -file /usr/local/bin/podrouter=$(IMAGES_BIN)/podrouter:0755 \
 	  -file /usr/local/bin/podrouter-cni=$(IMAGES_BIN)/podrouter-cni:0755 \
+	  -file /usr/local/bin/host-local=$(IMAGES_BIN)/host-local:0755 \
 	  -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 	  -env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
 	  -label org.opencontainers.image.title=podrouter \

@@ -26,7 +26,7 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// TestStaticBinaries builds podrouter and podrouter-cni as the Dockerfile
+// TestStaticBinaries builds podrouter, podrouter-cni and host-local as the Dockerfile
 // does (CGO_ENABLED=0, -trimpath) and checks that both are static ELF
 // executables: no program interpreter, no shared libraries. distroless
 // static has no libc, so a dynamic binary would not start in the image.
@@ -35,7 +35,7 @@ func TestStaticBinaries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	build := regexp.MustCompile(`CGO_ENABLED=0 [^\n]*\\\n\s*go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/podrouter ./cmd/podrouter-cni\n`)
+	build := regexp.MustCompile(`CGO_ENABLED=0 [^\n]*\\\n\s*go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/podrouter ./cmd/podrouter-cni \\\n\s*github.com/containernetworking/plugins/plugins/ipam/host-local\n`)
 	if !build.Match(dockerfile) {
 		t.Fatalf("the Dockerfile no longer builds both commands with CGO_ENABLED=0 as this test does; update the test with it")
 	}
@@ -43,12 +43,13 @@ func TestStaticBinaries(t *testing.T) {
 		t.Fatalf("the final stage is no longer distroless/static; revisit this test")
 	}
 	out := t.TempDir()
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out+"/", "../cmd/podrouter", "../cmd/podrouter-cni")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out+"/", "../cmd/podrouter", "../cmd/podrouter-cni",
+		"github.com/containernetworking/plugins/plugins/ipam/host-local")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, b)
 	}
-	for _, name := range []string{"podrouter", "podrouter-cni"} {
+	for _, name := range []string{"podrouter", "podrouter-cni", "host-local"} {
 		f, err := elf.Open(filepath.Join(out, name))
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -86,8 +87,8 @@ func TestDaemonSetRunsImagePaths(t *testing.T) {
 			}
 		}
 	}
-	if !installed["/usr/local/bin/podrouter"] || !installed["/usr/local/bin/podrouter-cni"] {
-		t.Fatalf("the Dockerfile installs %v, want podrouter and podrouter-cni in /usr/local/bin", installed)
+	if !installed["/usr/local/bin/podrouter"] || !installed["/usr/local/bin/podrouter-cni"] || !installed["/usr/local/bin/host-local"] {
+		t.Fatalf("the Dockerfile installs %v, want podrouter, podrouter-cni and host-local in /usr/local/bin", installed)
 	}
 	var ds struct {
 		Kind string
@@ -119,11 +120,15 @@ func TestDaemonSetRunsImagePaths(t *testing.T) {
 			t.Errorf("container %s runs %v: not a binary the Dockerfile installs", c.Name, c.Command)
 		}
 		for _, a := range append(c.Command[1:], c.Args...) {
-			if strings.HasPrefix(a, "/usr/local/bin/") && !installed[strings.TrimPrefix(a, "--src=")] {
+			if strings.HasPrefix(a, "/usr/local/bin/") && !installed[a] {
 				t.Errorf("container %s names %s, which the image lacks", c.Name, a)
 			}
-			if v, ok := strings.CutPrefix(a, "--src="); ok && !installed[v] {
-				t.Errorf("container %s installs %s, which the image lacks", c.Name, v)
+			if v, ok := strings.CutPrefix(a, "--src="); ok {
+				for _, src := range strings.Split(v, ",") {
+					if !installed[src] {
+						t.Errorf("container %s installs %s, which the image lacks", c.Name, src)
+					}
+				}
 			}
 		}
 	}

@@ -7,11 +7,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
-// install-cni is the DaemonSet's init container: it copies the CNI plugin
-// from the image into the host's CNI bin directory (a hostPath), so the
-// image needs no shell or cp. The copy is atomic (a temporary file in the
+// install-cni is the DaemonSet's init container: it copies the CNI plugin,
+// and the host-local IPAM plugin its conflist delegates to, from the image
+// into the host's CNI bin directory (a hostPath), so the image needs no
+// shell or cp and the node needs no CNI plugins package. The copy is atomic (a temporary file in the
 // destination directory, fsynced, then renamed over the old plugin), so a
 // container runtime calling the plugin meanwhile runs either the old or the
 // new binary, never a partial one. The conflist is the daemon's to write:
@@ -20,7 +22,7 @@ import (
 func init() {
 	register(command{
 		name:    "install-cni",
-		summary: "copy the podrouter-cni plugin into the host's CNI bin directory, atomically (the DaemonSet's init container)",
+		summary: "copy the podrouter-cni and host-local plugins into the host's CNI bin directory, atomically (the DaemonSet's init container)",
 		run:     runInstallCNI,
 	})
 }
@@ -32,34 +34,47 @@ var ErrNotRegular = errors.New("not a regular file")
 func runInstallCNI(args []string, stdout, stderr io.Writer) int {
 	var src, dest string
 	fs := flag.NewFlagSet("install-cni", flag.ContinueOnError)
-	fs.StringVar(&src, "src", "", "the plugin to install (default: podrouter-cni next to this executable)")
-	fs.StringVar(&dest, "dest", "/opt/cni/bin", "the CNI bin directory to install into (it must exist); the file keeps src's name")
-	if rc := parseFlags(fs, "Usage: podrouter install-cni [--src PATH] [--dest DIR]\n\n"+
-		"Copies the CNI plugin into DIR/<name of src> atomically: a temporary file in DIR,\n"+
+	fs.StringVar(&src, "src", "", "the plugins to install, comma-separated (default: podrouter-cni and host-local next to this executable)")
+	fs.StringVar(&dest, "dest", "/opt/cni/bin", "the CNI bin directory to install into (it must exist); each file keeps its name")
+	if rc := parseFlags(fs, "Usage: podrouter install-cni [--src PATH[,PATH...]] [--dest DIR]\n\n"+
+		"Copies each plugin into DIR/<its name> atomically: a temporary file in DIR,\n"+
 		"fsynced, mode 0755, renamed over the old one. The DaemonSet runs it as its\n"+
 		"init container with the host's /opt/cni/bin mounted. Exits 0 when installed,\n"+
 		"1 when the copy fails, 2 on bad flags.\n\nFlags:\n", args, stdout, stderr); rc >= 0 {
 		return rc
 	}
+	var srcs []string
 	if src == "" {
 		exe, err := os.Executable()
 		if err != nil {
 			fmt.Fprintf(stderr, "podrouter install-cni: --src not given and own path unknown: %v\n", err)
 			return 2
 		}
-		src = filepath.Join(filepath.Dir(exe), "podrouter-cni")
+		for _, name := range []string{"podrouter-cni", "host-local"} {
+			srcs = append(srcs, filepath.Join(filepath.Dir(exe), name))
+		}
+	} else {
+		for _, s := range strings.Split(src, ",") {
+			if s == "" {
+				fmt.Fprintf(stderr, "podrouter install-cni: --src %q: empty path\n", src)
+				return 2
+			}
+			srcs = append(srcs, s)
+		}
 	}
 	if !filepath.IsAbs(dest) {
 		fmt.Fprintf(stderr, "podrouter install-cni: --dest %q: want an absolute path\n", dest)
 		return 2
 	}
-	dst := filepath.Join(dest, filepath.Base(src))
-	n, err := installFile(src, dst)
-	if err != nil {
-		fmt.Fprintf(stderr, "podrouter install-cni: %v\n", err)
-		return 1
+	for _, s := range srcs {
+		dst := filepath.Join(dest, filepath.Base(s))
+		n, err := installFile(s, dst)
+		if err != nil {
+			fmt.Fprintf(stderr, "podrouter install-cni: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "installed %s -> %s (%d bytes)\n", s, dst, n)
 	}
-	fmt.Fprintf(stdout, "installed %s -> %s (%d bytes)\n", src, dst, n)
 	return 0
 }
 

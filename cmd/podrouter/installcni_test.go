@@ -103,6 +103,7 @@ func TestInstallCNIFailures(t *testing.T) {
 		{"source is a directory", []string{"--src", filepath.Join(srcDir, "podrouter-cni"), "--dest", dest}, 1, "not a regular file"},
 		{"missing destination", []string{"--src", "/proc/self/exe", "--dest", filepath.Join(dest, "nope")}, 1, "nope"},
 		{"relative destination", []string{"--dest", "opt/cni/bin"}, 2, "--dest"},
+		{"empty source in the list", []string{"--src", "/proc/self/exe,", "--dest", dest}, 2, "empty path"},
 		{"unknown flag", []string{"--bogus"}, 2, "-bogus"},
 		{"stray argument", []string{"extra"}, 2, "extra"},
 	}
@@ -134,4 +135,28 @@ func TestHelpInstallCNI(t *testing.T) {
 			t.Errorf("help lacks %s:\n%s", f, out.String())
 		}
 	}
+}
+
+// TestInstallCNIMany installs the plugin and its IPAM plugin in one run,
+// as the DaemonSet's init container does (--src a,b).
+func TestInstallCNIMany(t *testing.T) {
+	srcDir, dest := t.TempDir(), t.TempDir()
+	var srcs []string
+	for _, name := range []string{"podrouter-cni", "host-local"} {
+		p := filepath.Join(srcDir, name)
+		if err := os.WriteFile(p, []byte(name+" binary"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		srcs = append(srcs, p)
+	}
+	var out, errb bytes.Buffer
+	if rc := run([]string{"install-cni", "--src", strings.Join(srcs, ","), "--dest", dest}, &out, &errb); rc != 0 {
+		t.Fatalf("exit %d: %s", rc, errb.String())
+	}
+	for _, name := range []string{"podrouter-cni", "host-local"} {
+		if got, err := os.ReadFile(filepath.Join(dest, name)); err != nil || string(got) != name+" binary" {
+			t.Errorf("%s: %q, %v", name, got, err)
+		}
+	}
+	onlyFiles(t, dest, "host-local", "podrouter-cni")
 }
