@@ -165,6 +165,15 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 		return nil, err
 	}
 	cfg.Bin = bin
+	for i, img := range cfg.Images {
+		// ctr runs in the node's mount namespace, from another directory.
+		if cfg.Images[i], err = filepath.Abs(img); err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(cfg.Images[i]); err != nil {
+			return nil, fmt.Errorf("cluster: image: %w", err)
+		}
+	}
 	for _, b := range Binaries {
 		if _, err := os.Stat(filepath.Join(cfg.Bin, b)); err != nil {
 			return nil, fmt.Errorf("%w: %s", ErrNoBinaries, filepath.Join(cfg.Bin, b))

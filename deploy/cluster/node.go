@@ -21,7 +21,7 @@ const DefaultSandboxImage = "registry.k8s.io/pause:3.10.2"
 // in its mount namespace): the DaemonSet's hostPath volumes, and the
 // kubelet's and containerd's default directories.
 var nodeDirs = []string{
-	"/etc/cni/net.d", "/opt/cni/bin", "/run/podrouter", "/var/lib/podrouter", "/run/flannel",
+	"/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni", "/run/podrouter", "/var/lib/podrouter", "/run/flannel",
 	"/run/netns", "/var/lib/kubelet", "/var/log/pods", "/var/log/containers",
 	"/var/lib/containerd", "/run/containerd",
 }

@@ -20,7 +20,7 @@ const (
 	DropTooBig                        // larger than the next hop's MTU with DF (ICMP sent)
 	DropToGateway                     // addressed to the gateway, not an echo request
 	DropNeighbor                      // ARP/NDP not answered (probe, not in the podCIDR)
-	DropNotLocal                      // from a peer, but not for this node's podCIDR
+	DropNotLocal                      // from a peer, but not for this node's podCIDR or addresses
 	DropTxError                       // the next port's Write failed
 	DropNoBuffer                      // no scratch buffer for a reply or fragment
 	DropNoConntrack                   // to a port's SNAT address, but no tracked flow's reply

@@ -71,6 +71,10 @@ type Config struct {
 	// with no more specific route are unreachable (ICMP error, never
 	// egress). Defaults to the podCIDRs.
 	ClusterCIDRs []netip.Prefix
+	// HostAddrs are this node's own addresses. Peers may send to them as
+	// well as to the podCIDRs: their hosts and hostNetwork pods reach this
+	// host (through its routes, usually to the uplink) without NAT.
+	HostAddrs []netip.Addr
 	// GatewayMAC is the MAC the engine answers ARP/NDP with on L2 ports.
 	// Default: 0a:58 followed by the IPv4 gateway address.
 	GatewayMAC packet.MAC
@@ -528,6 +532,16 @@ func (e *Engine) publishLocked() error {
 
 func (e *Engine) inPodCIDR(a netip.Addr) bool {
 	return e.cfg.PodCIDR.Contains(a) || (e.cfg.PodCIDR6.IsValid() && e.cfg.PodCIDR6.Contains(a))
+}
+
+// isHostAddr reports whether a is one of the node's own addresses.
+func (e *Engine) isHostAddr(a netip.Addr) bool {
+	for _, h := range e.cfg.HostAddrs {
+		if h == a {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *Engine) podCIDRs() string {

@@ -294,8 +294,9 @@ func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
 			return
 		}
 	case KindPeer:
-		// The underlay carries traffic for this node's pods only.
-		if !w.e.inPodCIDR(pp.Dst) {
+		// The underlay carries traffic for this node's pods and its host
+		// only.
+		if !w.e.inPodCIDR(pp.Dst) && !w.e.isHostAddr(pp.Dst) {
 			w.drop(DropNotLocal)
 			return
 		}

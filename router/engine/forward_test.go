@@ -129,3 +129,55 @@ func BenchmarkForward(b *testing.B) {
 		}
 	}
 }
+
+// TestPeerDestinations: what a peer sends is forwarded only to this node's
+// podCIDR and to its own addresses (HostAddrs: a peer's host or
+// hostNetwork pod reaching this host); anything else is dropped as
+// not-local, even with a route for it.
+func TestPeerDestinations(t *testing.T) {
+	host := netip.MustParseAddr("172.29.1.1")
+	e, err := New(Config{PodCIDR: podCIDR, ClusterCIDRs: []netip.Prefix{clusterCIDR}, HostAddrs: []netip.Addr{host}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	pod, up := newSink(), newSink()
+	if _, err := e.AddPort(pod, PortConfig{Name: "a", Kind: KindPod, L2: true, PeerMAC: macA, MTU: 1500, Addrs: []netip.Addr{addrA}}); err != nil {
+		t.Fatal(err)
+	}
+	pu, err := e.AddPort(up, PortConfig{Name: "uplink", Kind: KindEgress, MTU: 1500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pp, err := e.AddPort(newSink(), PortConfig{Name: "peer", Kind: KindPeer, MTU: 1450})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetRoutes([]route.Route{
+		{Prefix: netip.MustParsePrefix("0.0.0.0/0"), NextHop: route.ToEgress(pu.idx)},
+		{Prefix: netip.PrefixFrom(host, 32), NextHop: route.ToEgress(pu.idx)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	from := netip.MustParseAddr("10.244.7.2") // a pod of the peer
+	for _, tc := range []struct {
+		dst       netip.Addr
+		pod, host uint64
+		notLocal  uint64
+		desc      string
+	}{
+		{addrA, 1, 0, 0, "to a pod of this node"},
+		{host, 1, 1, 0, "to this node's address"},
+		{outside, 1, 1, 1, "to an address outside the node"},
+	} {
+		w := newWorker(e, pp)
+		frame := ipv4(from, tc.dst, ipOpts{ttl: 64, payload: 32})
+		copy(w.bufs[0][readOffset:], frame)
+		w.sizes[0] = len(frame)
+		w.process(1)
+		if pod.n.Load() != tc.pod || up.n.Load() != tc.host || pp.Stats().Drops[DropNotLocal] != tc.notLocal {
+			t.Errorf("%s: pod %d, uplink %d, not-local %d; want %d, %d, %d", tc.desc,
+				pod.n.Load(), up.n.Load(), pp.Stats().Drops[DropNotLocal], tc.pod, tc.host, tc.notLocal)
+		}
+	}
+}

@@ -148,6 +148,20 @@ func (c Config) PodCIDRs() []netip.Prefix {
 	return out
 }
 
+// uplinkPrefixes are the prefixes the host routes to the uplink: the
+// podCIDRs and the whole cluster address space, so that the host and its
+// hostNetwork pods reach the pods of every node, through the engine and
+// the underlay.
+func (c Config) uplinkPrefixes() []netip.Prefix {
+	out := c.PodCIDRs()
+	for _, cc := range c.ClusterCIDRs {
+		if !slices.Contains(out, cc) {
+			out = append(out, cc)
+		}
+	}
+	return out
+}
+
 func configErr(format string, a ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrConfig}, a...)...)
 }
@@ -193,7 +207,7 @@ func New(cfg Config) (*Node, error) {
 	}()
 	var err error
 	if n.eng, err = engine.New(engine.Config{
-		PodCIDR: cfg.PodCIDR, PodCIDR6: cfg.PodCIDR6, ClusterCIDRs: cfg.ClusterCIDRs, Logger: cfg.Logger,
+		PodCIDR: cfg.PodCIDR, PodCIDR6: cfg.PodCIDR6, ClusterCIDRs: cfg.ClusterCIDRs, HostAddrs: cfg.NodeIPs, Logger: cfg.Logger,
 	}); err != nil {
 		return nil, fmt.Errorf("node: engine: %w", err)
 	}
@@ -211,7 +225,7 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	if cfg.Uplink.enabled() {
-		if n.up, err = openUplink(cfg.Uplink, n.cfg.MTU, cfg.PodCIDRs(), cfg.NodeIPs); err != nil {
+		if n.up, err = openUplink(cfg.Uplink, n.cfg.MTU, n.cfg.uplinkPrefixes(), cfg.NodeIPs); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}

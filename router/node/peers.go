@@ -69,6 +69,13 @@ func (n *Node) SetPeers(peers []Peer) error {
 		for _, c := range q.PodCIDRs {
 			rs = append(rs, route.Route{Prefix: c, NextHop: route.ToPeer(port.Index())})
 		}
+		// The peer's own addresses go through it too: its host and
+		// hostNetwork pods talk to this node's pods without NAT, in both
+		// directions (the host routes the cluster CIDRs to the uplink),
+		// and the peer admits its node addresses as inner sources.
+		for _, a := range peerHostAddrs(q) {
+			rs = append(rs, route.Route{Prefix: netip.PrefixFrom(a, a.BitLen()), NextHop: route.ToPeer(port.Index())})
+		}
 	}
 	oldRoutes := p.routes
 	p.routes = rs
@@ -199,6 +206,18 @@ func dropNames[R interface {
 			out = map[string]uint64{}
 		}
 		out[r.String()] = v
+	}
+	return out
+}
+
+// peerHostAddrs returns a peer's node addresses and underlay address,
+// once each.
+func peerHostAddrs(q Peer) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range append([]netip.Addr{q.Addr.Addr().Unmap()}, q.NodeAddrs...) {
+		if a.IsValid() && !slices.Contains(out, a.Unmap()) {
+			out = append(out, a.Unmap())
+		}
 	}
 	return out
 }
