@@ -217,7 +217,7 @@ func exec(c *cluster.Cluster, ns, pod string, argv ...string) (string, error) {
 // dial has pod's netexec (HTTP on 127.0.0.1:port of url) dial the
 // target in url's query, and checks the one answer is want.
 func dial(c *cluster.Cluster, ns, pod, url, want string) error {
-	out, err := exec(c, ns, pod, "wget", "-q", "-O", "-", "-T", "10", url)
+	out, err := exec(c, ns, pod, "curl", "-g", "-q", "-s", "--max-time", "10", url)
 	if err != nil {
 		return err
 	}
