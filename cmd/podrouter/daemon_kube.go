@@ -41,8 +41,8 @@ func (k *kubeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (--kube; default: in-cluster service account)")
 	fs.StringVar(&k.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's Node name (--kube; default $NODE_NAME)")
 	fs.StringVar(&k.netConf, "net-conf", "/etc/kube-podrouter/net-conf.json", "the cluster network configuration, flannel's net-conf.json fields (--kube)")
-	fs.StringVar(&k.backend, "backend", "", "underlay backend udp or vxlan (--kube; default: net-conf's Backend.Type)")
-	fs.UintVar(&k.port, "underlay-port", 0, "underlay UDP port (--kube; default: net-conf's Backend.Port, else 8472 vxlan / 8285 udp)")
+	fs.StringVar(&k.backend, "backend", "", "underlay backend udp, vxlan or wireguard (--kube; default: net-conf's Backend.Type)")
+	fs.UintVar(&k.port, "underlay-port", 0, "underlay UDP port (--kube; default: net-conf's Backend.Port, else 8472 vxlan / 8285 udp / 51820 wireguard)")
 	fs.StringVar(&k.iface, "iface", "", "interface whose address and MTU the underlay uses (--kube; default: the Node's InternalIP)")
 	fs.StringVar(&k.publicIP, "public-ip", "", "underlay address published to the other nodes (--kube; default: --iface's address, else the Node's InternalIP)")
 	fs.StringVar(&k.cniConf, "cni-conf", daemon.DefaultCNIConf, "where --kube writes the node's CNI conflist (atomically; empty: none)")
@@ -77,13 +77,13 @@ func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) i
 		return fail(2, "--net-conf: %v", err)
 	}
 	if k.backend != "" {
-		e, err := underlay.ParseEncap(k.backend)
+		e, err := kube.ParseBackend(k.backend)
 		if err != nil {
 			return fail(2, "--backend: %v", err)
 		}
 		if e != nc.Backend {
 			nc.Backend, nc.Port, nc.VNI = e, e.DefaultPort(), 0
-			if e == underlay.EncapVXLAN {
+			if e == kube.BackendVXLAN {
 				nc.VNI = underlay.DefaultVNI
 			}
 		}
