@@ -204,3 +204,33 @@ func FuzzParsePeer(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParsePeerWireGuard: a wireguard node's key annotations, podrouter's
+// and flannel's, are untrusted; what ParsePeer accepts carries a non-zero
+// key that round-trips through its base64.
+func FuzzParsePeerWireGuard(f *testing.F) {
+	key := underlay.Key{0x42}.String()
+	f.Add("wireguard", key, "", "")
+	f.Add("", "", "wireguard", `{"PublicKey":"`+key+`"}`)
+	f.Add("wireguard", "AAAA", "", "")
+	f.Add("", "", "wireguard", `{"PublicKey":null}`)
+	f.Add("", "", "wireguard", `{"PublicKey":"`+underlay.Key{}.String()+`"}`)
+	f.Fuzz(func(t *testing.T, backend, pub, fbackend, fdata string) {
+		a := map[string]string{}
+		for k, v := range map[string]string{AnnotBackend: backend, AnnotPublicKey: pub, FlannelBackendType: fbackend, FlannelBackendData: fdata} {
+			if v != "" {
+				a[k] = v
+			}
+		}
+		p, err := ParsePeer(NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: a}, localWG)
+		if err != nil {
+			return
+		}
+		if p.PublicKey.IsZero() {
+			t.Fatalf("accepted the zero key from %v", a)
+		}
+		if k, err := underlay.ParseKey(p.PublicKey.String()); err != nil || k != p.PublicKey {
+			t.Fatalf("key %v does not round-trip: %v %v", p.PublicKey, k, err)
+		}
+	})
+}
