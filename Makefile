@@ -20,7 +20,8 @@ build:
 lab: build
 	./$(BIN)/podrouter lab
 
-# Helper binaries the end-to-end tests drive (cnitool, host-local IPAM),
+# Helper binaries the end-to-end tests and benchmarks drive (cnitool,
+# host-local IPAM, wireguard-go: the userspace WireGuard baseline),
 # from the tool directives in go.mod, cached under $(CACHE)/bin.
 tools:
 	@mkdir -p $(CACHE)/bin
@@ -173,9 +174,12 @@ bench:
 
 # End-to-end benchmarks against kernel baselines in the same run (root).
 # Each case three times (RUNS=1 for a quick look): per-run lines, then medians.
-RUNS ?= 3
+# CASE=a,b runs only those cases; DURATION is iperf3's time per measurement.
+RUNS     ?= 3
+CASE     ?=
+DURATION ?= 5s
 bench-e2e: deps tools build
-	$(GO) run ./bench/e2e -podrouter $(BIN)/podrouter -runs $(RUNS)
+	$(GO) run ./bench/e2e -podrouter $(BIN)/podrouter -wireguard-go $(CACHE)/bin/wireguard -runs $(RUNS) -duration $(DURATION) -case '$(CASE)'
 
 # A real cluster on this machine (deploy/cluster; root): the control plane
 # on the host, nodes with their own network and mount namespaces,

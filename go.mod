@@ -89,4 +89,5 @@ require (
 tool (
 	github.com/containernetworking/cni/cnitool
 	github.com/containernetworking/plugins/plugins/ipam/host-local
+	golang.zx2c4.com/wireguard
 )

@@ -38,7 +38,7 @@ import (
 )
 
 func init() {
-	register(Case{Name: "cross-node", Baseline: "kernel-vxlan", Run: runCrossNode})
+	register(Case{Name: "cross-node", Baselines: []string{"kernel-vxlan"}, Run: runCrossNode})
 }
 
 // The case's addresses: node i (0, 1) has underlay address xnUnder[i] and
@@ -108,17 +108,16 @@ func crossNodeOnce(ctx context.Context, opt Options, impl string, build func(*xn
 	if err := t.pods[0].run("ping", "-c", "1", "-W", "5", xnPodAddr(1).String()); err != nil {
 		return Result{}, fmt.Errorf("no connectivity: %w", err)
 	}
-	tcp, udp, err := measure(ctx, opt, t.pods[1], t.pods[0], xnPodAddr(1).String())
-	if err != nil {
-		return Result{}, err
-	}
-	return Result{Impl: impl, TCPGbps: tcp, UDPKpps: udp}, nil
+	r, err := measure(ctx, opt, t.pods[1], t.pods[0], xnPodAddr(1).String(), t.procs...)
+	r.Impl = impl
+	return r, err
 }
 
 // xnTopo is the part every variant shares: two node namespaces joined by
 // the underlay veth (ul0, MTU 1500), and a pod namespace per node.
 type xnTopo struct {
 	nodes, pods [2]*netns
+	procs       []int // the variant's processes (wireguard-go), for measure
 }
 
 func newXNTopo() (t *xnTopo, err error) {
@@ -261,10 +260,16 @@ func (t *xnTopo) podrouter(backend string) (stop func(), err error) {
 		return nil, err
 	}
 	for i := range 2 {
+		var key node.Key // wireguard's
+		if backend == node.BackendWireGuard {
+			if key, err = node.GenerateKey(); err != nil {
+				return nil, err
+			}
+		}
 		if err := t.nodes[i].do(func() (err error) {
 			nodes[i], err = node.New(node.Config{
 				PodCIDR: xnPodCIDR(i), ClusterCIDRs: []netip.Prefix{xnCluster},
-				Underlay: node.UnderlayConfig{Backend: backend, Listen: netip.AddrPortFrom(xnUnder[i], kind.DefaultPort), Interface: "ul0"},
+				Underlay: node.UnderlayConfig{Backend: backend, Listen: netip.AddrPortFrom(xnUnder[i], kind.DefaultPort), Interface: "ul0", PrivateKey: key},
 			})
 			return err
 		}); err != nil {
@@ -277,7 +282,8 @@ func (t *xnTopo) podrouter(backend string) (stop func(), err error) {
 	for i, n := range nodes {
 		m := nodes[1-i]
 		ann := m.Backend().Announce()
-		peer := node.Peer{Name: fmt.Sprintf("node%d", 1-i), Addr: ann.Endpoint, VTEPMAC: ann.VTEPMAC, PodCIDRs: []netip.Prefix{xnPodCIDR(1 - i)}}
+		peer := node.Peer{Name: fmt.Sprintf("node%d", 1-i), Addr: ann.Endpoint, VTEPMAC: ann.VTEPMAC, PublicKey: ann.PublicKey,
+			PodCIDRs: []netip.Prefix{xnPodCIDR(1 - i)}}
 		if err := n.SetPeers([]node.Peer{peer}); err != nil {
 			return nil, err
 		}

@@ -41,7 +41,7 @@ import (
 )
 
 func init() {
-	register(Case{Name: "egress", Baseline: "slirp4netns", Run: runEgress})
+	register(Case{Name: "egress", Baselines: []string{"slirp4netns"}, Run: runEgress})
 }
 
 const (

@@ -3,9 +3,11 @@
 // baseline and podrouter -- measures it with iperf3 and prints one line per
 // implementation:
 //
-//	case=<case> impl=<impl> tcp_gbps=<x> udp_kpps=<y>
+//	case=<case> impl=<impl> tcp_gbps=<x> udp_kpps=<y> cpu_per_gbps=<z>
 //
-// followed by each implementation's ratio to the case's baseline. With
+// (cpu_per_gbps: CPU-seconds per second, i.e. cores busy, per Gbit/s of
+// the TCP stream, counted per process: see measure) followed by each
+// implementation's ratio to the case's baseline. With
 // -runs N each case runs N times: every run's lines carry run=<i>, and the
 // untagged lines that follow give each number's median and the median of
 // the runs' ratios (each ratio is taken within one run, so the baseline's
@@ -28,22 +30,27 @@ import (
 // Result is one implementation's numbers in a case. A zero field was not
 // measured by that case.
 type Result struct {
-	Impl    string
-	TCPGbps float64
-	UDPKpps float64
+	Impl       string
+	TCPGbps    float64
+	UDPKpps    float64
+	CPUPerGbps float64 // cores busy per Gbit/s during the TCP stream (measure)
 }
 
 // Case is one benchmark topology measured several ways.
 type Case struct {
-	Name     string
-	Baseline string // the Impl the ratios are taken against
-	Run      func(ctx context.Context, opt Options) ([]Result, error)
+	Name string
+	// Baselines are the Impls the ratios may be taken against: the first
+	// one a run measured (a case may have a baseline this machine cannot
+	// build, and a fallback).
+	Baselines []string
+	Run       func(ctx context.Context, opt Options) ([]Result, error)
 }
 
 // Options are the harness flags every case sees.
 type Options struct {
-	Duration  time.Duration // per iperf3 measurement
-	Podrouter string        // path of the podrouter binary
+	Duration    time.Duration // per iperf3 measurement
+	Podrouter   string        // path of the podrouter binary
+	WireGuardGo string        // path of wireguard-go (make tools)
 }
 
 var cases []Case
@@ -55,6 +62,7 @@ func main() {
 	only := flag.String("case", "", "comma-separated cases to run (default: all)")
 	flag.DurationVar(&opt.Duration, "duration", 5*time.Second, "iperf3 time per measurement")
 	flag.StringVar(&opt.Podrouter, "podrouter", "bin/podrouter", "podrouter binary")
+	flag.StringVar(&opt.WireGuardGo, "wireguard-go", ".cache/bin/wireguard", "wireguard-go binary (make tools), the userspace WireGuard baseline")
 	runs := flag.Int("runs", 1, "times each case runs (more than one: per-run lines, then medians)")
 	flag.Parse()
 	if *runs < 1 {
@@ -105,14 +113,19 @@ func main() {
 // ratio is an implementation's numbers over the baseline's (0: not
 // measured by one of them).
 type ratio struct {
-	Impl     string
-	TCP, UDP float64
+	Impl, Baseline string
+	TCP, UDP       float64
 }
 
-// ratios returns each non-baseline implementation's ratio to the baseline
-// in res (none when the baseline is missing).
+// ratios returns each non-baseline implementation's ratio to the case's
+// first baseline in res (none when no baseline is there).
 func ratios(c Case, res []Result) []ratio {
-	i := slices.IndexFunc(res, func(r Result) bool { return r.Impl == c.Baseline })
+	i := -1
+	for _, b := range c.Baselines {
+		if i = slices.IndexFunc(res, func(r Result) bool { return r.Impl == b }); i >= 0 {
+			break
+		}
+	}
 	if i < 0 {
 		return nil
 	}
@@ -122,7 +135,7 @@ func ratios(c Case, res []Result) []ratio {
 		if r.Impl == base.Impl {
 			continue
 		}
-		q := ratio{Impl: r.Impl}
+		q := ratio{Impl: r.Impl, Baseline: base.Impl}
 		if r.TCPGbps > 0 && base.TCPGbps > 0 {
 			q.TCP = r.TCPGbps / base.TCPGbps
 		}
@@ -149,22 +162,23 @@ func medians(c Case, runs [][]Result) ([]Result, []ratio) {
 	var res []Result
 	var rat []ratio
 	for _, impl := range impls {
-		var tcp, udp, rtcp, rudp []float64
+		var tcp, udp, cpu, rtcp, rudp []float64
+		base := ""
 		for _, run := range runs {
 			for _, r := range run {
 				if r.Impl == impl {
-					tcp, udp = append(tcp, r.TCPGbps), append(udp, r.UDPKpps)
+					tcp, udp, cpu = append(tcp, r.TCPGbps), append(udp, r.UDPKpps), append(cpu, r.CPUPerGbps)
 				}
 			}
 			for _, q := range ratios(c, run) {
-				if q.Impl == impl {
-					rtcp, rudp = append(rtcp, q.TCP), append(rudp, q.UDP)
+				if q.Impl == impl && (base == "" || q.Baseline == base) {
+					rtcp, rudp, base = append(rtcp, q.TCP), append(rudp, q.UDP), q.Baseline
 				}
 			}
 		}
-		res = append(res, Result{Impl: impl, TCPGbps: median(tcp), UDPKpps: median(udp)})
+		res = append(res, Result{Impl: impl, TCPGbps: median(tcp), UDPKpps: median(udp), CPUPerGbps: median(cpu)})
 		if len(rtcp) > 0 {
-			rat = append(rat, ratio{Impl: impl, TCP: median(rtcp), UDP: median(rudp)})
+			rat = append(rat, ratio{Impl: impl, Baseline: base, TCP: median(rtcp), UDP: median(rudp)})
 		}
 	}
 	return res, rat
@@ -193,10 +207,13 @@ func report(c Case, res []Result, rat []ratio, tag string) {
 		if r.UDPKpps > 0 {
 			line += fmt.Sprintf(" udp_kpps=%.1f", r.UDPKpps)
 		}
+		if r.CPUPerGbps > 0 {
+			line += fmt.Sprintf(" cpu_per_gbps=%.3f", r.CPUPerGbps)
+		}
 		fmt.Println(line)
 	}
 	for _, q := range rat {
-		line := fmt.Sprintf("case=%s%s ratio=%s/%s", c.Name, tag, q.Impl, c.Baseline)
+		line := fmt.Sprintf("case=%s%s ratio=%s/%s", c.Name, tag, q.Impl, q.Baseline)
 		if q.TCP > 0 {
 			line += fmt.Sprintf(" tcp=%.2f", q.TCP)
 		}

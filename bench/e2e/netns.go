@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -84,28 +86,90 @@ func iperf3(ctx context.Context, client *netns, dst, secs string, args ...string
 
 // measure runs iperf3 from client to a server at dst in srv: one TCP
 // stream, then UDP with 64-byte payloads as fast as iperf3 sends (packets
-// received per second).
-func measure(ctx context.Context, opt Options, srv, client *netns, dst string) (tcpGbps, udpKpps float64, err error) {
+// received per second). The TCP stream's CPU time is counted per process,
+// so that other load on the machine stays out of it: the iperf3 client
+// (its own report) and server, this process (podrouter nodes built
+// in-process), pids (the variant's other processes: a daemon,
+// wireguard-go) and every kernel thread (softirq and workqueue work done
+// outside those processes, such as kernel WireGuard's crypto; other
+// users' kernel work enters here too). Softirq work done in a process's
+// context is that process's system time (no IRQ time accounting).
+func measure(ctx context.Context, opt Options, srv, client *netns, dst string, pids ...int) (Result, error) {
 	secs := strconv.Itoa(max(1, int(opt.Duration.Seconds())))
 	s := srv.cmd(ctx, "iperf3", "-s", "-B", dst)
 	if err := s.Start(); err != nil {
-		return 0, 0, err
+		return Result{}, err
 	}
 	defer func() { _ = s.Process.Kill(); _ = s.Wait() }()
+	pids = append([]int{os.Getpid(), s.Process.Pid}, pids...)
+	before := cpuTicks(pids)
 	m, err := iperf3(ctx, client, dst, secs)
 	if err != nil {
-		return 0, 0, err
+		return Result{}, err
 	}
-	tcpGbps = num(m, "end", "sum_received", "bits_per_second") / 1e9
+	after := cpuTicks(pids)
+	var r Result
+	r.TCPGbps = num(m, "end", "sum_received", "bits_per_second") / 1e9
+	if t := num(m, "end", "sum_received", "seconds"); t > 0 && r.TCPGbps > 0 && after >= before {
+		cpuSecs := float64(after-before)/clockTicks + num(m, "end", "cpu_utilization_percent", "host_total")/100*t
+		r.CPUPerGbps = cpuSecs / t / r.TCPGbps
+	}
 	m, err = iperf3(ctx, client, dst, secs, "-u", "-b", "0", "-l", "64")
 	if err != nil {
-		return 0, 0, err
+		return Result{}, err
 	}
 	pkts := num(m, "end", "sum", "packets") - num(m, "end", "sum", "lost_packets")
 	if s := num(m, "end", "sum", "seconds"); s > 0 {
-		udpKpps = pkts / s / 1e3
+		r.UDPKpps = pkts / s / 1e3
 	}
-	return tcpGbps, udpKpps, nil
+	return r, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times.
+const clockTicks = 100
+
+// cpuTicks returns the CPU time (user and system, in clock ticks) used so
+// far by the processes pids and by every kernel thread (children of
+// kthreadd, pid 2). A process that is gone counts 0.
+func cpuTicks(pids []int) uint64 {
+	var sum uint64
+	for _, pid := range pids {
+		t, _ := procTicks(pid)
+		sum += t
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || slices.Contains(pids, pid) {
+			continue
+		}
+		if t, ppid := procTicks(pid); ppid == 2 {
+			sum += t
+		}
+	}
+	return sum
+}
+
+// procTicks returns utime+stime of /proc/<pid>/stat and the process's
+// parent pid (0, 0 when it cannot be read).
+func procTicks(pid int) (ticks uint64, ppid int) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0
+	}
+	// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 { // state is f[0], ppid f[1], utime f[11], stime f[12]
+		return 0, 0
+	}
+	ppid, _ = strconv.Atoi(f[1])
+	u, _ := strconv.ParseUint(f[11], 10, 64)
+	st, _ := strconv.ParseUint(f[12], 10, 64)
+	return u + st, ppid
 }
 
 // num is the number at path in iperf3's JSON report (0 when absent).

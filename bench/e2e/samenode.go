@@ -31,7 +31,7 @@ import (
 )
 
 func init() {
-	register(Case{Name: "same-node", Baseline: "kernel-bridge", Run: runSameNode})
+	register(Case{Name: "same-node", Baselines: []string{"kernel-bridge"}, Run: runSameNode})
 }
 
 func runSameNode(ctx context.Context, opt Options) ([]Result, error) {
@@ -103,11 +103,9 @@ func sameNodeKernel(ctx context.Context, opt Options) (Result, error) {
 			}
 		}
 	}
-	tcp, udp, err := measure(ctx, opt, pods[1], pods[0], "10.250.201.3")
-	if err != nil {
-		return Result{}, err
-	}
-	return Result{Impl: "kernel-bridge", TCPGbps: tcp, UDPKpps: udp}, nil
+	r, err := measure(ctx, opt, pods[1], pods[0], "10.250.201.3")
+	r.Impl = "kernel-bridge"
+	return r, err
 }
 
 // sameNodePodrouter: two pods attached by podrouter-cni to the daemon.
@@ -191,9 +189,10 @@ func sameNodePodrouter(ctx context.Context, opt Options) (Result, error) {
 		ip, _, _ := strings.Cut(res.IPs[0].Address, "/")
 		ips = append(ips, ip)
 	}
-	tcp, udp, err := measure(ctx, opt, pods[1], pods[0], ips[1])
+	r, err := measure(ctx, opt, pods[1], pods[0], ips[1], d.Process.Pid)
 	if err != nil {
 		return Result{}, fmt.Errorf("%w\ndaemon: %s", err, logs.String())
 	}
-	return Result{Impl: "podrouter", TCPGbps: tcp, UDPKpps: udp}, nil
+	r.Impl = "podrouter"
+	return r, nil
 }

@@ -41,13 +41,13 @@ func (k *kubeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (--kube; default: in-cluster service account)")
 	fs.StringVar(&k.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's Node name (--kube; default $NODE_NAME)")
 	fs.StringVar(&k.netConf, "net-conf", "/etc/kube-podrouter/net-conf.json", "the cluster network configuration, flannel's net-conf.json fields (--kube)")
-	fs.StringVar(&k.backend, "backend", "", "underlay backend udp or vxlan (--kube; default: net-conf's Backend.Type)")
-	fs.UintVar(&k.port, "underlay-port", 0, "underlay UDP port (--kube; default: net-conf's Backend.Port, else 8472 vxlan / 8285 udp)")
+	fs.StringVar(&k.backend, "backend", "", "underlay backend udp, vxlan or wireguard (--kube; default: net-conf's Backend.Type)")
+	fs.UintVar(&k.port, "underlay-port", 0, "underlay UDP port (--kube; default: net-conf's Backend.Port, else 8472 vxlan / 8285 udp / 51820 wireguard)")
 	fs.StringVar(&k.iface, "iface", "", "interface whose address and MTU the underlay uses (--kube; default: the Node's InternalIP)")
 	fs.StringVar(&k.publicIP, "public-ip", "", "underlay address published to the other nodes (--kube; default: --iface's address, else the Node's InternalIP)")
 	fs.StringVar(&k.cniConf, "cni-conf", daemon.DefaultCNIConf, "where --kube writes the node's CNI conflist (atomically; empty: none)")
 	fs.StringVar(&k.cniData, "cni-data-dir", daemon.DefaultCNIData, "host-local's dataDir in the conflist --kube writes")
-	fs.StringVar(&k.peersFile, "peers", "", "without --kube: a static peer list (YAML or JSON: name, endpoint IP:port, vtepMAC, podCIDRs) over an underlay on --public-ip:--underlay-port with --backend (default vxlan)")
+	fs.StringVar(&k.peersFile, "peers", "", "without --kube: a static peer list (YAML or JSON: name, endpoint IP:port, vtepMAC, publicKey, podCIDRs) over an underlay on --public-ip:--underlay-port with --backend (default vxlan)")
 	fs.BoolVar(&k.trustEPs, "trust-annotated-endpoints", false, "--kube: accept a peer's announced underlay endpoint even when it is none of its Node's addresses (default: such a node is skipped)")
 	fs.DurationVar(&k.firstRead, "kube-first-read", daemon.DefaultFirstRead, "--kube: when the first read of this node's Node gets no answer within this, start at once from the cluster state persisted in --state-dir (podCIDRs, net-conf, peers)")
 	fs.StringVar(&k.subnetEnv, "subnet-env", daemon.DefaultSubnetEnv, "where --kube writes flannel's subnet.env (empty: none)")
@@ -77,13 +77,13 @@ func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) i
 		return fail(2, "--net-conf: %v", err)
 	}
 	if k.backend != "" {
-		e, err := underlay.ParseEncap(k.backend)
+		e, err := kube.ParseBackend(k.backend)
 		if err != nil {
 			return fail(2, "--backend: %v", err)
 		}
 		if e != nc.Backend {
 			nc.Backend, nc.Port, nc.VNI = e, e.DefaultPort(), 0
-			if e == underlay.EncapVXLAN {
+			if e == kube.BackendVXLAN {
 				nc.VNI = underlay.DefaultVNI
 			}
 		}

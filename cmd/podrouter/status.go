@@ -151,7 +151,7 @@ func printStatus(w io.Writer, st api.Status) {
 	if st.Gateway6.IsValid() {
 		gw += "," + st.Gateway6.String()
 	}
-	for _, kv := range [][2]string{
+	kvs := [][2]string{
 		{"ready", fmt.Sprint(st.Ready)},
 		{"readiness", readiness(st)},
 		{"pid", fmt.Sprint(st.PID)},
@@ -161,11 +161,20 @@ func printStatus(w io.Writer, st api.Status) {
 		{"gateway", gw + " (" + st.GatewayMAC.String() + ")"},
 		{"uplink", st.Uplink},
 		{"mtu", fmt.Sprint(st.MTU)},
+	}
+	if st.Backend != "" {
+		kvs = append(kvs, [2]string{"backend", st.Backend + " on " + st.Endpoint.String()})
+	}
+	if st.PublicKey != "" {
+		kvs = append(kvs, [2]string{"public key", st.PublicKey})
+	}
+	kvs = append(kvs, [][2]string{
 		{"attachments", fmt.Sprint(st.Attachments)},
 		{"re-attached", fmt.Sprintf("%d in %v (%d failed)", st.Reattached, st.ReattachTime.Round(time.Microsecond), st.ReattachFailed)},
 		{"goroutines", fmt.Sprint(st.Goroutines)},
 		{"open fds", fmt.Sprint(st.FDs)},
-	} {
+	}...)
+	for _, kv := range kvs {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 	}
 	_ = tw.Flush()

@@ -304,6 +304,13 @@ type Status struct {
 	// mode the engine's conntrack table's.
 	EgressMode string  `json:"egressMode,omitempty"`
 	Egress     *Egress `json:"egress,omitempty"`
+	// Backend is the underlay backend (empty: none, a single node) and
+	// Endpoint where peers send to; PublicKey, with the wireguard
+	// backend, the node's WireGuard public key in base64 (what its Node
+	// announces and its peers configure).
+	Backend   string         `json:"backend,omitempty"`
+	Endpoint  netip.AddrPort `json:"endpoint,omitzero"`
+	PublicKey string         `json:"publicKey,omitempty"`
 }
 
 // Route is one entry of the engine's table.

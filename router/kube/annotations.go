@@ -18,7 +18,7 @@ import (
 const (
 	// AnnotationPrefix prefixes podrouter's own annotations.
 	AnnotationPrefix = "podrouter.io/"
-	// AnnotBackend is the node's backend: "udp" or "vxlan".
+	// AnnotBackend is the node's backend: "udp", "vxlan" or "wireguard".
 	AnnotBackend = AnnotationPrefix + "backend-type"
 	// AnnotEndpoint is the node's underlay endpoint, IP:port ([IPv6]:port).
 	// Without it, peers use the node's InternalIP and their own port.
@@ -27,10 +27,13 @@ const (
 	AnnotVNI = AnnotationPrefix + "vni"
 	// AnnotVTEPMAC is the node's VTEP MAC (vxlan only, required there).
 	AnnotVTEPMAC = AnnotationPrefix + "vtep-mac"
+	// AnnotPublicKey is the node's WireGuard public key in base64
+	// (wireguard only, required there).
+	AnnotPublicKey = AnnotationPrefix + "public-key"
 )
 
-// Flannel's annotations (kube subnet manager, vxlan backend), read and, by
-// a vxlan node, written too.
+// Flannel's annotations (kube subnet manager; vxlan and wireguard
+// backends), read and, by a vxlan or wireguard node, written too.
 const (
 	FlannelPrefix            = "flannel.alpha.coreos.com/"
 	FlannelBackendType       = FlannelPrefix + "backend-type"
@@ -44,7 +47,7 @@ const (
 // readAnnotations are the annotation keys the controller reads; the
 // informer's transform keeps only these.
 var readAnnotations = []string{
-	AnnotBackend, AnnotEndpoint, AnnotVNI, AnnotVTEPMAC,
+	AnnotBackend, AnnotEndpoint, AnnotVNI, AnnotVTEPMAC, AnnotPublicKey,
 	FlannelBackendType, FlannelBackendData, FlannelPublicIP, FlannelBackendV6Data, FlannelPublicIPv6,
 	FlannelKubeSubnetManager,
 }
@@ -71,43 +74,59 @@ var (
 
 // Local is this node's underlay identity as the cluster must see it.
 type Local struct {
-	// Backend is the encapsulation (udp or vxlan).
-	Backend underlay.Encap
+	// Backend is the node's backend (udp, vxlan or wireguard).
+	Backend Backend
 	// Endpoint is the underlay address and port peers send to.
 	Endpoint netip.AddrPort
 	// VNI and VTEPMAC are vxlan's.
 	VNI     uint32
 	VTEPMAC packet.MAC
+	// PublicKey is wireguard's (the node's WireGuard public key).
+	PublicKey underlay.Key
 }
 
 // Annotations returns the annotations that publish l: podrouter's, and for
-// vxlan also flannel's, so flannel vxlan nodes see this node as a peer.
+// vxlan and wireguard also flannel's, so flannel nodes of the same backend
+// see this node as a peer.
 func (l Local) Annotations() map[string]string {
 	m := map[string]string{
 		AnnotBackend:  l.Backend.String(),
 		AnnotEndpoint: l.Endpoint.String(),
 	}
-	if l.Backend == underlay.EncapVXLAN {
+	var data []byte
+	switch l.Backend {
+	case BackendVXLAN:
 		m[AnnotVNI] = strconv.FormatUint(uint64(l.VNI), 10)
 		m[AnnotVTEPMAC] = l.VTEPMAC.String()
-		data, _ := json.Marshal(flannelVXLANData{VNI: int64(l.VNI), VtepMAC: l.VTEPMAC.String()})
-		m[FlannelKubeSubnetManager] = "true"
-		if l.Endpoint.Addr().Is4() {
-			m[FlannelBackendType] = "vxlan"
-			m[FlannelBackendData] = string(data)
-			m[FlannelPublicIP] = l.Endpoint.Addr().String()
-		} else {
-			m[FlannelBackendV6Data] = string(data)
-			m[FlannelPublicIPv6] = l.Endpoint.Addr().String()
-			m[FlannelBackendType] = "vxlan"
-		}
+		data, _ = json.Marshal(flannelVXLANData{VNI: int64(l.VNI), VtepMAC: l.VTEPMAC.String()})
+	case BackendWireGuard:
+		m[AnnotPublicKey] = l.PublicKey.String()
+		data, _ = json.Marshal(flannelWireGuardData{PublicKey: l.PublicKey.String()})
+	default:
+		return m
+	}
+	m[FlannelKubeSubnetManager] = "true"
+	m[FlannelBackendType] = l.Backend.String()
+	if l.Endpoint.Addr().Is4() {
+		m[FlannelBackendData] = string(data)
+		m[FlannelPublicIP] = l.Endpoint.Addr().String()
+	} else {
+		m[FlannelBackendV6Data] = string(data)
+		m[FlannelPublicIPv6] = l.Endpoint.Addr().String()
 	}
 	return m
 }
 
+// flannelVXLANData is the backend-data of flannel's vxlan backend.
 type flannelVXLANData struct {
 	VNI     int64  `json:"VNI"`
 	VtepMAC string `json:"VtepMAC"`
+}
+
+// flannelWireGuardData is the backend-data (and backend-v6-data) of
+// flannel's wireguard backend.
+type flannelWireGuardData struct {
+	PublicKey string `json:"PublicKey"`
 }
 
 // NodeInfo is what the controller needs of a Node, before validation.
@@ -123,8 +142,8 @@ type NodeInfo struct {
 const maxAnnotation = 1024
 
 // ParsePeer validates a node's podCIDRs, addresses and annotations as a
-// peer of local: podrouter's annotations first, else flannel's (vxlan).
-// The endpoint comes from the annotation (podrouter's endpoint, flannel's
+// peer of local: podrouter's annotations first, else flannel's (vxlan,
+// wireguard). The endpoint comes from the annotation (podrouter's endpoint, flannel's
 // public-ip with local's port), else from the first InternalIP of the
 // underlay's family with local's port. NodeAddrs are the node's other
 // InternalIPs (inner sources of its hostNetwork traffic). Every error wraps one of the
@@ -150,7 +169,7 @@ func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 	var port uint16
 	switch {
 	case a[AnnotBackend] != "":
-		e, err := underlay.ParseEncap(a[AnnotBackend])
+		e, err := ParseBackend(a[AnnotBackend])
 		if err != nil {
 			return p, fmt.Errorf("%w: %s %.64q", ErrBadAnnotation, AnnotBackend, a[AnnotBackend])
 		}
@@ -164,7 +183,12 @@ func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 			}
 			addr, port = ap.Addr(), ap.Port()
 		}
-		if e == underlay.EncapVXLAN {
+		switch e {
+		case BackendWireGuard:
+			if p.PublicKey, err = parsePublicKey(a[AnnotPublicKey]); err != nil {
+				return p, fmt.Errorf("%w: %s: %w", ErrBadAnnotation, AnnotPublicKey, err)
+			}
+		case BackendVXLAN:
 			vni, err := strconv.ParseUint(a[AnnotVNI], 10, 24)
 			if err != nil || vni == 0 {
 				return p, fmt.Errorf("%w: %s %.64q: want 1..16777215", ErrBadAnnotation, AnnotVNI, a[AnnotVNI])
@@ -177,14 +201,13 @@ func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 			}
 		}
 	case a[FlannelBackendType] != "":
-		if a[FlannelBackendType] != "vxlan" {
-			return p, fmt.Errorf("%w: flannel backend %.32q (only vxlan interoperates)", ErrIncompatible, a[FlannelBackendType])
+		e, err := ParseBackend(a[FlannelBackendType])
+		if err != nil || e == BackendUDP {
+			return p, fmt.Errorf("%w: flannel backend %.32q (only vxlan and wireguard interoperate)", ErrIncompatible, a[FlannelBackendType])
 		}
-		if local.Backend != underlay.EncapVXLAN {
-			return p, fmt.Errorf("%w: flannel vxlan node, our backend %s", ErrIncompatible, local.Backend)
+		if e != local.Backend {
+			return p, fmt.Errorf("%w: flannel %s node, our backend %s", ErrIncompatible, e, local.Backend)
 		}
-		// A Linux vxlan device hashes the inner flow into its source port.
-		p.AnySourcePort = true
 		dataKey, ipKey := FlannelBackendData, FlannelPublicIP
 		if v6 {
 			dataKey, ipKey = FlannelBackendV6Data, FlannelPublicIPv6
@@ -193,6 +216,25 @@ func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 		if s == "" || len(s) > maxAnnotation {
 			return p, fmt.Errorf("%w: %s missing or too long", ErrBadAnnotation, dataKey)
 		}
+		if s := a[ipKey]; s != "" {
+			ip, err := netip.ParseAddr(s)
+			if err != nil || !validUnicast(ip) {
+				return p, fmt.Errorf("%w: %s %.64q: want an IP address", ErrBadAnnotation, ipKey, s)
+			}
+			addr = ip
+		}
+		if e == BackendWireGuard {
+			var d flannelWireGuardData
+			if err := json.Unmarshal([]byte(s), &d); err != nil {
+				return p, fmt.Errorf("%w: %s %.64q: want {\"PublicKey\":\"base64\"}", ErrBadAnnotation, dataKey, s)
+			}
+			if p.PublicKey, err = parsePublicKey(d.PublicKey); err != nil {
+				return p, fmt.Errorf("%w: %s PublicKey: %w", ErrBadAnnotation, dataKey, err)
+			}
+			break
+		}
+		// A Linux vxlan device hashes the inner flow into its source port.
+		p.AnySourcePort = true
 		var d struct {
 			VNI     *int64  `json:"VNI"`
 			VtepMAC *string `json:"VtepMAC"`
@@ -210,16 +252,8 @@ func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 		if uint32(vni) != local.VNI {
 			return p, fmt.Errorf("%w: VNI %d, ours %d", ErrIncompatible, vni, local.VNI)
 		}
-		var err error
 		if p.VTEPMAC, err = parseMAC(*d.VtepMAC); err != nil {
 			return p, fmt.Errorf("%w: %s VtepMAC: %w", ErrBadAnnotation, dataKey, err)
-		}
-		if s := a[ipKey]; s != "" {
-			ip, err := netip.ParseAddr(s)
-			if err != nil || !validUnicast(ip) {
-				return p, fmt.Errorf("%w: %s %.64q: want an IP address", ErrBadAnnotation, ipKey, s)
-			}
-			addr = ip
 		}
 	default:
 		return p, ErrNoAnnotations
@@ -268,6 +302,25 @@ func CheckEndpoint(n NodeInfo, p underlay.Peer) error {
 func validUnicast(a netip.Addr) bool {
 	return a.IsValid() && a.Zone() == "" && !a.Is4In6() && !a.IsUnspecified() && !a.IsMulticast() &&
 		a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// parsePublicKey parses a WireGuard public key in base64; the zero key
+// (no key) is refused.
+func parsePublicKey(s string) (underlay.Key, error) {
+	if s == "" {
+		return underlay.Key{}, errors.New("missing: want a WireGuard public key in base64")
+	}
+	if len(s) > 64 {
+		return underlay.Key{}, fmt.Errorf("%.16q...: too long for a WireGuard key", s)
+	}
+	k, err := underlay.ParseKey(s)
+	if err != nil {
+		return k, err
+	}
+	if k.IsZero() {
+		return k, errors.New("the zero key: want a WireGuard public key")
+	}
+	return k, nil
 }
 
 // parseMAC parses a unicast 48-bit MAC, xx:xx:xx:xx:xx:xx.

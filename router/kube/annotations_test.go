@@ -3,6 +3,7 @@ package kube
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/podrouter/podrouter/router/packet"
@@ -10,13 +11,15 @@ import (
 )
 
 var (
-	localUDP   = Local{Backend: underlay.EncapUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
-	localVXLAN = Local{Backend: underlay.EncapVXLAN, Endpoint: netip.MustParseAddrPort("192.0.2.1:8472"), VNI: 1,
+	localUDP   = Local{Backend: BackendUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
+	localVXLAN = Local{Backend: BackendVXLAN, Endpoint: netip.MustParseAddrPort("192.0.2.1:8472"), VNI: 1,
 		VTEPMAC: packet.MAC{0x0a, 0, 0, 0, 0, 1}}
+	localWG = Local{Backend: BackendWireGuard, Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), PublicKey: underlay.Key{1}}
 )
 
 func TestParsePeer(t *testing.T) {
 	mac := packet.MAC{0x0a, 0, 0, 0, 0, 2}
+	wgKey := underlay.Key{0x42, 0x17}
 	cases := []struct {
 		name  string
 		local Local
@@ -46,6 +49,20 @@ func TestParsePeer(t *testing.T) {
 		{"flannel no public ip", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.7"},
 			Annotations: map[string]string{FlannelBackendType: "vxlan", FlannelBackendData: `{"VtepMAC":"0a:00:00:00:00:02"}`}},
 			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.7:8472"), AnySourcePort: true, VTEPMAC: mac, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}, nil},
+		{"podrouter wireguard", localWG, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"},
+			Annotations: map[string]string{AnnotBackend: "wireguard", AnnotEndpoint: "192.0.2.2:51820", AnnotPublicKey: wgKey.String()}},
+			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.2:51820"), PublicKey: wgKey, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}, nil},
+		{"flannel wireguard", localWG, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.7"},
+			Annotations: map[string]string{FlannelBackendType: "wireguard", FlannelBackendData: `{"PublicKey":"` + wgKey.String() + `"}`, FlannelPublicIP: "192.0.2.3", FlannelKubeSubnetManager: "true"}},
+			underlay.Peer{Name: "n", Addr: netip.MustParseAddrPort("192.0.2.3:51820"), PublicKey: wgKey, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")},
+				NodeAddrs: []netip.Addr{netip.MustParseAddr("192.0.2.7")}}, nil},
+		{"wireguard no key", localWG, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: map[string]string{AnnotBackend: "wireguard"}}, underlay.Peer{}, ErrBadAnnotation},
+		{"wireguard bad key", localWG, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: map[string]string{AnnotBackend: "wireguard", AnnotPublicKey: "AAAA"}}, underlay.Peer{}, ErrBadAnnotation},
+		{"wireguard zero key", localWG, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: map[string]string{AnnotBackend: "wireguard", AnnotPublicKey: underlay.Key{}.String()}}, underlay.Peer{}, ErrBadAnnotation},
+		{"wireguard, we vxlan", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: map[string]string{AnnotBackend: "wireguard", AnnotPublicKey: wgKey.String()}}, underlay.Peer{}, ErrIncompatible},
+		{"flannel wireguard no key", localWG, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: map[string]string{FlannelBackendType: "wireguard", FlannelBackendData: `{}`}}, underlay.Peer{}, ErrBadAnnotation},
+		{"flannel wireguard bad json", localWG, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: map[string]string{FlannelBackendType: "wireguard", FlannelBackendData: `{"PublicKey":1}`}}, underlay.Peer{}, ErrBadAnnotation},
+		{"flannel wireguard, we vxlan", localVXLAN, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: map[string]string{FlannelBackendType: "wireguard", FlannelBackendData: `{"PublicKey":"` + wgKey.String() + `"}`}}, underlay.Peer{}, ErrIncompatible},
 		{"no annotations", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}}, underlay.Peer{}, ErrNoAnnotations},
 		{"no podcidr", localUDP, NodeInfo{Name: "n", Annotations: map[string]string{AnnotBackend: "udp"}}, underlay.Peer{}, ErrNoPodCIDR},
 		{"bad podcidr", localUDP, NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.1/24"}, Annotations: map[string]string{AnnotBackend: "udp"}}, underlay.Peer{}, ErrNoPodCIDR},
@@ -111,18 +128,16 @@ func TestCheckEndpoint(t *testing.T) {
 // parses back to the same peer; and a vxlan node's flannel annotations alone
 // (what a flannel node reads) describe it too.
 func TestAnnotationsRoundTrip(t *testing.T) {
-	other := Local{Backend: underlay.EncapVXLAN, Endpoint: netip.MustParseAddrPort("192.0.2.5:8472"), VNI: 1, VTEPMAC: packet.MAC{0x0a, 1, 2, 3, 4, 5}}
-	for _, l := range []Local{{Backend: underlay.EncapUDP, Endpoint: netip.MustParseAddrPort("192.0.2.5:8285")}, other} {
-		local := localUDP
-		if l.Backend == underlay.EncapVXLAN {
-			local = localVXLAN
-		}
+	other := Local{Backend: BackendVXLAN, Endpoint: netip.MustParseAddrPort("192.0.2.5:8472"), VNI: 1, VTEPMAC: packet.MAC{0x0a, 1, 2, 3, 4, 5}}
+	wg := Local{Backend: BackendWireGuard, Endpoint: netip.MustParseAddrPort("192.0.2.5:51820"), PublicKey: underlay.Key{9, 8, 7}}
+	for _, l := range []Local{{Backend: BackendUDP, Endpoint: netip.MustParseAddrPort("192.0.2.5:8285")}, other, wg} {
+		local := map[Backend]Local{BackendUDP: localUDP, BackendVXLAN: localVXLAN, BackendWireGuard: localWG}[l.Backend]
 		n := NodeInfo{Name: "x", PodCIDRs: []string{"10.244.9.0/24"}, Annotations: l.Annotations()}
 		p, err := ParsePeer(n, local)
 		if err != nil {
 			t.Fatalf("%s: %v", l.Backend, err)
 		}
-		if p.Addr != l.Endpoint || p.VTEPMAC != l.VTEPMAC {
+		if p.Addr != l.Endpoint || p.VTEPMAC != l.VTEPMAC || p.PublicKey != l.PublicKey {
 			t.Fatalf("%s: got %+v from %v", l.Backend, p, n.Annotations)
 		}
 	}
@@ -140,6 +155,20 @@ func TestAnnotationsRoundTrip(t *testing.T) {
 	p, err := ParsePeer(NodeInfo{Name: "x", PodCIDRs: []string{"10.244.9.0/24"}, Annotations: flannelOnly}, localVXLAN)
 	if err != nil || p.Addr != other.Endpoint || p.VTEPMAC != other.VTEPMAC {
 		t.Fatalf("flannel-only: %+v %v", p, err)
+	}
+	flannelOnly = map[string]string{}
+	for k, v := range wg.Annotations() {
+		if strings.HasPrefix(k, FlannelPrefix) {
+			flannelOnly[k] = v
+		}
+	}
+	if flannelOnly[FlannelBackendType] != "wireguard" || flannelOnly[FlannelBackendData] != `{"PublicKey":"`+wg.PublicKey.String()+`"}` ||
+		flannelOnly[FlannelPublicIP] != "192.0.2.5" || flannelOnly[FlannelKubeSubnetManager] != "true" {
+		t.Fatalf("flannel wireguard annotations %v", flannelOnly)
+	}
+	p, err = ParsePeer(NodeInfo{Name: "x", PodCIDRs: []string{"10.244.9.0/24"}, Annotations: flannelOnly}, localWG)
+	if err != nil || p.Addr != wg.Endpoint || p.PublicKey != wg.PublicKey {
+		t.Fatalf("flannel-only wireguard: %+v %v", p, err)
 	}
 }
 
@@ -170,8 +199,38 @@ func FuzzParsePeer(f *testing.F) {
 		if !p.Addr.IsValid() || p.Addr.Port() == 0 || p.Addr.Addr().Is6() != local.Endpoint.Addr().Is6() || len(p.PodCIDRs) != 1 {
 			t.Fatalf("accepted an invalid peer %+v", p)
 		}
-		if local.Backend == underlay.EncapVXLAN && (p.VTEPMAC.IsMulticast() || p.VTEPMAC == packet.MAC{}) {
+		if local.Backend == BackendVXLAN && (p.VTEPMAC.IsMulticast() || p.VTEPMAC == packet.MAC{}) {
 			t.Fatalf("accepted VTEP MAC %v", p.VTEPMAC)
+		}
+	})
+}
+
+// FuzzParsePeerWireGuard: a wireguard node's key annotations, podrouter's
+// and flannel's, are untrusted; what ParsePeer accepts carries a non-zero
+// key that round-trips through its base64.
+func FuzzParsePeerWireGuard(f *testing.F) {
+	key := underlay.Key{0x42}.String()
+	f.Add("wireguard", key, "", "")
+	f.Add("", "", "wireguard", `{"PublicKey":"`+key+`"}`)
+	f.Add("wireguard", "AAAA", "", "")
+	f.Add("", "", "wireguard", `{"PublicKey":null}`)
+	f.Add("", "", "wireguard", `{"PublicKey":"`+underlay.Key{}.String()+`"}`)
+	f.Fuzz(func(t *testing.T, backend, pub, fbackend, fdata string) {
+		a := map[string]string{}
+		for k, v := range map[string]string{AnnotBackend: backend, AnnotPublicKey: pub, FlannelBackendType: fbackend, FlannelBackendData: fdata} {
+			if v != "" {
+				a[k] = v
+			}
+		}
+		p, err := ParsePeer(NodeInfo{Name: "n", PodCIDRs: []string{"10.244.2.0/24"}, InternalIPs: []string{"192.0.2.2"}, Annotations: a}, localWG)
+		if err != nil {
+			return
+		}
+		if p.PublicKey.IsZero() {
+			t.Fatalf("accepted the zero key from %v", a)
+		}
+		if k, err := underlay.ParseKey(p.PublicKey.String()); err != nil || k != p.PublicKey {
+			t.Fatalf("key %v does not round-trip: %v %v", p.PublicKey, k, err)
 		}
 	})
 }

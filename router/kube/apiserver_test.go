@@ -168,6 +168,76 @@ func TestAPIServerConverges(t *testing.T) {
 	}
 }
 
+// TestAPIServerWireGuardKeys: two wireguard nodes, each with its own
+// controller and the ServiceAccount's token, publish their public keys
+// through nodes/status and read each other's into Peer.PublicKey; a
+// flannel wireguard node's key is read from its backend-data, and a key
+// change reaches the snapshot; a wireguard node without a valid key is
+// skipped, not fatal.
+func TestAPIServerWireGuardKeys(t *testing.T) {
+	_, admin, sa := startWithRBAC(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	keyA, keyB, keyF, keyF2 := underlay.Key{0xa}, underlay.Key{0xb}, underlay.Key{0xf}, underlay.Key{0xf, 2}
+	must(createNode(ctx, admin, "a", "10.244.1.0/24", "192.0.2.1", nil))
+	must(createNode(ctx, admin, "b", "10.244.2.0/24", "192.0.2.2", nil))
+	must(createNode(ctx, admin, "flannel", "10.244.3.0/24", "192.0.2.3", map[string]string{
+		FlannelBackendType: "wireguard", FlannelBackendData: `{"PublicKey":"` + keyF.String() + `"}`, FlannelPublicIP: "192.0.2.3"}))
+	must(createNode(ctx, admin, "nokey", "10.244.4.0/24", "192.0.2.4", map[string]string{AnnotBackend: "wireguard"}))
+	must(createNode(ctx, admin, "badkey", "10.244.5.0/24", "192.0.2.5", map[string]string{
+		FlannelBackendType: "wireguard", FlannelBackendData: `{"PublicKey":"not base64"}`}))
+	sinks := map[string]*recSink{"a": newRecSink(), "b": newRecSink()}
+	ctrls := map[string]*Controller{}
+	for name, l := range map[string]Local{
+		"a": {Backend: BackendWireGuard, Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), PublicKey: keyA},
+		"b": {Backend: BackendWireGuard, Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), PublicKey: keyB},
+	} {
+		ctrls[name], _ = runController(t, Config{Client: sa, NodeName: name, Local: l, Sink: sinks[name]})
+	}
+	hasKey := func(name string, k underlay.Key) func([]underlay.Peer) bool {
+		return func(ps []underlay.Peer) bool { p, ok := peerNamed(ps, name); return ok && p.PublicKey == k }
+	}
+	for self, other := range map[string]string{"a": "b", "b": "a"} {
+		want := map[string]underlay.Key{"a": keyA, "b": keyB}[other]
+		snap, _ := sinks[self].waitFor(t, 30*time.Second, self+" learns "+other+"'s key", func(ps []underlay.Peer) bool {
+			return hasKey(other, want)(ps) && hasKey("flannel", keyF)(ps)
+		})
+		if len(snap) != 2 {
+			t.Fatalf("%s: snapshot %+v: want %s and flannel only", self, snap, other)
+		}
+		p, _ := peerNamed(snap, other)
+		if p.Addr != netip.MustParseAddrPort(map[string]string{"a": "192.0.2.1:51820", "b": "192.0.2.2:51820"}[other]) {
+			t.Fatalf("%s: peer %+v", self, p)
+		}
+	}
+	for name, k := range map[string]underlay.Key{"a": keyA, "b": keyB} {
+		n, err := admin.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		must(err)
+		if a := n.Annotations; a[AnnotPublicKey] != k.String() || a[FlannelBackendType] != "wireguard" ||
+			a[FlannelBackendData] != `{"PublicKey":"`+k.String()+`"}` {
+			t.Fatalf("%s: annotations %v", name, a)
+		}
+	}
+	// flannel's node gets a new key (its agent restarted without its key file).
+	n, err := admin.CoreV1().Nodes().Get(ctx, "flannel", metav1.GetOptions{})
+	must(err)
+	n.Annotations[FlannelBackendData] = `{"PublicKey":"` + keyF2.String() + `"}`
+	_, err = admin.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+	must(err)
+	sinks["a"].waitFor(t, 10*time.Second, "flannel's new key", hasKey("flannel", keyF2))
+	for name, c := range ctrls {
+		if st := c.Stats(); st.Bad != 2 {
+			t.Fatalf("%s: stats %+v: want nokey and badkey counted bad", name, st)
+		}
+	}
+}
+
 // TestAPIServerScale: 5000 Nodes; the time from one Node update to the
 // sink's snapshot, and the controller's memory.
 func TestAPIServerScale(t *testing.T) {
@@ -219,7 +289,7 @@ func TestAPIServerScale(t *testing.T) {
 	heap0 := heapInuse()
 	sink := newRecSink()
 	sink.only1 = true
-	local := Local{Backend: underlay.EncapUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
+	local := Local{Backend: BackendUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
 	t1 := time.Now()
 	// The nodes carry no addresses (one write each, not two): their
 	// endpoints are trusted as announced.

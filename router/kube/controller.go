@@ -135,14 +135,16 @@ func New(cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("%w: no node name", ErrConfigInvalid)
 	case cfg.Sink == nil:
 		return nil, fmt.Errorf("%w: no sink", ErrConfigInvalid)
-	case cfg.Local.Backend != underlay.EncapUDP && cfg.Local.Backend != underlay.EncapVXLAN:
+	case !cfg.Local.Backend.valid():
 		return nil, fmt.Errorf("%w: backend %v", ErrConfigInvalid, cfg.Local.Backend)
 	case !cfg.Local.Endpoint.IsValid() || cfg.Local.Endpoint.Port() == 0 || !validUnicast(cfg.Local.Endpoint.Addr()):
 		return nil, fmt.Errorf("%w: endpoint %v: want a unicast IP:port", ErrConfigInvalid, cfg.Local.Endpoint)
-	case cfg.Local.Backend == underlay.EncapVXLAN && (cfg.Local.VNI == 0 || cfg.Local.VNI > 1<<24-1):
+	case cfg.Local.Backend == BackendVXLAN && (cfg.Local.VNI == 0 || cfg.Local.VNI > 1<<24-1):
 		return nil, fmt.Errorf("%w: VNI %d", ErrConfigInvalid, cfg.Local.VNI)
-	case cfg.Local.Backend == underlay.EncapVXLAN && (cfg.Local.VTEPMAC.IsMulticast() || cfg.Local.VTEPMAC == [6]byte{}):
+	case cfg.Local.Backend == BackendVXLAN && (cfg.Local.VTEPMAC.IsMulticast() || cfg.Local.VTEPMAC == [6]byte{}):
 		return nil, fmt.Errorf("%w: VTEP MAC %v", ErrConfigInvalid, cfg.Local.VTEPMAC)
+	case cfg.Local.Backend == BackendWireGuard && cfg.Local.PublicKey.IsZero():
+		return nil, fmt.Errorf("%w: wireguard: no public key", ErrConfigInvalid)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -378,6 +380,7 @@ func (c *Controller) process(ctx context.Context, name string) bool {
 
 func samePeer(a, b underlay.Peer) bool {
 	return a.Name == b.Name && a.Addr == b.Addr && a.AnySourcePort == b.AnySourcePort && a.VTEPMAC == b.VTEPMAC &&
+		a.PublicKey == b.PublicKey &&
 		slices.Equal(a.PodCIDRs, b.PodCIDRs) && slices.Equal(a.NodeAddrs, b.NodeAddrs)
 }
 

@@ -175,7 +175,7 @@ func TestControllerSnapshots(t *testing.T) {
 		testNode("f", "10.244.6.0/24", "192.0.2.7", map[string]string{AnnotBackend: "vxlan"}), // incompatible
 	)
 	sink := newRecSink()
-	local := Local{Backend: underlay.EncapUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
+	local := Local{Backend: BackendUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
 	c, _ := runController(t, Config{Client: cs, NodeName: "self", Local: local, Sink: sink})
 	snap, _ := sink.waitFor(t, 10*time.Second, "initial snapshot", func([]underlay.Peer) bool { return true })
 	if len(snap) != 2 || snap[0].Name != "a" || snap[1].Name != "b" ||
@@ -313,7 +313,7 @@ func TestControllerCoalesces(t *testing.T) {
 	cs, watching := newFake(objs...)
 	sink := newRecSink()
 	sink.fail = 2
-	local := Local{Backend: underlay.EncapUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
+	local := Local{Backend: BackendUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
 	runController(t, Config{Client: cs, NodeName: "self", Local: local, Sink: sink})
 	sink.waitFor(t, 10*time.Second, "all peers", func(ps []underlay.Peer) bool { return len(ps) == n })
 	if sink.count() != 1 {
@@ -344,8 +344,8 @@ func TestNewValidates(t *testing.T) {
 		"no name":     {Client: cs, Sink: sink, Local: localUDP},
 		"no sink":     {Client: cs, NodeName: "a", Local: localUDP},
 		"no backend":  {Client: cs, NodeName: "a", Sink: sink, Local: Local{Endpoint: localUDP.Endpoint}},
-		"no endpoint": {Client: cs, NodeName: "a", Sink: sink, Local: Local{Backend: underlay.EncapUDP}},
-		"no mac":      {Client: cs, NodeName: "a", Sink: sink, Local: Local{Backend: underlay.EncapVXLAN, Endpoint: localUDP.Endpoint, VNI: 1}},
+		"no endpoint": {Client: cs, NodeName: "a", Sink: sink, Local: Local{Backend: BackendUDP}},
+		"no mac":      {Client: cs, NodeName: "a", Sink: sink, Local: Local{Backend: BackendVXLAN, Endpoint: localUDP.Endpoint, VNI: 1}},
 	} {
 		if _, err := New(cfg); !errors.Is(err, ErrConfigInvalid) {
 			t.Errorf("%s: %v", name, err)
@@ -397,7 +397,7 @@ func TestControllerTrust(t *testing.T) {
 			multi,
 		}
 	}
-	local := Local{Backend: underlay.EncapUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
+	local := Local{Backend: BackendUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")}
 	names := func(ps []underlay.Peer) []string {
 		var out []string
 		for _, p := range ps {

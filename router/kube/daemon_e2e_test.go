@@ -124,7 +124,14 @@ func (n *e2eNode) start(t *testing.T) {
 	})
 }
 
-func TestKubeModeDaemons(t *testing.T) {
+func TestKubeModeDaemons(t *testing.T) { kubeModeDaemons(t, "vxlan") }
+
+// TestKubeModeDaemonsWireGuard: the same over the wireguard backend; each
+// daemon makes its key in its state directory and learns the other's
+// public key from its Node's annotations.
+func TestKubeModeDaemonsWireGuard(t *testing.T) { kubeModeDaemons(t, "wireguard") }
+
+func kubeModeDaemons(t *testing.T, backend string) {
 	nstest.RequireRoot(t)
 	c, admin, _ := startWithRBAC(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -132,7 +139,7 @@ func TestKubeModeDaemons(t *testing.T) {
 	dir := t.TempDir()
 	bin, cniBin, tools := buildE2E(t, ctx, dir)
 	netConf := filepath.Join(dir, "net-conf.json")
-	if err := os.WriteFile(netConf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`), 0o644); err != nil {
+	if err := os.WriteFile(netConf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"`+backend+`"}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	nodes := nodePair(t, dir, "10.252", "pru")
@@ -189,24 +196,47 @@ current-context: k
 			}
 		}
 	}
-	// Their Nodes carry the annotations and NetworkUnavailable=False.
+	// Their Nodes carry the annotations and NetworkUnavailable=False; a
+	// wireguard node announces the public key of the private key in its
+	// state directory, which podrouter status shows too.
+	port, mtu := "8472", "1450"
+	if backend == "wireguard" {
+		port, mtu = "51820", "1440"
+	}
 	for _, n := range nodes {
+		wantKey := ""
+		if backend == "wireguard" {
+			out, err := exec.CommandContext(ctx, bin, "status", "--json", "--socket", filepath.Join(n.dir, "api.sock")).Output()
+			var st struct {
+				Backend   string `json:"backend"`
+				PublicKey string `json:"publicKey"`
+			}
+			if err != nil || json.Unmarshal(out, &st) != nil || st.Backend != "wireguard" || st.PublicKey == "" {
+				t.Fatalf("%s: status %s (%v): want the wireguard backend and a public key", n.name, out, err)
+			}
+			fi, err := os.Stat(filepath.Join(n.dir, "state", "wireguard.key"))
+			if err != nil || fi.Mode().Perm() != 0o600 {
+				t.Fatalf("%s: key file %v %v: want mode 0600", n.name, fi, err)
+			}
+			wantKey = st.PublicKey
+		}
 		waitNodeReal(t, ctx, admin, n.name, func(node *corev1.Node) bool {
 			a := node.Annotations
-			return a[AnnotEndpoint] == n.ip+":8472" && a[FlannelPublicIP] == n.ip && a[AnnotVTEPMAC] != "" &&
+			return a[AnnotEndpoint] == n.ip+":"+port && a[FlannelPublicIP] == n.ip && (backend != "vxlan" || a[AnnotVTEPMAC] != "") &&
+				a[AnnotPublicKey] == wantKey && (wantKey == "" || a[FlannelBackendData] == `{"PublicKey":"`+wantKey+`"}`) &&
 				slices.ContainsFunc(node.Status.Conditions, func(c corev1.NodeCondition) bool {
 					return c.Type == corev1.NodeNetworkUnavailable && c.Status == corev1.ConditionFalse
 				})
 		})
 		env, err := os.ReadFile(filepath.Join(n.dir, "subnet.env"))
 		wantSubnet := "FLANNEL_SUBNET=" + strings.TrimSuffix(n.podCIDR, "0/24") + "1/24\n"
-		if err != nil || !strings.Contains(string(env), wantSubnet) || !strings.Contains(string(env), "FLANNEL_MTU=1450\n") {
-			t.Errorf("%s subnet.env %q, %v: want %q and MTU 1450", n.name, env, err, wantSubnet)
+		if err != nil || !strings.Contains(string(env), wantSubnet) || !strings.Contains(string(env), "FLANNEL_MTU="+mtu+"\n") {
+			t.Errorf("%s subnet.env %q, %v: want %q and MTU %s", n.name, env, err, wantSubnet, mtu)
 		}
 	}
 
 	// A pod on each node through the CNI plugin and the conflist the daemon
-	// wrote; they ping each other across the vxlan underlay.
+	// wrote; they ping each other across the underlay.
 	pingAcross(t, ctx, nodes, cniBin, tools)
 }
 

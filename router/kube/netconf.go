@@ -37,9 +37,10 @@ type NetConf struct {
 	Network netip.Prefix
 	// IPv6Network is the IPv6 cluster CIDR (optional).
 	IPv6Network netip.Prefix
-	// Backend is the encapsulation (default vxlan).
-	Backend underlay.Encap
-	// Port is the underlay UDP port (default: the backend's, 8472 or 8285).
+	// Backend is the underlay backend (default vxlan).
+	Backend Backend
+	// Port is the underlay UDP port (default: the backend's, 8472, 8285
+	// or 51820).
 	Port uint16
 	// VNI is the VXLAN network identifier (default 1; vxlan only).
 	VNI uint32
@@ -69,6 +70,10 @@ type netConfJSON struct {
 		Type string `json:"Type"`
 		Port *int   `json:"Port"`
 		VNI  *int64 `json:"VNI"`
+		// ListenPort and PSK are flannel's wireguard fields: ListenPort
+		// is taken as Port; a PSK is refused (not supported).
+		ListenPort *int   `json:"ListenPort"`
+		PSK        string `json:"PSK"`
 	} `json:"Backend"`
 	MTU        *int  `json:"MTU"`
 	Masquerade *bool `json:"masquerade"`
@@ -90,7 +95,7 @@ func ParseNetConf(b []byte) (NetConf, error) {
 	if dec.More() {
 		return bad("trailing data after the object")
 	}
-	n := NetConf{Backend: underlay.EncapVXLAN, Masquerade: true}
+	n := NetConf{Backend: BackendVXLAN, Masquerade: true}
 	prefix := func(field, s string, v6 bool) (netip.Prefix, error) {
 		p, err := netip.ParsePrefix(s)
 		if err != nil || p.Addr().Is6() != v6 || p != p.Masked() || p.Addr().Zone() != "" {
@@ -125,11 +130,23 @@ func ParseNetConf(b []byte) (NetConf, error) {
 	}
 	if b := j.Backend; b != nil {
 		if b.Type != "" {
-			e, err := underlay.ParseEncap(strings.ToLower(b.Type))
+			e, err := ParseBackend(strings.ToLower(b.Type))
 			if err != nil {
-				return bad("Backend.Type %q: want udp or vxlan", b.Type)
+				return bad("Backend.Type %q: want udp, vxlan or wireguard", b.Type)
 			}
 			n.Backend = e
+		}
+		if b.ListenPort != nil {
+			if n.Backend != BackendWireGuard {
+				return bad("Backend.ListenPort: only for the wireguard backend (else Port)")
+			}
+			if b.Port != nil {
+				return bad("Backend.ListenPort and Backend.Port: give one")
+			}
+			b.Port = b.ListenPort
+		}
+		if b.PSK != "" {
+			return bad("Backend.PSK: pre-shared keys are not supported")
 		}
 		if b.Port != nil {
 			if *b.Port < 0 || *b.Port > 65535 {
@@ -138,7 +155,7 @@ func ParseNetConf(b []byte) (NetConf, error) {
 			n.Port = uint16(*b.Port)
 		}
 		if b.VNI != nil {
-			if n.Backend != underlay.EncapVXLAN {
+			if n.Backend != BackendVXLAN {
 				return bad("Backend.VNI: only for the vxlan backend")
 			}
 			if *b.VNI < 1 || *b.VNI > 1<<24-1 {
@@ -150,7 +167,7 @@ func ParseNetConf(b []byte) (NetConf, error) {
 	if n.Port == 0 {
 		n.Port = n.Backend.DefaultPort()
 	}
-	if n.Backend == underlay.EncapVXLAN && n.VNI == 0 {
+	if n.Backend == BackendVXLAN && n.VNI == 0 {
 		n.VNI = underlay.DefaultVNI
 	}
 	if j.MTU != nil {

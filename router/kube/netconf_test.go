@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/podrouter/podrouter/router/underlay"
 )
 
 func TestParseNetConf(t *testing.T) {
@@ -18,15 +16,19 @@ func TestParseNetConf(t *testing.T) {
 		want NetConf
 	}{
 		{"flannel default", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`,
-			NetConf{Network: netip.MustParsePrefix("10.244.0.0/16"), Backend: underlay.EncapVXLAN, Port: 8472, VNI: 1, Masquerade: true}},
+			NetConf{Network: netip.MustParsePrefix("10.244.0.0/16"), Backend: BackendVXLAN, Port: 8472, VNI: 1, Masquerade: true}},
 		{"udp", `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000},"MTU":1400,"masquerade":false}`,
-			NetConf{Network: netip.MustParsePrefix("10.244.0.0/16"), Backend: underlay.EncapUDP, Port: 9000, MTU: 1400}},
+			NetConf{Network: netip.MustParsePrefix("10.244.0.0/16"), Backend: BackendUDP, Port: 9000, MTU: 1400}},
 		{"no backend", `{"Network":"10.244.0.0/16"}`,
-			NetConf{Network: netip.MustParsePrefix("10.244.0.0/16"), Backend: underlay.EncapVXLAN, Port: 8472, VNI: 1, Masquerade: true}},
+			NetConf{Network: netip.MustParsePrefix("10.244.0.0/16"), Backend: BackendVXLAN, Port: 8472, VNI: 1, Masquerade: true}},
 		{"dual stack vni", `{"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan","VNI":42}}`,
-			NetConf{Network: netip.MustParsePrefix("10.244.0.0/16"), IPv6Network: netip.MustParsePrefix("fd00:10:244::/56"), Backend: underlay.EncapVXLAN, Port: 8472, VNI: 42, Masquerade: true}},
+			NetConf{Network: netip.MustParsePrefix("10.244.0.0/16"), IPv6Network: netip.MustParsePrefix("fd00:10:244::/56"), Backend: BackendVXLAN, Port: 8472, VNI: 42, Masquerade: true}},
 		{"v6 only", `{"EnableIPv4":false,"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48"}`,
-			NetConf{IPv6Network: netip.MustParsePrefix("fd00::/48"), Backend: underlay.EncapVXLAN, Port: 8472, VNI: 1, Masquerade: true}},
+			NetConf{IPv6Network: netip.MustParsePrefix("fd00::/48"), Backend: BackendVXLAN, Port: 8472, VNI: 1, Masquerade: true}},
+		{"wireguard", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}`,
+			NetConf{Network: netip.MustParsePrefix("10.244.0.0/16"), Backend: BackendWireGuard, Port: 51820, Masquerade: true}},
+		{"flannel wireguard listen port", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","ListenPort":51900}}`,
+			NetConf{Network: netip.MustParsePrefix("10.244.0.0/16"), Backend: BackendWireGuard, Port: 51900, Masquerade: true}},
 	}
 	for _, tc := range ok {
 		t.Run(tc.name, func(t *testing.T) {
@@ -50,6 +52,9 @@ func TestParseNetConf(t *testing.T) {
 		{"vni udp", `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","VNI":2}}`, "Backend.VNI"},
 		{"vni range", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}`, "Backend.VNI"},
 		{"mtu", `{"Network":"10.244.0.0/16","MTU":500}`, "MTU"},
+		{"wireguard psk", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":"x"}}`, "Backend.PSK"},
+		{"listen port vxlan", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","ListenPort":1}}`, "Backend.ListenPort"},
+		{"vni wireguard", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","VNI":1}}`, "Backend.VNI"},
 		{"unknown", `{"Network":"10.244.0.0/16","Netwrok":"x"}`, "Netwrok"},
 		{"type", `{"Network":16}`, "Network"},
 		{"trailing", `{"Network":"10.244.0.0/16"} {}`, "trailing"},
@@ -70,7 +75,7 @@ func TestLoadNetConf(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, err := LoadNetConf(p)
-	if err != nil || n.Backend != underlay.EncapUDP || n.Port != 8285 || len(n.ClusterCIDRs()) != 1 {
+	if err != nil || n.Backend != BackendUDP || n.Port != 8285 || len(n.ClusterCIDRs()) != 1 {
 		t.Fatalf("%+v %v", n, err)
 	}
 	if _, err := LoadNetConf(p + ".absent"); !errors.Is(err, ErrNetConf) || !errors.Is(err, os.ErrNotExist) {

@@ -5,7 +5,8 @@
 // decisions are the node's; the daemon owns the local API, the state store,
 // readiness, metrics and the Kubernetes wiring.
 //
-//	New: config ─► state store (locked) ─► node (engine, backend, uplink
+//	New: config ─► state store (locked) ─► [wireguard: private key from
+//	     the state directory, made once] ─► node (engine, backend, uplink
 //	     TUN + host routes, egress) ─► metrics/health server (/readyz 503:
 //	     routes not synced) ─► node routes (and static peers)
 //	     ─► API server (status answers, ready=false) ─► re-attach recorded pods
@@ -22,6 +23,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -92,6 +94,13 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	for _, b := range bad {
 		d.log.Warn("unreadable attachment record left in place", zap.String("file", b))
+	}
+	if cfg.Underlay.Backend == node.BackendWireGuard && cfg.Underlay.PrivateKey.IsZero() {
+		k, err := loadOrCreateKey(filepath.Join(cfg.StateDir, WireGuardKeyFile), d.log)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Underlay.PrivateKey, d.cfg.Underlay.PrivateKey = k, k
 	}
 	if d.node, err = node.New(cfg.nodeConfig()); err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
@@ -269,6 +278,13 @@ func (d handler) Status(context.Context) (api.Status, error) {
 	}
 	if eg := d.node.Egress(); eg != nil {
 		st.Egress = eg.Stats()
+	}
+	if b := d.node.Backend(); b != nil {
+		ann := b.Announce()
+		st.Backend, st.Endpoint = ann.Backend, ann.Endpoint
+		if !ann.PublicKey.IsZero() {
+			st.PublicKey = ann.PublicKey.String()
+		}
 	}
 	return st, nil
 }

@@ -160,7 +160,7 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 	ann := d.node.Backend().Announce()
 	c, err := kube.New(kube.Config{
 		Client: client, NodeName: ko.NodeName, Sink: sink, Logger: log, TrustAnnotatedEndpoints: ko.TrustAnnotatedEndpoints,
-		Local: kube.Local{Backend: ko.NetConf.Backend, Endpoint: ann.Endpoint, VNI: ann.VNI, VTEPMAC: ann.VTEPMAC},
+		Local: kube.Local{Backend: ko.NetConf.Backend, Endpoint: ann.Endpoint, VNI: ann.VNI, VTEPMAC: ann.VTEPMAC, PublicKey: ann.PublicKey},
 	})
 	if err != nil {
 		return errors.Join(err, d.Close())

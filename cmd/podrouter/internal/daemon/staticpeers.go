@@ -22,10 +22,13 @@ type peerEntry struct {
 	Endpoint string   `yaml:"endpoint"`
 	VTEPMAC  string   `yaml:"vtepMAC"`
 	PodCIDRs []string `yaml:"podCIDRs"`
+	// PublicKey is the peer's WireGuard public key (wireguard).
+	PublicKey string `yaml:"publicKey"`
 }
 
 // LoadPeers reads a static peer list (--peers FILE): a YAML or JSON list of
-// {name, endpoint: "IP:port", vtepMAC (vxlan), podCIDRs: [...]}, validated
+// {name, endpoint: "IP:port", vtepMAC (vxlan), publicKey (wireguard, base64),
+// podCIDRs: [...]}, validated
 // strictly (unknown fields, bad addresses and duplicate names are errors
 // naming the entry).
 func LoadPeers(path string) ([]underlay.Peer, error) {
@@ -60,6 +63,11 @@ func LoadPeers(path string) ([]underlay.Peer, error) {
 				return nil, bad(i, "vtepMAC %q: want a unicast xx:xx:xx:xx:xx:xx", e.VTEPMAC)
 			}
 			p.VTEPMAC = m
+		}
+		if e.PublicKey != "" {
+			if p.PublicKey, err = underlay.ParseKey(e.PublicKey); err != nil || p.PublicKey.IsZero() {
+				return nil, bad(i, "publicKey %.64q: want a WireGuard public key in base64", e.PublicKey)
+			}
 		}
 		if len(e.PodCIDRs) == 0 {
 			return nil, bad(i, "podCIDRs: required")

@@ -148,8 +148,11 @@ func (s *store) remove(id api.AttachmentID) error {
 	return s.syncDir()
 }
 
-func (s *store) syncDir() error {
-	d, err := os.Open(s.dir)
+func (s *store) syncDir() error { return syncDir(s.dir) }
+
+// syncDir fsyncs the directory dir (a rename in it is then durable).
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
