@@ -63,6 +63,9 @@ func skipOrFail(t *testing.T, format string, args ...any) {
 // upCluster starts the cluster with the DaemonSet, or skips.
 func upCluster(t *testing.T) *cluster.Cluster {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("skipped in -short: a whole cluster (make test runs it once, without -short)")
+	}
 	if os.Geteuid() != 0 {
 		skipOrFail(t, "needs root (network and mount namespaces, cgroups)")
 	}
