@@ -232,6 +232,10 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 		if err := c.Apply(ctx, cfg.Deploy, cfg.Image); err != nil {
 			return c, err
 		}
+		if err := c.waitFirstRunning(ctx, "kube-podrouter", cfg.ReadyTimeout); err != nil {
+			return c, err
+		}
+		cfg.Log("first podrouter pod Running %v after the DaemonSet apply", time.Since(applied).Round(time.Millisecond))
 		if err := c.WaitReady(ctx, cfg.ReadyTimeout); err != nil {
 			return c, err
 		}

@@ -46,6 +46,22 @@ func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
 	})
 }
 
+// waitFirstRunning waits until a pod in namespace ns is Running.
+func (c *Cluster) waitFirstRunning(ctx context.Context, ns string, timeout time.Duration) error {
+	return waitFor(ctx, "a pod Running in "+ns, timeout, nil, func() (bool, error) {
+		pods, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("%d pods, none Running", len(pods.Items))
+	})
+}
+
 // NodeReady reports whether node's Ready condition is True.
 func NodeReady(node *corev1.Node) bool {
 	for _, cond := range node.Status.Conditions {
