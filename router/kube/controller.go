@@ -601,6 +601,16 @@ var ErrNodeNotFound = errors.New("kube: node not found")
 // kube-controller-manager has assigned its podCIDR(s), and returns them
 // with its InternalIPs. It gives up when ctx is done.
 func WaitForPodCIDRs(ctx context.Context, client kubernetes.Interface, name string, interval time.Duration, log *zap.Logger) (Self, error) {
+	return WaitForPodCIDRsReporting(ctx, client, name, interval, log, nil)
+}
+
+// WaitForPodCIDRsReporting is WaitForPodCIDRs, calling report (when not
+// nil) with why it is still waiting each time it polls without success:
+// the daemon shows it in /readyz.
+func WaitForPodCIDRsReporting(ctx context.Context, client kubernetes.Interface, name string, interval time.Duration, log *zap.Logger, report func(why string)) (Self, error) {
+	if report == nil {
+		report = func(string) {}
+	}
 	if interval <= 0 {
 		interval = time.Second
 	}
@@ -630,16 +640,19 @@ func WaitForPodCIDRs(ctx context.Context, client kubernetes.Interface, name stri
 				}
 				return s, nil
 			}
+			report(fmt.Sprintf("node %s has no podCIDR yet (kube-controller-manager --allocate-node-cidrs assigns it)", name))
 			if !said {
 				log.Info("waiting for the node's podCIDR", zap.String("node", name))
 				said = true
 			}
 		case apierrors.IsNotFound(err):
+			report(fmt.Sprintf("node %s is not registered yet", name))
 			if !said {
 				log.Info("waiting for the node to register", zap.String("node", name))
 				said = true
 			}
 		default:
+			report(fmt.Sprintf("reading node %s from the API server failed: %v", name, err))
 			log.Warn("reading the node failed; retrying", zap.String("node", name), zap.Error(err))
 		}
 		select {

@@ -33,8 +33,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -43,6 +45,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/podrouter/podrouter/router/kube"
+	"github.com/podrouter/podrouter/router/metrics"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 
@@ -84,6 +87,8 @@ type KubeOptions struct {
 	// the state persisted in Config.StateDir, if any.
 	FirstRead time.Duration
 
+	// client, when set, is used instead of one made from Rest (tests).
+	client kubernetes.Interface
 	// started, when set, is called once the daemon is built and its
 	// persisted peers (if stale) applied, before the controller runs
 	// (tests).
@@ -107,7 +112,7 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 		return fmt.Errorf("%w: node-name: required in Kubernetes mode (or $NODE_NAME)", ErrConfig)
 	}
 	rc := ko.Rest
-	if rc == nil {
+	if rc == nil && ko.client == nil {
 		var err error
 		if ko.Kubeconfig != "" {
 			rc, err = clientcmd.BuildConfigFromFlags("", ko.Kubeconfig)
@@ -118,11 +123,19 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 			return fmt.Errorf("daemon: kubernetes client config: %w", err)
 		}
 	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return fmt.Errorf("daemon: kubernetes client: %w", err)
+	client := ko.client
+	if client == nil {
+		var err error
+		if client, err = kubernetes.NewForConfig(rc); err != nil {
+			return fmt.Errorf("daemon: kubernetes client: %w", err)
+		}
 	}
-	self, persisted, err := firstRead(ctx, client, cfg.StateDir, ko, log)
+	waiting, err := serveWaiting(cfg, ko.NodeName)
+	if err != nil {
+		return err
+	}
+	self, persisted, err := firstRead(ctx, client, cfg.StateDir, ko, log, waiting.set)
+	waiting.close()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -226,7 +239,7 @@ func checkPodCIDRs(ctx context.Context, client kubernetes.Interface, name string
 // read gets no answer within ko.FirstRead and stateDir holds this node's
 // persisted state, from that state (then persisted is it, and the daemon
 // runs stale).
-func firstRead(ctx context.Context, client kubernetes.Interface, stateDir string, ko KubeOptions, log *zap.Logger) (self kube.Self, persisted *kubeState, err error) {
+func firstRead(ctx context.Context, client kubernetes.Interface, stateDir string, ko KubeOptions, log *zap.Logger, report func(string)) (self kube.Self, persisted *kubeState, err error) {
 	bound := ko.FirstRead
 	if bound <= 0 {
 		bound = DefaultFirstRead
@@ -247,8 +260,54 @@ func firstRead(ctx context.Context, client kubernetes.Interface, stateDir string
 		}
 		log.Warn("API server unreachable and no persisted state; waiting for it", zap.Error(err))
 	}
-	self, err = kube.WaitForPodCIDRs(ctx, client, ko.NodeName, 0, log)
+	self, err = kube.WaitForPodCIDRsReporting(ctx, client, ko.NodeName, 0, log, report)
 	return self, nil, err
+}
+
+// waitingServer serves /healthz (ok) and /readyz (503 and why) on the
+// metrics address while the daemon waits for its Node's podCIDR, before it
+// has a node to serve metrics of: the kubelet's probes then see a live
+// daemon that says what it waits for, rather than a refused connection
+// (and a liveness restart loop).
+type waitingServer struct {
+	srv *metrics.Server
+	why atomic.Pointer[string]
+}
+
+// serveWaiting starts a waitingServer on cfg.MetricsAddr (none without
+// one).
+func serveWaiting(cfg Config, nodeName string) (*waitingServer, error) {
+	w := &waitingServer{}
+	w.set(fmt.Sprintf("reading node %s from the API server", nodeName))
+	if !cfg.MetricsAddr.IsValid() {
+		return w, nil
+	}
+	ln, err := net.Listen("tcp", cfg.MetricsAddr.String())
+	if err != nil {
+		return nil, fmt.Errorf("daemon: metrics-addr %s: %w", cfg.MetricsAddr, err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	w.srv = metrics.NewServer(prometheus.NewRegistry(), func() error {
+		return errors.New("waiting: " + *w.why.Load())
+	}, log)
+	go func() { _ = w.srv.Serve(ln) }()
+	return w, nil
+}
+
+// set records why the daemon is still waiting.
+func (w *waitingServer) set(why string) { w.why.Store(&why) }
+
+// close stops the server (the daemon's own takes the address over).
+func (w *waitingServer) close() {
+	if w.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = w.srv.Shutdown(ctx)
 }
 
 // persistSink is the controller's PeerSink: it applies each snapshot to
