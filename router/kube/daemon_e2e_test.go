@@ -182,7 +182,7 @@ current-context: k
 				Name     string   `json:"name"`
 				Prefixes []string `json:"prefixes"`
 			}) bool {
-				return p.Name == "peer-"+other.name && slices.Equal(p.Prefixes, []string{other.podCIDR})
+				return p.Name == "peer-"+other.name && slices.Equal(p.Prefixes, []string{other.podCIDR, other.ip + "/32"})
 			}) {
 				break
 			}
