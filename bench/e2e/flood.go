@@ -181,6 +181,10 @@ func flood(ctx context.Context, opt Options, n *podNode) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	txDropped0, err := txDropped(a)
+	if err != nil {
+		return nil, err
+	}
 
 	fctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -201,6 +205,10 @@ func flood(ctx context.Context, opt Options, n *podNode) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	txDropped1, err := txDropped(a)
+	if err != nil {
+		return nil, err
+	}
 	var delivered [2]uint64
 	for _, cs := range counters {
 		for j, k := range cs {
@@ -211,13 +219,17 @@ func flood(ctx context.Context, opt Options, n *podNode) ([]Result, error) {
 			delivered[j] += v
 		}
 	}
+	// Every error a got back was sent since t0 (the flood's last frames
+	// reach the engine a little after the flood stops): the bucket holds
+	// icmpBurst at t0 and gains icmpRate a second.
+	window := time.Since(t0)
 	icmpBack, err := icmp.Count()
 	if err != nil {
 		return nil, err
 	}
 
 	drop := func(reason string) uint64 { return after.Drops[reason] - before.Drops[reason] }
-	limit := uint64(icmpBurst + icmpRate*elapsed.Seconds())
+	limit := uint64(icmpBurst + icmpRate*window.Seconds())
 	ratio := 0.0
 	if alone > 0 {
 		ratio = flooded / alone
@@ -225,11 +237,11 @@ func flood(ctx context.Context, opt Options, n *podNode) ([]Result, error) {
 	fmt.Printf("case=flood tcp_alone=%.2f tcp_flooded=%.2f ratio=%.2f flood_s=%.1f"+
 		" spoofed_sent=%d spoofed_refused=%d dropped_spoofed=%d delivered_spoofed=%d"+
 		" bad_offload_sent=%d bad_offload_refused=%d dropped_bad_offload=%d delivered_bad_offload=%d"+
-		" ttl_sent=%d dropped_ttl=%d icmp_back=%d icmp_limit=%d\n",
+		" ttl_sent=%d dropped_ttl=%d icmp_back=%d icmp_limit=%d pod_tx_dropped=%d\n",
 		alone, flooded, ratio, elapsed.Seconds(),
 		kinds[0].sent, kinds[0].refuse, drop("spoofed-source"), delivered[0],
 		kinds[1].sent, kinds[1].refuse, drop("bad-offload"), delivered[1],
-		kinds[2].sent, drop("ttl-exceeded"), icmpBack, limit)
+		kinds[2].sent, drop("ttl-exceeded"), icmpBack, limit, txDropped1-txDropped0)
 
 	var errs []error
 	for j, k := range kinds {
@@ -241,7 +253,7 @@ func flood(ctx context.Context, opt Options, n *podNode) ([]Result, error) {
 		}
 	}
 	if icmpBack > limit {
-		errs = append(errs, fmt.Errorf("pod a got %d ICMP time exceeded in %v, over the limit %d", icmpBack, elapsed, limit))
+		errs = append(errs, fmt.Errorf("pod a got %d ICMP time exceeded in %v, over the limit %d", icmpBack, window, limit))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -399,6 +411,23 @@ func parseMAC(s string) (packet.MAC, error) {
 	}
 	copy(m[:], hw)
 	return m, nil
+}
+
+// txDropped returns the packets pod p's kernel dropped on their way out of
+// its eth0 (to the TAP): a full queue, or a super-packet it could not
+// segment in software.
+func txDropped(p *netns) (uint64, error) {
+	out, err := p.Run(context.Background(), "ip", "-j", "-s", "link", "show", "eth0")
+	if err != nil {
+		return 0, err
+	}
+	var v []struct {
+		Stats64 struct{ Tx struct{ Dropped uint64 } }
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil || len(v) == 0 {
+		return 0, fmt.Errorf("ip -s link: %q: %v", out, err)
+	}
+	return v[0].Stats64.Tx.Dropped, nil
 }
 
 // portOf returns the engine port (and its counters) holding address ip.
