@@ -18,10 +18,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -110,89 +110,126 @@ func sameNodeKernel(ctx context.Context, opt Options) (Result, error) {
 
 // sameNodePodrouter: two pods attached by podrouter-cni to the daemon.
 func sameNodePodrouter(ctx context.Context, opt Options) (Result, error) {
-	bin, err := filepath.Abs(filepath.Dir(opt.Podrouter))
+	n, err := startPodNode(ctx, opt, "sn", 2)
 	if err != nil {
 		return Result{}, err
 	}
+	defer n.close()
+	r, err := measure(ctx, opt, n.pods[1], n.pods[0], n.ips[1].String(), n.daemon.Process.Pid)
+	if err != nil {
+		return Result{}, fmt.Errorf("%w\ndaemon: %s", err, n.logs.String())
+	}
+	r.Impl = "podrouter"
+	return r, nil
+}
+
+// podNode is a podrouter daemon in its own node netns with pods attached
+// by podrouter-cni (through libcni, host-local IPAM on 10.250.200.0/24),
+// each pod's interface eth0 a TAP.
+type podNode struct {
+	daemon *exec.Cmd
+	logs   *bytes.Buffer
+	api    *api.Client
+	pods   []*netns
+	ips    []netip.Addr // of pods[i]
+	undo   []func()     // close runs them last first
+}
+
+// close detaches the pods and removes them, stops the daemon and removes
+// the node's netns and files.
+func (n *podNode) close() {
+	for i := len(n.undo) - 1; i >= 0; i-- {
+		n.undo[i]()
+	}
+}
+
+// startPodNode starts the daemon in a node netns and attaches npods pods;
+// tag names the namespaces.
+func startPodNode(ctx context.Context, opt Options, tag string, npods int) (*podNode, error) {
+	n := &podNode{logs: &bytes.Buffer{}}
+	success := false
+	defer func() {
+		if !success {
+			n.close()
+		}
+	}()
+	bin, err := filepath.Abs(filepath.Dir(opt.Podrouter))
+	if err != nil {
+		return nil, err
+	}
 	for _, b := range []string{"podrouter", "podrouter-cni"} {
 		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
-			return Result{}, fmt.Errorf("%s not built (make build): %w", b, err)
+			return nil, fmt.Errorf("%s not built (make build): %w", b, err)
 		}
 	}
 	tools, err := filepath.Abs(filepath.Join(".cache", "bin"))
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
 	if _, err := os.Stat(filepath.Join(tools, "host-local")); err != nil {
 		if err := sh("go", "build", "-o", filepath.Join(tools, "host-local"), "github.com/containernetworking/plugins/plugins/ipam/host-local"); err != nil {
-			return Result{}, err
+			return nil, err
 		}
 	}
 	dir, err := os.MkdirTemp("", "podrouter-bench-")
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	node, err := newNetns("sn")
+	n.undo = append(n.undo, func() { os.RemoveAll(dir) })
+	node, err := newNetns(tag)
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
-	defer node.del()
+	n.undo = append(n.undo, node.del)
 	socket := filepath.Join(dir, "run", "podrouter.sock")
-	var logs bytes.Buffer
 	d := node.cmd(context.Background(), filepath.Join(bin, "podrouter"), "daemon", "--pod-cidr", "10.250.200.0/24",
 		"--state-dir", filepath.Join(dir, "state"), "--socket", socket, "--uplink", fmt.Sprintf("prb%d", os.Getpid()%100000),
 		"--log-level", "warn")
-	d.Stdout, d.Stderr = &logs, &logs
+	d.Stdout, d.Stderr = n.logs, n.logs
 	if err := d.Start(); err != nil {
-		return Result{}, err
+		return nil, err
 	}
-	defer func() { _ = d.Process.Signal(syscall.SIGTERM); _ = d.Wait() }()
-	cl := &api.Client{Path: socket, Timeout: time.Second}
+	n.daemon = d
+	n.undo = append(n.undo, func() { _ = d.Process.Signal(syscall.SIGTERM); _ = d.Wait() })
+	n.api = &api.Client{Path: socket, Timeout: time.Second}
 	for t0 := time.Now(); ; time.Sleep(10 * time.Millisecond) {
-		if st, err := cl.Status(ctx); err == nil && st.Ready {
+		if st, err := n.api.Status(ctx); err == nil && st.Ready {
 			break
 		}
 		if time.Since(t0) > 10*time.Second {
-			return Result{}, fmt.Errorf("daemon not ready: %s", logs.String())
+			return nil, fmt.Errorf("daemon not ready: %s", n.logs.String())
 		}
 	}
 	list, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"podr-bench","plugins":[{"type":"podrouter-cni","socket":%q,"ipam":{"type":"host-local","dataDir":%q}}]}`,
 		socket, filepath.Join(dir, "ipam"))))
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
 	cn := libcni.NewCNIConfigWithCacheDir([]string{bin, tools}, filepath.Join(dir, "cache"), nil)
-	var pods []*netns
-	var ips []string
-	defer func() {
-		for i, p := range pods {
-			_ = cn.DelNetworkList(context.Background(), list, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("bench%d", i), NetNS: p.path(), IfName: "eth0"})
+	for i := range npods {
+		p, err := newNetns(tag)
+		if err != nil {
+			return nil, err
+		}
+		rc := &libcni.RuntimeConf{ContainerID: fmt.Sprintf("bench%d", i), NetNS: p.path(), IfName: "eth0"}
+		n.undo = append(n.undo, func() {
+			_ = cn.DelNetworkList(context.Background(), list, rc)
 			p.del()
-		}
-	}()
-	for i := range 2 {
-		p, err := newNetns("sn")
+		})
+		n.pods = append(n.pods, p)
+		r, err := cn.AddNetworkList(ctx, list, rc)
 		if err != nil {
-			return Result{}, err
-		}
-		pods = append(pods, p)
-		r, err := cn.AddNetworkList(ctx, list, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("bench%d", i), NetNS: p.path(), IfName: "eth0"})
-		if err != nil {
-			return Result{}, fmt.Errorf("CNI ADD: %w", err)
+			return nil, fmt.Errorf("CNI ADD: %w", err)
 		}
 		b, _ := json.Marshal(r)
-		var res struct{ IPs []struct{ Address string } }
-		if err := json.Unmarshal(b, &res); err != nil || len(res.IPs) == 0 {
-			return Result{}, fmt.Errorf("CNI ADD result %s: %v", b, err)
+		var res struct {
+			IPs []struct{ Address netip.Prefix }
 		}
-		ip, _, _ := strings.Cut(res.IPs[0].Address, "/")
-		ips = append(ips, ip)
+		if err := json.Unmarshal(b, &res); err != nil || len(res.IPs) == 0 {
+			return nil, fmt.Errorf("CNI ADD result %s: %v", b, err)
+		}
+		n.ips = append(n.ips, res.IPs[0].Address.Addr())
 	}
-	r, err := measure(ctx, opt, pods[1], pods[0], ips[1], d.Process.Pid)
-	if err != nil {
-		return Result{}, fmt.Errorf("%w\ndaemon: %s", err, logs.String())
-	}
-	r.Impl = "podrouter"
-	return r, nil
+	success = true
+	return n, nil
 }

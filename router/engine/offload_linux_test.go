@@ -1,17 +1,16 @@
 package engine
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zaptest"
-	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/podrouter/podrouter/router/link/linktest"
 	"github.com/podrouter/podrouter/router/link/tap"
+	"github.com/podrouter/podrouter/router/link/tap/taptest"
 	"github.com/podrouter/podrouter/router/nstest"
 	"github.com/podrouter/podrouter/router/packet"
 )
@@ -58,36 +57,17 @@ func TestForgedChecksumOffsetFromPod(t *testing.T) {
 
 	// The pod's raw socket, made inside its netns and bound to its side of
 	// the TAP.
-	var fd int
-	if err := ns.Do(func() error {
-		l, err := ifIndex(dev)
-		if err != nil {
-			return err
-		}
-		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Ifindex: l}); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		return nil
+	var snd *taptest.Sender
+	if err := ns.Do(func() (err error) {
+		snd, err = taptest.NewSender(dev)
+		return err
 	}); err != nil {
 		t.Fatalf("AF_PACKET socket in %s: %v", ns.Name, err)
 	}
-	t.Cleanup(func() { unix.Close(fd) })
+	t.Cleanup(func() { snd.Close() })
 	sendVnet := func(start, off uint16, frame []byte) {
 		t.Helper()
-		var h [tap.VnetHdrLen]byte
-		h[0] = unix.VIRTIO_NET_HDR_F_NEEDS_CSUM
-		binary.NativeEndian.PutUint16(h[6:8], start)
-		binary.NativeEndian.PutUint16(h[8:10], off)
-		if _, err := unix.Write(fd, append(h[:], frame...)); err != nil {
+		if err := snd.Write(nil, taptest.Partial(start, off), frame); err != nil {
 			t.Fatalf("AF_PACKET write: %v", err)
 		}
 	}
@@ -123,21 +103,4 @@ func TestForgedChecksumOffsetFromPod(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// ifIndex returns the index of the link named name in the calling thread's netns.
-func ifIndex(name string) (int, error) {
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return 0, err
-	}
-	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return 0, err
-	}
-	defer unix.Close(s)
-	if err := unix.IoctlIfreq(s, unix.SIOCGIFINDEX, ifr); err != nil {
-		return 0, err
-	}
-	return int(ifr.Uint32()), nil
 }
