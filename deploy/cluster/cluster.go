@@ -228,6 +228,11 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	}
 	cfg.Log("nodes registered (%v)", time.Since(began).Round(time.Millisecond))
 	if cfg.Deploy != "" {
+		// Before the DaemonSet, each kubelet reports why its node is not
+		// Ready (no CNI configuration yet): kept for the tests.
+		if err := c.recordNotReady(ctx); err != nil {
+			return c, err
+		}
 		applied := time.Now()
 		if err := c.Apply(ctx, cfg.Deploy, cfg.Image); err != nil {
 			return c, err

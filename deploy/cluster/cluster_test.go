@@ -249,6 +249,13 @@ func retry(fn func() error) error {
 
 func TestCluster(t *testing.T) {
 	c := upCluster(t)
+	// Before the DaemonSet the kubelets said the network was missing, as
+	// with any CNI; Up waited for Ready after it.
+	for _, n := range c.Nodes {
+		if !strings.Contains(n.NotReadyBefore, "NetworkPluginNotReady") {
+			t.Errorf("%s before the network: %q, want NetworkPluginNotReady", n.Name, n.NotReadyBefore)
+		}
+	}
 	ns := namespace(t, c, "podrouter-e2e")
 	pods := runPods(t, c, ns,
 		agnhostPod("a", "node-1", false, 8080),

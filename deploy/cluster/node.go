@@ -58,6 +58,10 @@ type Node struct {
 	// of nodeDirs).
 	Dir string
 
+	// NotReadyBefore is the node's Ready condition (reason: message)
+	// before the network was deployed (Config.Deploy).
+	NotReadyBefore string
+
 	c          *Cluster
 	cgroup     string
 	holder     *proc

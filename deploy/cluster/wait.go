@@ -46,6 +46,35 @@ func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
 	})
 }
 
+// recordNotReady waits until every node reports a Ready condition that is
+// not True, and keeps it in Node.NotReadyBefore; a node already Ready
+// before any network exists is an error.
+func (c *Cluster) recordNotReady(ctx context.Context) error {
+	return waitFor(ctx, "nodes' first Ready condition", registerTimeout, nil, func() (bool, error) {
+		for _, n := range c.Nodes {
+			if n.NotReadyBefore != "" {
+				continue
+			}
+			node, err := c.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			if NodeReady(node) {
+				return false, fmt.Errorf("%s is Ready before any pod network exists", n.Name)
+			}
+			if m := readyMessage(node); m != "no Ready condition" {
+				n.NotReadyBefore = m
+			}
+		}
+		for _, n := range c.Nodes {
+			if n.NotReadyBefore == "" {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
 // waitFirstRunning waits until a pod in namespace ns is Running.
 func (c *Cluster) waitFirstRunning(ctx context.Context, ns string, timeout time.Duration) error {
 	return waitFor(ctx, "a pod Running in "+ns, timeout, nil, func() (bool, error) {
