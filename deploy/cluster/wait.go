@@ -46,33 +46,35 @@ func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
 	})
 }
 
-// recordNotReady waits until every node reports a Ready condition that is
-// not True, and keeps it in Node.NotReadyBefore; a node already Ready
-// before any network exists is an error.
+// recordNotReady keeps each node's Ready condition (reason: message) in
+// Node.NotReadyBefore until it names the missing network
+// (NetworkPluginNotReady: the kubelet's first conditions may name
+// something else), for at most 20 s. A node Ready before any network
+// exists is an error.
 func (c *Cluster) recordNotReady(ctx context.Context) error {
-	return waitFor(ctx, "nodes' first Ready condition", registerTimeout, nil, func() (bool, error) {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		done := true
 		for _, n := range c.Nodes {
-			if n.NotReadyBefore != "" {
-				continue
-			}
 			node, err := c.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 			if err != nil {
-				return false, err
+				return fmt.Errorf("cluster: %w", err)
 			}
 			if NodeReady(node) {
-				return false, fmt.Errorf("%s is Ready before any pod network exists", n.Name)
+				return fmt.Errorf("cluster: %s is Ready before any pod network exists", n.Name)
 			}
-			if m := readyMessage(node); m != "no Ready condition" {
-				n.NotReadyBefore = m
-			}
+			n.NotReadyBefore = readyMessage(node)
+			done = done && strings.Contains(n.NotReadyBefore, "NetworkPluginNotReady")
 		}
-		for _, n := range c.Nodes {
-			if n.NotReadyBefore == "" {
-				return false, nil
-			}
+		if done || time.Now().After(deadline) {
+			return nil
 		}
-		return true, nil
-	})
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // waitFirstRunning waits until a pod in namespace ns is Running.
