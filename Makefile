@@ -81,7 +81,13 @@ IMAGETOOL     := $(IMAGES_BIN)/imagetool
 MAIN_SRC      := go.mod go.sum $(shell find cmd router cni netstackx -name '*.go' -not -name '*_test.go' 2>/dev/null)
 KUBETOOLS_MOD := deploy/kubetools/go.mod deploy/kubetools/go.sum
 # The applets of busybox that agnhost's /bin gets (its nc lacks -u: ours is used).
-AGNHOST_APPLETS := sh ash cat echo grep egrep fgrep ls mkdir rm rmdir sleep test [ true false \
+# /bin/sh is Debian's dash (with its libc), not busybox's: Debian's busybox
+# runs its own applets before PATH, so `sh -c 'nc -u ...'` would never reach
+# our nc.
+DASH       := $(firstword $(wildcard /usr/bin/dash /bin/dash))
+GLIBC_LD   := $(realpath /lib64/ld-linux-x86-64.so.2)
+GLIBC_LIBC := $(realpath /lib/x86_64-linux-gnu/libc.so.6)
+AGNHOST_APPLETS := ash cat echo grep egrep fgrep ls mkdir rm rmdir sleep test [ true false \
   env hostname ip ping ping6 nslookup wget sed awk head tail tr cut wc sort uniq id ps kill \
   date dd printf touch ln mv cp chmod chown timeout xargs find which nproc netstat tee stat \
   uname whoami readlink dirname basename mktemp seq expr pwd
@@ -131,7 +137,7 @@ $(PAUSE_TAR): $(IMAGETOOL) $(IMAGES_BIN)/pause
 	$(IMAGETOOL) -name $(PAUSE_IMAGE) -o $@ \
 	  -file /pause=$(IMAGES_BIN)/pause:0755 -user 65535:65535 -entrypoint /pause
 
-$(AGNHOST_TAR): $(IMAGETOOL) $(IMAGES_BIN)/agnhost $(IMAGES_BIN)/nettools $(BUSYBOX) $(wildcard deploy/kubetools/images/agnhost/etc/*)
+$(AGNHOST_TAR): $(IMAGETOOL) $(IMAGES_BIN)/agnhost $(IMAGES_BIN)/nettools $(BUSYBOX) $(DASH) Makefile $(wildcard deploy/kubetools/images/agnhost/etc/*)
 	$(IMAGETOOL) -name $(AGNHOST_IMAGE) -o $@ \
 	  -file /agnhost=$(IMAGES_BIN)/agnhost:0755 -symlink /agnhost-2=agnhost \
 	  -file /etc/passwd=deploy/kubetools/images/agnhost/etc/passwd:0644 \
@@ -140,6 +146,8 @@ $(AGNHOST_TAR): $(IMAGETOOL) $(IMAGES_BIN)/agnhost $(IMAGES_BIN)/nettools $(BUSY
 	  -dir /tmp:1777 -dir /uploads:0755 -dir /root:0700 \
 	  -dir /home/user-defined-in-image:0755:1000:1000 \
 	  -file /bin/busybox=$(BUSYBOX):0755 $(foreach a,$(AGNHOST_APPLETS),-symlink '/bin/$(a)=busybox') \
+	  -file /bin/dash=$(DASH):0755 -symlink /bin/sh=dash \
+	  -file /lib64/ld-linux-x86-64.so.2=$(GLIBC_LD):0755 -file /lib/x86_64-linux-gnu/libc.so.6=$(GLIBC_LIBC):0755 \
 	  -file /usr/bin/nettools=$(IMAGES_BIN)/nettools:0755 \
 	  -symlink /usr/bin/curl=nettools -symlink /usr/bin/nc=nettools \
 	  -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
