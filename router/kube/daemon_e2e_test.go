@@ -182,7 +182,9 @@ current-context: k
 				Name     string   `json:"name"`
 				Prefixes []string `json:"prefixes"`
 			}) bool {
-				return p.Name == "peer-"+other.name && slices.Equal(p.Prefixes, []string{other.podCIDR})
+				// Its podCIDR, and its node addresses as /32s (the host
+				// reaches every node's pods through the peer).
+				return p.Name == "peer-"+other.name && slices.Contains(p.Prefixes, other.podCIDR)
 			}) {
 				break
 			}
