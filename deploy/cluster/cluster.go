@@ -422,3 +422,6 @@ func Held() (string, error) {
 	}
 	return "", nil
 }
+
+// Bin is the path of the cluster's binary name (one of Binaries).
+func (c *Cluster) Bin(name string) string { return filepath.Join(c.cfg.Bin, name) }

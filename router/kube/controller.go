@@ -38,6 +38,14 @@ type PeerSink interface {
 // ErrConfigInvalid is wrapped by New's errors.
 var ErrConfigInvalid = errors.New("kube: invalid controller config")
 
+// ErrPodCIDRChanged is returned by Run when our own Node shows podCIDRs
+// other than Config.PodCIDRs: the Node was deleted and registered again
+// and kube-controller-manager gave it a new range. The engine, the
+// conflist and the pods' addresses are built on the old one, so the
+// caller must start over with the new podCIDRs (the daemon exits and the
+// kubelet restarts it).
+var ErrPodCIDRChanged = errors.New("kube: node's podCIDRs changed")
+
 // Reason and message of the NodeNetworkUnavailable=False condition the
 // controller sets on its own node.
 const (
@@ -72,6 +80,11 @@ type Config struct {
 	// whoever may annotate a Node cannot point its peers' traffic (and the
 	// trust of its datagrams) at another host.
 	TrustAnnotatedEndpoints bool
+	// PodCIDRs are the podCIDRs this node runs with (optional). When our
+	// Node shows other, non-empty ones, Run returns an error wrapping
+	// ErrPodCIDRChanged. A Node without podCIDRs (deleted, or registered
+	// again and not assigned yet) is waited for.
+	PodCIDRs []netip.Prefix
 	// Logger (default zap.NewNop()).
 	Logger *zap.Logger
 }
@@ -113,6 +126,8 @@ type Controller struct {
 	// cache shows a newer one, the patch is in flight, not missing.
 	annotsFromRV, condFromRV string
 	annotsSent, condSent     bool
+	// changed receives the first ErrPodCIDRChanged (buffered, one).
+	changed chan error
 }
 
 // badNode is a node left out of the snapshots: the error logged for it
@@ -155,6 +170,7 @@ func New(cfg Config) (*Controller, error) {
 	c := &Controller{
 		cfg:       cfg,
 		log:       cfg.Logger.Named("kube"),
+		changed:   make(chan error, 1),
 		peers:     map[string]underlay.Peer{},
 		bad:       map[string]badNode{},
 		conflicts: map[string]string{},
@@ -234,10 +250,16 @@ func Info(n *corev1.Node) NodeInfo {
 
 // Run starts the informer, waits for its cache to sync (no snapshot before
 // that), then turns node events into snapshots until ctx is done. It
-// returns nil when ctx is done, or an error when the cache cannot sync.
+// returns nil when ctx is done, an error when the cache cannot sync, or
+// one wrapping ErrPodCIDRChanged when our Node's podCIDRs are no longer
+// Config.PodCIDRs.
 // Bursts coalesce: a change schedules the snapshot Batch later, and the
 // initial list is one snapshot taken after every listed node is handled.
 func (c *Controller) Run(ctx context.Context) error {
+	// The informer stops with ctx: cancelled on ErrPodCIDRChanged too,
+	// before factory.Shutdown waits for it.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	defer c.queue.ShutDown()
 	reg, err := c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
@@ -286,10 +308,15 @@ func (c *Controller) Run(ctx context.Context) error {
 		for c.work(ctx) {
 		}
 	}()
-	<-ctx.Done()
+	var changed error
+	select {
+	case <-ctx.Done():
+	case changed = <-c.changed:
+		cancel()
+	}
 	c.queue.ShutDown()
 	<-done
-	return nil
+	return changed
 }
 
 // work handles one queue item: a node (then, when the peer set changed, a
@@ -499,12 +526,33 @@ func (c *Controller) setSelf(n *corev1.Node) {
 			}
 		}
 	}
+	if len(cidrs) > 0 && len(c.cfg.PodCIDRs) > 0 && !sameCIDRs(cidrs, c.cfg.PodCIDRs) {
+		err := fmt.Errorf("%w: node %s has %v, this node runs with %v", ErrPodCIDRChanged, c.cfg.NodeName, cidrs, c.cfg.PodCIDRs)
+		select {
+		case c.changed <- err:
+			c.log.Error("our node's podCIDRs changed (the Node was deleted and registered again?): stopping", zap.Error(err))
+		default:
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !slices.Equal(cidrs, c.selfCIDRs) {
 		c.selfCIDRs = cidrs
 		c.dirty = true
 	}
+}
+
+// sameCIDRs reports whether a and b hold the same prefixes, in any order.
+func sameCIDRs(a, b []netip.Prefix) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, p := range a {
+		if !slices.Contains(b, p) {
+			return false
+		}
+	}
+	return true
 }
 
 // dropOverlaps returns snap (sorted by name) less every peer whose podCIDRs

@@ -379,6 +379,61 @@ func TestWaitForPodCIDRs(t *testing.T) {
 	}
 }
 
+// TestControllerPodCIDRChanged: Run goes on while our Node keeps its
+// podCIDRs (in any order), is deleted, or is registered again without
+// podCIDRs yet; once it shows new ones, Run returns ErrPodCIDRChanged.
+func TestControllerPodCIDRChanged(t *testing.T) {
+	self := testNode("self", "10.244.0.0/24", "192.0.2.1", nil)
+	self.Spec.PodCIDRs = []string{"fd00:1::/64", "10.244.0.0/24"}
+	cs, watching := newFake(self, testNode("a", "10.244.1.0/24", "192.0.2.2", udpAnnots("192.0.2.2:8285")))
+	sink := newRecSink()
+	c, err := New(Config{
+		Client: cs, NodeName: "self", Sink: sink, Logger: zaptest.NewLogger(t),
+		Local:    Local{Backend: BackendUDP, Endpoint: netip.MustParseAddrPort("192.0.2.1:8285")},
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00:1::/64")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	sink.waitFor(t, 10*time.Second, "initial snapshot", func([]underlay.Peer) bool { return true })
+	<-watching
+	running := func(what string) {
+		t.Helper()
+		select {
+		case err := <-done:
+			t.Fatalf("%s: Run returned %v", what, err)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	running("same podCIDRs, other order")
+	nodes := cs.CoreV1().Nodes()
+	if err := nodes.Delete(ctx, "self", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	running("node deleted")
+	again := testNode("self", "", "192.0.2.1", nil)
+	if _, err := nodes.Create(ctx, again, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	running("node registered again, no podCIDR yet")
+	again.Spec.PodCIDR, again.Spec.PodCIDRs = "10.244.9.0/24", []string{"10.244.9.0/24"}
+	if _, err := nodes.Update(ctx, again, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrPodCIDRChanged) {
+			t.Fatalf("Run: %v, want ErrPodCIDRChanged", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the podCIDR changed")
+	}
+}
+
 // TestControllerTrust: a node announcing an endpoint that is none of its
 // addresses is skipped (unless the operator trusts annotations), and two
 // nodes with overlapping podCIDRs are both dropped, each logged once, until

@@ -182,6 +182,8 @@ current-context: k
 				Name     string   `json:"name"`
 				Prefixes []string `json:"prefixes"`
 			}) bool {
+				// Its podCIDR, and its node addresses as /32s (the host
+				// reaches every node's pods through the peer).
 				return p.Name == "peer-"+other.name && slices.Equal(p.Prefixes, []string{other.podCIDR, other.ip + "/32"})
 			}) {
 				break

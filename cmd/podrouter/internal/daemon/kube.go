@@ -173,7 +173,8 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 	ann := d.node.Backend().Announce()
 	c, err := kube.New(kube.Config{
 		Client: client, NodeName: ko.NodeName, Sink: sink, Logger: log, TrustAnnotatedEndpoints: ko.TrustAnnotatedEndpoints,
-		Local: kube.Local{Backend: ko.NetConf.Backend, Endpoint: ann.Endpoint, VNI: ann.VNI, VTEPMAC: ann.VTEPMAC, PublicKey: ann.PublicKey},
+		PodCIDRs: self.PodCIDRs,
+		Local:    kube.Local{Backend: ko.NetConf.Backend, Endpoint: ann.Endpoint, VNI: ann.VNI, VTEPMAC: ann.VTEPMAC, PublicKey: ann.PublicKey},
 	})
 	if err != nil {
 		return errors.Join(err, d.Close())
@@ -216,8 +217,10 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 }
 
 // ErrPodCIDRChanged: the Node's podCIDRs differ from those the daemon
-// started with from its persisted state.
-var ErrPodCIDRChanged = errors.New("daemon: node's podCIDRs changed")
+// started with (from its persisted state, or the Node was deleted and
+// registered again with new ones); the daemon stops, to be restarted
+// with the new ones. It is kube.ErrPodCIDRChanged.
+var ErrPodCIDRChanged = kube.ErrPodCIDRChanged
 
 // checkPodCIDRs reads the named Node (waiting for its podCIDRs) and
 // returns an error wrapping ErrPodCIDRChanged when they are not want; nil
