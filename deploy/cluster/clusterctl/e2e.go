@@ -58,6 +58,11 @@ func (e *e2eFlags) run(ctx context.Context, cfg cluster.Config) (err error) {
 	if err != nil {
 		return err
 	}
+	for _, p := range []*string{&e.e2eTest, &e.ginkgo} {
+		if *p, err = filepath.Abs(*p); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -82,6 +87,11 @@ func (e *e2eFlags) run(ctx context.Context, cfg cluster.Config) (err error) {
 	}
 	defer logf.Close()
 	cmd := exec.CommandContext(ctx, e.ginkgo, args...)
+	// The ginkgo CLI compares its version with the go.mod of its working
+	// directory: run it from the module both were built from.
+	if _, err := os.Stat(filepath.Join("deploy", "kubetools", "go.mod")); err == nil {
+		cmd.Dir = filepath.Join("deploy", "kubetools")
+	}
 	cmd.Stdout = &tee{os.Stdout, logf}
 	cmd.Stderr = cmd.Stdout
 	began := time.Now()
