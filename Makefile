@@ -167,7 +167,7 @@ deps:
 # without the kube-tools binaries; PODROUTER_REQUIRE_CLUSTER=1: the cluster
 # e2e tests (deploy/cluster) fail, not skip, without the cluster binaries
 # and images (they run once, in the first pass: -short skips them).
-test: deps tools kube-tools cluster-tools images check
+test: deps build tools kube-tools cluster-tools images check
 	PODROUTER_REQUIRE_KUBE=1 PODROUTER_REQUIRE_CLUSTER=1 $(GO) test -count=1 -timeout 25m $(PKGS)
 	PODROUTER_REQUIRE_KUBE=1 $(GO) test -count=1 -race -short -timeout 20m $(PKGS)
 
