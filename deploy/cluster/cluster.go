@@ -54,6 +54,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/podrouter/podrouter/router/kube/kubepki"
+	"github.com/podrouter/podrouter/router/kube/kubeproc"
 )
 
 // Defaults.
@@ -119,7 +120,7 @@ type Cluster struct {
 
 	cfg     Config
 	pki     *kubepki.PKI
-	control []*proc
+	control []*kubeproc.Proc
 	mu      sync.Mutex
 	closed  bool
 }
@@ -303,7 +304,7 @@ func (c *Cluster) Down() error {
 		n.stopProcs()
 	}
 	for i := len(c.control) - 1; i >= 0; i-- {
-		c.control[i].stop()
+		c.control[i].Stop(stopGrace)
 	}
 	st, err := readState(c.Dir)
 	if err != nil {

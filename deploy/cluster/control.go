@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/podrouter/podrouter/router/kube/kubepki"
+	"github.com/podrouter/podrouter/router/kube/kubeproc"
 )
 
 // controlTimeout bounds the wait for the API server's /readyz.
@@ -52,7 +53,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	env := []string{"PODROUTER_CLUSTER=" + c.ID}
 	clientURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
-	etcd, err := startProc(filepath.Join(logs, "etcd.log"), env, bin("etcd"),
+	etcd, err := kubeproc.Start(filepath.Join(logs, "etcd.log"), env, bin("etcd"),
 		"--name=podrouter-cluster", "--data-dir="+filepath.Join(c.Dir, "etcd"),
 		"--listen-client-urls="+clientURL, "--advertise-client-urls="+clientURL,
 		"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
@@ -74,7 +75,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	c.Server = "https://" + net.JoinHostPort(host, strconv.Itoa(ports[2]))
-	api, err := startProc(filepath.Join(logs, "kube-apiserver.log"), env, bin("kube-apiserver"),
+	api, err := kubeproc.Start(filepath.Join(logs, "kube-apiserver.log"), env, bin("kube-apiserver"),
 		"--etcd-servers="+clientURL,
 		"--bind-address="+host,
 		"--advertise-address="+host,
@@ -166,7 +167,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 			"--secure-port=" + strconv.Itoa(port),
 			"--v=1",
 		}, comp.args...)
-		p, err := startProc(filepath.Join(logs, comp.name+".log"), env, args...)
+		p, err := kubeproc.Start(filepath.Join(logs, comp.name+".log"), env, args...)
 		if err != nil {
 			return err
 		}

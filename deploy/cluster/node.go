@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/podrouter/podrouter/router/kube/kubeproc"
 )
 
 // DefaultSandboxImage is containerd 2.4's default pause image.
@@ -64,9 +66,9 @@ type Node struct {
 
 	c          *Cluster
 	cgroup     string
-	holder     *proc
-	containerd *proc
-	kubelet    *proc
+	holder     *kubeproc.Proc
+	containerd *kubeproc.Proc
+	kubelet    *kubeproc.Proc
 }
 
 // startNode creates node i: netns, holder, containerd (with the images),
@@ -90,14 +92,14 @@ func (c *Cluster) startNode(ctx context.Context, st *state, i int) (*Node, error
 	if err := makeCgroup(n.cgroup + "/system"); err != nil {
 		return n, err
 	}
-	n.holder, err = startProc(n.log("holder"), []string{
+	n.holder, err = kubeproc.Start(n.log("holder"), []string{
 		"PODROUTER_CLUSTER=" + c.ID, "NODE_DIR=" + n.Dir, "NODE_DIRS=" + strings.Join(nodeDirs, " "),
 	}, "unshare", "--mount", "--propagation", "private", "--",
 		"nsenter", "--net=/run/netns/"+netns, "--", "sh", "-c", holderScript)
 	if err != nil {
 		return n, err
 	}
-	st.Holders = append(st.Holders, n.holder.pid())
+	st.Holders = append(st.Holders, n.holder.Pid())
 	if err := c.saveState(st); err != nil {
 		return n, err
 	}
@@ -130,7 +132,7 @@ func (n *Node) Log(component string) string { return n.log(component) }
 // enter returns the nsenter prefix that runs a command in the node's
 // mount and network namespaces.
 func (n *Node) enter() []string {
-	return []string{"nsenter", "--target=" + strconv.Itoa(n.holder.pid()), "--mount", "--net", "--"}
+	return []string{"nsenter", "--target=" + strconv.Itoa(n.holder.Pid()), "--mount", "--net", "--"}
 }
 
 // Exec runs a command in the node's namespaces (as its hostNetwork pods
@@ -175,13 +177,13 @@ state = "/run/containerd"
 		return err
 	}
 	var err error
-	n.containerd, err = startProc(n.log("containerd"), n.env(), append(n.enter(),
+	n.containerd, err = kubeproc.Start(n.log("containerd"), n.env(), append(n.enter(),
 		filepath.Join(n.c.cfg.Bin, "containerd"), "--config="+confPath)...)
 	if err != nil {
 		return err
 	}
-	if err := joinCgroup(n.cgroup+"/system", n.containerd.pid()); err != nil {
-		return fmt.Errorf("%w; containerd log tail:\n%s", err, tail(n.containerd.log, 3000))
+	if err := joinCgroup(n.cgroup+"/system", n.containerd.Pid()); err != nil {
+		return fmt.Errorf("%w; containerd log tail:\n%s", err, kubeproc.Tail(n.containerd.Log, 3000))
 	}
 	return waitFor(ctx, n.Name+" containerd", 60*time.Second, n.containerd, func() (bool, error) {
 		out, err := n.Exec(ctx, filepath.Join(n.c.cfg.Bin, "ctr"), "--address=/run/containerd/containerd.sock", "version")
@@ -250,7 +252,7 @@ maxPods: 150
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return err
 	}
-	n.kubelet, err = startProc(n.log("kubelet"), n.env(), append(n.enter(),
+	n.kubelet, err = kubeproc.Start(n.log("kubelet"), n.env(), append(n.enter(),
 		filepath.Join(n.c.cfg.Bin, "kubelet"),
 		"--config="+confPath,
 		"--kubeconfig="+kc,
@@ -260,8 +262,8 @@ maxPods: 150
 	if err != nil {
 		return err
 	}
-	if err := joinCgroup(n.cgroup+"/system", n.kubelet.pid()); err != nil {
-		return fmt.Errorf("%w; kubelet log tail:\n%s", err, tail(n.kubelet.log, 3000))
+	if err := joinCgroup(n.cgroup+"/system", n.kubelet.Pid()); err != nil {
+		return fmt.Errorf("%w; kubelet log tail:\n%s", err, kubeproc.Tail(n.kubelet.Log, 3000))
 	}
 	return nil
 }
@@ -269,16 +271,16 @@ maxPods: 150
 // stopProcs stops the kubelet, then containerd (the pods and shims go
 // with the cgroups, in Down), then the holder.
 func (n *Node) stopProcs() {
-	for _, p := range []*proc{n.kubelet, n.containerd, n.holder} {
+	for _, p := range []*kubeproc.Proc{n.kubelet, n.containerd, n.holder} {
 		if p != nil {
-			p.stop()
+			p.Stop(stopGrace)
 		}
 	}
 }
 
 // RestartKubelet stops and starts the node's kubelet.
 func (n *Node) RestartKubelet() error {
-	n.kubelet.stop()
+	n.kubelet.Stop(stopGrace)
 	return n.startKubelet()
 }
 

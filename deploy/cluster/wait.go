@@ -10,6 +10,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podrouter/podrouter/router/kube/kubeproc"
 )
 
 // registerTimeout bounds the wait for the kubelets to register their Nodes.
@@ -19,8 +21,8 @@ const registerTimeout = 90 * time.Second
 func (c *Cluster) waitRegistered(ctx context.Context) error {
 	return waitFor(ctx, "kubelets registering", registerTimeout, nil, func() (bool, error) {
 		for _, n := range c.Nodes {
-			if gone, err := n.kubelet.exited(); gone {
-				return false, fmt.Errorf("%s kubelet %v; log tail:\n%s", n.Name, err, tail(n.kubelet.log, 3000))
+			if gone, err := n.kubelet.Exited(); gone {
+				return false, fmt.Errorf("%s kubelet %v; log tail:\n%s", n.Name, err, kubeproc.Tail(n.kubelet.Log, 3000))
 			}
 			if _, err := c.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{}); err != nil {
 				return false, err

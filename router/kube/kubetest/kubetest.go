@@ -35,10 +35,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -48,6 +46,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/podrouter/podrouter/router/kube/kubepki"
+	"github.com/podrouter/podrouter/router/kube/kubeproc"
 )
 
 // Environment variables.
@@ -156,7 +155,7 @@ type Cluster struct {
 	kubectl  string
 	cacheDir string
 	client   *kubernetes.Clientset
-	procs    []*proc // etcd, kube-apiserver
+	procs    []*kubeproc.Proc // etcd, kube-apiserver
 	// how kube-apiserver was started (StartAPIServer repeats it)
 	apiBin, apiLog string
 	apiArgs        []string
@@ -288,7 +287,7 @@ func (c *Cluster) start(t testing.TB, apiserver, etcd string, pki *kubepki.PKI, 
 	apiLog := filepath.Join(c.Dir, "kube-apiserver.log")
 	apiProc, err := startProc(t, apiserver, apiLog, apiArgs...)
 	if err != nil {
-		etcdProc.stop(t)
+		stop(t, etcdProc)
 		return err
 	}
 	adminTLS, err := pki.Admin.TLS()
@@ -302,13 +301,13 @@ func (c *Cluster) start(t testing.TB, apiserver, etcd string, pki *kubepki.PKI, 
 	}
 	c.Host = host
 	c.EtcdURL = clientURL
-	c.procs = []*proc{etcdProc, apiProc}
+	c.procs = []*kubeproc.Proc{etcdProc, apiProc}
 	c.apiBin, c.apiLog, c.apiArgs, c.tlsConf = apiserver, apiLog, apiArgs, tlsConf
 	// Registered last so that cleanups (LIFO) stop the API server first.
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("kubetest: kube-apiserver log tail:\n%s", tail(c.apiLog, 4096))
-			t.Logf("kubetest: etcd log tail:\n%s", tail(etcdProc.log, 2048))
+			t.Logf("kubetest: kube-apiserver log tail:\n%s", kubeproc.Tail(c.apiLog, 4096))
+			t.Logf("kubetest: etcd log tail:\n%s", kubeproc.Tail(etcdProc.Log, 2048))
 		}
 	})
 	return nil
@@ -318,7 +317,7 @@ func (c *Cluster) start(t testing.TB, apiserver, etcd string, pki *kubepki.PKI, 
 // data stay. Clients get connection refused until StartAPIServer.
 func (c *Cluster) StopAPIServer(t testing.TB) {
 	t.Helper()
-	c.procs[1].stop(t)
+	stop(t, c.procs[1])
 }
 
 // StartAPIServer starts kube-apiserver again after StopAPIServer: same
@@ -338,26 +337,26 @@ func (c *Cluster) StartAPIServer(t testing.TB) {
 
 // waitReady waits until host's /readyz answers 200; on error (a process
 // exited, or readyTimeout) both processes are stopped.
-func waitReady(t testing.TB, host string, tlsConf *tls.Config, etcdProc, apiProc *proc) error {
+func waitReady(t testing.TB, host string, tlsConf *tls.Config, etcdProc, apiProc *kubeproc.Proc) error {
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}, Timeout: 5 * time.Second}
 	defer hc.CloseIdleConnections()
 	deadline := time.Now().Add(readyTimeout)
 	lastStatus := "no answer"
 	for {
 		select {
-		case <-etcdProc.done:
-			apiProc.stop(t)
-			return fmt.Errorf("etcd %w (%v): %s", errExited, etcdProc.err, tail(etcdProc.log, 2048))
-		case <-apiProc.done:
-			etcdProc.stop(t)
-			return fmt.Errorf("kube-apiserver %w (%v): %s", errExited, apiProc.err, tail(apiProc.log, 2048))
+		case <-etcdProc.Done():
+			stop(t, apiProc)
+			return fmt.Errorf("etcd %w (%v): %s", errExited, exitErr(etcdProc), kubeproc.Tail(etcdProc.Log, 2048))
+		case <-apiProc.Done():
+			stop(t, etcdProc)
+			return fmt.Errorf("kube-apiserver %w (%v): %s", errExited, exitErr(apiProc), kubeproc.Tail(apiProc.Log, 2048))
 		default:
 		}
 		if time.Now().After(deadline) {
-			apiProc.stop(t)
-			etcdProc.stop(t)
+			stop(t, apiProc)
+			stop(t, etcdProc)
 			return fmt.Errorf("kube-apiserver not ready after %v (last /readyz: %s): %s",
-				readyTimeout, lastStatus, tail(apiProc.log, 2048))
+				readyTimeout, lastStatus, kubeproc.Tail(apiProc.Log, 2048))
 		}
 		resp, err := hc.Get(host + "/readyz")
 		if err == nil {
@@ -375,67 +374,23 @@ func waitReady(t testing.TB, host string, tlsConf *tls.Config, etcdProc, apiProc
 	return nil
 }
 
-// proc is a child process whose exit is observed by a goroutine.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{} // closed when the process has exited; err is set then
-	err  error
-}
-
-// startProc starts bin with args, stdout and stderr appended to logPath,
-// and registers a cleanup that stops it (cleanups run in reverse order, so
-// a process started later is stopped first).
-func startProc(t testing.TB, bin, logPath string, args ...string) (*proc, error) {
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+// startProc starts bin with args (kubeproc.Start: own process group,
+// killed with the test binary, output appended to logPath) and registers
+// a cleanup that stops it (cleanups run in reverse order, so a process
+// started later is stopped first).
+func startProc(t testing.TB, bin, logPath string, args ...string) (*kubeproc.Proc, error) {
+	p, err := kubeproc.Start(logPath, []string{"GOMAXPROCS=2"}, append([]string{bin}, args...)...)
 	if err != nil {
 		return nil, err
 	}
-	defer logf.Close() // the child holds its own descriptor
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
-	cmd.SysProcAttr = sysProcAttr()
-	p := &proc{name: filepath.Base(bin), cmd: cmd, log: logPath, done: make(chan struct{})}
-	// Pdeathsig fires when the forking OS thread exits, not the process:
-	// fork from a goroutine locked to its thread until the child is
-	// reaped, so that no other goroutine's thread exit (netns code locks
-	// threads and lets them die) kills the child early.
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	if err := <-started; err != nil {
-		return nil, fmt.Errorf("start %s: %w", p.name, err)
-	}
-	t.Cleanup(func() { p.stop(t) })
+	t.Cleanup(func() { stop(t, p) })
 	return p, nil
 }
 
-// stop sends SIGTERM, then SIGKILL after stopGrace, and waits for the exit.
-// It is idempotent.
-func (p *proc) stop(t testing.TB) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(stopGrace):
-		t.Logf("kubetest: %s ignored SIGTERM for %v; killing it", p.name, stopGrace)
-		_ = p.cmd.Process.Kill()
-		<-p.done
+// stop stops p: SIGTERM, then SIGKILL after stopGrace. It is idempotent.
+func stop(t testing.TB, p *kubeproc.Proc) {
+	if p.Stop(stopGrace) {
+		t.Logf("kubetest: %s ignored SIGTERM for %v; killed it", p.Name, stopGrace)
 	}
 }
 
@@ -458,23 +413,6 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-// tail returns the last n bytes of the file at path.
-func tail(path string, n int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err.Error()
-	}
-	off := max(st.Size()-n, 0)
-	b := make([]byte, st.Size()-off)
-	_, _ = f.ReadAt(b, off)
-	return string(b)
 }
 
 // Kubectl runs kubectl with the admin kubeconfig (and a discovery cache
@@ -518,4 +456,10 @@ func (c *Cluster) ServiceAccountConfig(t testing.TB, namespace, name string) *re
 		QPS:             200,
 		Burst:           400,
 	}
+}
+
+// exitErr is how an exited process ended.
+func exitErr(p *kubeproc.Proc) error {
+	_, err := p.Exited()
+	return err
 }

@@ -34,7 +34,7 @@ func TestCluster(t *testing.T) {
 		c := Start(t)
 		t.Logf("Start took %v", time.Since(began).Round(time.Millisecond))
 		for _, p := range c.procs {
-			pids = append(pids, p.cmd.Process.Pid)
+			pids = append(pids, p.Pid())
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
