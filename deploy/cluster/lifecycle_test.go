@@ -210,7 +210,11 @@ func TestLifecycle(t *testing.T) {
 		ctx := context.Background()
 		before := map[string]nodeLeftovers{}
 		for _, n := range c.Nodes {
-			before[n.Name] = leftovers(t, c, n, cli)
+			l, err := leftovers(c, n, cli)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before[n.Name] = l
 		}
 		dep := pauseDeployment("churn", 100)
 		began := time.Now()
@@ -244,15 +248,18 @@ func TestLifecycle(t *testing.T) {
 		// objects go, and slowly on a loaded machine.
 		for _, n := range c.Nodes {
 			var got nodeLeftovers
+			var err error
 			deadline := time.Now().Add(3 * time.Minute)
 			for {
-				got = leftovers(t, c, n, cli)
-				if got.within(before[n.Name]) || time.Now().After(deadline) {
+				got, err = leftovers(c, n, cli)
+				if (err == nil && got.within(before[n.Name])) || time.Now().After(deadline) {
 					break
 				}
 				time.Sleep(time.Second)
 			}
-			if !got.within(before[n.Name]) {
+			if err != nil {
+				t.Errorf("%s: still unreadable after 3 minutes: %v", n.Name, err)
+			} else if !got.within(before[n.Name]) {
 				t.Errorf("%s: left behind after 100 pods:\n before %+v\n after  %+v", n.Name, before[n.Name], got)
 			} else {
 				t.Logf("%s: nothing left (TAPs %v, %d netns, %d reservations, %d records, %d pod ports: what was there before) %v after the delete",
@@ -701,44 +708,53 @@ func (a nodeLeftovers) within(before nodeLeftovers) bool {
 		a.PodPorts <= before.PodPorts && a.Attachments <= before.Attachments
 }
 
-// leftovers reads node n's nodeLeftovers; cli is the podrouter CLI.
-func leftovers(t *testing.T, c *cluster.Cluster, n *cluster.Node, cli string) nodeLeftovers {
-	t.Helper()
+// leftovers reads node n's nodeLeftovers; cli is the podrouter CLI. The
+// daemon may be slow to answer while it tears 50 pods down on a loaded
+// machine: an error here is worth a retry.
+func leftovers(c *cluster.Cluster, n *cluster.Node, cli string) (nodeLeftovers, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var l nodeLeftovers
 	out, err := osexec.CommandContext(ctx, "ip", "-n", n.Netns, "-d", "-o", "link", "show").CombinedOutput()
 	if err != nil {
-		t.Fatalf("%s: ip link: %v: %s", n.Name, err, out)
+		return l, fmt.Errorf("%s: ip link: %v: %s", n.Name, err, out)
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		if f := strings.Fields(line); len(f) > 1 && strings.Contains(line, " tun ") {
 			l.Taps = append(l.Taps, strings.TrimSuffix(f[1], ":"))
 		}
 	}
-	ls := func(dir string) []string {
+	ls := func(dir string) ([]string, error) {
 		out, err := n.Exec(ctx, "ls", "-A", dir)
 		if err != nil {
-			t.Fatalf("%s: ls %s: %v: %s", n.Name, dir, err, out)
+			return nil, fmt.Errorf("%s: ls %s: %v: %s", n.Name, dir, err, out)
 		}
 		f := strings.Fields(out)
 		slices.Sort(f)
-		return f
+		return f, nil
 	}
-	l.Netns = ls("/run/netns")
-	for _, f := range ls(ipamDir) {
+	if l.Netns, err = ls("/run/netns"); err != nil {
+		return l, err
+	}
+	ipam, err := ls(ipamDir)
+	if err != nil {
+		return l, err
+	}
+	for _, f := range ipam {
 		if f != "lock" && !strings.HasPrefix(f, "last_reserved_ip") {
 			l.Reservations = append(l.Reservations, f)
 		}
 	}
-	l.Records = ls(recordsDir)
+	if l.Records, err = ls(recordsDir); err != nil {
+		return l, err
+	}
 	out2, err := n.Exec(ctx, cli, "ports", "--json", "--socket", daemonSocket)
 	if err != nil {
-		t.Fatalf("%s: podrouter ports: %v: %s", n.Name, err, out2)
+		return l, fmt.Errorf("%s: podrouter ports: %v: %s", n.Name, err, out2)
 	}
 	var ports []api.Port
 	if err := json.Unmarshal([]byte(out2), &ports); err != nil {
-		t.Fatalf("%s: podrouter ports --json: %v: %s", n.Name, err, out2)
+		return l, fmt.Errorf("%s: podrouter ports --json: %v: %s", n.Name, err, out2)
 	}
 	for _, p := range ports {
 		if p.Kind == "pod" {
@@ -747,10 +763,10 @@ func leftovers(t *testing.T, c *cluster.Cluster, n *cluster.Node, cli string) no
 	}
 	st, err := daemonStatus(ctx, n, cli)
 	if err != nil {
-		t.Fatal(err)
+		return l, err
 	}
 	l.Attachments = st.Attachments
-	return l
+	return l, nil
 }
 
 // daemonStatus is `podrouter status --json` of node n's daemon.
