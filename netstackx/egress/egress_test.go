@@ -420,7 +420,10 @@ func TestTCPRefused(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("refusal took %v", d)
 	}
-	if st := v.fwd.Stats(); st.TCPRefused != 1 || st.ActiveFlows != 0 || st.DialsInFlight != 0 {
+	// The pod sees the RST before the forwarder's goroutine for the flow
+	// has returned and released it, so the flow count is awaited.
+	waitFor(t, func() bool { st := v.fwd.Stats(); return st.ActiveFlows == 0 && st.DialsInFlight == 0 }, "the refused flow to be released")
+	if st := v.fwd.Stats(); st.TCPRefused != 1 || st.TCPDials != 1 {
 		t.Fatalf("stats %+v", st)
 	}
 }
