@@ -31,17 +31,37 @@ func Rewrite(frame []byte, pp *packet.Parsed, r *Result) error {
 	if !r.NAT() {
 		return nil
 	}
-	if pp.FragOff || r.NATAddr.Is4() != (pp.Version == 4) {
+	return rewrite(frame, pp, r.Dir == Original, r.NATAddr, r.NATPort)
+}
+
+// RewriteDNAT applies r's destination translation to the IP packet in
+// frame as Rewrite applies its source translation: for r.Dir == Original
+// the destination address and port become r.DNATAddr:r.DNATPort (the
+// backend), for Reply the source (the Service). A hairpin flow has both
+// translations: call Rewrite and RewriteDNAT. TCP and UDP only.
+func RewriteDNAT(frame []byte, pp *packet.Parsed, r *Result) error {
+	if !r.DNAT() {
+		return nil
+	}
+	if pp.Proto != packet.ProtoTCP && pp.Proto != packet.ProtoUDP {
 		return ErrRewrite
 	}
-	src := r.Dir == Original
+	return rewrite(frame, pp, r.Dir == Reply, r.DNATAddr, r.DNATPort)
+}
+
+// rewrite sets the source (src) or destination address and port of the
+// packet to addr:port, updating checksums incrementally.
+func rewrite(frame []byte, pp *packet.Parsed, src bool, addr netip.Addr, port uint16) error {
+	if pp.FragOff || addr.Is4() != (pp.Version == 4) {
+		return ErrRewrite
+	}
 	ip := frame[pp.IPOff:pp.IPEnd]
 	l4 := frame[pp.L4Off:pp.IPEnd]
 	var newA [16]byte
 	var oldA []byte
 	addrLen := 4
 	if pp.Version == 4 {
-		a4 := r.NATAddr.As4()
+		a4 := addr.As4()
 		copy(newA[:], a4[:])
 		oldA = ip[16:20]
 		if src {
@@ -49,7 +69,7 @@ func Rewrite(frame []byte, pp *packet.Parsed, r *Result) error {
 		}
 	} else {
 		addrLen = 16
-		newA = r.NATAddr.As16()
+		newA = addr.As16()
 		oldA = ip[24:40]
 		if src {
 			oldA = ip[8:24]
@@ -94,33 +114,32 @@ func Rewrite(frame []byte, pp *packet.Parsed, r *Result) error {
 		if pseudo {
 			c = packet.UpdateChecksumBytes(c, oldA, na)
 		}
-		c = packet.UpdateChecksum(c, oldPort, r.NATPort)
+		c = packet.UpdateChecksum(c, oldPort, port)
 		if c == 0 && pp.Proto == packet.ProtoUDP {
 			c = 0xffff // RFC 768: zero means "no checksum"
 		}
 		binary.BigEndian.PutUint16(l4[csumOff:], c)
 	}
-	binary.BigEndian.PutUint16(l4[portOff:], r.NATPort)
+	binary.BigEndian.PutUint16(l4[portOff:], port)
 	if pp.Version == 4 {
 		h := packet.IPv4(ip)
 		binary.BigEndian.PutUint16(ip[10:12], packet.UpdateChecksumBytes(h.HeaderChecksum(), oldA, na))
 	}
 	copy(oldA, na)
-	addr := r.NATAddr
 	isICMP := pp.Proto == packet.ProtoICMPv4 || pp.Proto == packet.ProtoICMPv6
 	if src {
 		pp.Src = addr
 		if !isICMP {
-			pp.SrcPort = r.NATPort
+			pp.SrcPort = port
 		}
 	} else {
 		pp.Dst = addr
 		if !isICMP {
-			pp.DstPort = r.NATPort
+			pp.DstPort = port
 		}
 	}
 	if isICMP {
-		pp.SrcPort = r.NATPort // Parse keeps the identifier there
+		pp.SrcPort = port // Parse keeps the identifier there
 	}
 	return nil
 }
@@ -222,7 +241,7 @@ func (t *Table) TrackRelated(frame []byte, pp *packet.Parsed, now Time) (Result,
 	if w&wDying != 0 || expired(w, now) {
 		return Result{}, false
 	}
-	return t.result(rec, w, dir), true
+	return t.result(ref, w, dir), true
 }
 
 // RewriteRelated translates an ICMP error of a NAT flow (r from
@@ -235,25 +254,45 @@ func RewriteRelated(frame []byte, pp *packet.Parsed, r *Result) error {
 	if !r.NAT() {
 		return nil
 	}
+	return rewriteRelated(frame, pp, r.Dir == Original, r.NATAddr, r.NATPort)
+}
+
+// RewriteRelatedDNAT translates an ICMP error of a DNAT flow (r from
+// TrackRelated) as RewriteRelated does for SNAT, the other way round: for
+// Dir == Reply (an error about a packet to the backend, on its way to the
+// client) the outer source and the quoted destination become
+// r.DNATAddr:r.DNATPort (the Service, as netfilter rewrites the outer
+// header too); for Original, the outer destination and the quoted source
+// become the backend.
+func RewriteRelatedDNAT(frame []byte, pp *packet.Parsed, r *Result) error {
+	if !r.DNAT() {
+		return nil
+	}
+	return rewriteRelated(frame, pp, r.Dir == Reply, r.DNATAddr, r.DNATPort)
+}
+
+// rewriteRelated sets, in the ICMP error in frame, the outer source
+// (outerSrc) or destination address and the quoted packet's other
+// address and its port to addr:port.
+func rewriteRelated(frame []byte, pp *packet.Parsed, outerSrc bool, addr netip.Addr, port uint16) error {
 	ipOff, l4Off, ok := quoted(frame, pp)
-	if !ok || r.NATAddr.Is4() != (pp.Version == 4) {
+	if !ok || addr.Is4() != (pp.Version == 4) {
 		return ErrRewrite
 	}
-	outerSrc := r.Dir == Original
 	ip := frame[pp.IPOff:pp.IPEnd]
 	q := frame[ipOff:pp.IPEnd]
 	ql4 := frame[l4Off:pp.IPEnd]
 	var na []byte
 	var outerA, innerA []byte
 	if pp.Version == 4 {
-		a := r.NATAddr.As4()
+		a := addr.As4()
 		na = a[:]
 		outerA, innerA = ip[16:20], q[12:16]
 		if outerSrc {
 			outerA, innerA = ip[12:16], q[16:20]
 		}
 	} else {
-		a := r.NATAddr.As16()
+		a := addr.As16()
 		na = a[:]
 		outerA, innerA = ip[24:40], q[8:24]
 		if outerSrc {
@@ -288,13 +327,13 @@ func RewriteRelated(frame []byte, pp *packet.Parsed, r *Result) error {
 		if pseudo {
 			c = packet.UpdateChecksumBytes(c, innerA, na)
 		}
-		c = packet.UpdateChecksum(c, oldPort, r.NATPort)
+		c = packet.UpdateChecksum(c, oldPort, port)
 		if c == 0 && innerProto == packet.ProtoUDP {
 			c = 0xffff
 		}
 		binary.BigEndian.PutUint16(ql4[csumOff:], c)
 	}
-	binary.BigEndian.PutUint16(ql4[portOff:], r.NATPort)
+	binary.BigEndian.PutUint16(ql4[portOff:], port)
 	if pp.Version == 4 {
 		qc := binary.BigEndian.Uint16(q[10:12])
 		binary.BigEndian.PutUint16(q[10:12], packet.UpdateChecksumBytes(qc, innerA, na))
@@ -312,7 +351,6 @@ func RewriteRelated(frame []byte, pp *packet.Parsed, r *Result) error {
 		init = packet.PseudoHeaderSum(s, d, packet.ProtoICMPv6, len(msg))
 	}
 	binary.BigEndian.PutUint16(msg[2:4], ^packet.Checksum(msg, init))
-	addr := r.NATAddr
 	if outerSrc {
 		pp.Src = addr
 	} else {

@@ -32,7 +32,7 @@ func (t *Table) RangeShards(now Time, fn func(Flow) bool) {
 			if h := k.hash(t.seed); t.shardOf(h) != s || uint32(h>>32) != uint32(v>>32) {
 				continue // the NAT reply tuple's slot: reported from the original's
 			}
-			buf = append(buf, t.flowOf(rec, w))
+			buf = append(buf, t.flowOf(uint32(v), w))
 		}
 		s.mu.RUnlock()
 		for _, f := range buf {

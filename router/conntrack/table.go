@@ -69,6 +69,9 @@ var (
 	// ErrNoSNATAddr: Track was asked to translate to an address that is
 	// not in Config.SNAT, or of the other family.
 	ErrNoSNATAddr = errors.New("conntrack: not a configured SNAT address")
+	// ErrClash: a translated flow's reply tuple is already another flow's
+	// (the same client port reaching one backend through two Services).
+	ErrClash = errors.New("conntrack: translated reply tuple in use")
 )
 
 // DropReason counts why Track refused a packet.
@@ -81,10 +84,11 @@ const (
 	DropPortsExhausted                   // ErrPortsExhausted
 	DropInvalid                          // ErrInvalid
 	DropNoSNATAddr                       // ErrNoSNATAddr
+	DropClash                            // ErrClash
 	numDropReasons
 )
 
-var dropNames = [numDropReasons]string{"table-full", "source-limit", "ports-exhausted", "invalid", "no-snat-addr"}
+var dropNames = [numDropReasons]string{"table-full", "source-limit", "ports-exhausted", "invalid", "no-snat-addr", "clash"}
 
 // String returns the reason's kebab-case name.
 func (r DropReason) String() string {
@@ -147,6 +151,7 @@ type Flow struct {
 	SeenReply bool  // a packet went the reply way
 	Assured   bool  // an established TCP flow or a UDP stream: never dropped early
 	NAT       bool  // source NAT applies
+	DNAT      bool  // destination NAT applies (a Service flow; Reply's source is the backend)
 	Expires   Time  // when the flow expires unless a packet refreshes it
 }
 
@@ -159,9 +164,15 @@ type Result struct {
 	// the port is the identifier. Rewrite does it.
 	NATAddr netip.Addr
 	NATPort uint16
-	Dir     Dir
-	State   State // after the packet
-	Flags   ResultFlags
+	// DNATAddr, when valid, is the destination translation (see DNAT):
+	// for Dir == Original the packet's destination must become
+	// DNATAddr:DNATPort (the backend), for Reply its source must (the
+	// Service address). RewriteDNAT does it.
+	DNATAddr netip.Addr
+	DNATPort uint16
+	Dir      Dir
+	State    State // after the packet
+	Flags    ResultFlags
 }
 
 // ResultFlags are what else happened to a packet in Track.
@@ -178,6 +189,9 @@ const (
 
 // NAT reports whether the flow is translated.
 func (r *Result) NAT() bool { return r.NATAddr.IsValid() }
+
+// DNAT reports whether the flow's destination is translated.
+func (r *Result) DNAT() bool { return r.DNATAddr.IsValid() }
 
 // IsNew reports whether the packet created the flow.
 func (r *Result) IsNew() bool { return r.Flags&ResultNew != 0 }
@@ -208,6 +222,7 @@ type Table struct {
 	shards    []shard
 	shardMask uint64
 	chunks    []atomic.Pointer[chunk]
+	dchunks   []atomic.Pointer[dchunk] // DNAT targets, parallel to chunks, made on first use
 	snat      []snatAddr
 
 	// The writer lock serializes inserts and deletes and guards the fields
@@ -270,6 +285,18 @@ const (
 
 type chunk [chunkSize]record
 
+// dnatRec is a DNAT flow's destination translation (its backend), beside
+// the record in a parallel slab that exists only for chunks that held a
+// DNAT flow: tables that never translate destinations (egress SNAT) pay
+// nothing, and a DNAT flow costs 24 bytes more than a plain one. Written
+// by the writer before the record's word is published with flagDNAT.
+type dnatRec struct {
+	addr [2]atomic.Uint64
+	port atomic.Uint64
+}
+
+type dchunk [chunkSize]dnatRec
+
 // The record's state word:
 //
 //	bits  0-31 expiry (Time)
@@ -282,9 +309,11 @@ const (
 	flagSeenReply = 1 << 1
 	flagAssured   = 1 << 2
 	flagDying     = 1 << 3
+	flagDNAT      = 1 << 4 // fixed while live: the destination is translated (dnatRec)
 
 	wLive  = uint64(flagLive) << 40
 	wDying = uint64(flagDying) << 40
+	wDNAT  = uint64(flagDNAT) << 40
 )
 
 func wordOf(exp Time, st State, flags uint8, nat uint8, born Time) uint64 {
@@ -342,6 +371,7 @@ func New(cfg Config) (*Table, error) {
 		shards:    make([]shard, cfg.Shards),
 		shardMask: uint64(cfg.Shards - 1),
 		chunks:    make([]atomic.Pointer[chunk], (cfg.MaxEntries+chunkSize-1)/chunkSize),
+		dchunks:   make([]atomic.Pointer[dchunk], (cfg.MaxEntries+chunkSize-1)/chunkSize),
 		perSrc:    map[srcKey]int32{},
 		rng:       rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
@@ -408,10 +438,29 @@ func (t *Table) snatAt(nat uint8) *snatAddr {
 	return &t.snat[nat-1]
 }
 
-// replyOf returns the tuple replies of the flow in rec arrive with.
-func (t *Table) replyOf(rec *record, nat uint8) Tuple {
+// dnatOf returns the DNAT target of record ref, or nil when its chunk
+// has none (a lock-free reader may see a torn word: checked).
+func (t *Table) dnatOf(ref uint32) *dnatRec {
+	i := ref - 1
+	c := t.dchunks[i>>chunkBits].Load()
+	if c == nil {
+		return nil
+	}
+	return &c[i&(chunkSize-1)]
+}
+
+// replyOf returns the tuple replies of the flow in record ref (state word
+// w) arrive with.
+func (t *Table) replyOf(ref uint32, w uint64) Tuple {
+	rec := t.rec(ref)
 	r := rec.orig().Reply()
-	if sa := t.snatAt(nat); sa != nil {
+	if wFlags(w)&flagDNAT != 0 {
+		if d := t.dnatOf(ref); d != nil {
+			r.src = [2]uint64{d.addr[0].Load(), d.addr[1].Load()}
+			r.meta = r.meta&^0xffff | d.port.Load()&0xffff
+		}
+	}
+	if sa := t.snatAt(wNAT(w)); sa != nil {
 		r.dst = sa.w
 		r.meta = r.meta&^(0xffff<<16) | uint64(rec.natPort())<<16
 	}
@@ -437,7 +486,11 @@ func (t *Table) find(tab *slots, k *Tuple, h32 uint32) (uint32, Dir) {
 			if s0 == k.src[0] && s1 == k.src[1] && d0 == k.dst[0] && d1 == k.dst[1] && m&metaMask == k.meta {
 				return ref, Original
 			}
-			if d0 == k.src[0] && d1 == k.src[1] {
+			if w := rec.word.Load(); wFlags(w)&flagDNAT != 0 {
+				if t.replyOf(ref, w) == *k {
+					return ref, Reply
+				}
+			} else if d0 == k.src[0] && d1 == k.src[1] {
 				rm := swapPorts(m & metaMask)
 				if sa := t.snatAt(wNAT(rec.word.Load())); sa != nil {
 					if k.dst == sa.w && k.meta == rm&^(0xffff<<16)|(m>>48)<<16 {
@@ -467,7 +520,7 @@ func (t *Table) Lookup(k Tuple, now Time) (r Result, ok bool) {
 		if ref != 0 {
 			rec := t.rec(ref)
 			if w := rec.word.Load(); w&wDying == 0 && !expired(w, now) {
-				r, ok = t.result(rec, w, dir), true
+				r, ok = t.result(ref, w, dir), true
 			}
 		}
 		if s.seq.Load() == v {
@@ -492,14 +545,15 @@ func (t *Table) Get(k Tuple, now Time) (Flow, Dir, bool) {
 	if w&wDying != 0 || expired(w, now) {
 		return Flow{}, 0, false
 	}
-	return t.flowOf(rec, w), dir, true
+	return t.flowOf(ref, w), dir, true
 }
 
-func (t *Table) flowOf(rec *record, w uint64) Flow {
+func (t *Table) flowOf(ref uint32, w uint64) Flow {
 	fl := wFlags(w)
 	return Flow{
-		Orig: rec.orig(), Reply: t.replyOf(rec, wNAT(w)), State: wState(w),
+		Orig: t.rec(ref).orig(), Reply: t.replyOf(ref, w), State: wState(w),
 		SeenReply: fl&flagSeenReply != 0, Assured: fl&flagAssured != 0, NAT: wNAT(w) != 0,
+		DNAT:    fl&flagDNAT != 0,
 		Expires: wExpiry(w),
 	}
 }
@@ -517,6 +571,22 @@ func (t *Table) flowOf(rec *record, w uint64) Flow {
 // caller that forwards invalid packets anyway can rewrite them). Track
 // never allocates once the table has grown to its working size.
 func (t *Table) Track(k Tuple, flags uint8, snat netip.Addr, now Time) (Result, error) {
+	return t.track(k, flags, netip.AddrPort{}, snat, now)
+}
+
+// TrackDNAT is Track for a flow whose destination is translated: a packet
+// that creates a flow has it sent to dnat (a Service's backend; same
+// family as k) and, when snat is valid, from snat (a hairpin: a pod that
+// reaches itself through its Service). The Result carries both
+// translations (DNAT, NAT). A packet of a known flow, either way, is
+// tracked as Track does, whatever dnat says: the backend is chosen once.
+// A new flow whose reply tuple (dnat to k's source) is another flow's
+// fails with ErrClash.
+func (t *Table) TrackDNAT(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr, now Time) (Result, error) {
+	return t.track(k, flags, dnat, snat, now)
+}
+
+func (t *Table) track(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr, now Time) (Result, error) {
 	h := k.hash(t.seed)
 	s := t.shardOf(h)
 	h32 := uint32(h >> 32)
@@ -535,7 +605,7 @@ func (t *Table) Track(k Tuple, flags uint8, snat netip.Addr, now Time) (Result, 
 		nw, ignored, err, live := t.step(w, dir, proto, flags, now)
 		var res Result
 		if live && nw == w {
-			res = t.result(rec, w, dir)
+			res = t.result(ref, w, dir)
 			if ignored {
 				res.Flags |= ResultIgnored
 			}
@@ -553,7 +623,7 @@ func (t *Table) Track(k Tuple, flags uint8, snat netip.Addr, now Time) (Result, 
 		// be freed under it) and CAS.
 		s.mu.RLock()
 		if ref, dir := t.find(s.tab.Load(), &k, h32); ref != 0 {
-			res, err, ok := t.advance(t.rec(ref), dir, proto, flags, now)
+			res, err, ok := t.advance(ref, dir, proto, flags, now)
 			if ok {
 				s.mu.RUnlock()
 				return res, t.count1(err)
@@ -562,7 +632,7 @@ func (t *Table) Track(k Tuple, flags uint8, snat netip.Addr, now Time) (Result, 
 		s.mu.RUnlock()
 		break
 	}
-	return t.insert(k, h, flags, snat, now)
+	return t.insert(k, h, flags, dnat, snat, now)
 }
 
 func (t *Table) count1(err error) error {
@@ -624,7 +694,8 @@ func (t *Table) step(w uint64, dir Dir, proto uint8, flags uint8, now Time) (nw 
 
 // advance applies a packet to rec with a CAS; ok is false when the flow
 // is expired or dying. The caller holds a lock that keeps rec alive.
-func (t *Table) advance(rec *record, dir Dir, proto uint8, flags uint8, now Time) (res Result, err error, ok bool) {
+func (t *Table) advance(ref uint32, dir Dir, proto uint8, flags uint8, now Time) (res Result, err error, ok bool) {
+	rec := t.rec(ref)
 	for {
 		w := rec.word.Load()
 		nw, ignored, err, live := t.step(w, dir, proto, flags, now)
@@ -632,7 +703,7 @@ func (t *Table) advance(rec *record, dir Dir, proto uint8, flags uint8, now Time
 			return Result{}, nil, false
 		}
 		if nw == w || rec.word.CompareAndSwap(w, nw) {
-			res = t.result(rec, nw, dir)
+			res = t.result(ref, nw, dir)
 			if ignored {
 				res.Flags |= ResultIgnored
 			}
@@ -641,14 +712,15 @@ func (t *Table) advance(rec *record, dir Dir, proto uint8, flags uint8, now Time
 	}
 }
 
-func (t *Table) result(rec *record, w uint64, dir Dir) Result {
-	if wNAT(w) == 0 {
+func (t *Table) result(ref uint32, w uint64, dir Dir) Result {
+	if w&(0xff<<48|wDNAT) == 0 {
 		return Result{Dir: dir, State: wState(w)} // inlined: the common case
 	}
-	return t.natResult(rec, w, dir)
+	return t.natResult(ref, w, dir)
 }
 
-func (t *Table) natResult(rec *record, w uint64, dir Dir) Result {
+func (t *Table) natResult(ref uint32, w uint64, dir Dir) Result {
+	rec := t.rec(ref)
 	r := Result{Dir: dir, State: wState(w)}
 	if sa := t.snatAt(wNAT(w)); sa != nil {
 		if dir == Original {
@@ -656,6 +728,15 @@ func (t *Table) natResult(rec *record, w uint64, dir Dir) Result {
 		} else {
 			o := rec.orig()
 			r.NATAddr, r.NATPort = o.addr(o.src), o.srcPort()
+		}
+	}
+	if w&wDNAT != 0 {
+		o := rec.orig()
+		if dir == Reply {
+			r.DNATAddr, r.DNATPort = o.addr(o.dst), o.dstPort()
+		} else if d := t.dnatOf(ref); d != nil {
+			r.DNATAddr = o.addr([2]uint64{d.addr[0].Load(), d.addr[1].Load()})
+			r.DNATPort = uint16(d.port.Load())
 		}
 	}
 	return r
@@ -680,13 +761,13 @@ func (t *Table) fail(r DropReason, err error) (Result, error) {
 }
 
 // insert is Track's slow path, under the writer lock.
-func (t *Table) insert(k Tuple, h uint64, flags uint8, snat netip.Addr, now Time) (Result, error) {
+func (t *Table) insert(k Tuple, h uint64, flags uint8, dnat netip.AddrPort, snat netip.Addr, now Time) (Result, error) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
 	s := t.shardOf(h)
 	// The writer needs no shard lock to read the index.
 	if ref, dir := t.find(s.tab.Load(), &k, uint32(h>>32)); ref != 0 {
-		res, err, ok := t.advance(t.rec(ref), dir, k.Proto(), flags, now)
+		res, err, ok := t.advance(ref, dir, k.Proto(), flags, now)
 		if ok { // another writer inserted it meanwhile
 			return res, t.count1(err)
 		}
@@ -702,6 +783,17 @@ func (t *Table) insert(k Tuple, h uint64, flags uint8, snat netip.Addr, now Time
 	if t.count >= t.cfg.MaxEntries && !t.earlyDropLocked(h, now) {
 		return t.fail(DropTableFull, ErrTableFull)
 	}
+	// The reply tuple before SNAT: from the backend when translated.
+	base := k.Reply()
+	fl := uint8(flagLive)
+	if dnat.IsValid() {
+		if dnat.Addr().Is6() != k.v6() || dnat.Addr().Is4In6() {
+			return t.fail(DropInvalid, ErrInvalid)
+		}
+		base.src = words(dnat.Addr())
+		base.meta = base.meta&^0xffff | uint64(dnat.Port())
+		fl |= flagDNAT
+	}
 	var nat uint8
 	var natPort uint16
 	if snat.IsValid() {
@@ -710,15 +802,24 @@ func (t *Table) insert(k Tuple, h uint64, flags uint8, snat netip.Addr, now Time
 			return t.fail(DropNoSNATAddr, ErrNoSNATAddr)
 		}
 		nat = uint8(i + 1)
-		p, ok := t.allocPortLocked(&k, i, now)
+		p, ok := t.allocPortLocked(&base, i, now)
 		if !ok {
 			return t.fail(DropPortsExhausted, ErrPortsExhausted)
 		}
 		natPort = p
+	} else if dnat.IsValid() && !t.freeLocked(&base, now) {
+		return t.fail(DropClash, ErrClash)
 	}
 	ref := t.allocRecordLocked()
 	rec := t.rec(ref)
 	rec.set(&k, natPort)
+	if dnat.IsValid() {
+		d := t.dnatSlotLocked(ref)
+		a := base.src
+		d.addr[0].Store(a[0])
+		d.addr[1].Store(a[1])
+		d.port.Store(uint64(dnat.Port()))
+	}
 	var st State
 	timeout := t.to.icmpTO
 	switch k.Proto() {
@@ -728,28 +829,51 @@ func (t *Table) insert(k Tuple, h uint64, flags uint8, snat netip.Addr, now Time
 	case packet.ProtoUDP:
 		timeout = t.to.udp
 	}
-	w := wordOf(now+Time(timeout), st, flagLive, nat, now)
+	w := wordOf(now+Time(timeout), st, fl, nat, now)
 	rec.word.Store(w)
-	t.publishLocked(ref, rec, nat)
+	t.publishLocked(ref, w)
 	t.count++
 	t.perSrc[sk]++
 	t.inserts.Add(1)
-	res := t.result(rec, w, Original)
+	res := t.result(ref, w, Original)
 	res.Flags |= ResultNew
 	return res, nil
 }
 
-// publishLocked makes rec findable: its original key, and for a NAT flow
-// its translated reply key.
-func (t *Table) publishLocked(ref uint32, rec *record, nat uint8) {
-	o := rec.orig()
+// publishLocked makes record ref (state word w) findable: its original
+// key, and for a NAT or DNAT flow its translated reply key.
+func (t *Table) publishLocked(ref uint32, w uint64) {
+	o := t.rec(ref).orig()
 	h := o.hash(t.seed)
 	t.shardOf(h).insert(uint32(h>>32), ref)
-	if nat != 0 {
-		r := t.replyOf(rec, nat)
+	if w&(0xff<<48|wDNAT) != 0 {
+		r := t.replyOf(ref, w)
 		h := r.hash(t.seed)
 		t.shardOf(h).insert(uint32(h>>32), ref)
 	}
+}
+
+// dnatSlotLocked returns record ref's DNAT target, making its chunk's
+// parallel slab on first use.
+func (t *Table) dnatSlotLocked(ref uint32) *dnatRec {
+	i := ref - 1
+	c := &t.dchunks[i>>chunkBits]
+	if c.Load() == nil {
+		c.Store(new(dchunk))
+	}
+	return &c.Load()[i&(chunkSize-1)]
+}
+
+// freeLocked reports whether no live flow has tuple r (either way),
+// removing an expired one that has it.
+func (t *Table) freeLocked(r *Tuple, now Time) bool {
+	h := r.hash(t.seed)
+	ref, _ := t.find(t.shardOf(h).tab.Load(), r, uint32(h>>32))
+	if ref != 0 && expired(t.rec(ref).word.Load(), now) {
+		t.deleteLocked(ref, true)
+		ref = 0
+	}
+	return ref == 0
 }
 
 func (t *Table) snatIndex(a netip.Addr, v6 bool) int {
@@ -761,23 +885,18 @@ func (t *Table) snatIndex(a netip.Addr, v6 bool) int {
 	return -1
 }
 
-// allocPortLocked picks a port of SNAT address i for the flow k such that
-// the translated reply tuple is unused: k's own source port when it is in
-// range and free (as netfilter prefers), else the first free one from a
-// random start. Ports are unique per (address, protocol, destination).
-func (t *Table) allocPortLocked(k *Tuple, i int, now Time) (uint16, bool) {
+// allocPortLocked picks a port of SNAT address i for a flow whose reply
+// tuple before SNAT is base, such that the translated reply tuple is
+// unused: the original source port (base's destination port) when it is
+// in range and free (as netfilter prefers), else the first free one from
+// a random start. Ports are unique per (address, protocol, destination).
+func (t *Table) allocPortLocked(base *Tuple, i int, now Time) (uint16, bool) {
 	sa := &t.snat[i]
 	free := func(p uint16) bool {
-		r := Tuple{src: k.dst, dst: sa.w, meta: swapPorts(k.meta)&^(0xffff<<16) | uint64(p)<<16}
-		h := r.hash(t.seed)
-		ref, _ := t.find(t.shardOf(h).tab.Load(), &r, uint32(h>>32))
-		if ref != 0 && expired(t.rec(ref).word.Load(), now) {
-			t.deleteLocked(ref, true) // an expired flow holds no port
-			ref = 0
-		}
-		return ref == 0
+		r := Tuple{src: base.src, dst: sa.w, meta: base.meta&^(0xffff<<16) | uint64(p)<<16}
+		return t.freeLocked(&r, now) // an expired flow holds no port
 	}
-	if sp := k.srcPort(); sp >= sa.min && sp <= sa.max && free(sp) {
+	if sp := base.dstPort(); sp >= sa.min && sp <= sa.max && free(sp) {
 		return sp, true
 	}
 	n := uint32(sa.max-sa.min) + 1
@@ -821,8 +940,8 @@ func (t *Table) deleteLocked(ref uint32, expired bool) {
 	o := rec.orig()
 	h := o.hash(t.seed)
 	t.shardOf(h).remove(uint32(h>>32), ref)
-	if nat := wNAT(w); nat != 0 {
-		r := t.replyOf(rec, nat)
+	if w&(0xff<<48|wDNAT) != 0 {
+		r := t.replyOf(ref, w)
 		h := r.hash(t.seed)
 		t.shardOf(h).remove(uint32(h>>32), ref)
 	}
@@ -968,7 +1087,7 @@ func (t *Table) Range(now Time, fn func(Flow) bool) {
 			rec := t.rec(i + 1)
 			w := rec.word.Load()
 			if w&wLive != 0 && w&wDying == 0 && !expired(w, now) {
-				buf = append(buf, t.flowOf(rec, w))
+				buf = append(buf, t.flowOf(i+1, w))
 			}
 		}
 		t.wmu.Unlock()
