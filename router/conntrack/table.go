@@ -588,6 +588,25 @@ func (t *Table) TrackDNAT(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.
 
 func (t *Table) track(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr, now Time) (Result, error) {
 	h := k.hash(t.seed)
+	if res, err, found := t.trackFound(k, h, flags, now); found {
+		return res, err
+	}
+	return t.insert(k, h, flags, dnat, snat, now)
+}
+
+// TrackExisting is Track for a packet of a flow that must exist already:
+// found is false, and nothing is created, when k belongs to no live flow.
+// The load balancer calls it first and picks a backend (TrackDNAT) only
+// for a packet that starts a flow.
+func (t *Table) TrackExisting(k Tuple, flags uint8, now Time) (res Result, found bool, err error) {
+	res, err, found = t.trackFound(k, k.hash(t.seed), flags, now)
+	return res, found, err
+}
+
+// trackFound advances the live flow k belongs to, and reports
+// found=false when there is none (or it is expired or dying: insert
+// replaces it).
+func (t *Table) trackFound(k Tuple, h uint64, flags uint8, now Time) (Result, error, bool) {
 	s := t.shardOf(h)
 	h32 := uint32(h >> 32)
 	proto := k.Proto()
@@ -598,7 +617,7 @@ func (t *Table) track(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr
 			if s.seq.Load() != v {
 				continue
 			}
-			break // new flow
+			return Result{}, nil, false // new flow
 		}
 		rec := t.rec(ref)
 		w := rec.word.Load()
@@ -614,10 +633,10 @@ func (t *Table) track(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr
 			continue
 		}
 		if !live {
-			break // expired or being deleted: the insert path replaces it
+			return Result{}, nil, false // expired or being deleted: the insert path replaces it
 		}
 		if nw == w {
-			return res, t.count1(err)
+			return res, t.count1(err), true
 		}
 		// The record must change: hold the read lock (the record cannot
 		// be freed under it) and CAS.
@@ -626,13 +645,12 @@ func (t *Table) track(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr
 			res, err, ok := t.advance(ref, dir, proto, flags, now)
 			if ok {
 				s.mu.RUnlock()
-				return res, t.count1(err)
+				return res, t.count1(err), true
 			}
 		}
 		s.mu.RUnlock()
-		break
+		return Result{}, nil, false
 	}
-	return t.insert(k, h, flags, dnat, snat, now)
 }
 
 func (t *Table) count1(err error) error {
