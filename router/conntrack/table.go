@@ -740,20 +740,20 @@ func (t *Table) result(ref uint32, w uint64, dir Dir) Result {
 func (t *Table) natResult(ref uint32, w uint64, dir Dir) Result {
 	rec := t.rec(ref)
 	r := Result{Dir: dir, State: wState(w)}
+	m := rec.key[4].Load()
+	v6 := m&metaV6 != 0
 	if sa := t.snatAt(wNAT(w)); sa != nil {
 		if dir == Original {
-			r.NATAddr, r.NATPort = sa.addr, rec.natPort()
+			r.NATAddr, r.NATPort = sa.addr, uint16(m>>48)
 		} else {
-			o := rec.orig()
-			r.NATAddr, r.NATPort = o.addr(o.src), o.srcPort()
+			r.NATAddr, r.NATPort = addrOf([2]uint64{rec.key[0].Load(), rec.key[1].Load()}, v6), uint16(m)
 		}
 	}
 	if w&wDNAT != 0 {
-		o := rec.orig()
 		if dir == Reply {
-			r.DNATAddr, r.DNATPort = o.addr(o.dst), o.dstPort()
+			r.DNATAddr, r.DNATPort = addrOf([2]uint64{rec.key[2].Load(), rec.key[3].Load()}, v6), uint16(m>>16)
 		} else if d := t.dnatOf(ref); d != nil {
-			r.DNATAddr = o.addr([2]uint64{d.addr[0].Load(), d.addr[1].Load()})
+			r.DNATAddr = addrOf([2]uint64{d.addr[0].Load(), d.addr[1].Load()}, v6)
 			r.DNATPort = uint16(d.port.Load())
 		}
 	}

@@ -32,6 +32,10 @@ const (
 )
 
 func words(a netip.Addr) [2]uint64 {
+	if a.Is4() { // as As16 would give: ::ffff:a.b.c.d
+		b := a.As4()
+		return [2]uint64{0, 0xffff0000 | uint64(binary.LittleEndian.Uint32(b[:]))<<32}
+	}
 	b := a.As16()
 	return [2]uint64{binary.LittleEndian.Uint64(b[0:8]), binary.LittleEndian.Uint64(b[8:16])}
 }
@@ -104,14 +108,18 @@ func (t Tuple) Src() netip.AddrPort { return netip.AddrPortFrom(t.addr(t.src), t
 // Dst returns the destination address and port.
 func (t Tuple) Dst() netip.AddrPort { return netip.AddrPortFrom(t.addr(t.dst), t.dstPort()) }
 
-func (t Tuple) addr(w [2]uint64) netip.Addr {
+func (t Tuple) addr(w [2]uint64) netip.Addr { return addrOf(w, t.v6()) }
+
+// addrOf returns the address a Tuple holds as w.
+func addrOf(w [2]uint64, v6 bool) netip.Addr {
+	if !v6 {
+		a := uint32(w[1] >> 32)
+		return netip.AddrFrom4([4]byte{byte(a), byte(a >> 8), byte(a >> 16), byte(a >> 24)})
+	}
 	var b [16]byte
 	binary.LittleEndian.PutUint64(b[0:8], w[0])
 	binary.LittleEndian.PutUint64(b[8:16], w[1])
-	if t.v6() {
-		return netip.AddrFrom16(b)
-	}
-	return netip.AddrFrom4([4]byte(b[12:16]))
+	return netip.AddrFrom16(b)
 }
 
 // Reply returns the tuple of the other direction of the same flow, as it

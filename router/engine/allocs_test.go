@@ -44,3 +44,21 @@ func TestSNATAllocs(t *testing.T) {
 		t.Errorf("%d packets forwarded, want %d", got, 102*n)
 	}
 }
+
+func TestServiceAllocs(t *testing.T) {
+	w, out, done := svcBenchRig(t, 64)
+	defer done()
+	frame := append([]byte(nil), w.bufs[0][readOffset:readOffset+w.sizes[0]]...)
+	n := len(w.bufs)
+	w.process(n) // warm up: the flow is created, staged slices grow once
+	allocs := testing.AllocsPerRun(100, func() {
+		refillN(w, frame, 14+20+8)
+		w.process(n)
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocs per batch, want 0", allocs)
+	}
+	if got := out.n.Load(); got != uint64(102*n) {
+		t.Errorf("%d packets forwarded, want %d", got, 102*n)
+	}
+}

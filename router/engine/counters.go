@@ -26,6 +26,9 @@ const (
 	DropNoConntrack                   // to a port's SNAT address, but no tracked flow's reply
 	DropSNAT                          // to be translated, but conntrack refused it or it cannot be rewritten
 	DropBadOffload                    // an offload descriptor that does not fit the packet (packet.Parsed.OffloadValid)
+	DropNoEndpoints                   // a new flow to a Service port with no usable backend (ICMP port unreachable sent)
+	DropServicePort                   // to a Service address, on no Service port or with a protocol Services do not carry (SCTP, ...)
+	DropService                       // a Service flow conntrack refused (table full, clash) or that cannot be rewritten
 	numDropReasons
 )
 
@@ -33,7 +36,7 @@ var dropNames = [numDropReasons]string{
 	"too-short", "malformed", "bad-checksum", "ethertype", "not-for-us", "multicast",
 	"spoofed-source", "no-route", "ttl-exceeded", "too-big", "to-gateway", "neighbor",
 	"not-local", "tx-error", "no-buffer", "no-conntrack", "snat",
-	"bad-offload",
+	"bad-offload", "no-endpoints", "service-port", "service",
 }
 
 // String returns the reason's kebab-case name, as metrics and the CLI show it.

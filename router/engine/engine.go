@@ -123,6 +123,8 @@ type Engine struct {
 	closed  bool
 	workers sync.WaitGroup
 
+	svc atomic.Pointer[services] // the load balancer (svc.go); nil: off
+
 	icmpSent, icmpLimited atomic.Uint64
 	origDrops             atomic.Uint64 // packets the engine made and could not deliver
 	offload               struct {
@@ -250,6 +252,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	e := &Engine{cfg: cfg, log: cfg.Logger.Named("engine")}
 	e.gw4 = cfg.PodCIDR.Addr().Next()

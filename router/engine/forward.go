@@ -81,6 +81,11 @@ type worker struct {
 	// conntrack clock of the batch, read once per table (snat.go).
 	ctTab  *conntrack.Table
 	ctTime conntrack.Time
+	// svc is the load balancer of the batch (nil: off); svcUndo undoes
+	// the service stage's translation of the packet being handled, for
+	// the ICMP errors that quote it (svc.go).
+	svc     *services
+	svcUndo conntrack.Result
 	// originating is set while the worker routes a packet it made itself
 	// (originate): drops then count as the engine's, not w.in's.
 	originating bool
@@ -145,6 +150,7 @@ func (e *Engine) run(p *Port) {
 func (w *worker) process(n int) {
 	w.snap = w.e.state.Load()
 	w.ctTab = nil
+	w.svc = w.e.svc.Load()
 	if len(w.staged) < len(w.snap.ports) {
 		w.staged = append(w.staged, make([][][]byte, len(w.snap.ports)-len(w.staged))...)
 		w.stagedGSO = append(w.stagedGSO, make([][]packet.GSO, len(w.snap.ports)-len(w.stagedGSO))...)
@@ -303,6 +309,14 @@ func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
 	}
 	if s := in.cfg.SNAT; s != nil && !w.snatIn(s, frame, g) {
 		return
+	}
+	if s := w.svc; s != nil {
+		if w.svcUndo.DNATAddr.IsValid() {
+			w.svcUndo = conntrack.Result{}
+		}
+		if !w.serviceStage(s, frame, g) {
+			return
+		}
 	}
 	if pp.Dst == w.e.gw4 || (pp.Version == 6 && pp.Dst == w.e.gw6) {
 		w.answerEcho(frame)
@@ -570,6 +584,7 @@ func (w *worker) unreachable(frame []byte) {
 // caused it, so they amplify nothing.
 func (w *worker) icmpError(frame []byte, k icmpKind) {
 	pp := &w.pp
+	w.unService(frame)
 	if !packet.ICMPErrorAllowed(pp) {
 		return
 	}

@@ -101,14 +101,19 @@ func refill(w *worker, frame []byte) {
 // packet. Each batch first restores the 34 header bytes the previous pass
 // rewrote (the stand-in for a device read), and that copy is timed too.
 func BenchmarkForward(b *testing.B) {
-	for _, routed := range []bool{false, true} {
+	for _, mode := range []string{"switched", "routed", "service"} {
 		for _, size := range []int{64, 1500} {
-			name := fmt.Sprintf("switched/%dB", size)
-			if routed {
-				name = fmt.Sprintf("routed/%dB", size)
-			}
-			b.Run(name, func(b *testing.B) {
-				w, out, done := benchRig(b, size, routed)
+			b.Run(fmt.Sprintf("%s/%dB", mode, size), func(b *testing.B) {
+				var w *worker
+				var out *sink
+				var done func()
+				hdr := 14 + 20
+				if mode == "service" {
+					w, out, done = svcBenchRig(b, size)
+					hdr += 8 // DNAT rewrites the UDP header too
+				} else {
+					w, out, done = benchRig(b, size, mode == "routed")
+				}
 				defer done()
 				frame := append([]byte(nil), w.bufs[0][readOffset:readOffset+w.sizes[0]]...)
 				n := len(w.bufs)
@@ -117,7 +122,7 @@ func BenchmarkForward(b *testing.B) {
 				b.ResetTimer()
 				start := time.Now()
 				for i := 0; i < b.N; i += n {
-					refill(w, frame)
+					refillN(w, frame, hdr)
 					w.process(min(n, b.N-i))
 				}
 				el := time.Since(start)
@@ -127,6 +132,13 @@ func BenchmarkForward(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// refillN restores the first n bytes of every buffer from frame.
+func refillN(w *worker, frame []byte, n int) {
+	for i := range w.bufs {
+		copy(w.bufs[i][readOffset:], frame[:n])
 	}
 }
 

@@ -179,12 +179,24 @@ func (w *worker) snatIn(s *SNAT, frame []byte, g packet.GSO) bool {
 	return false
 }
 
-// rewrite is conntrack.Rewrite for a packet in any offload state: with a
-// partial checksum (g.NeedsCsum) the checksum field holds the pseudo-header
-// sum, so only the address change is folded into it.
+// rewrite is conntrack.Rewrite for a packet in any offload state.
 func rewrite(frame []byte, pp *packet.Parsed, r *conntrack.Result, g packet.GSO) error {
+	if !r.NAT() {
+		return nil
+	}
 	if !g.NeedsCsum {
 		return conntrack.Rewrite(frame, pp, r)
+	}
+	return rewritePartial(frame, pp, g, r.Dir == conntrack.Original, func() error { return conntrack.Rewrite(frame, pp, r) })
+}
+
+// rewritePartial runs do, a rewrite of the packet's source (src) or
+// destination address and port, on a packet with a partial checksum
+// (g.NeedsCsum): its checksum field holds the pseudo-header sum, so only
+// the address change is folded into it.
+func rewritePartial(frame []byte, pp *packet.Parsed, g packet.GSO, src bool, do func() error) error {
+	if !g.NeedsCsum {
+		return do()
 	}
 	at := pp.IPOff + int(g.CsumStart) + int(g.CsumOffset)
 	if int(g.CsumStart) < pp.L4Off-pp.IPOff || at+2 > pp.IPEnd {
@@ -196,12 +208,12 @@ func rewrite(frame []byte, pp *packet.Parsed, r *conntrack.Result, g packet.GSO)
 	if pp.Version == 6 {
 		addrOff, n = 8, 16
 	}
-	if r.Dir == conntrack.Reply {
+	if !src {
 		addrOff += n // destination
 	}
 	ip := frame[pp.IPOff:pp.IPEnd]
 	copy(old[:n], ip[addrOff:addrOff+n])
-	if err := conntrack.Rewrite(frame, pp, r); err != nil {
+	if err := do(); err != nil {
 		return err
 	}
 	if pp.Proto == packet.ProtoICMPv4 { // no pseudo-header

@@ -1,0 +1,404 @@
+package engine
+
+// The load balancer: Services without kube-proxy (Engine.SetServices).
+//
+//	handle ─► source check ─► [SNAT port: replies back] ─► services:
+//	  TCP/UDP to a Service address (Service CIDR, externalIP, node
+//	  address : nodePort)?
+//	     TrackExisting: a packet of a known flow ─► rewrite (DNAT, + SNAT
+//	        for a hairpin) ─► route
+//	     new flow: Frontend ─► none: drop (service-port), or route on when
+//	        the address is the node's own (not a nodePort)
+//	        ─► Pick backend ─► none: ICMP port unreachable (no-endpoints)
+//	        ─► TrackDNAT(backend, gateway when the client is the backend)
+//	        ─► remember the backend's address ─► rewrite ─► route
+//	  from an address that was a backend? TrackExisting: a reply of a
+//	     Service flow ─► rewrite back (source = the Service) ─► route
+//	  ICMP errors quoting a Service flow: translated with their quote
+//
+// Design notes. The per-packet price for traffic that is not a Service's
+// is two tests: a prefix check of the destination against the Service
+// CIDRs (and the node's addresses), and a lookup of the source in the set
+// of addresses that ever were a backend on this node. That set only grows
+// between calls to SetServices, which rebuild it from the live DNAT flows
+// and the current backends: kept from flows, not from the Service table,
+// so that replies of an established flow keep their translation after its
+// backend left the Endpoints (kube-proxy leaves TCP flows to a removed
+// endpoint alone; only UDP flows are flushed, SetServices does that).
+//
+// A hairpin (a pod reaching its own Service and picked as the backend) is
+// translated both ways: the source becomes the pod gateway's address with
+// a port from the conntrack table's SNAT range for it, so the pod sees a
+// peer that is not itself (Linux drops a packet from its own address).
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/podrouter/podrouter/router/conntrack"
+	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/service"
+)
+
+// ErrServicesConfig is wrapped by EnableServices' errors.
+var ErrServicesConfig = errors.New("engine: invalid services config")
+
+// HairpinPortMin and HairpinPortMax are the ports a hairpin flow's source
+// is translated to on the gateway address: below gVisor's ephemeral range
+// (16000 and up), which a netstack port using the gateway address (NodePort
+// and hostPort ingress) takes its ports from.
+const (
+	HairpinPortMin = 1024
+	HairpinPortMax = 15999
+)
+
+// ServicesConfig configures the load balancer.
+type ServicesConfig struct {
+	// CIDRs are the Service address ranges (kube-apiserver's
+	// --service-cluster-ip-range), at least one.
+	CIDRs []netip.Prefix
+	// Table tracks the Service flows. Its Config.SNAT must list the
+	// engine's gateway addresses (Gateway, Gateway6) for hairpins, with the
+	// HairpinPortMin..HairpinPortMax range. It must not be shared with an
+	// SNAT port's table.
+	Table *conntrack.Table
+}
+
+// ServiceStats counts the load balancer's work.
+type ServiceStats struct {
+	Flows       uint64 // Service flows created
+	Hairpins    uint64 // of which hairpins
+	NoEndpoints uint64 // new flows refused for want of a backend
+	NoPort      uint64 // packets to a Service address on no Service port
+	Unsupported uint64 // packets to a Service address of another protocol than TCP and UDP
+	Refused     uint64 // flows conntrack refused (table full, clash, ...)
+	Flushed     uint64 // UDP flows flushed when their backend left
+}
+
+type services struct {
+	cfg      ServicesConfig
+	table    atomic.Pointer[service.Table]
+	backends atomic.Pointer[map[netip.Addr]struct{}] // copy on write, under mu
+	mu       sync.Mutex
+
+	flows, hairpins, noEndpoints, noPort, unsupported, refused, flushed atomic.Uint64
+}
+
+// EnableServices turns the load balancer on, with no Services until
+// SetServices. It may be called once.
+func (e *Engine) EnableServices(cfg ServicesConfig) error {
+	if len(cfg.CIDRs) == 0 {
+		return fmt.Errorf("%w: no Service CIDR", ErrServicesConfig)
+	}
+	for _, c := range cfg.CIDRs {
+		if !c.IsValid() || c != c.Masked() {
+			return fmt.Errorf("%w: Service CIDR %s: want a masked prefix", ErrServicesConfig, c)
+		}
+		for _, cc := range append([]netip.Prefix{e.cfg.PodCIDR, e.cfg.PodCIDR6}, e.cfg.ClusterCIDRs...) {
+			if cc.IsValid() && cc.Overlaps(c) {
+				return fmt.Errorf("%w: Service CIDR %s overlaps the cluster CIDR %s", ErrServicesConfig, c, cc)
+			}
+		}
+	}
+	if cfg.Table == nil {
+		return fmt.Errorf("%w: no conntrack table", ErrServicesConfig)
+	}
+	s := &services{cfg: cfg}
+	s.cfg.CIDRs = slices.Clone(cfg.CIDRs)
+	s.table.Store(service.NewTable(nil, service.Options{}))
+	s.backends.Store(&map[netip.Addr]struct{}{})
+	if !e.svc.CompareAndSwap(nil, s) {
+		return fmt.Errorf("%w: already enabled", ErrServicesConfig)
+	}
+	e.log.Info("services enabled", zap.Stringers("serviceCIDRs", cfg.CIDRs))
+	return nil
+}
+
+// SetServices swaps in t: new flows use it at once. Established UDP flows
+// to backends t.Gone lists are flushed; the set of backend addresses is
+// rebuilt from the live Service flows and t's backends.
+func (e *Engine) SetServices(t *service.Table) error {
+	s := e.svc.Load()
+	if s == nil {
+		return fmt.Errorf("%w: services not enabled", ErrServicesConfig)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.table.Store(t)
+	var flushed int
+	if len(t.Gone) > 0 {
+		gone := map[[2]netip.AddrPort]bool{}
+		for _, g := range t.Gone {
+			gone[[2]netip.AddrPort{netip.AddrPortFrom(g.Frontend.Addr, g.Frontend.Port), g.Backend}] = true
+		}
+		var dead []conntrack.Tuple
+		now := s.cfg.Table.Now()
+		s.cfg.Table.RangeShards(now, func(f conntrack.Flow) bool {
+			if f.DNAT && f.Orig.Proto() == packet.ProtoUDP && gone[[2]netip.AddrPort{f.Orig.Dst(), f.Reply.Src()}] {
+				dead = append(dead, f.Orig)
+			}
+			return true
+		})
+		for _, k := range dead {
+			if s.cfg.Table.Delete(k) {
+				flushed++
+			}
+		}
+		s.flushed.Add(uint64(flushed))
+	}
+	s.rebuildBackendsLocked(t)
+	sv, fr := t.Len()
+	e.log.Info("services set", zap.Int("services", sv), zap.Int("frontends", fr), zap.Int("udpFlowsFlushed", flushed))
+	return nil
+}
+
+// rebuildBackendsLocked makes the backend address set: t's backends and
+// the backends of live flows.
+func (s *services) rebuildBackendsLocked(t *service.Table) {
+	m := map[netip.Addr]struct{}{}
+	for _, f := range t.Frontends() {
+		for _, b := range f.All {
+			m[b.Addr] = struct{}{}
+		}
+	}
+	s.cfg.Table.RangeShards(s.cfg.Table.Now(), func(f conntrack.Flow) bool {
+		if f.DNAT {
+			m[f.Reply.Src().Addr()] = struct{}{}
+		}
+		return true
+	})
+	s.backends.Store(&m)
+}
+
+// noteBackend adds a to the backend address set (a flow was made to it).
+func (s *services) noteBackend(a netip.Addr) {
+	if _, ok := (*s.backends.Load())[a]; ok {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := *s.backends.Load()
+	if _, ok := old[a]; ok {
+		return
+	}
+	m := make(map[netip.Addr]struct{}, len(old)+1)
+	for k := range old {
+		m[k] = struct{}{}
+	}
+	m[a] = struct{}{}
+	s.backends.Store(&m)
+}
+
+// Services returns the table in force, or nil when the load balancer is
+// off.
+func (e *Engine) Services() *service.Table {
+	if s := e.svc.Load(); s != nil {
+		return s.table.Load()
+	}
+	return nil
+}
+
+// ServiceStats returns the load balancer's counters (zero when off).
+func (e *Engine) ServiceStats() ServiceStats {
+	s := e.svc.Load()
+	if s == nil {
+		return ServiceStats{}
+	}
+	return ServiceStats{
+		Flows: s.flows.Load(), Hairpins: s.hairpins.Load(), NoEndpoints: s.noEndpoints.Load(),
+		NoPort: s.noPort.Load(), Unsupported: s.unsupported.Load(), Refused: s.refused.Load(),
+		Flushed: s.flushed.Load(),
+	}
+}
+
+// isServiceAddr reports whether dst may be a frontend's address.
+func (w *worker) isServiceAddr(s *services, t *service.Table, dst netip.Addr) (vip bool, host bool) {
+	for _, c := range s.cfg.CIDRs {
+		if c.Contains(dst) {
+			return true, false
+		}
+	}
+	if w.e.isHostAddr(dst) {
+		return false, true
+	}
+	return t.IsExternal(dst), false
+}
+
+// serviceStage runs the load balancer on the packet in frame (w.pp
+// describes it, g its offload state). It reports false when the packet
+// was consumed (dropped and counted, or answered).
+func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
+	pp := &w.pp
+	t := s.table.Load()
+	vip, host := w.isServiceAddr(s, t, pp.Dst)
+	if pp.Proto != packet.ProtoTCP && pp.Proto != packet.ProtoUDP {
+		if pp.Proto == packet.ProtoICMPv4 || pp.Proto == packet.ProtoICMPv6 {
+			return w.serviceICMP(s, frame, vip || host)
+		}
+		if vip {
+			s.unsupported.Add(1)
+			w.drop(DropServicePort)
+			return false
+		}
+		return true
+	}
+	if !vip && !host {
+		if _, ok := (*s.backends.Load())[pp.Src]; !ok {
+			return true
+		}
+		// Perhaps a reply of a Service flow, from its backend.
+		k, ok := conntrack.FromParsed(pp)
+		if !ok {
+			return true
+		}
+		r, found, err := s.cfg.Table.TrackExisting(k, tcpFlags(frame, pp), w.ctNow(s.cfg.Table))
+		if !found || r.Dir != conntrack.Reply || !r.DNAT() || (err != nil && !errors.Is(err, conntrack.ErrInvalid)) {
+			return true
+		}
+		return w.serviceRewrite(s, frame, &r, g)
+	}
+	k, ok := conntrack.FromParsed(pp)
+	if !ok { // a non-first fragment: no ports to balance on
+		if vip {
+			w.drop(DropServicePort)
+			return false
+		}
+		return true
+	}
+	now := w.ctNow(s.cfg.Table)
+	flags := tcpFlags(frame, pp)
+	r, found, err := s.cfg.Table.TrackExisting(k, flags, now)
+	if found {
+		if err != nil && !errors.Is(err, conntrack.ErrInvalid) {
+			w.drop(DropService)
+			return false
+		}
+		if !r.DNAT() {
+			return true // a flow this table tracks untranslated: none
+		}
+		return w.serviceRewrite(s, frame, &r, g)
+	}
+	f := t.Frontend(pp.Dst, pp.DstPort, pp.Proto)
+	if f == nil {
+		if vip {
+			s.noPort.Add(1)
+			w.drop(DropServicePort)
+			w.icmpError(frame, portUnreachable(pp.Version))
+			return false
+		}
+		return true // the node's own address, not a nodePort: the host's
+	}
+	backend, ok := f.Pick(pp.Src, w.e.cfg.Now())
+	if !ok {
+		s.noEndpoints.Add(1)
+		w.drop(DropNoEndpoints)
+		w.icmpError(frame, portUnreachable(pp.Version))
+		return false
+	}
+	var snat netip.Addr
+	if backend.Addr() == pp.Src {
+		snat = w.e.gw4
+		if pp.Version == 6 {
+			snat = w.e.gw6
+		}
+	}
+	r, err = s.cfg.Table.TrackDNAT(k, flags, backend, snat, now)
+	if err != nil {
+		if !errors.Is(err, conntrack.ErrInvalid) {
+			s.refused.Add(1)
+		}
+		w.drop(DropService)
+		return false
+	}
+	if r.IsNew() {
+		s.flows.Add(1)
+		if snat.IsValid() {
+			s.hairpins.Add(1)
+		}
+		s.noteBackend(backend.Addr())
+	}
+	return w.serviceRewrite(s, frame, &r, g)
+}
+
+// serviceRewrite applies a Service flow's translations to the packet.
+func (w *worker) serviceRewrite(s *services, frame []byte, r *conntrack.Result, g packet.GSO) bool {
+	pp := &w.pp
+	// A reply's source and an original's destination: what the engine's
+	// own ICMP errors about this packet must quote instead (svcUndo).
+	if r.Dir == conntrack.Original {
+		w.svcUndo = conntrack.Result{Dir: conntrack.Original, DNATAddr: pp.Dst, DNATPort: pp.DstPort}
+		if r.NAT() {
+			w.svcUndo.NATAddr, w.svcUndo.NATPort = pp.Src, pp.SrcPort
+		}
+	}
+	if rewrite(frame, pp, r, g) != nil || rewriteDNAT(frame, pp, r, g) != nil {
+		w.svcUndo = conntrack.Result{}
+		w.drop(DropService)
+		return false
+	}
+	return true
+}
+
+// serviceICMP translates an ICMP error that quotes a Service flow: an
+// error about a packet sent to a backend, on its way to the client (the
+// quote's destination is a backend), or an error from the client about a
+// reply (sent to the Service address, dstService).
+func (w *worker) serviceICMP(s *services, frame []byte, dstService bool) bool {
+	pp := &w.pp
+	q, ok := conntrack.QuotedTuple(frame, pp)
+	if !ok {
+		return true
+	}
+	if !dstService {
+		if _, ok := (*s.backends.Load())[q.Dst().Addr()]; !ok {
+			return true
+		}
+	}
+	r, ok := s.cfg.Table.TrackRelated(frame, pp, w.ctNow(s.cfg.Table))
+	if !ok || !r.DNAT() {
+		return true
+	}
+	if conntrack.RewriteRelated(frame, pp, &r) != nil || conntrack.RewriteRelatedDNAT(frame, pp, &r) != nil {
+		w.drop(DropService)
+		return false
+	}
+	return true
+}
+
+func portUnreachable(v uint8) icmpKind {
+	if v == 4 {
+		return icmpKind{typ: packet.ICMPv4DstUnreachable, code: 3}
+	}
+	return icmpKind{typ: packet.ICMPv6DstUnreachable, code: 4}
+}
+
+// rewriteDNAT is conntrack.RewriteDNAT for a packet in any offload state
+// (see rewrite).
+func rewriteDNAT(frame []byte, pp *packet.Parsed, r *conntrack.Result, g packet.GSO) error {
+	if !r.DNAT() {
+		return nil
+	}
+	if !g.NeedsCsum {
+		return conntrack.RewriteDNAT(frame, pp, r)
+	}
+	return rewritePartial(frame, pp, g, r.Dir == conntrack.Reply, func() error { return conntrack.RewriteDNAT(frame, pp, r) })
+}
+
+// unService undoes the translation of the packet in frame that the
+// service stage made (w.svcUndo), before an ICMP error quotes it: the
+// client must recognise the packet it sent. It never fails the caller.
+func (w *worker) unService(frame []byte) {
+	if !w.svcUndo.DNAT() {
+		return
+	}
+	u := w.svcUndo
+	w.svcUndo = conntrack.Result{}
+	_ = conntrack.RewriteDNAT(frame, &w.pp, &u)
+	_ = conntrack.Rewrite(frame, &w.pp, &u)
+}
