@@ -84,6 +84,8 @@ type Config struct {
 	Egress EgressConfig
 	// Underlay carries traffic to the other nodes (zero Backend: none).
 	Underlay UnderlayConfig
+	// Services turns the load balancer on (zero value: off).
+	Services ServicesConfig
 	// Logger (default zap.NewNop()).
 	Logger *zap.Logger
 }
@@ -133,6 +135,9 @@ func (c *Config) Validate() error {
 	if err := c.Underlay.validate(); err != nil {
 		return err
 	}
+	if err := c.Services.validate(c.ClusterCIDRs); err != nil {
+		return err
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -159,7 +164,9 @@ func (c Config) uplinkPrefixes() []netip.Prefix {
 			out = append(out, cc)
 		}
 	}
-	return out
+	// The Service CIDRs: the host and its hostNetwork pods reach
+	// ClusterIPs through the engine's load balancer.
+	return append(out, c.Services.CIDRs...)
 }
 
 func configErr(format string, a ...any) error {
@@ -185,6 +192,7 @@ type Node struct {
 	upPort *engine.Port
 	egress Egress
 	peers  peering
+	svc    *serviceLB // nil: no load balancer
 	closed atomic.Bool
 	// endpoints are the underlay endpoints of this node and its peers,
 	// which no egress may send to (UnderlayEndpoint).
@@ -210,6 +218,11 @@ func New(cfg Config) (*Node, error) {
 		PodCIDR: cfg.PodCIDR, PodCIDR6: cfg.PodCIDR6, ClusterCIDRs: cfg.ClusterCIDRs, HostAddrs: cfg.NodeIPs, Logger: cfg.Logger,
 	}); err != nil {
 		return nil, fmt.Errorf("node: engine: %w", err)
+	}
+	if cfg.Services.enabled() {
+		if err := n.startServices(); err != nil {
+			return nil, fmt.Errorf("node: services: %w", err)
+		}
 	}
 	if cfg.Underlay.Backend != "" {
 		if n.peers.b, err = openBackend(cfg.Underlay, cfg.Logger); err != nil {
@@ -373,6 +386,9 @@ func (n *Node) teardown() error {
 	}
 	if n.up != nil {
 		n.up.close()
+	}
+	if n.svc != nil {
+		n.svc.close()
 	}
 	return errors.Join(errs...)
 }
