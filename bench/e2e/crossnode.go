@@ -118,6 +118,10 @@ func crossNodeOnce(ctx context.Context, opt Options, impl string, build func(*xn
 type xnTopo struct {
 	nodes, pods [2]*netns
 	procs       []int // the variant's processes (wireguard-go), for measure
+	// services, when set, turns podrouter's load balancer on with these
+	// Service CIDRs; built are podrouter's nodes once made.
+	services []netip.Prefix
+	built    []*node.Node
 }
 
 func newXNTopo() (t *xnTopo, err error) {
@@ -270,6 +274,7 @@ func (t *xnTopo) podrouter(backend string) (stop func(), err error) {
 			nodes[i], err = node.New(node.Config{
 				PodCIDR: xnPodCIDR(i), ClusterCIDRs: []netip.Prefix{xnCluster},
 				Underlay: node.UnderlayConfig{Backend: backend, Listen: netip.AddrPortFrom(xnUnder[i], kind.DefaultPort), Interface: "ul0", PrivateKey: key},
+				Services: node.ServicesConfig{CIDRs: t.services},
 			})
 			return err
 		}); err != nil {
@@ -288,6 +293,7 @@ func (t *xnTopo) podrouter(backend string) (stop func(), err error) {
 			return nil, err
 		}
 	}
+	t.built = nodes[:]
 	return stop, nil
 }
 

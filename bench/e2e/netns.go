@@ -95,8 +95,14 @@ func iperf3(ctx context.Context, client *netns, dst, secs string, args ...string
 // users' kernel work enters here too). Softirq work done in a process's
 // context is that process's system time (no IRQ time accounting).
 func measure(ctx context.Context, opt Options, srv, client *netns, dst string, pids ...int) (Result, error) {
+	return measureVia(ctx, opt, srv, client, dst, dst, pids...)
+}
+
+// measureVia is measure with the server bound to bind and the client
+// connecting to dst (a Service address that leads to bind).
+func measureVia(ctx context.Context, opt Options, srv, client *netns, bind, dst string, pids ...int) (Result, error) {
 	secs := strconv.Itoa(max(1, int(opt.Duration.Seconds())))
-	s := srv.cmd(ctx, "iperf3", "-s", "-B", dst)
+	s := srv.cmd(ctx, "iperf3", "-s", "-B", bind)
 	if err := s.Start(); err != nil {
 		return Result{}, err
 	}

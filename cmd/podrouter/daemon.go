@@ -133,6 +133,16 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	if kf.on {
 		return kf.run(cfg, fs, stderr)
 	}
+	var kubeOnly []string
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "services" || f.Name == "service-cidr" {
+			kubeOnly = append(kubeOnly, "--"+f.Name)
+		}
+	})
+	if len(kubeOnly) > 0 {
+		fmt.Fprintf(stderr, "podrouter daemon: %s: Services come from the cluster; they need --kube\n", strings.Join(kubeOnly, ", "))
+		return 2
+	}
 	if err := kf.static(&cfg); err != nil {
 		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
 		return 2

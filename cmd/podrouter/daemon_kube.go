@@ -34,7 +34,12 @@ type kubeFlags struct {
 	peersFile  string
 	trustEPs   bool
 	firstRead  time.Duration
+	services   string
+	svcCIDRs   []netip.Prefix
 }
+
+// DefaultServiceCIDR is kube-apiserver's default --service-cluster-ip-range.
+var DefaultServiceCIDR = netip.MustParsePrefix("10.96.0.0/12")
 
 func (k *kubeFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&k.on, "kube", false, "Kubernetes mode: podCIDR from this node's Node, cluster CIDR and backend from --net-conf, peers from the cluster's Nodes")
@@ -50,6 +55,8 @@ func (k *kubeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.peersFile, "peers", "", "without --kube: a static peer list (YAML or JSON: name, endpoint IP:port, vtepMAC, publicKey, podCIDRs) over an underlay on --public-ip:--underlay-port with --backend (default vxlan)")
 	fs.BoolVar(&k.trustEPs, "trust-annotated-endpoints", false, "--kube: accept a peer's announced underlay endpoint even when it is none of its Node's addresses (default: such a node is skipped)")
 	fs.DurationVar(&k.firstRead, "kube-first-read", daemon.DefaultFirstRead, "--kube: when the first read of this node's Node gets no answer within this, start at once from the cluster state persisted in --state-dir (podCIDRs, net-conf, peers)")
+	fs.StringVar(&k.services, "services", "on", "--kube: on: the engine load-balances the cluster's Services (ClusterIP, externalIPs, NodePort) with no kube-proxy; off: leave Services to an existing kube-proxy")
+	fs.Var(prefixListFlag(&k.svcCIDRs), "service-cidr", "--kube: the Service CIDR (kube-apiserver's --service-cluster-ip-range), repeatable for dual-stack (default "+DefaultServiceCIDR.String()+")")
 	fs.StringVar(&k.subnetEnv, "subnet-env", daemon.DefaultSubnetEnv, "where --kube writes flannel's subnet.env (empty: none)")
 }
 
@@ -71,6 +78,19 @@ func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) i
 	}
 	if k.firstRead <= 0 {
 		return fail(2, "--kube-first-read %v: want a positive duration", k.firstRead)
+	}
+	switch k.services {
+	case "on":
+		cfg.Services.CIDRs = k.svcCIDRs
+		if len(cfg.Services.CIDRs) == 0 {
+			cfg.Services.CIDRs = []netip.Prefix{DefaultServiceCIDR}
+		}
+	case "off":
+		if len(k.svcCIDRs) > 0 {
+			return fail(2, "--service-cidr: given with --services=off")
+		}
+	default:
+		return fail(2, "--services %q: want on or off", k.services)
 	}
 	nc, err := kube.LoadNetConf(k.netConf)
 	if err != nil {

@@ -83,6 +83,10 @@ type Config struct {
 	// Underlay carries traffic to the other nodes (router/node); the zero
 	// value is none (a single node).
 	Underlay UnderlayConfig
+	// Services turns the engine's load balancer on (router/node): the
+	// Kubernetes mode feeds it the cluster's Services. The zero value is
+	// off (Services, if any, are kube-proxy's).
+	Services node.ServicesConfig
 	// Logger (default zap.NewNop()).
 	Logger *zap.Logger
 
@@ -95,7 +99,7 @@ type Config struct {
 func (c *Config) nodeConfig() node.Config {
 	return node.Config{
 		PodCIDR: c.PodCIDR, PodCIDR6: c.PodCIDR6, ClusterCIDRs: c.ClusterCIDRs, NodeIPs: c.NodeIPs, MTU: c.MTU,
-		Uplink: node.UplinkConfig{Name: c.Uplink}, Egress: c.Egress, Underlay: c.Underlay, Logger: c.Logger,
+		Uplink: node.UplinkConfig{Name: c.Uplink}, Egress: c.Egress, Underlay: c.Underlay, Services: c.Services, Logger: c.Logger,
 	}
 }
 
