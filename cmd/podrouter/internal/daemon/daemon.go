@@ -33,6 +33,7 @@ import (
 	_ "github.com/podrouter/podrouter/netstackx/egress" // registers the netstack egress
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/kube"
 	"github.com/podrouter/podrouter/router/link/tap"
 	"github.com/podrouter/podrouter/router/metrics"
 	"github.com/podrouter/podrouter/router/node"
@@ -59,6 +60,8 @@ type Daemon struct {
 
 	reattach atomic.Pointer[reattachStats]
 	closed   atomic.Bool
+	// services is the Kubernetes mode's Service watcher (nil: none).
+	services atomic.Pointer[kube.ServiceWatcher]
 }
 
 // handler serves the local API (api.Handler, api.CaptureHandler,

@@ -46,6 +46,7 @@ import (
 
 	"github.com/podrouter/podrouter/router/kube"
 	"github.com/podrouter/podrouter/router/metrics"
+	"github.com/podrouter/podrouter/router/service"
 	"github.com/podrouter/podrouter/router/underlay"
 )
 
@@ -183,6 +184,29 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 	defer cancel()
 	cdone := make(chan error, 1)
 	go func() { cdone <- c.Run(cctx) }()
+	if len(d.cfg.Services.CIDRs) > 0 {
+		sw, err := kube.NewServiceWatcher(kube.ServiceWatcherConfig{
+			Client: client, NodeName: ko.NodeName, ServiceCIDRs: d.cfg.Services.CIDRs, Logger: log,
+			Sink: func(svcs []service.Service) {
+				if err := d.node.SetServices(svcs); err != nil {
+					log.Error("services not applied", zap.Error(err))
+				}
+			},
+		})
+		if err != nil {
+			cancel()
+			return errors.Join(err, <-cdone, d.Close())
+		}
+		d.services.Store(sw)
+		sdone := make(chan struct{})
+		go func() {
+			defer close(sdone)
+			if err := sw.Run(cctx); err != nil && cctx.Err() == nil {
+				log.Error("service watcher stopped; Services are no longer updated", zap.Error(err))
+			}
+		}()
+		defer func() { cancel(); <-sdone }()
+	}
 	ddone := make(chan error, 1)
 	go func() { ddone <- d.Run(cctx) }()
 	var vdone chan error // stale start: the podCIDRs checked once the API server is back
