@@ -257,10 +257,11 @@ func TestCluster(t *testing.T) {
 		}
 	}
 	ns := namespace(t, c, "podrouter-e2e")
+	pb, pc := agnhostPod("b", "node-1", false, 8080), agnhostPod("c", "node-2", false, 8080)
+	pb.Labels["svc"], pc.Labels["svc"] = "web", "web"
 	pods := runPods(t, c, ns,
 		agnhostPod("a", "node-1", false, 8080),
-		agnhostPod("b", "node-1", false, 8080),
-		agnhostPod("c", "node-2", false, 8080),
+		pb, pc,
 		agnhostPod("h", "node-2", true, 8090),
 	)
 	ip := func(name string) string { return pods[name].Status.PodIP }
@@ -331,4 +332,106 @@ func TestCluster(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("services", func(t *testing.T) { testServices(t, c, ns) })
+}
+
+// testServices: a ClusterIP Service over pods b (node-1) and c (node-2),
+// load-balanced by the engines with no kube-proxy: from pod a (both
+// backends answer, TCP and UDP), from the hostNetwork pod h (the node
+// through podr0), from b itself (hairpin), and the API server's own
+// `kubernetes` Service from a pod.
+func testServices(t *testing.T, c *cluster.Cluster, ns string) {
+	ctx := context.Background()
+	svc, err := c.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"svc": "web"}, Ports: []corev1.ServicePort{
+			{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt(8080)},
+			{Name: "udp", Protocol: corev1.ProtocolUDP, Port: 81, TargetPort: intstr.FromInt(8081)},
+		}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := svc.Spec.ClusterIP
+	t.Logf("Service web: ClusterIP %s", vip)
+	// hostnames asks pod from's netexec to dial the Service tries times
+	// and returns the set of backends that answered.
+	hostnames := func(from, proto, port string, tries int) (map[string]int, error) {
+		lp := "8080"
+		if from == "h" {
+			lp = "8090"
+		}
+		url := fmt.Sprintf("http://127.0.0.1:%s/dial?request=hostname&protocol=%s&host=%s&port=%s&tries=%d", lp, proto, vip, port, tries)
+		out, err := exec(c, ns, from, "curl", "-g", "-q", "-s", "--max-time", "30", url)
+		if err != nil {
+			return nil, err
+		}
+		var res struct{ Responses, Errors []string }
+		if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &res); err != nil {
+			return nil, fmt.Errorf("%s: %w: %s", url, err, out)
+		}
+		got := map[string]int{}
+		for _, r := range res.Responses {
+			got[r]++
+		}
+		if len(res.Errors) > 0 {
+			return got, fmt.Errorf("%s: errors %v (answers %v)", url, res.Errors, got)
+		}
+		return got, nil
+	}
+	both := func(from, proto, port string) error {
+		got, err := hostnames(from, proto, port, 20)
+		if err != nil {
+			return err
+		}
+		if got["b"] == 0 || got["c"] == 0 || len(got) != 2 {
+			return fmt.Errorf("from %s over %s: answers %v, want both b and c", from, proto, got)
+		}
+		return nil
+	}
+	for _, tc := range []struct{ from, proto, port string }{
+		{"a", "http", "80"}, {"a", "udp", "81"}, // from a pod
+		{"h", "http", "80"}, {"h", "udp", "81"}, // from the node (hostNetwork pod)
+		{"b", "http", "80"}, {"b", "udp", "81"}, // hairpin: b is a backend
+	} {
+		if err := retry(func() error { return both(tc.from, tc.proto, tc.port) }); err != nil {
+			t.Error(err)
+		}
+	}
+	// The API server through the default `kubernetes` Service.
+	if err := retry(func() error {
+		out, err := exec(c, ns, "a", "curl", "-k", "-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "https://kubernetes.default.svc.cluster.local:443/version")
+		if err != nil || (out != "200" && out != "401" && out != "403") {
+			// Without cluster DNS, the variable the kubelet sets.
+			out2, err2 := exec(c, ns, "a", "sh", "-c", `curl -k -s --max-time 10 -o /dev/null -w %{http_code} https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version`)
+			if err2 != nil || (out2 != "200" && out2 != "401" && out2 != "403") {
+				return fmt.Errorf("kubernetes Service: %q %v; by address: %q %v", out, err, out2, err2)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	// A Service with no endpoints refuses at once (ICMP port unreachable).
+	if _, err := c.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "empty"},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"svc": "none"}, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt(8080)}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	empty, err := c.Client.CoreV1().Services(ns).Get(ctx, "empty", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := retry(func() error {
+		start := time.Now()
+		out, _ := exec(c, ns, "a", "sh", "-c", "curl -s --max-time 5 -o /dev/null http://"+empty.Spec.ClusterIP+":80/; echo $?")
+		if out = strings.TrimSpace(out); out != "7" || time.Since(start) > 4*time.Second {
+			return fmt.Errorf("Service without endpoints: curl exit %q after %v, want 7 (connection refused) at once", out, time.Since(start))
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
 }
