@@ -29,9 +29,12 @@ import (
 )
 
 var (
-	podCIDR = netip.MustParsePrefix("10.244.1.0/24")
-	gw4     = netip.MustParseAddr("10.244.1.1")
-	podAddr = netip.MustParseAddr("10.244.1.2")
+	podCIDR  = netip.MustParsePrefix("10.244.1.0/24")
+	podCIDR6 = netip.MustParsePrefix("fd00:10:244:1::/64")
+	gw4      = netip.MustParseAddr("10.244.1.1")
+	gw6      = netip.MustParseAddr("fd00:10:244:1::1")
+	podAddr  = netip.MustParseAddr("10.244.1.2")
+	podAddr6 = netip.MustParseAddr("fd00:10:244:1::2")
 )
 
 type env struct {
@@ -47,15 +50,15 @@ func newEnv(t *testing.T, mod func(*ingress.Config)) *env {
 	t.Helper()
 	leaktest.Check(t, 10*time.Second)
 	log := zaptest.NewLogger(t)
-	e, err := engine.New(engine.Config{PodCIDR: podCIDR, Logger: log})
+	e, err := engine.New(engine.Config{PodCIDR: podCIDR, PodCIDR6: podCIDR6, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.Close() })
-	if e.Gateway() != gw4 {
-		t.Fatalf("gateway %s", e.Gateway())
+	if e.Gateway() != gw4 || e.Gateway6() != gw6 {
+		t.Fatalf("gateways %s, %s", e.Gateway(), e.Gateway6())
 	}
-	cfg := ingress.Config{Gateway: e.Gateway(), Logger: log}
+	cfg := ingress.Config{Gateway: e.Gateway(), Gateway6: e.Gateway6(), Logger: log}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -67,13 +70,14 @@ func newEnv(t *testing.T, mod func(*ingress.Config)) *env {
 		_ = fwd.Close()
 		t.Fatal(err)
 	}
-	p, err := netstackx.NewPod(netstackx.PodConfig{Name: "pod", Addr: netip.PrefixFrom(podAddr, 24), Gateway: gw4})
+	p, err := netstackx.NewPod(netstackx.PodConfig{Name: "pod", Addr: netip.PrefixFrom(podAddr, 24), Gateway: gw4,
+		Addr6: netip.PrefixFrom(podAddr6, 64), Gateway6: gw6})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
 	if _, err := e.AddPort(p.Device(), engine.PortConfig{
-		Name: "pod", Kind: engine.KindPod, L2: true, PeerMAC: packet.MAC(p.MAC()), MTU: 1500, Addrs: []netip.Addr{podAddr},
+		Name: "pod", Kind: engine.KindPod, L2: true, PeerMAC: packet.MAC(p.MAC()), MTU: 1500, Addrs: []netip.Addr{podAddr, podAddr6},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -82,15 +86,18 @@ func newEnv(t *testing.T, mod func(*ingress.Config)) *env {
 
 // freePort returns a 127.0.0.1 port that was just free for both TCP and
 // UDP.
-func freePort(t *testing.T) netip.AddrPort {
+func freePort(t *testing.T) netip.AddrPort { t.Helper(); return freePortOn(t, "127.0.0.1") }
+
+// freePortOn is freePort on a loopback address of either family.
+func freePortOn(t *testing.T, host string) netip.AddrPort {
 	t.Helper()
 	for range 20 {
-		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		ap := netip.MustParseAddrPort(l.Addr().String())
-		u, err := net.ListenPacket("udp4", ap.String())
+		u, err := net.ListenPacket("udp", ap.String())
 		_ = l.Close()
 		if err == nil {
 			_ = u.Close()
@@ -124,7 +131,7 @@ func serveTCP(t *testing.T, p *netstackx.Pod, port uint16) {
 				if _, err := io.Copy(h, c); err != nil {
 					return
 				}
-				peer := netip.MustParseAddrPort(c.RemoteAddr().String()).Addr()
+				peer := netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().Unmap()
 				fmt.Fprintf(c, "%d %s %x", port, peer, h.Sum(nil))
 			}()
 		}
@@ -149,7 +156,7 @@ func serveUDP(t *testing.T, p *netstackx.Pod, port uint16) {
 			if err != nil {
 				return
 			}
-			peer := netip.MustParseAddrPort(from.String()).Addr()
+			peer := netip.MustParseAddrPort(from.String()).Addr().Unmap()
 			_, _ = pc.WriteTo(fmt.Appendf(nil, "%d %s %s", port, peer, buf[:n]), from)
 		}
 	}()
@@ -158,6 +165,12 @@ func serveUDP(t *testing.T, p *netstackx.Pod, port uint16) {
 // askTCP sends size random bytes to addr, half-closes and returns the
 // answer and what it should say.
 func askTCP(t *testing.T, addr netip.AddrPort, port uint16, size int) (got, want string) {
+	t.Helper()
+	return askTCPFrom(t, addr, port, size, gw4)
+}
+
+// askTCPFrom is askTCP for a target the forwarder reaches from gw.
+func askTCPFrom(t *testing.T, addr netip.AddrPort, port uint16, size int, gw netip.Addr) (got, want string) {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr.String(), 5*time.Second)
 	if err != nil {
@@ -177,7 +190,7 @@ func askTCP(t *testing.T, addr netip.AddrPort, port uint16, size int) (got, want
 	if err != nil {
 		t.Fatalf("read answer: %v", err)
 	}
-	return string(b), fmt.Sprintf("%d %s %x", port, gw4, sha256.Sum256(msg))
+	return string(b), fmt.Sprintf("%d %s %x", port, gw, sha256.Sum256(msg))
 }
 
 func askUDP(t *testing.T, c net.Conn, msg string) string {
@@ -499,5 +512,41 @@ func TestClose(t *testing.T) {
 	if c2, err := d.DialContext(ctx, "tcp", l.String()); err == nil {
 		_ = c2.Close()
 		t.Fatal("socket still accepts after Close")
+	}
+}
+
+// TestIPv6: rules listening on ::1 reach the pod's IPv6 address from the
+// IPv6 gateway; a rule may also cross families (an IPv4 client, an IPv6
+// target).
+func TestIPv6(t *testing.T) {
+	if l, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	} else {
+		_ = l.Close()
+	}
+	v := newEnv(t, nil)
+	serveTCP(t, v.pod, 80)
+	serveUDP(t, v.pod, 53)
+	l6, l4 := freePortOn(t, "::1"), freePort(t)
+	t6 := netip.AddrPortFrom(podAddr6, 80)
+	if err := v.fwd.SetRules([]ingress.Rule{
+		{Proto: packet.ProtoTCP, Listen: l6, Target: t6},
+		{Proto: packet.ProtoUDP, Listen: l6, Target: netip.AddrPortFrom(podAddr6, 53)},
+		{Proto: packet.ProtoTCP, Listen: l4, Target: t6},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []netip.AddrPort{l6, l4} {
+		if got, want := askTCPFrom(t, l, 80, 100000, gw6); got != want {
+			t.Fatalf("via %s: %q, want %q", l, got, want)
+		}
+	}
+	c, err := net.Dial("udp", l6.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, want := askUDP(t, c, "six"), fmt.Sprintf("53 %s six", gw6); got != want {
+		t.Fatalf("reply %q, want %q", got, want)
 	}
 }

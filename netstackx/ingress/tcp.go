@@ -100,9 +100,10 @@ func (fl *tcpFlow) run(target netip.AddrPort) {
 	}
 	fl.mu.Unlock()
 	if err != nil || aborted {
-		if err == nil {
+		switch {
+		case err == nil:
 			sc.abort()
-		} else {
+		case !aborted:
 			f.c.tcpDialFailed.Add(1)
 			f.log.Debug("dial target failed", zap.Stringer("client", fl.client), zap.Stringer("target", target), zap.Error(err))
 		}
