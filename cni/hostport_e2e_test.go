@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,16 +97,20 @@ func TestHostPort(t *testing.T) {
 	target := netip.AddrPortFrom(n.nodeIP, uint16(hostPort)).String()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := n.ns.DialContext(ctx, "tcp", target)
-	if err != nil {
-		t.Fatalf("dial hostPort: %v\ndaemon:\n%s", err, n.logText())
+	askTCP := func() {
+		t.Helper()
+		c, err := n.ns.DialContext(ctx, "tcp", target)
+		if err != nil {
+			t.Fatalf("dial hostPort: %v\ndaemon:\n%s", err, n.logText())
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(c)
+		_ = c.Close()
+		if err != nil || !strings.HasPrefix(string(b), "hello "+gw.String()+":") {
+			t.Fatalf("TCP answer %q, %v; want hello from the gateway %s", b, err, gw)
+		}
 	}
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	b, err := io.ReadAll(c)
-	_ = c.Close()
-	if err != nil || !strings.HasPrefix(string(b), "hello "+gw.String()+":") {
-		t.Fatalf("TCP answer %q, %v; want hello from the gateway %s", b, err, gw)
-	}
+	askTCP()
 	u, err := n.ns.DialContext(ctx, "udp", target)
 	if err != nil {
 		t.Fatal(err)
@@ -120,6 +125,11 @@ func TestHostPort(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(buf[:k]), "ping from "+gw.String()+":") {
 		t.Fatalf("UDP answer %q, %v", buf[:k], err)
 	}
+
+	// A restarted daemon publishes the re-attached pod's hostPorts again.
+	n.stopDaemon(syscall.SIGTERM)
+	n.startDaemon()
+	askTCP()
 
 	if out, err := cnitool("del"); err != nil {
 		t.Fatalf("cnitool del: %v\n%s", err, out)
