@@ -30,6 +30,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
@@ -48,14 +49,52 @@ type NetConf struct {
 	Socket string `json:"socket,omitempty"`
 	// MTU of the pod interface (default: the daemon's --mtu).
 	MTU int `json:"mtu,omitempty"`
-	// RuntimeConfig carries the "mac" capability.
+	// RuntimeConfig carries the "mac" and "portMappings" capabilities.
 	RuntimeConfig struct {
-		MAC string `json:"mac,omitempty"`
+		MAC          string           `json:"mac,omitempty"`
+		PortMappings []cniPortMapping `json:"portMappings,omitempty"`
 	} `json:"runtimeConfig,omitzero"`
 
 	// mac is RuntimeConfig.MAC, validated (zero: derive from the IPv4
 	// address).
 	mac packet.MAC
+	// portMappings are RuntimeConfig.PortMappings, validated.
+	portMappings []api.PortMapping
+}
+
+// cniPortMapping is one entry of the portMappings capability, as the
+// runtime writes it (kubelet: one per container port with a hostPort).
+type cniPortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"`
+	HostIP        string `json:"hostIP,omitempty"`
+}
+
+// parsePortMapping validates m: ports in 1..65535, protocol tcp or udp
+// (any case; default tcp), host IP empty or an address.
+func parsePortMapping(m cniPortMapping) (api.PortMapping, error) {
+	if m.HostPort < 1 || m.HostPort > 65535 || m.ContainerPort < 1 || m.ContainerPort > 65535 {
+		return api.PortMapping{}, fmt.Errorf("ports %d->%d: want 1..65535", m.HostPort, m.ContainerPort)
+	}
+	pm := api.PortMapping{HostPort: uint16(m.HostPort), ContainerPort: uint16(m.ContainerPort), Protocol: strings.ToLower(m.Protocol)}
+	if pm.Protocol == "" {
+		pm.Protocol = "tcp"
+	}
+	if m.HostIP != "" {
+		a, err := netip.ParseAddr(m.HostIP)
+		if err != nil {
+			return api.PortMapping{}, fmt.Errorf("host IP %q: %w", m.HostIP, err)
+		}
+		if a.IsUnspecified() {
+			a = netip.Addr{} // 0.0.0.0 as the runtime may write it: all addresses
+		}
+		pm.HostIP = a.Unmap()
+	}
+	if err := pm.Validate(); err != nil {
+		return api.PortMapping{}, err
+	}
+	return pm, nil
 }
 
 // ipamConf is what the plugin reads of the ipam section.
@@ -112,6 +151,13 @@ func ParseConf(b []byte) (*NetConf, *ipamConf, error) {
 			return nil, nil, configError("runtimeConfig.mac", "%q is not a unicast Ethernet address", m)
 		}
 		copy(conf.mac[:], hw)
+	}
+	for i, m := range conf.RuntimeConfig.PortMappings {
+		pm, err := parsePortMapping(m)
+		if err != nil {
+			return nil, nil, configError(fmt.Sprintf("runtimeConfig.portMappings[%d]", i), "%v", err)
+		}
+		conf.portMappings = append(conf.portMappings, pm)
 	}
 	if conf.RawPrevResult != nil {
 		if err := version.ParsePrevResult(&conf.PluginConf); err != nil {

@@ -30,6 +30,9 @@ func TestParseConfErrors(t *testing.T) {
 		{"no ipam", `{"cniVersion":"1.0.0","name":"n"}`, types.ErrInvalidNetworkConfig, "field ipam.type"},
 		{"ipam dataDir", `{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local","dataDir":"x"}}`, types.ErrInvalidNetworkConfig, "field ipam.dataDir"},
 		{"mac", `{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local"},"runtimeConfig":{"mac":"01:00:00:00:00:01"}}`, types.ErrInvalidNetworkConfig, "field runtimeConfig.mac"},
+		{"port mapping sctp", `{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local"},"runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1,"protocol":"sctp"}]}}`, types.ErrInvalidNetworkConfig, "field runtimeConfig.portMappings[0]"},
+		{"port mapping port", `{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local"},"runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1,"protocol":"tcp"},{"hostPort":70000,"containerPort":1}]}}`, types.ErrInvalidNetworkConfig, "field runtimeConfig.portMappings[1]"},
+		{"port mapping host IP", `{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local"},"runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1,"hostIP":"node"}]}}`, types.ErrInvalidNetworkConfig, "field runtimeConfig.portMappings[0]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := ParseConf([]byte(tc.conf))
@@ -152,5 +155,31 @@ func TestStatusDaemonAbsent(t *testing.T) {
 	err = Add(&skel.CmdArgs{ContainerID: "c1", IfName: "eth0", Netns: "/run/netns/none", StdinData: []byte(conf)})
 	if !errors.As(err, &te) || te.Code != types.ErrTryAgainLater {
 		t.Fatalf("ADD without a daemon: %v, want code 11", err)
+	}
+}
+
+// TestParsePortMappings: the runtime's portMappings become the attach
+// request's, protocol lower-cased (default tcp), an unspecified host IP
+// meaning all addresses.
+func TestParsePortMappings(t *testing.T) {
+	conf, _, err := ParseConf([]byte(`{"cniVersion":"1.1.0","name":"n","type":"podrouter-cni","ipam":{"type":"host-local"},
+		"runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"TCP"},
+		{"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":"192.0.2.1"},
+		{"hostPort":9000,"containerPort":9000,"hostIP":"0.0.0.0"}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []api.PortMapping{
+		{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"},
+		{HostPort: 5353, ContainerPort: 53, Protocol: "udp", HostIP: netip.MustParseAddr("192.0.2.1")},
+		{HostPort: 9000, ContainerPort: 9000, Protocol: "tcp"},
+	}
+	if len(conf.portMappings) != len(want) {
+		t.Fatalf("mappings %+v", conf.portMappings)
+	}
+	for i := range want {
+		if conf.portMappings[i] != want[i] {
+			t.Errorf("mapping %d: %+v, want %+v", i, conf.portMappings[i], want[i])
+		}
 	}
 }

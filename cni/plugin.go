@@ -124,6 +124,7 @@ func Add(args *skel.CmdArgs) error {
 		MAC:          api.MAC(pi.mac),
 		MTU:          pi.mtu,
 		Addrs:        addrs,
+		PortMappings: conf.portMappings,
 	}
 	_, err = client(conf).Attach(ctx, req, f)
 	_ = f.Close()

@@ -226,6 +226,36 @@ type AttachRequest struct {
 	MTU int `json:"mtu"`
 	// Addrs are the pod's addresses (one per family, from the podCIDRs).
 	Addrs []netip.Addr `json:"addrs"`
+	// PortMappings are the pod's hostPorts (CNI's portMappings
+	// capability): the daemon publishes them on the node for as long as
+	// the attachment lives.
+	PortMappings []PortMapping `json:"portMappings,omitempty"`
+}
+
+// PortMapping publishes a pod's port on the node's addresses (a
+// hostPort), as CNI's runtimeConfig.portMappings entry says.
+type PortMapping struct {
+	HostPort      uint16 `json:"hostPort"`
+	ContainerPort uint16 `json:"containerPort"`
+	// Protocol is "tcp" or "udp".
+	Protocol string `json:"protocol"`
+	// HostIP is the node address to listen on; zero: all of them (of
+	// each family the pod has an address of).
+	HostIP netip.Addr `json:"hostIP,omitzero"`
+}
+
+// Validate checks the mapping's ports, protocol and address.
+func (m PortMapping) Validate() error {
+	if m.HostPort == 0 || m.ContainerPort == 0 {
+		return fmt.Errorf("%w: port mapping %d->%d: ports must be non-zero", ErrBadRequest, m.HostPort, m.ContainerPort)
+	}
+	if m.Protocol != "tcp" && m.Protocol != "udp" {
+		return fmt.Errorf("%w: port mapping %d->%d: protocol %q, want tcp or udp", ErrBadRequest, m.HostPort, m.ContainerPort, m.Protocol)
+	}
+	if h := m.HostIP; h.IsValid() && (h.Zone() != "" || h.Is4In6() || h.IsMulticast()) {
+		return fmt.Errorf("%w: port mapping %d->%d: host IP %s", ErrBadRequest, m.HostPort, m.ContainerPort, h)
+	}
+	return nil
 }
 
 // Validate checks what the client can check without the daemon.
@@ -248,6 +278,11 @@ func (r *AttachRequest) Validate() error {
 	for _, a := range r.Addrs {
 		if !a.IsValid() || a.Zone() != "" || a.Is4In6() {
 			return fmt.Errorf("%w: address %s: want a plain IPv4 or IPv6 address", ErrBadRequest, a)
+		}
+	}
+	for _, m := range r.PortMappings {
+		if err := m.Validate(); err != nil {
+			return err
 		}
 	}
 	return nil

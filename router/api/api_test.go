@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -398,6 +399,19 @@ func TestValidate(t *testing.T) {
 		{"mtu", func(r *AttachRequest) { r.MTU = 10 }, false},
 		{"no addrs", func(r *AttachRequest) { r.Addrs = nil }, false},
 		{"mapped addr", func(r *AttachRequest) { r.Addrs = []netip.Addr{netip.MustParseAddr("::ffff:10.0.0.1")} }, false},
+		{"port mappings", func(r *AttachRequest) {
+			r.PortMappings = []PortMapping{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"},
+				{HostPort: 53, ContainerPort: 53, Protocol: "udp", HostIP: netip.MustParseAddr("192.0.2.1")}}
+		}, true},
+		{"port mapping sctp", func(r *AttachRequest) {
+			r.PortMappings = []PortMapping{{HostPort: 1, ContainerPort: 1, Protocol: "sctp"}}
+		}, false},
+		{"port mapping port 0", func(r *AttachRequest) {
+			r.PortMappings = []PortMapping{{HostPort: 0, ContainerPort: 1, Protocol: "tcp"}}
+		}, false},
+		{"port mapping mapped host IP", func(r *AttachRequest) {
+			r.PortMappings = []PortMapping{{HostPort: 1, ContainerPort: 1, Protocol: "tcp", HostIP: netip.MustParseAddr("::ffff:10.0.0.1")}}
+		}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := testRequest("abc")
@@ -696,5 +710,26 @@ func TestAnswer(t *testing.T) {
 				t.Errorf("got PID %d, want %d", got.PID, tc.want.PID)
 			}
 		})
+	}
+}
+
+// TestPortMappingJSON: a mapping without a host IP leaves it out, and both
+// forms read back as they were.
+func TestPortMappingJSON(t *testing.T) {
+	for _, m := range []PortMapping{
+		{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"},
+		{HostPort: 53, ContainerPort: 5353, Protocol: "udp", HostIP: netip.MustParseAddr("fd00::1")},
+	} {
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !m.HostIP.IsValid() && strings.Contains(string(b), "hostIP") {
+			t.Errorf("%s: zero host IP written", b)
+		}
+		var got PortMapping
+		if err := json.Unmarshal(b, &got); err != nil || got != m {
+			t.Errorf("%s read back as %+v, %v", b, got, err)
+		}
 	}
 }

@@ -107,6 +107,14 @@ type PortConfig struct {
 	// SNAT, when set, translates pods' flows leaving through this port and
 	// their replies (see SNAT). Nil: the port forwards as it is.
 	SNAT *SNAT
+	// Gateway makes the port receive the packets addressed to the pods'
+	// gateway addresses (Engine.Gateway, Gateway6) that the engine does not
+	// answer itself (everything but ICMP echo requests): a netstack that
+	// originates flows from the gateway address (ingress: NodePort,
+	// hostPort) gets their replies, from local pods and from other nodes'.
+	// At most one port may have it, of kind KindNetstack or KindUplink.
+	// Without such a port those packets are dropped (DropToGateway).
+	Gateway bool
 }
 
 // Engine is the packet engine of one node.
@@ -153,6 +161,8 @@ func (e *Engine) OffloadStats() OffloadStats {
 type snapshot struct {
 	table *route.Table
 	ports []*Port
+	// gateway is the port with PortConfig.Gateway, or nil.
+	gateway *Port
 }
 
 // Port is an attached port.
@@ -327,6 +337,9 @@ func (e *Engine) addPort(dev link.Device, pc PortConfig, replace *Port) (*Port, 
 			return nil, fmt.Errorf("engine: port %s: %w", pc.Name, err)
 		}
 	}
+	if pc.Gateway && pc.Kind != KindNetstack && pc.Kind != KindUplink {
+		return nil, fmt.Errorf("engine: port %s: a gateway port must be of kind netstack or uplink, not %s", pc.Name, pc.Kind)
+	}
 	for _, a := range pc.Addrs {
 		if !e.inPodCIDR(a) || a == e.gw4 || a == e.gw6 || a == e.cfg.PodCIDR.Addr() {
 			return nil, fmt.Errorf("engine: port %s: address %s is not a pod address of %s", pc.Name, a, e.podCIDRs())
@@ -346,6 +359,9 @@ func (e *Engine) addPort(dev link.Device, pc PortConfig, replace *Port) (*Port, 
 		}
 		if q.cfg.Name == pc.Name {
 			return nil, fmt.Errorf("engine: port name %q already attached", pc.Name)
+		}
+		if pc.Gateway && q.cfg.Gateway {
+			return nil, fmt.Errorf("engine: port %s: port %s already receives the gateway's packets", pc.Name, q.cfg.Name)
 		}
 		for _, a := range pc.Addrs {
 			if slices.Contains(q.addrs, a) {
@@ -484,6 +500,7 @@ func (e *Engine) Close() error {
 func (e *Engine) publishLocked() error {
 	b := route.NewBuilder()
 	seen := map[netip.Prefix]bool{}
+	var gw *Port
 	add := func(p netip.Prefix, nh route.NextHop) error {
 		if seen[p] {
 			return nil
@@ -494,6 +511,9 @@ func (e *Engine) publishLocked() error {
 	for _, p := range e.ports {
 		if p == nil {
 			continue
+		}
+		if p.cfg.Gateway {
+			gw = p
 		}
 		for _, a := range p.addrs {
 			if err := add(netip.PrefixFrom(a, a.BitLen()), route.NextHop{Kind: route.Local, Port: p.idx}); err != nil {
@@ -523,6 +543,17 @@ func (e *Engine) publishLocked() error {
 			return err
 		}
 	}
+	// The gateway port's host routes: the gateway's packets that the
+	// engine does not answer go there (see worker.toGatewayPort).
+	if gw != nil {
+		for _, a := range []netip.Addr{e.gw4, e.gw6} {
+			if a.IsValid() {
+				if err := add(netip.PrefixFrom(a, a.BitLen()), route.NextHop{Kind: route.Local, Port: gw.idx}); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	// The in-cluster remainder is unreachable, never egress.
 	for _, c := range append([]netip.Prefix{e.cfg.PodCIDR, e.cfg.PodCIDR6}, e.cfg.ClusterCIDRs...) {
 		if c.IsValid() {
@@ -531,7 +562,7 @@ func (e *Engine) publishLocked() error {
 			}
 		}
 	}
-	e.state.Store(&snapshot{table: b.Build(), ports: slices.Clone(e.ports)})
+	e.state.Store(&snapshot{table: b.Build(), ports: slices.Clone(e.ports), gateway: gw})
 	return nil
 }
 

@@ -318,7 +318,7 @@ func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
 			return
 		}
 	}
-	if pp.Dst == w.e.gw4 || (pp.Version == 6 && pp.Dst == w.e.gw6) {
+	if (pp.Dst == w.e.gw4 || (pp.Version == 6 && pp.Dst == w.e.gw6)) && !w.toGatewayPort() {
 		w.answerEcho(frame)
 		return
 	}

@@ -215,3 +215,29 @@ func TestNodeLifecycle(t *testing.T) {
 		t.Fatalf("Ready after Close: %v", err)
 	}
 }
+
+// TestAttachIngress: the ingress port is the engine's gateway port, the
+// gateway addresses route to it, and a node has one at most.
+func TestAttachIngress(t *testing.T) {
+	n, err := New(Config{PodCIDR: netip.MustParsePrefix("10.244.1.0/24"), Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	_, dev := linktest.Pipe(4, 2048, 4)
+	p, err := n.AttachIngress(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pc := p.Config(); !pc.Gateway || pc.Kind != engine.KindNetstack || pc.MTU != n.MTU() || pc.Name != IngressPortName {
+		t.Fatalf("port config %+v", pc)
+	}
+	nh, ok := n.Engine().Routes().Lookup(n.Engine().Gateway())
+	if !ok || nh.Kind != route.Local || nh.Port != p.Index() {
+		t.Fatalf("gateway route %+v %v", nh, ok)
+	}
+	_, dev2 := linktest.Pipe(4, 2048, 4)
+	if _, err := n.AttachIngress(dev2); err == nil {
+		t.Fatal("second ingress attached")
+	}
+}

@@ -112,7 +112,7 @@ func New(cfg Config) (*Daemon, error) {
 	d.cfg.MTU = d.node.MTU()
 	nodeProbe := d.node.Ready
 	d.ready.node.Store(&nodeProbe)
-	d.pods = pods{eng: d.eng, store: d.store, log: d.log, byID: map[api.AttachmentID]*pod{}}
+	d.pods = pods{eng: d.eng, store: d.store, log: d.log, byID: map[api.AttachmentID]*pod{}, hp: hostPorts{node: d.node}}
 	if cfg.MetricsAddr.IsValid() {
 		if err := d.startMetrics(); err != nil {
 			return nil, err

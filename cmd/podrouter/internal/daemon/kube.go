@@ -486,7 +486,7 @@ func CNIConfList(cfg Config, dataDir string) []byte {
     "socket": %q,
     "mtu": %d,
     "ipam": {"type": "host-local", "dataDir": %q},
-    "capabilities": {"mac": true}
+    "capabilities": {"mac": true, "portMappings": true}
   }]
 }
 `, cfg.Socket, cfg.MTU, dataDir)

@@ -54,6 +54,7 @@ type pods struct {
 	store *store
 	log   *zap.Logger
 	byID  map[api.AttachmentID]*pod
+	hp    hostPorts // the pods' hostPorts, published (ingress.go)
 }
 
 // tapConfig is how the daemon opens a pod's TAP: persistent (it outlives
@@ -146,6 +147,7 @@ func (p *pods) attach(req api.AttachRequest, dev link.Device) (*pod, error) {
 		old.port = nil
 	}
 	p.byID[req.AttachmentID] = pd
+	p.syncHostPortsLocked()
 	return pd, nil
 }
 
@@ -191,6 +193,7 @@ func (p *pods) detachLocked(pd *pod) {
 		p.log.Error("remove attachment record", zap.Stringer("pod", pd.rec.AttachmentID), zap.Error(err))
 	}
 	delete(p.byID, pd.rec.AttachmentID)
+	p.syncHostPortsLocked()
 }
 
 // Detach implements api.Handler. It works whether or not the daemon is
@@ -247,6 +250,7 @@ func (p *pods) reattach(recs []record) (ok, failed int) {
 		}
 		p.byID[rec.AttachmentID] = pd
 	}
+	p.syncHostPortsLocked()
 	return ok, failed
 }
 
