@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -408,6 +409,47 @@ func testServices(t *testing.T, c *cluster.Cluster, ns string) {
 			if err2 != nil || (out2 != "200" && out2 != "401" && out2 != "403") {
 				return fmt.Errorf("kubernetes Service: %q %v; by address: %q %v", out, err, out2, err2)
 			}
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	// NodePort: from this machine (outside the cluster, on the nodes'
+	// bridge) to either node's address, and from pod a to node-2's
+	// address; each node's engine balances over both backends.
+	np, err := c.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-np"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"svc": "web"},
+			Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt(8080)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodePort := np.Spec.Ports[0].NodePort
+	for _, n := range c.Nodes {
+		url := fmt.Sprintf("http://%s:%d/hostname", n.Addr, nodePort)
+		if err := retry(func() error {
+			seen := map[string]bool{}
+			for range 20 {
+				out, err := osexec.Command("curl", "-s", "--max-time", "5", url).Output()
+				if err != nil {
+					return fmt.Errorf("NodePort %s from the host: %v", url, err)
+				}
+				seen[string(out)] = true
+			}
+			if !seen["b"] || !seen["c"] {
+				return fmt.Errorf("NodePort %s from the host: answers %v, want b and c", url, seen)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := retry(func() error {
+		url := fmt.Sprintf("http://127.0.0.1:8080/dial?request=hostname&protocol=http&host=%s&port=%d&tries=10", c.Nodes[1].Addr, nodePort)
+		out, err := exec(c, ns, "a", "curl", "-g", "-q", "-s", "--max-time", "30", url)
+		if err != nil || !strings.Contains(out, `"Responses"`) || strings.Contains(out, `"Errors":["`) {
+			return fmt.Errorf("NodePort from pod a: %v %s", err, out)
 		}
 		return nil
 	}); err != nil {

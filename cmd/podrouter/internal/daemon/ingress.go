@@ -12,6 +12,14 @@ package daemon
 // A mapping with a host IP listens there; without one, on every host
 // address of each family the pod has an address of (0.0.0.0, ::). When two
 // pods map the same socket, the older attachment keeps it.
+//
+// NodePorts ride on the same forwarder: the Service watcher's snapshots
+// (setNodePorts) add a rule per Service port with a nodePort, listening
+// on every address (0.0.0.0, ::) and dialing this node's address at that
+// nodePort, which the engine's load balancer catches as a nodePort
+// frontend (with its externalTrafficPolicy). A pod's hostPort keeps a
+// socket a nodePort also wants (the API server keeps nodePorts in their
+// own range, so this is an operator's conflict), and it is logged.
 
 import (
 	"cmp"
@@ -24,18 +32,31 @@ import (
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/service"
 )
 
 // hostPorts is the pods table's ingress forwarder.
 type hostPorts struct {
-	node *node.Node         // nil: hostPorts are not published (tests without a node)
-	fwd  *ingress.Forwarder // nil until the first pod with a hostPort
+	node      *node.Node         // nil: hostPorts are not published (tests without a node)
+	fwd       *ingress.Forwarder // nil until the first pod with a hostPort
+	nodePorts []ingress.Rule     // the Services' (setNodePorts)
 }
 
 // syncHostPortsLocked sets the forwarder's rules from the attached pods'
 // mappings. The caller holds p.mu.
 func (p *pods) syncHostPortsLocked() {
 	rules := p.hostPortRulesLocked()
+	taken := map[[2]any]bool{}
+	for _, r := range rules {
+		taken[[2]any{r.Proto, r.Listen}] = true
+	}
+	for _, r := range p.hp.nodePorts {
+		if taken[[2]any{r.Proto, r.Listen}] {
+			p.log.Warn("nodePort socket held by a pod's hostPort; nodePort not published there", zap.Stringer("rule", r))
+			continue
+		}
+		rules = append(rules, r)
+	}
 	hp := &p.hp
 	if hp.fwd == nil {
 		if len(rules) == 0 {
@@ -116,6 +137,56 @@ func mappingRules(ms []api.PortMapping, addrs []netip.Addr) []ingress.Rule {
 				continue // the pod has no address of the host IP's family here
 			}
 			out = append(out, ingress.Rule{Proto: proto, Listen: netip.AddrPortFrom(listen, m.HostPort), Target: netip.AddrPortFrom(a, m.ContainerPort)})
+		}
+	}
+	return out
+}
+
+// setNodePorts publishes the nodePorts of svcs (the Service watcher's
+// snapshot) on the ingress forwarder.
+func (d *Daemon) setNodePorts(svcs []service.Service) {
+	rules := nodePortRules(svcs, d.cfg.NodeIPs)
+	p := &d.pods
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(rules) == 0 && len(p.hp.nodePorts) == 0 {
+		return
+	}
+	p.hp.nodePorts = rules
+	p.syncHostPortsLocked()
+}
+
+// nodePortRules returns a rule per Service port with a nodePort and per
+// family of its ClusterIPs: listen on every address at the nodePort,
+// dial this node's address of that family at the nodePort (the engine's
+// nodePort frontend), or the ClusterIP:port when the node has none.
+func nodePortRules(svcs []service.Service, nodeIPs []netip.Addr) []ingress.Rule {
+	var out []ingress.Rule
+	seen := map[[2]any]bool{}
+	for _, s := range svcs {
+		for _, port := range s.Ports {
+			if port.NodePort == 0 {
+				continue
+			}
+			for _, vip := range s.ClusterIPs {
+				listen := netip.AddrPortFrom(netip.IPv4Unspecified(), port.NodePort)
+				if vip.Is6() {
+					listen = netip.AddrPortFrom(netip.IPv6Unspecified(), port.NodePort)
+				}
+				k := [2]any{port.Proto, listen}
+				if seen[k] {
+					continue // the API server keeps nodePorts unique; be safe
+				}
+				seen[k] = true
+				target := netip.AddrPortFrom(vip, port.Port)
+				for _, a := range nodeIPs {
+					if a.Is4() == vip.Is4() {
+						target = netip.AddrPortFrom(a, port.NodePort)
+						break
+					}
+				}
+				out = append(out, ingress.Rule{Proto: port.Proto, Listen: listen, Target: target})
+			}
 		}
 	}
 	return out

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/podrouter/podrouter/router/link/linktest"
 	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/service"
 )
 
 func TestMappingRules(t *testing.T) {
@@ -131,5 +133,27 @@ func TestHostPorts(t *testing.T) {
 	p.mu.Unlock()
 	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 		t.Fatal("hostPort still published after both pods were detached")
+	}
+}
+
+func TestNodePortRules(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("10.96.0.20"), netip.MustParseAddr("fd00:96::20")
+	node4 := netip.MustParseAddr("172.29.0.2")
+	svcs := []service.Service{
+		{Namespace: "ns", Name: "np", ClusterIPs: []netip.Addr{v4, v6}, Ports: []service.Port{
+			{Name: "http", Proto: packet.ProtoTCP, Port: 80, NodePort: 30080},
+			{Name: "dns", Proto: packet.ProtoUDP, Port: 53, NodePort: 30053},
+			{Name: "plain", Proto: packet.ProtoTCP, Port: 81},
+		}},
+	}
+	got := nodePortRules(svcs, []netip.Addr{node4})
+	want := []ingress.Rule{
+		{Proto: packet.ProtoTCP, Listen: netip.MustParseAddrPort("0.0.0.0:30080"), Target: netip.MustParseAddrPort("172.29.0.2:30080")},
+		{Proto: packet.ProtoTCP, Listen: netip.MustParseAddrPort("[::]:30080"), Target: netip.MustParseAddrPort("[fd00:96::20]:80")},
+		{Proto: packet.ProtoUDP, Listen: netip.MustParseAddrPort("0.0.0.0:30053"), Target: netip.MustParseAddrPort("172.29.0.2:30053")},
+		{Proto: packet.ProtoUDP, Listen: netip.MustParseAddrPort("[::]:30053"), Target: netip.MustParseAddrPort("[fd00:96::20]:53")},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("rules\n%v\nwant\n%v", got, want)
 	}
 }

@@ -190,7 +190,9 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 			Sink: func(svcs []service.Service) {
 				if err := d.node.SetServices(svcs); err != nil {
 					log.Error("services not applied", zap.Error(err))
+					return
 				}
+				d.setNodePorts(svcs)
 			},
 		})
 		if err != nil {
