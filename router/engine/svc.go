@@ -26,6 +26,10 @@ package engine
 // backend left the Endpoints (kube-proxy leaves TCP flows to a removed
 // endpoint alone; only UDP flows are flushed, SetServices does that).
 //
+// A nodePort flow's source is translated to the gateway too, as
+// kube-proxy masquerades nodePort traffic: its backend may be on another
+// node, and the replies must come back here.
+//
 // A hairpin (a pod reaching its own Service and picked as the backend) is
 // translated both ways: the source becomes the pod gateway's address with
 // a port from the conntrack table's SNAT range for it, so the pod sees a
@@ -301,12 +305,18 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 		w.icmpError(frame, portUnreachable(pp.Version))
 		return false
 	}
+	// The source is translated to the gateway for a hairpin, and for a
+	// nodePort (as kube-proxy masquerades nodePort traffic): the backend
+	// may be on another node, and its replies must come back through
+	// this one to be translated. Traffic from the ingress port comes from
+	// the gateway already.
 	var snat netip.Addr
-	if backend.Addr() == pp.Src {
-		snat = w.e.gw4
-		if pp.Version == 6 {
-			snat = w.e.gw6
-		}
+	gw := w.e.gw4
+	if pp.Version == 6 {
+		gw = w.e.gw6
+	}
+	if backend.Addr() == pp.Src || (f.NodePort && pp.Src != gw) {
+		snat = gw
 	}
 	r, err = s.cfg.Table.TrackDNAT(k, flags, backend, snat, now)
 	if err != nil {
