@@ -2,13 +2,18 @@ package main
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"encoding/hex"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 // TestVFSCap compares the encoding with what `setcap CAPS=+ep FILE` wrote
@@ -76,4 +81,57 @@ func TestLayerCaps(t *testing.T) {
 	if _, err := Layer([]Entry{{Kind: Dir, Path: "/d", Caps: 1}}); !errors.Is(err, ErrCapsNotFile) {
 		t.Errorf("caps on a dir: err %v, want %v", err, ErrCapsNotFile)
 	}
+}
+
+// layerCaps returns, in hex, the security.capability record of file in
+// the one layer of the image ref in the tarball at path ("" if none).
+func layerCaps(t *testing.T, path, ref, file string) string {
+	t.Helper()
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := tarball.ImageFromPath(path, &tag)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	layers, err := img.Layers()
+	if err != nil || len(layers) != 1 {
+		t.Fatalf("%s: %d layers, %v; want 1", path, len(layers), err)
+	}
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			t.Fatalf("%s: no %s in the image", path, file)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Name == file {
+			return hex.EncodeToString([]byte(h.PAXRecords[xattrCapability]))
+		}
+	}
+}
+
+// corednsVersion is the CoreDNS version deploy/kubetools/coredns pins.
+func corednsVersion(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../coredns/go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) >= 2 && f[0] == "github.com/coredns/coredns" {
+			return f[1]
+		}
+	}
+	t.Fatal("../coredns/go.mod requires no github.com/coredns/coredns")
+	return ""
 }
