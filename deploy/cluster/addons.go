@@ -86,7 +86,11 @@ func (c *Cluster) CoreDNSState(ctx context.Context) (string, error) {
 		if node == "" {
 			node = "unscheduled"
 		}
-		parts = append(parts, fmt.Sprintf("%s on %s %s %s started=%v ready=%v", p.Name, node, p.Status.PodIP, p.Status.Phase, started, ready))
+		ip := p.Status.PodIP
+		if ip == "" {
+			ip = "no-ip"
+		}
+		parts = append(parts, fmt.Sprintf("%s on %s %s %s started=%v ready=%v", p.Name, node, ip, p.Status.Phase, started, ready))
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, "; "), nil

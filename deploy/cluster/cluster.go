@@ -15,8 +15,8 @@
 //	             └─ containerd (cgroup /podr-ID/node-N/system) ─ shims ─ pods
 //	             └─ kubelet (cgroupRoot /podr-ID/node-N; failCgroupV1: false)
 //	Up: pki ─► control plane ─► nodes (import images) ─► kubelets register
-//	    ─► kubectl apply -k deploy/ (the DaemonSet; optional) ─► addons
-//	    (CoreDNS, addons/coredns.yaml; not waited for) ─► nodes Ready
+//	    ─► kubectl apply -k deploy/ (the DaemonSet; optional) ─► nodes Ready
+//	    ─► addons (CoreDNS, addons/coredns.yaml; not waited for)
 //	Down: kubelets, containerd ─► every process in the cluster's cgroups
 //	      ─► holders (their mounts go with their mount namespaces) ─► netns,
 //	      bridge, cgroups, directories
@@ -244,16 +244,17 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 			return c, err
 		}
 		cfg.Log("first podrouter pod Running %v after the DaemonSet apply", time.Since(applied).Round(time.Millisecond))
-		// The addons (CoreDNS) once the DaemonSet is in: their pods are
-		// scheduled as the nodes go Ready. Up does not wait for them (see
-		// addons.go); it logs their state.
-		if err := c.applyAddons(ctx); err != nil {
-			return c, err
-		}
 		if err := c.WaitReady(ctx, cfg.ReadyTimeout); err != nil {
 			return c, err
 		}
 		cfg.Log("nodes Ready %v after the DaemonSet apply (%v in all)", time.Since(applied).Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
+		// The addons (CoreDNS) once every node is Ready, so that the
+		// scheduler spreads the replicas (applied earlier, both went to
+		// the first node Ready). Up does not wait for them (see
+		// addons.go); it logs their state.
+		if err := c.applyAddons(ctx); err != nil {
+			return c, err
+		}
 		if st, err := c.CoreDNSState(ctx); err != nil {
 			cfg.Log("CoreDNS: %v", err)
 		} else {
