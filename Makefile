@@ -63,13 +63,20 @@ image:
 #     the e2e framework's imageutils.Pause;
 #   agnhost: k8s.io/kubernetes/test/images/agnhost under the name of the
 #     e2e framework's imageutils.Agnhost, with busybox's sh and applets and
-#     our curl and nc (deploy/kubetools/nettools) for the specs that exec them.
+#     our curl and nc (deploy/kubetools/nettools) for the specs that exec them;
+#   coredns: github.com/coredns/coredns at the version its own small module
+#     deploy/kubetools/coredns pins (its dependencies would move
+#     k8s.io/kubernetes's in deploy/kubetools), under the upstream image's
+#     name, laid out as upstream's: distroless/static's nonroot base, uid
+#     65532, /coredns with the file capability cap_net_bind_service (:53).
 # deploy/kubetools/imagetool's TestMakefileNames checks the names against
 # the pinned k8s.io/kubernetes.
 IMAGES        ?= $(CACHE)/images
 IMAGES_BIN    := $(IMAGES)/bin
 PAUSE_IMAGE   := registry.k8s.io/pause:3.10.2
 AGNHOST_IMAGE := registry.k8s.io/e2e-test-images/agnhost:2.66.1
+COREDNS_VERSION := $(shell awk '$$1 == "github.com/coredns/coredns" { print $$2 }' deploy/kubetools/coredns/go.mod)
+COREDNS_IMAGE := registry.k8s.io/coredns/coredns:$(COREDNS_VERSION)
 BUSYBOX       ?= /bin/busybox
 # distroless's CA bundle is Debian's; ours is this machine's, when it has one.
 CA_BUNDLE     := $(wildcard /etc/ssl/certs/ca-certificates.crt)
@@ -77,6 +84,8 @@ imagefile      = $(IMAGES)/$(subst :,_,$(subst /,_,$(1))).tar
 PODROUTER_TAR := $(call imagefile,$(IMAGE))
 PAUSE_TAR     := $(call imagefile,$(PAUSE_IMAGE))
 AGNHOST_TAR   := $(call imagefile,$(AGNHOST_IMAGE))
+COREDNS_TAR   := $(call imagefile,$(COREDNS_IMAGE))
+COREDNS_MOD   := deploy/kubetools/coredns/go.mod deploy/kubetools/coredns/go.sum
 IMAGETOOL     := $(IMAGES_BIN)/imagetool
 MAIN_SRC      := go.mod go.sum $(shell find cmd router cni netstackx -name '*.go' -not -name '*_test.go' 2>/dev/null)
 KUBETOOLS_MOD := deploy/kubetools/go.mod deploy/kubetools/go.sum
@@ -92,8 +101,8 @@ AGNHOST_APPLETS := ash cat echo grep egrep fgrep ls mkdir rm rmdir sleep test [ 
   date dd printf touch ln mv cp chmod chown timeout xargs find which nproc netstat tee stat \
   uname whoami readlink dirname basename mktemp seq expr pwd
 
-images: $(PODROUTER_TAR) $(PAUSE_TAR) $(AGNHOST_TAR)
-	@echo "images in $(IMAGES): $(IMAGE) $(PAUSE_IMAGE) $(AGNHOST_IMAGE)"
+images: $(PODROUTER_TAR) $(PAUSE_TAR) $(AGNHOST_TAR) $(COREDNS_TAR)
+	@echo "images in $(IMAGES): $(IMAGE) $(PAUSE_IMAGE) $(AGNHOST_IMAGE) $(COREDNS_IMAGE)"
 	@echo "sandbox image (containerd sandbox_image / pinned_images.sandbox): $(PAUSE_IMAGE)"
 
 $(IMAGETOOL) $(IMAGES_BIN)/pause $(IMAGES_BIN)/nettools &: $(KUBETOOLS_MOD) $(wildcard deploy/kubetools/imagetool/*.go deploy/kubetools/pause/*.go deploy/kubetools/nettools/*.go)
@@ -110,6 +119,12 @@ $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local &: 
 $(IMAGES_BIN)/agnhost: $(KUBETOOLS_MOD)
 	@mkdir -p $(IMAGES_BIN)
 	cd deploy/kubetools && CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(abspath $(IMAGES_BIN))/ k8s.io/kubernetes/test/images/agnhost
+	@touch $@
+
+# CoreDNS's main package, unchanged (every plugin of its plugin.cfg).
+$(IMAGES_BIN)/coredns: $(COREDNS_MOD)
+	@mkdir -p $(IMAGES_BIN)
+	cd deploy/kubetools/coredns && CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(abspath $(IMAGES_BIN))/ github.com/coredns/coredns
 	@touch $@
 
 # The Dockerfile's final stage: distroless/static's nonroot base (users,
@@ -132,6 +147,21 @@ $(PODROUTER_TAR): $(IMAGETOOL) $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-c
 	  -label org.opencontainers.image.source=https://github.com/podrouter/podrouter \
 	  -workdir /home/nonroot -user 65532:65532 \
 	  -entrypoint /usr/local/bin/podrouter -cmd help
+
+# Upstream's image (coredns/coredns Dockerfile): distroless/static's
+# nonroot base, `setcap cap_net_bind_service=+ep /coredns`, USER
+# 65532:65532, WORKDIR /, ENTRYPOINT /coredns.
+$(COREDNS_TAR): $(IMAGETOOL) $(IMAGES_BIN)/coredns $(wildcard deploy/kubetools/images/base/etc/*)
+	$(IMAGETOOL) -name $(COREDNS_IMAGE) -o $@ \
+	  -file /etc/passwd=deploy/kubetools/images/base/etc/passwd:0644 \
+	  -file /etc/group=deploy/kubetools/images/base/etc/group:0644 \
+	  -file /etc/nsswitch.conf=deploy/kubetools/images/base/etc/nsswitch.conf:0644 \
+	  -dir /tmp:1777 -dir /home/nonroot:0700:65532:65532 \
+	  $(if $(CA_BUNDLE),-file /etc/ssl/certs/ca-certificates.crt=$(CA_BUNDLE):0644) \
+	  -file /coredns=$(IMAGES_BIN)/coredns:0755 -cap /coredns=cap_net_bind_service \
+	  -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+	  -env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+	  -workdir / -user 65532:65532 -entrypoint /coredns
 
 $(PAUSE_TAR): $(IMAGETOOL) $(IMAGES_BIN)/pause
 	$(IMAGETOOL) -name $(PAUSE_IMAGE) -o $@ \
@@ -229,7 +259,7 @@ $(RUNC):
 $(CLUSTERCTL): go.mod go.sum $(wildcard deploy/cluster/*.go deploy/cluster/clusterctl/*.go router/kube/kubepki/*.go)
 	$(GO) build -o $(BIN)/ ./deploy/cluster/clusterctl
 
-CLUSTER_FLAGS = --bin=$(KUBE_BIN) --nodes=$(NODES) --images=$(PODROUTER_TAR),$(PAUSE_TAR),$(AGNHOST_TAR) \
+CLUSTER_FLAGS = --bin=$(KUBE_BIN) --nodes=$(NODES) --images=$(PODROUTER_TAR),$(PAUSE_TAR),$(AGNHOST_TAR),$(COREDNS_TAR) \
   --sandbox-image=$(PAUSE_IMAGE) --deploy=deploy --image=$(IMAGE)
 
 # Starts the cluster and holds it (prints the kubeconfig); Ctrl-C or

@@ -16,6 +16,7 @@
 //	             └─ kubelet (cgroupRoot /podr-ID/node-N; failCgroupV1: false)
 //	Up: pki ─► control plane ─► nodes (import images) ─► kubelets register
 //	    ─► kubectl apply -k deploy/ (the DaemonSet; optional) ─► nodes Ready
+//	    ─► addons (CoreDNS, addons/coredns.yaml; not waited for)
 //	Down: kubelets, containerd ─► every process in the cluster's cgroups
 //	      ─► holders (their mounts go with their mount namespaces) ─► netns,
 //	      bridge, cgroups, directories
@@ -92,7 +93,8 @@ type Config struct {
 	// SandboxImage is the pause image's name (one of Images).
 	SandboxImage string
 	// Deploy, when set, is a kustomization directory (deploy/) applied once
-	// the nodes have registered, with Image as the podrouter image.
+	// the nodes have registered, with Image as the podrouter image; the
+	// addons (CoreDNS: CoreDNSImage should be among Images) follow it.
 	Deploy string
 	Image  string
 	// ReadyTimeout bounds the wait for every node to be Ready (default
@@ -246,6 +248,18 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 			return c, err
 		}
 		cfg.Log("nodes Ready %v after the DaemonSet apply (%v in all)", time.Since(applied).Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
+		// The addons (CoreDNS) once every node is Ready, so that the
+		// scheduler spreads the replicas (applied earlier, both went to
+		// the first node Ready). Up does not wait for them (see
+		// addons.go); it logs their state.
+		if err := c.applyAddons(ctx); err != nil {
+			return c, err
+		}
+		if st, err := c.CoreDNSState(ctx); err != nil {
+			cfg.Log("CoreDNS: %v", err)
+		} else {
+			cfg.Log("CoreDNS (not waited for: its readiness needs the kubernetes Service): %s", st)
+		}
 	}
 	return c, nil
 }

@@ -82,7 +82,7 @@ func upCluster(t *testing.T) *cluster.Cluster {
 		imgDir = filepath.Join(root, ".cache", "images")
 	}
 	var images []string
-	for _, img := range []string{podrouterImg, pauseImage, agnhostImage} {
+	for _, img := range []string{podrouterImg, pauseImage, agnhostImage, cluster.CoreDNSImage} {
 		f := imageFile(imgDir, img)
 		if _, err := os.Stat(f); err != nil {
 			skipOrFail(t, "%s missing (make images)", f)
@@ -318,6 +318,8 @@ func TestCluster(t *testing.T) {
 			t.Error(err)
 		}
 	})
+
+	t.Run("coredns", func(t *testing.T) { testCoreDNS(t, c, ns, "a") })
 
 	t.Run("probes", func(t *testing.T) {
 		// The kubelet's HTTP probes reach the pods (they went Ready), and

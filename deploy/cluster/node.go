@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/podrouter/podrouter/router/kube/kubeproc"
+	"github.com/podrouter/podrouter/router/tempns"
 )
 
 // DefaultSandboxImage is containerd 2.4's default pause image.
@@ -141,6 +143,19 @@ func (n *Node) Exec(ctx context.Context, name string, args ...string) (string, e
 	argv := append(n.enter(), name)
 	out, err := exec.CommandContext(ctx, argv[0], append(argv[1:], args...)...).CombinedOutput()
 	return string(out), err
+}
+
+// DialContext dials address from the node's network namespace, as its
+// hostNetwork pods would: the socket is made on a thread switched into
+// the namespace, and stays there whatever thread uses it later.
+func (n *Node) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	var conn net.Conn
+	err := tempns.DoIn("/run/netns/"+n.Netns, func() error {
+		var err error
+		conn, err = (&net.Dialer{}).DialContext(ctx, network, address)
+		return err
+	})
+	return conn, err
 }
 
 // startContainerd writes the node's containerd configuration and starts

@@ -6,6 +6,7 @@
 //	New: ip netns add podr-<pid>-<tag>-<n> ─► open a handle ─► lo up ─► setup
 //	     (any failure deletes the namespace again and returns the error)
 //	Do / Command / Run: work inside it        Delete: kill what runs inside, remove it
+//	DoIn: Do in a namespace made elsewhere (a cluster node's)
 //	Sweep (once per process, from New): remove namespaces of processes that are gone
 //
 // Design notes. Everything podrouter creates is named with one prefix,
@@ -139,6 +140,23 @@ func (n *NS) Do(fn func() error) error {
 	if !n.h.IsOpen() {
 		return fmt.Errorf("tempns: %s: %w", n.name, os.ErrClosed)
 	}
+	return doIn(n.h, n.name, fn)
+}
+
+// DoIn is Do for a network namespace this package did not make, named by
+// its path (/run/netns/NAME, /proc/PID/ns/net): a cluster node's, say.
+func DoIn(path string, fn func() error) error {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("tempns: open %s: %w", path, err)
+	}
+	defer h.Close()
+	return doIn(h, path, fn)
+}
+
+// doIn runs fn on a locked OS thread switched into h (named name in
+// errors), then switches the thread back.
+func doIn(h netns.NsHandle, name string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		// The thread is not unlocked when switching back fails: it dies
@@ -150,8 +168,8 @@ func (n *NS) Do(fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(n.h); err != nil {
-			errc <- fmt.Errorf("tempns: enter %s: %w", n.name, err)
+		if err := netns.Set(h); err != nil {
+			errc <- fmt.Errorf("tempns: enter %s: %w", name, err)
 			return
 		}
 		ferr := fn()

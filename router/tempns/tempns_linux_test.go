@@ -243,3 +243,43 @@ func TestSweep(t *testing.T) {
 		}
 	}
 }
+
+// TestDoIn: DoIn enters a namespace by its path, as Do does, and leaves
+// every thread at home; a path that is no namespace is an error.
+func TestDoIn(t *testing.T) {
+	requireRoot(t)
+	host, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := New("doin", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ns.Delete() })
+	var inside string
+	if err := DoIn(ns.Path(), func() error {
+		var err error
+		inside, err = os.Readlink("/proc/thread-self/ns/net")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(ns.Path(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("net:[%d]", st.Ino); inside != want {
+		t.Errorf("inside DoIn: %s, want %s", inside, want)
+	}
+	if wrong := threadNamespaces(t, host); len(wrong) != 0 {
+		t.Errorf("threads left in another namespace: %v", wrong)
+	}
+	errBoom := errors.New("boom")
+	if err := DoIn(ns.Path(), func() error { return errBoom }); !errors.Is(err, errBoom) {
+		t.Errorf("DoIn returned %v, want fn's error", err)
+	}
+	if err := DoIn(filepath.Join(t.TempDir(), "none"), func() error { return nil }); err == nil {
+		t.Error("DoIn of a missing path: no error")
+	}
+}

@@ -68,6 +68,9 @@ type Entry struct {
 	Mode   int64  // permission bits (and setuid/sticky); ignored for Symlink
 	UID    int
 	GID    int
+	// Caps are File's capabilities (a mask of 1<<CAP_*), effective and
+	// permitted, as `setcap CAPS=+ep`; 0: none.
+	Caps uint64
 }
 
 // Spec is everything an image is made of.
@@ -84,6 +87,7 @@ var epoch = time.Unix(0, 0).UTC()
 var (
 	ErrDuplicatePath = errors.New("imagetool: path given twice")
 	ErrRelativePath  = errors.New("imagetool: path in image must be absolute")
+	ErrCapsNotFile   = errors.New("imagetool: capabilities on an entry that is not a file")
 )
 
 // Layer writes the uncompressed tar of the entries: sorted by path, with
@@ -97,6 +101,9 @@ func Layer(entries []Entry) ([]byte, error) {
 		e.Path = path.Clean(e.Path)
 		if e.Path == "/" {
 			return nil, fmt.Errorf("%w: %q", ErrRelativePath, e.Path)
+		}
+		if e.Caps != 0 && e.Kind != File {
+			return nil, fmt.Errorf("%w: %s", ErrCapsNotFile, e.Path)
 		}
 		if _, dup := byPath[e.Path]; dup {
 			return nil, fmt.Errorf("%w: %s", ErrDuplicatePath, e.Path)
@@ -138,6 +145,9 @@ func Layer(entries []Entry) ([]byte, error) {
 			body = b
 			hdr.Typeflag = tar.TypeReg
 			hdr.Size = int64(len(b))
+			if e.Caps != 0 {
+				hdr.PAXRecords = map[string]string{xattrCapability: string(vfsCap(e.Caps))}
+			}
 		case Dir:
 			hdr.Typeflag = tar.TypeDir
 			hdr.Name += "/"

@@ -243,7 +243,8 @@ func TestBuiltImages(t *testing.T) {
 		"agnhost":          {tar.TypeReg, 0o755, 0, 0, "", ""},
 		"agnhost-2":        link("agnhost"),
 		"bin/busybox":      {tar.TypeReg, 0o755, 0, 0, "", ""},
-		"bin/sh":           link("busybox"),
+		"bin/sh":           link("dash"),
+		"bin/dash":         {tar.TypeReg, 0o755, 0, 0, "", ""},
 		"bin/grep":         link("busybox"),
 		"usr/bin/curl":     link("nettools"),
 		"usr/bin/nc":       link("nettools"),
@@ -251,6 +252,21 @@ func TestBuiltImages(t *testing.T) {
 		"tmp/":             {tar.TypeDir, 0o1777, 0, 0, "", ""},
 		"uploads/":         {tar.TypeDir, 0o755, 0, 0, "", ""},
 	})
+	// CoreDNS as upstream lays it out: distroless/static's nonroot base,
+	// /coredns with cap_net_bind_service (it binds :53 as uid 65532).
+	coredns := "registry.k8s.io/coredns/coredns:" + corednsVersion(t)
+	checkTarball(t, file(coredns), coredns, v1.Config{
+		Entrypoint: []string{"/coredns"}, User: "65532:65532", WorkingDir: "/",
+		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"},
+	}, map[string]tarEntry{
+		"coredns":       {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"etc/passwd":    {tar.TypeReg, 0o644, 0, 0, "", ""},
+		"tmp/":          {tar.TypeDir, 0o1777, 0, 0, "", ""},
+		"home/nonroot/": {tar.TypeDir, 0o700, 65532, 65532, "", ""},
+	})
+	if got, want := layerCaps(t, file(coredns), coredns, "coredns"), "0100000200040000000000000000000000000000"; got != want {
+		t.Errorf("coredns image: /coredns security.capability %s, want %s (cap_net_bind_service=+ep)", got, want)
+	}
 	// The podrouter image's config and files are checked against the
 	// Dockerfile by deploy's TestGoImageMatchesDockerfile; here: the name.
 	m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(file("podrouter:built")) })

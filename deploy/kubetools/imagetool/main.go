@@ -11,6 +11,8 @@
 //	-file DST=SRC[:MODE[:UID:GID]]   copy SRC to DST (MODE octal; default SRC's permissions)
 //	-dir DST[:MODE[:UID:GID]]        a directory (default 0755 root:root)
 //	-symlink DST=TARGET              a symbolic link
+//	-cap DST=CAP[,CAP...]            file capabilities of the -file DST, as `setcap CAPS=+ep`
+//	                                 (names as capabilities(7), e.g. cap_net_bind_service)
 //
 // Parent directories are implied (0755 root:root).
 package main
@@ -48,10 +50,11 @@ func run(args []string) error {
 	out := fs.String("o", "", "output tarball (required)")
 	user := fs.String("user", "", "config User (uid[:gid])")
 	workdir := fs.String("workdir", "", "config WorkingDir")
-	var files, dirs, links, entrypoint, cmd, env, labels list
+	var files, dirs, links, caps, entrypoint, cmd, env, labels list
 	fs.Var(&files, "file", "DST=SRC[:MODE[:UID:GID]]")
 	fs.Var(&dirs, "dir", "DST[:MODE[:UID:GID]]")
 	fs.Var(&links, "symlink", "DST=TARGET")
+	fs.Var(&caps, "cap", "DST=CAP[,CAP...]: file capabilities (effective, permitted) of the -file DST")
 	fs.Var(&entrypoint, "entrypoint", "one entrypoint argument (repeat)")
 	fs.Var(&cmd, "cmd", "one cmd argument (repeat)")
 	fs.Var(&env, "env", "KEY=VALUE (repeat)")
@@ -97,6 +100,26 @@ func run(args []string) error {
 			return err
 		}
 		spec.Entries = append(spec.Entries, e)
+	}
+	for _, c := range caps {
+		dst, names, ok := strings.Cut(c, "=")
+		if !ok || names == "" {
+			return fmt.Errorf("imagetool: -cap %q: want DST=CAP[,CAP...]", c)
+		}
+		mask, err := parseCaps(names)
+		if err != nil {
+			return fmt.Errorf("imagetool: -cap %q: %w", c, err)
+		}
+		found := false
+		for i := range spec.Entries {
+			if path.Clean(spec.Entries[i].Path) == path.Clean(dst) {
+				spec.Entries[i].Caps |= mask
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("imagetool: -cap %q: no -file %s", c, dst)
+		}
 	}
 	for _, d := range dirs {
 		dst, rest, _ := strings.Cut(d, ":")
