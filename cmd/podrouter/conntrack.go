@@ -1,7 +1,8 @@
 package main
 
 // podrouter conntrack: the daemon's flows to the outside (the netstack
-// egress forwarder's live flows) and its egress counters.
+// egress forwarder's live flows, or the engine's snat table's), the load
+// balancer's Service flows, and the egress and Service flow table counters.
 
 import (
 	"context"
@@ -18,7 +19,7 @@ import (
 )
 
 func init() {
-	register(command{name: "conntrack", summary: "show the flows to the outside (netstack or snat egress) with their translated tuples, and the egress counters", run: runConntrack})
+	register(command{name: "conntrack", summary: "show the flows to the outside (netstack or snat egress) and the Service flows with their translated tuples, and the counters", run: runConntrack})
 }
 
 const conntrackDoc = `Lists the daemon's flows to the outside: protocol, the original tuple (pod ->
@@ -28,7 +29,15 @@ the egress counters: live flows, dials in flight, flows opened, events and
 drops by reason. In snat egress mode the flows are the engine's conntrack
 table's (reply tuple: remote -> the SNAT address and port; state: TCP's, or
 unreplied/replied/assured), and the counters the table's. In uplink egress
-mode the host kernel tracks the flows (conntrack -L), so the list is empty.`
+mode the host kernel tracks the flows (conntrack -L), so none is listed.
+
+With the node's load balancer on (Services without kube-proxy), the Service
+flows follow (TABLE service, and the Service's namespace/name): original
+tuple client -> ClusterIP (or node address:nodePort) and port, reply tuple
+backend -> client (for a hairpin, a pod reaching itself through its Service:
+backend -> the pod gateway's address and port). Then the Service flow
+table's counters. --pod and --max apply to both tables (--max to them
+together, egress flows first).`
 
 func runConntrack(args []string, stdout, stderr io.Writer) int {
 	var cf clientFlags
@@ -50,7 +59,8 @@ func runConntrack(args []string, stdout, stderr io.Writer) int {
 
 func printConntrack(w io.Writer, ct api.Conntrack, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PROTO\tORIGINAL\tREPLY\tSTATE\tEXPIRES\tAGE\tPOD")
+	fmt.Fprintln(tw, "TABLE\tPROTO\tORIGINAL\tREPLY\tSTATE\tEXPIRES\tAGE\tPOD\tSERVICE")
+	services := 0
 	for _, f := range ct.Flows {
 		reply := "-"
 		if f.ReplySrc.IsValid() {
@@ -64,24 +74,43 @@ func printConntrack(w io.Writer, ct api.Conntrack, now time.Time) {
 		if pod == "" {
 			pod = "-"
 		}
-		age := "-" // unknown (snat egress)
+		age := "-" // unknown (snat egress, Service flows)
 		if !f.Started.IsZero() {
 			age = now.Sub(f.Started).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s -> %s\t%s\t%s\t%s\t%s\t%s\n", f.Proto, f.Src, apString(f.Dst), reply, f.State, exp,
-			age, pod)
+		table, svc := f.Table, "-"
+		switch table {
+		case "":
+			table = "egress" // from a daemon that names no table
+		case "service":
+			services++
+			if f.Service != "" {
+				svc = f.Service
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s -> %s\t%s\t%s\t%s\t%s\t%s\t%s\n", table, f.Proto, f.Src, apString(f.Dst), reply, f.State, exp,
+			age, pod, svc)
 	}
 	_ = tw.Flush()
 	more := ""
 	if ct.Truncated {
 		more = " (more left out: see --max)"
 	}
-	fmt.Fprintf(w, "%d flows%s, egress %s\n", len(ct.Flows), more, ct.Egress)
+	fmt.Fprintf(w, "%d flows%s, egress %s", len(ct.Flows), more, ct.Egress)
+	if ct.ServiceTable != nil {
+		fmt.Fprintf(w, ", %d of them Service flows", services)
+	}
+	fmt.Fprintln(w)
 	if s := ct.Stats; s != nil {
 		fmt.Fprintf(w, "live flows %d, dials in flight %d, flows opened %d, bytes to remote %d, to pods %d\n",
 			s.Flows, s.DialsInFlight, s.Inserts, s.BytesToRemote, s.BytesToPod)
 		fmt.Fprintf(w, "events: %s\n", countsText(s.Events))
 		fmt.Fprintf(w, "drops: %s\n", countsText(s.Drops))
+	}
+	if s := ct.ServiceTable; s != nil {
+		fmt.Fprintf(w, "service flow table: live flows %d, flows opened %d\n", s.Flows, s.Inserts)
+		fmt.Fprintf(w, "service events: %s\n", countsText(s.Events))
+		fmt.Fprintf(w, "service drops: %s\n", countsText(s.Drops))
 	}
 }
 

@@ -124,7 +124,7 @@ const (
 
 // Ops returns every known operation (not OpUnknown).
 func Ops() []Op {
-	return []Op{OpAttach, OpDetach, OpStatus, OpRoutes, OpPorts, OpAttachments, OpCapture, OpConntrack}
+	return []Op{OpAttach, OpDetach, OpStatus, OpRoutes, OpPorts, OpAttachments, OpCapture, OpConntrack, OpServices}
 }
 
 // known reports whether op is one of Ops.
@@ -488,6 +488,8 @@ type request struct {
 	Capture *CaptureRequest `json:"capture,omitempty"`
 	// Conntrack: OpConntrack's request (conntrack.go).
 	Conntrack *ConntrackRequest `json:"conntrack,omitempty"`
+	// Services: OpServices' request (services.go).
+	Services *ServicesRequest `json:"services,omitempty"`
 }
 
 // wireError is the wire form of an error.
@@ -508,4 +510,5 @@ type reply struct {
 	Attachments []Attachment  `json:"attachments,omitempty"`
 	Capture     *CaptureStats `json:"capture,omitempty"`
 	Conntrack   *Conntrack    `json:"conntrack,omitempty"`
+	Services    *Services     `json:"services,omitempty"`
 }

@@ -1,8 +1,9 @@
 package api
 
 // OpConntrack: the daemon's flows to the outside (the egress forwarder's
-// live flows in netstack mode) and the egress counters, for `podrouter
-// conntrack`.
+// live flows in netstack mode, the engine's conntrack table's in snat
+// mode), the Service flows of the node's load balancer, and the egress
+// and Service flow table counters, for `podrouter conntrack`.
 
 import (
 	"context"
@@ -53,8 +54,17 @@ func (r *ConntrackRequest) Normalize() error {
 	return nil
 }
 
-// Flow is one flow to the outside.
+// Flow is one flow to the outside, or a Service flow (Table).
 type Flow struct {
+	// Table is the flow's table: "egress" (a flow to the outside, as the
+	// egress mode tracks it) or "service" (the load balancer's: Src -> Dst
+	// is the client to the Service's address and port, ReplySrc the
+	// backend, ReplyDst the client, or for a hairpin the pod gateway's
+	// address and port the client's source was translated to).
+	Table string `json:"table,omitempty"`
+	// Service is a Service flow's "namespace/name", empty when its
+	// frontend left the table (the flow lives on to its backend).
+	Service string `json:"service,omitempty"`
 	// Proto is "tcp", "udp", "icmp" or "icmpv6".
 	Proto string `json:"proto"`
 	// Src and Dst are the original tuple, as the pod sent it (the port of
@@ -75,7 +85,8 @@ type Flow struct {
 	Started time.Time `json:"started,omitzero"`
 	Expires time.Time `json:"expires,omitzero"`
 	// Pod is the pod's port name ("containerID/ifName"), empty when no
-	// attachment has the source address.
+	// attachment has the source address (the client's, for a Service
+	// flow).
 	Pod string `json:"pod,omitempty"`
 }
 
@@ -83,11 +94,15 @@ type Flow struct {
 type Conntrack struct {
 	// Egress is the daemon's egress mode: netstack, snat (the engine's
 	// conntrack table) or uplink (whose flows the host kernel tracks, so
-	// Flows is empty).
+	// Flows has no egress flows). Flows lists the egress flows first,
+	// then the Service flows; Max bounds them together.
 	Egress    string  `json:"egress"`
 	Flows     []Flow  `json:"flows"`
 	Truncated bool    `json:"truncated,omitempty"`
 	Stats     *Egress `json:"stats,omitempty"`
+	// ServiceTable is the Service flow table's counters, as Stats in snat
+	// mode; nil when the node has no load balancer.
+	ServiceTable *Egress `json:"serviceTable,omitempty"`
 }
 
 // Egress is the egress forwarder's state and counters (netstack mode), or

@@ -66,6 +66,10 @@ func checkOps(req request) error {
 		c := *req.Conntrack
 		errs = append(errs, c.Normalize())
 	}
+	if req.Services != nil {
+		s := *req.Services
+		errs = append(errs, s.Normalize())
+	}
 	for _, err := range errs {
 		if err != nil {
 			return err

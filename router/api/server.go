@@ -402,6 +402,10 @@ func (s *Server) dispatch(ctx context.Context, req request, files []*os.File) (r
 		if err := s.serveConntrack(ctx, req, &rep); err != nil {
 			return rep, err
 		}
+	case OpServices:
+		if err := s.serveServices(ctx, req, &rep); err != nil {
+			return rep, err
+		}
 	default:
 		return rep, fmt.Errorf("%w: unknown op %q", ErrBadRequest, req.Op)
 	}

@@ -665,3 +665,27 @@ func TestConcurrent(t *testing.T) {
 		t.Fatalf("Range saw %d flows", n)
 	}
 }
+
+// TestWall: a flow's expiry, a table time, reads as the wall-clock time of
+// the table's clock.
+func TestWall(t *testing.T) {
+	c := newClock()
+	t0 := c.Now()
+	tb := newTable(t, c, nil)
+	c.Advance(7*time.Second + 300*time.Millisecond)
+	k := udp(pod1, remote, 5353, 53)
+	if _, err := tb.Track(k, 0, netip.Addr{}, tb.Now()); err != nil {
+		t.Fatal(err)
+	}
+	f, _, ok := tb.Get(k, tb.Now())
+	if !ok {
+		t.Fatal("flow not found")
+	}
+	// Table times are whole seconds: 7s in, plus UDP's 30s.
+	if got, want := tb.Wall(f.Expires), t0.Add(37*time.Second); !got.Equal(want) {
+		t.Errorf("Wall(expiry) = %v, want %v", got, want)
+	}
+	if got := tb.Wall(0); !got.Equal(t0) {
+		t.Errorf("Wall(0) = %v, want the table's creation %v", got, t0)
+	}
+}

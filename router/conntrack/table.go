@@ -409,6 +409,10 @@ func (t *Table) Now() Time {
 	return Time(d / time.Second)
 }
 
+// Wall converts a table time to the wall-clock time it stands for (by the
+// table's clock, Config.Now).
+func (t *Table) Wall(x Time) time.Time { return t.epoch.Add(time.Duration(x) * time.Second) }
+
 // Timeouts returns the resolved timeouts.
 func (t *Table) Timeouts() Timeouts {
 	s := func(v uint32) time.Duration { return time.Duration(v) * time.Second }

@@ -201,23 +201,27 @@ func (s *snatEgress) Flows(srcs []netip.Addr, max int) (flows []api.Flow, trunca
 			truncated = true
 			return false
 		}
-		state := f.State.String()
-		switch {
-		case f.Orig.Proto() == packet.ProtoTCP: // its state machine
-		case f.Assured:
-			state = "assured"
-		case f.SeenReply:
-			state = "replied"
-		default:
-			state = "unreplied"
-		}
 		flows = append(flows, api.Flow{
 			Proto: conntrack.ProtoName(f.Orig.Proto()), Src: src, Dst: f.Orig.Dst(),
-			ReplySrc: f.Reply.Src(), ReplyDst: f.Reply.Dst(), State: state, Expires: s.wall(f.Expires),
+			ReplySrc: f.Reply.Src(), ReplyDst: f.Reply.Dst(), State: flowState(f), Expires: s.wall(f.Expires),
 		})
 		return true
 	})
 	return flows, truncated
+}
+
+// flowState names a conntrack flow's state for the API: TCP's, or
+// unreplied/replied/assured.
+func flowState(f conntrack.Flow) string {
+	switch {
+	case f.Orig.Proto() == packet.ProtoTCP: // its state machine
+		return f.State.String()
+	case f.Assured:
+		return "assured"
+	case f.SeenReply:
+		return "replied"
+	}
+	return "unreplied"
 }
 
 // Stats is the API's view of the table's counters: Flows the entries,
@@ -225,11 +229,17 @@ func (s *snatEgress) Flows(srcs []netip.Addr, max int) (flows []api.Flow, trunca
 // packets conntrack refused by reason. (The engine counts the packets it
 // dropped, no-conntrack and snat, on the ports.)
 func (s *snatEgress) Stats() *api.Egress {
-	st := s.snat.Table.Stats()
+	return tableStats(s.snat.Table, conntrack.DropTableFull, conntrack.DropSourceLimit, conntrack.DropPortsExhausted,
+		conntrack.DropInvalid, conntrack.DropNoSNATAddr)
+}
+
+// tableStats is the API's view of a conntrack table's counters, with the
+// drop reasons listed (each, zero or not).
+func tableStats(t *conntrack.Table, reasons ...conntrack.DropReason) *api.Egress {
+	st := t.Stats()
 	events := map[string]uint64{"inserts": st.Inserts, "deletes": st.Deletes, "expired": st.Expired, "early-drops": st.EarlyDrops}
 	drops := map[string]uint64{}
-	for _, r := range []conntrack.DropReason{conntrack.DropTableFull, conntrack.DropSourceLimit, conntrack.DropPortsExhausted,
-		conntrack.DropInvalid, conntrack.DropNoSNATAddr} {
+	for _, r := range reasons {
 		drops[r.String()] = st.Drops[r]
 	}
 	return &api.Egress{Flows: st.Entries, Inserts: st.Inserts, Events: events, Drops: drops}

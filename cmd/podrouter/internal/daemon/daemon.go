@@ -65,7 +65,8 @@ type Daemon struct {
 }
 
 // handler serves the local API (api.Handler, api.CaptureHandler,
-// api.ConntrackHandler) from the daemon's state.
+// api.ConntrackHandler, api.ServicesHandler: services.go) from the
+// daemon's state.
 type handler struct{ *Daemon }
 
 var (
@@ -347,7 +348,8 @@ func (d handler) Ports(context.Context) ([]api.Port, error) {
 }
 
 // Conntrack implements api.ConntrackHandler: the egress's live flows (none
-// in uplink mode, where the host kernel tracks them).
+// in uplink mode, where the host kernel tracks them), then the load
+// balancer's Service flows (services.go).
 func (d handler) Conntrack(_ context.Context, req api.ConntrackRequest) (api.Conntrack, error) {
 	if err := req.Normalize(); err != nil {
 		return api.Conntrack{}, err
@@ -368,18 +370,18 @@ func (d handler) Conntrack(_ context.Context, req api.ConntrackRequest) (api.Con
 			}
 		}
 	}
-	eg := d.node.Egress()
-	if eg == nil || eg.Stats() == nil {
-		return out, nil
-	}
-	out.Stats = eg.Stats()
-	flows, truncated := eg.Flows(srcs, req.Max)
 	names := d.podNames()
-	for _, f := range flows {
-		f.Pod = names[f.Src.Addr()]
-		out.Flows = append(out.Flows, f)
+	if eg := d.node.Egress(); eg != nil && eg.Stats() != nil {
+		out.Stats = eg.Stats()
+		flows, truncated := eg.Flows(srcs, req.Max)
+		for _, f := range flows {
+			f.Table = "egress"
+			f.Pod = names[f.Src.Addr()]
+			out.Flows = append(out.Flows, f)
+		}
+		out.Truncated = truncated
 	}
-	out.Truncated = truncated
+	d.serviceFlows(&out, srcs, req, names)
 	return out, nil
 }
 

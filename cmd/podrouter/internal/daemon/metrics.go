@@ -201,6 +201,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	node.DescribeEgress(ch)
+	describeServices(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -226,6 +227,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	if eg := c.d.node.Egress(); eg != nil {
 		eg.Collect(ch)
 	}
+	c.d.collectServices(ch)
 	if b := c.d.node.Backend(); b != nil {
 		drops := b.Stats().Drops
 		for _, r := range underlay.DropReasons() {
