@@ -220,10 +220,18 @@ func testCoreDNS(t *testing.T, c *cluster.Cluster, ns, pod string) {
 		})
 	}
 
-	// Through the Service (the pods' resolv.conf): needs ClusterIP in the
-	// engine, so only reported.
-	out, err := exec(c, ns, pod, "nslookup", "-type=txt", "dns-version.cluster.local")
-	t.Logf("from pod %s through %s (needs Services; not checked): %v\n%s", pod, cluster.ClusterDNS, err, strings.TrimSpace(out))
+	// Through the kube-dns Service (the pods' resolv.conf), which the
+	// engines load-balance: a Service name resolves once CoreDNS has
+	// synced with the API server (through the kubernetes Service).
+	if err := retryFor(2*time.Minute, func() error {
+		out, err := exec(c, ns, pod, "nslookup", "kubernetes.default.svc.cluster.local")
+		if err != nil || !strings.Contains(out, "10.96.0.1") {
+			return fmt.Errorf("from pod %s through %s: nslookup kubernetes.default: %v\n%s", pod, cluster.ClusterDNS, err, strings.TrimSpace(out))
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
 
 	// The pods' state as Up logs it, and the reason they are not Ready.
 	if st, err := c.CoreDNSState(ctx); err == nil {
@@ -231,4 +239,16 @@ func testCoreDNS(t *testing.T, c *cluster.Cluster, ns, pod string) {
 	}
 	logs, err := c.Kubectl(ctx, "-n", cluster.CoreDNSNamespace, "logs", "-l", cluster.CoreDNSSelector, "--tail=6", "--prefix")
 	t.Logf("CoreDNS logs (%v):\n%s", err, logs)
+}
+
+// retryFor runs fn until it succeeds or d passes.
+func retryFor(d time.Duration, fn func() error) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := fn()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(2 * time.Second)
+	}
 }
