@@ -80,11 +80,6 @@ func (e *e2eFlags) run(ctx context.Context, cfg cluster.Config) (err error) {
 		"--report-dir="+dir,
 		"--kubectl-path="+filepath.Join(filepath.Dir(e.e2eTest), "kubectl"),
 		"--dump-logs-on-failure=false",
-		// The suite's setup waits (10 minutes, then fails every spec) for
-		// every kube-system pod to be Ready. CoreDNS is not until Services
-		// serve the kubernetes ClusterIP it reaches the API through;
-		// Up has waited for the nodes and the pod network already.
-		"--minStartupPods=-1",
 	)
 	logf, err := os.Create(filepath.Join(dir, "e2e.log"))
 	if err != nil {
