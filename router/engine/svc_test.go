@@ -284,3 +284,28 @@ func svcBenchRig(tb testing.TB, size int) (*worker, *sink, func()) {
 	}
 	return w, peer, done
 }
+
+// TestServiceICMPErrorRelated: the backend's port unreachable about a
+// datagram sent to it reaches the client from the Service, quoting the
+// datagram the client sent (to the Service).
+func TestServiceICMPErrorRelated(t *testing.T) {
+	r, _ := newSvcRig(t)
+	if err := r.e.SetServices(service.NewTable(oneService(packet.ProtoUDP, 53, ready(addrB, 5353)), service.Options{})); err != nil {
+		t.Fatal(err)
+	}
+	send(t, r.a, eth(r.e, macA, ipPacket(addrA, vip, header.UDPProtocolNumber, udpSeg(7000, 53, 12))))
+	got := expectB(t, r, addrA, addrB)
+	send(t, r.b, eth(r.e, macB, icmpError(addrB, addrA, got)))
+	back := expectPod(t, r, vip, addrA)
+	c := header.ICMPv4(header.IPv4(back).Payload())
+	if c.Type() != header.ICMPv4DstUnreachable || c.Code() != header.ICMPv4PortUnreachable {
+		t.Fatalf("ICMP %d/%d", c.Type(), c.Code())
+	}
+	q := header.IPv4(c.Payload())
+	if !q.IsChecksumValid() || netip.AddrFrom4(q.SourceAddress().As4()) != addrA || netip.AddrFrom4(q.DestinationAddress().As4()) != vip {
+		t.Fatalf("quoted %s -> %s (checksum valid %v)", q.SourceAddress(), q.DestinationAddress(), q.IsChecksumValid())
+	}
+	if sp, dp := ports(c.Payload()); sp != 7000 || dp != 53 {
+		t.Fatalf("quoted ports %d -> %d", sp, dp)
+	}
+}
