@@ -13,6 +13,7 @@ import (
 
 type ncOpts struct {
 	udp     bool
+	verbose bool // -v: say on stderr that the connection succeeded, as OpenBSD netcat
 	wait    time.Duration // -w: connect timeout, and how long to wait for replies after stdin ends
 	address string
 }
@@ -24,6 +25,10 @@ func parseNC(args []string) (ncOpts, error) {
 		switch a := args[i]; a {
 		case "-u":
 			o.udp = true
+		case "-t": // TCP, the default (OpenBSD netcat's flag, which the e2e suite passes)
+			o.udp = false
+		case "-v":
+			o.verbose = true
 		case "-w":
 			if i+1 >= len(args) {
 				return o, errors.New("-w needs a number of seconds")
@@ -55,7 +60,7 @@ func parseNC(args []string) (ncOpts, error) {
 func nc(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	o, err := parseNC(args)
 	if err != nil {
-		fmt.Fprintf(stderr, "nc: %v\nusage: nc [-u] [-w SECONDS] HOST PORT\n", err)
+		fmt.Fprintf(stderr, "nc: %v\nusage: nc [-v] [-t|-u] [-w SECONDS] HOST PORT\n", err)
 		return 2
 	}
 	network := "tcp"
@@ -68,6 +73,10 @@ func nc(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer conn.Close()
+	if o.verbose {
+		h, p, _ := net.SplitHostPort(o.address)
+		fmt.Fprintf(stderr, "Connection to %s %s port [%s/*] succeeded!\n", h, p, network)
+	}
 
 	// When stdin ends, the reader gets -w seconds for each next reply.
 	var stdinEnded atomic.Bool

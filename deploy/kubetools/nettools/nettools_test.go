@@ -143,8 +143,12 @@ func TestNCTCP(t *testing.T) {
 	}()
 	host, port, _ := net.SplitHostPort(l.Addr().String())
 	var stdout, stderr bytes.Buffer
-	if code := nc([]string{"-w", "1", host, port}, strings.NewReader("ping"), &stdout, &stderr); code != 0 || stdout.String() != "PING" {
+	// As the e2e suite's reachability check runs it (jig.go).
+	if code := nc([]string{"-v", "-t", "-w", "1", host, port}, strings.NewReader("ping"), &stdout, &stderr); code != 0 || stdout.String() != "PING" {
 		t.Fatalf("exit %d, stdout %q, stderr %q; want 0 and PING", code, stdout.String(), stderr.String())
+	}
+	if want := "Connection to " + host + " " + port + " port [tcp/*] succeeded!\n"; stderr.String() != want {
+		t.Fatalf("-v: stderr %q, want %q", stderr.String(), want)
 	}
 }
 
