@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,11 +19,26 @@ import (
 // node without a load balancer; other filters are not found.
 type servicesCLIHandler struct {
 	cliHandler
-	got *[]api.ServicesRequest
+	got *requests
+}
+
+// requests records what the handler was asked, from the server's
+// goroutines.
+type requests struct {
+	mu sync.Mutex
+	rs []api.ServicesRequest
+}
+
+func (r *requests) add(q api.ServicesRequest) { r.mu.Lock(); r.rs = append(r.rs, q); r.mu.Unlock() }
+
+func (r *requests) all() []api.ServicesRequest {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]api.ServicesRequest(nil), r.rs...)
 }
 
 func (h servicesCLIHandler) Services(_ context.Context, req api.ServicesRequest) (api.Services, error) {
-	*h.got = append(*h.got, req)
+	h.got.add(req)
 	web := api.Service{Namespace: "default", Name: "web", Frontends: []api.Frontend{
 		{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: "tcp", PortName: "http", Affinity: 3 * time.Hour, Flows: 5,
 			Backends: []api.Backend{
@@ -51,8 +67,8 @@ func (h servicesCLIHandler) Services(_ context.Context, req api.ServicesRequest)
 }
 
 func TestServicesCLI(t *testing.T) {
-	var got []api.ServicesRequest
-	sock := serveCLI(t, servicesCLIHandler{cliHandler{ready: true}, &got})
+	var log requests
+	sock := serveCLI(t, servicesCLIHandler{cliHandler{ready: true}, &log})
 	var out, errb bytes.Buffer
 	if rc := run([]string{"services", "--socket", sock}, &out, &errb); rc != 0 {
 		t.Fatalf("exit %d: %s", rc, errb.String())
@@ -90,6 +106,7 @@ func TestServicesCLI(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &sv); err != nil || len(sv.Services) != 1 || sv.Services[0].Frontends[0].Backends[0].Flows != 4 {
 		t.Fatalf("--json: %v, %+v", err, sv)
 	}
+	got := log.all()
 	if g := got[len(got)-1]; g.Addr != netip.MustParseAddr("10.96.0.10") || g.Service != "" {
 		t.Errorf("--service ADDR sent %+v", g)
 	}
@@ -97,6 +114,7 @@ func TestServicesCLI(t *testing.T) {
 	if rc := run([]string{"services", "--socket", sock, "--service", "default/web"}, &out, &errb); rc != 0 || strings.Contains(out.String(), "kube-system") {
 		t.Fatalf("--service NAME: exit %d: %s%s", rc, out.String(), errb.String())
 	}
+	got = log.all()
 	if g := got[len(got)-1]; g.Service != "default/web" || g.Addr.IsValid() {
 		t.Errorf("--service NAME sent %+v", g)
 	}
@@ -108,14 +126,14 @@ func TestServicesCLI(t *testing.T) {
 	if rc := run([]string{"services", "--socket", sock, "--service", "default/nope"}, &out, &errb); rc != 1 || !strings.Contains(errb.String(), "not found") {
 		t.Errorf("unknown Service: exit %d, stderr %q", rc, errb.String())
 	}
-	n := len(got)
+	n := len(log.all())
 	for _, args := range [][]string{{"services", "--service", "web"}, {"services", "--service", "a/b/c"}, {"services", "extra"}, {"services", "--bogus"}} {
 		errb.Reset()
 		if rc := run(append(args, "--socket", sock), &out, &errb); rc != 2 || strings.Count(errb.String(), "\n") != 1 {
 			t.Errorf("%v: exit %d, stderr %q: want 2 and one line", args, rc, errb.String())
 		}
 	}
-	if len(got) != n {
+	if got := log.all(); len(got) != n {
 		t.Errorf("bad arguments reached the daemon: %+v", got[n:])
 	}
 	// A daemon that does not know the op.
