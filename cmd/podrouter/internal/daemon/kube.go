@@ -23,6 +23,8 @@ package daemon
 // believed: the persisted state is then not used.
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -90,6 +92,8 @@ type KubeOptions struct {
 
 	// client, when set, is used instead of one made from Rest (tests).
 	client kubernetes.Interface
+	// filesCheck overrides DefaultFilesCheck (tests).
+	filesCheck time.Duration
 	// started, when set, is called once the daemon is built and its
 	// persisted peers (if stale) applied, before the controller runs
 	// (tests).
@@ -182,6 +186,12 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	fdone := make(chan struct{})
+	go func() {
+		defer close(fdone)
+		keepNodeFiles(cctx, d.cfg, ko, cmp.Or(ko.filesCheck, DefaultFilesCheck))
+	}()
+	defer func() { cancel(); <-fdone }()
 	cdone := make(chan error, 1)
 	go func() { cdone <- c.Run(cctx) }()
 	if len(d.cfg.Services.CIDRs) > 0 {
@@ -509,6 +519,51 @@ func SubnetEnv(cfg Config, nc kube.NetConf) []byte {
 	}
 	fmt.Fprintf(&b, "FLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n", cfg.MTU, nc.Masquerade)
 	return []byte(b.String())
+}
+
+// DefaultFilesCheck is how often the Kubernetes mode checks that the node
+// files it wrote (conflist, subnet.env) are still there and unchanged.
+const DefaultFilesCheck = 5 * time.Second
+
+// keepNodeFiles rewrites the node files (writeNodeFiles) whenever one is
+// gone or changed, every interval until ctx ends: an operator or another
+// agent's installer removing the conflist would otherwise leave the
+// kubelet with no network for new pods, silently (flannel rewrites its
+// conflist only at start).
+func keepNodeFiles(ctx context.Context, cfg Config, ko KubeOptions, interval time.Duration) {
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	want := map[string][]byte{}
+	if ko.CNIConf != "" {
+		want[ko.CNIConf] = CNIConfList(cfg, ko.CNIDataDir)
+	}
+	if ko.SubnetEnv != "" {
+		want[ko.SubnetEnv] = SubnetEnv(cfg, ko.NetConf)
+	}
+	if len(want) == 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for path, b := range want {
+			if got, err := os.ReadFile(path); err == nil && bytes.Equal(got, b) {
+				continue
+			}
+			if err := writeFile(path, b, 0o644); err != nil {
+				log.Error("node file gone or changed, and rewriting it failed", zap.String("file", path), zap.Error(err))
+				continue
+			}
+			log.Warn("node file was gone or changed; rewritten", zap.String("file", path))
+		}
+	}
 }
 
 func writeNodeFiles(cfg Config, ko KubeOptions) error {

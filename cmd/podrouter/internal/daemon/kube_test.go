@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/netip"
@@ -8,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/podrouter/podrouter/cni"
 	"github.com/podrouter/podrouter/router/kube"
@@ -115,4 +118,45 @@ func TestNodeFiles(t *testing.T) {
 			t.Errorf("temporary file %s left", e.Name())
 		}
 	}
+}
+
+// TestKeepNodeFiles: a removed or edited conflist (or subnet.env) is
+// written again within the check interval.
+func TestKeepNodeFiles(t *testing.T) {
+	dir := t.TempDir()
+	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{PodCIDR: netip.MustParsePrefix("10.244.3.0/24"), Socket: "/run/podrouter/podrouter.sock", MTU: 1450}
+	ko := KubeOptions{NetConf: nc, CNIConf: filepath.Join(dir, "net.d", "10-podrouter.conflist"), SubnetEnv: filepath.Join(dir, "flannel", "subnet.env")}
+	if err := writeNodeFiles(cfg, ko); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(ko.CNIConf)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); keepNodeFiles(ctx, cfg, ko, 20*time.Millisecond) }()
+	defer func() { cancel(); <-done }()
+	await := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if got, err := os.ReadFile(ko.CNIConf); err == nil && bytes.Equal(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("conflist not restored after %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if err := os.Remove(ko.CNIConf); err != nil {
+		t.Fatal(err)
+	}
+	await("removal")
+	if err := os.WriteFile(ko.CNIConf, []byte(`{"name":"other"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	await("an edit")
 }
