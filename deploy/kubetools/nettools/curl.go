@@ -35,6 +35,7 @@ type curlOpts struct {
 	writeOut       string // -w FORMAT
 	maxTime        time.Duration
 	connectTimeout time.Duration
+	iface          string // --interface: an address, or an interface whose address to connect from
 }
 
 func parseCurl(args []string) (curlOpts, error) {
@@ -80,6 +81,9 @@ func parseCurl(args []string) (curlOpts, error) {
 			i++
 		case "--connect-timeout":
 			o.connectTimeout, err = seconds(i)
+			i++
+		case "--interface":
+			o.iface, err = value(i)
 			i++
 		default:
 			if strings.HasPrefix(a, "-") {
@@ -130,6 +134,13 @@ func curl(args []string, stdout, stderr io.Writer) int {
 	}
 	req.Header.Set("User-Agent", "curl/podrouter-nettools")
 	dialer := &net.Dialer{Timeout: o.connectTimeout}
+	if o.iface != "" {
+		ip, err := localAddr(o.iface)
+		if err != nil {
+			return fail(45, err) // CURLE_INTERFACE_FAILED
+		}
+		dialer.LocalAddr = &net.TCPAddr{IP: ip}
+	}
 	client := &http.Client{
 		Transport: &http.Transport{DialContext: dialer.DialContext, DisableKeepAlives: true},
 		CheckRedirect: func(*http.Request, []*http.Request) error {
@@ -219,4 +230,24 @@ func expandWriteOut(format string, code int) string {
 		}
 	}
 	return b.String()
+}
+
+// localAddr resolves curl's --interface: an IP address, or the name of an
+// interface (its first address).
+func localAddr(s string) (net.IP, error) {
+	if ip := net.ParseIP(s); ip != nil {
+		return ip, nil
+	}
+	ifi, err := net.InterfaceByName(s)
+	if err != nil {
+		return nil, fmt.Errorf("--interface %s: %v", s, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil || len(addrs) == 0 {
+		return nil, fmt.Errorf("--interface %s: no address", s)
+	}
+	if n, ok := addrs[0].(*net.IPNet); ok {
+		return n.IP, nil
+	}
+	return nil, fmt.Errorf("--interface %s: no IP address", s)
 }

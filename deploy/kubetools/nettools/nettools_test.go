@@ -45,6 +45,9 @@ func TestCurl(t *testing.T) {
 		{"no scheme", []string{"-s", addr + "/hostName"}, "netserver-0", curlOK},
 		{"status code only", []string{"-g", "-q", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://" + addr + "/missing"}, "404", curlOK},
 		{"include headers", []string{"-i", "-q", "-s", "--connect-timeout", "1", "http://" + addr + "/hostName"}, "HTTP/1.1 200 OK\r\n", curlOK},
+		// As the HostPort conformance spec runs it: from a given local address.
+		{"interface address", []string{"-g", "--connect-timeout", "5", "--interface", "127.0.0.1", "http://" + addr + "/hostName"}, "netserver-0", curlOK},
+		{"interface name", []string{"-s", "--interface", "lo", "http://" + addr + "/hostName"}, "netserver-0", curlOK},
 		{"refused", []string{"-g", "-q", "-s", "-w", "%{http_code}", "http://" + closed + "/"}, "000", curlConnect},
 		{"max time", []string{"-s", "--max-time", "0.2", "http://" + addr + "/slow"}, "", curlTimeout},
 		{"unknown option", []string{"--proxy", "x", "http://" + addr}, "", curlUsage},
