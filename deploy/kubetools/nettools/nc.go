@@ -13,7 +13,7 @@ import (
 
 type ncOpts struct {
 	udp     bool
-	verbose bool // -v: say on stderr that the connection succeeded, as OpenBSD netcat
+	verbose bool          // -v: say on stderr that the connection succeeded, as OpenBSD netcat
 	wait    time.Duration // -w: connect timeout, and how long to wait for replies after stdin ends
 	address string
 }
