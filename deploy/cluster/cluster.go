@@ -123,6 +123,7 @@ type Cluster struct {
 	cfg     Config
 	pki     *kubepki.PKI
 	control []*kubeproc.Proc
+	egress  *egressProxy // the API server's way to the pods (egress.go)
 	mu      sync.Mutex
 	closed  bool
 }
@@ -217,6 +218,9 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 		n, err := c.startNode(ctx, st, i)
 		if n != nil {
 			c.Nodes = append(c.Nodes, n)
+			if c.egress != nil {
+				c.egress.via.CompareAndSwap(nil, n)
+			}
 		}
 		if err != nil {
 			return c, err
@@ -319,6 +323,9 @@ func (c *Cluster) Down() error {
 	}
 	for i := len(c.control) - 1; i >= 0; i-- {
 		c.control[i].Stop(stopGrace)
+	}
+	if c.egress != nil {
+		c.egress.close()
 	}
 	st, err := readState(c.Dir)
 	if err != nil {

@@ -337,6 +337,21 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("services", func(t *testing.T) { testServices(t, c, ns) })
+
+	t.Run("apiserver-proxy", func(t *testing.T) {
+		// The API server reaches pods (pods/proxy) through its egress
+		// selector and the first node's namespace (egress.go), here a pod
+		// on the other node.
+		if err := retry(func() error {
+			b, err := c.Client.CoreV1().Pods(ns).ProxyGet("http", "c", "8080", "/hostname", nil).DoRaw(context.Background())
+			if err != nil || string(b) != "c" {
+				return fmt.Errorf("pods/c/proxy/hostname: %q, %v", b, err)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+	})
 }
 
 // testServices: a ClusterIP Service over pods b (node-1) and c (node-2),

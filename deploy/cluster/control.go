@@ -40,6 +40,10 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	c.pki = pki
+	egressConf, err := c.startEgressProxy()
+	if err != nil {
+		return err
+	}
 	var ports [3]int
 	for i, a := range []string{"127.0.0.1", "127.0.0.1", host} {
 		if ports[i], err = freePort(a); err != nil {
@@ -94,6 +98,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		"--service-account-key-file="+pki.SAPubFile,
 		"--service-account-signing-key-file="+pki.SAKeyFile,
 		"--service-cluster-ip-range="+ServiceCIDR,
+		"--egress-selector-config-file="+egressConf,
 		"--allow-privileged=true",
 		"--profiling=false",
 		"--v=1")
