@@ -119,6 +119,9 @@ $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local &: 
 $(IMAGES_BIN)/agnhost: $(KUBETOOLS_MOD)
 	@mkdir -p $(IMAGES_BIN)
 	cd deploy/kubetools && CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(abspath $(IMAGES_BIN))/ k8s.io/kubernetes/test/images/agnhost
+	# porter's TLS certificate and key, which upstream's image has at / (its Dockerfile's ADD).
+	d=$$(cd deploy/kubetools && $(GO) list -m -f '{{.Dir}}' k8s.io/kubernetes) && \
+	  install -m 0644 $$d/test/images/agnhost/porter/localhost.crt $$d/test/images/agnhost/porter/localhost.key $(IMAGES_BIN)/
 	@touch $@
 
 # CoreDNS's main package, unchanged (every plugin of its plugin.cfg).
@@ -170,6 +173,7 @@ $(PAUSE_TAR): $(IMAGETOOL) $(IMAGES_BIN)/pause
 $(AGNHOST_TAR): $(IMAGETOOL) $(IMAGES_BIN)/agnhost $(IMAGES_BIN)/nettools $(BUSYBOX) $(DASH) Makefile $(wildcard deploy/kubetools/images/agnhost/etc/*)
 	$(IMAGETOOL) -name $(AGNHOST_IMAGE) -o $@ \
 	  -file /agnhost=$(IMAGES_BIN)/agnhost:0755 -symlink /agnhost-2=agnhost \
+	  -file /localhost.crt=$(IMAGES_BIN)/localhost.crt:0644 -file /localhost.key=$(IMAGES_BIN)/localhost.key:0644 \
 	  -file /etc/passwd=deploy/kubetools/images/agnhost/etc/passwd:0644 \
 	  -file /etc/group=deploy/kubetools/images/agnhost/etc/group:0644 \
 	  -file /etc/nsswitch.conf=deploy/kubetools/images/agnhost/etc/nsswitch.conf:0644 \
