@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/podrouter/podrouter/router/packet"
 	"github.com/podrouter/podrouter/router/service"
@@ -423,8 +425,8 @@ func (s *svcSink) waitFor(t testing.TB, timeout time.Duration, what string, ok f
 
 // findService finds ns/name in a sorted snapshot.
 func findService(snap []service.Service, ns, name string) (service.Service, bool) {
-	i, ok := slices.BinarySearchFunc(snap, ns+"/"+name, func(s service.Service, key string) int {
-		return strings.Compare(s.Namespace+"/"+s.Name, key)
+	i, ok := slices.BinarySearchFunc(snap, [2]string{ns, name}, func(s service.Service, key [2]string) int {
+		return cmp.Or(strings.Compare(s.Namespace, key[0]), strings.Compare(s.Name, key[1]))
 	})
 	if !ok {
 		return service.Service{}, false
@@ -494,13 +496,15 @@ func TestServiceWatcher(t *testing.T) {
 			s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "dup", Protocol: corev1.ProtocolTCP, Port: 80})
 		}),
 		testSlice("ns", "orphan", "", v4, http, endpoint("", nil, nil, nil, "10.244.1.7")),
+		// sorts after ns's Services (as a string "ns-b/a" would not)
+		testService("ns-b", "a", func(s *corev1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.13", nil }),
 	)
 	core, logs := observer.New(zap.DebugLevel)
 	sink := newSvcSink()
 	w := runServiceWatcher(t, ServiceWatcherConfig{Client: cs, NodeName: "self", Sink: sink.Sink, Batch: 20 * time.Millisecond, Logger: zap.New(core),
 		ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}})
 	snap, _ := sink.waitFor(t, 10*time.Second, "initial snapshot", func([]service.Service) bool { return true })
-	if len(snap) != 3 || snap[0].Name != "bad-port" || snap[1].Name != "db" || snap[2].Name != "web" || len(snap[0].Ports) != 1 {
+	if len(snap) != 4 || snap[0].Name != "bad-port" || snap[1].Name != "db" || snap[2].Name != "web" || snap[3].Namespace != "ns-b" || len(snap[0].Ports) != 1 {
 		t.Fatalf("initial snapshot %+v", snap)
 	}
 	if bs := snap[2].Ports[0].Backends; len(bs) != 3 || !bs[0].Local || bs[1].Local || bs[2].Addr != netip.MustParseAddr("10.244.1.6") {
@@ -510,7 +514,7 @@ func TestServiceWatcher(t *testing.T) {
 		t.Fatalf("%d snapshots for the initial list, want 1", sink.count())
 	}
 	st := w.Stats()
-	if st.Services != 4 || st.Slices != 3 || st.Usable != 3 || st.Backends != 3 ||
+	if st.Services != 5 || st.Slices != 3 || st.Usable != 4 || st.Backends != 3 ||
 		!maps.Equal(st.Skipped, map[SkipReason]int{SkipHeadless: 1, SkipBadPort: 1, SkipBadEndpointAddr: 1}) {
 		t.Fatalf("stats %+v", st)
 	}
@@ -570,11 +574,11 @@ func TestServiceWatcher(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap, _ = sink.waitFor(t, 5*time.Second, "web goes", func(ss []service.Service) bool { _, ok := findService(ss, "ns", "web"); return !ok })
-	if len(snap) != 2 {
+	if len(snap) != 3 {
 		t.Fatalf("snapshot %+v", snap)
 	}
 	st = w.Stats()
-	if st.Services != 3 || st.Usable != 2 || st.Backends != 1 || !maps.Equal(st.Skipped, map[SkipReason]int{SkipHeadless: 1, SkipBadPort: 1}) {
+	if st.Services != 4 || st.Usable != 3 || st.Backends != 1 || !maps.Equal(st.Skipped, map[SkipReason]int{SkipHeadless: 1, SkipBadPort: 1}) {
 		t.Fatalf("stats %+v", st)
 	}
 	// A Service change that changes nothing resolved: no snapshot.
@@ -746,5 +750,48 @@ func randomWatcherRun(t *testing.T, seed uint64) {
 		if time.Now().After(deadline) {
 			t.Fatalf("stats %+v, want skipped %v, usable %d", st, skipped, len(want))
 		}
+	}
+}
+
+// BenchmarkServiceWatcherChange is one Service's change at 10,000
+// Services: resolve it again, then the snapshot the sink gets.
+func BenchmarkServiceWatcherChange(b *testing.B) {
+	const n = 10000
+	var objs []runtime.Object
+	for i := range n {
+		name := fmt.Sprintf("svc-%05d", i)
+		objs = append(objs, testService("ns", name, nil), testSlice("ns", name+"-x", name, discoveryv1.AddressTypeIPv4,
+			[]discoveryv1.EndpointPort{slicePort("http", corev1.ProtocolTCP, 8080)},
+			endpoint("self", nil, nil, nil, fmt.Sprintf("10.244.%d.%d", i>>8, i&255)), endpoint("other", nil, nil, nil, "10.245.0.1")))
+	}
+	got := 0
+	w, err := NewServiceWatcher(ServiceWatcherConfig{Client: fake.NewClientset(objs...), NodeName: "self", Sink: func(s []service.Service) { got = len(s) }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w.factory.Start(ctx.Done())
+	defer func() {
+		cancel()
+		w.factory.Shutdown()
+	}()
+	if !cache.WaitForCacheSync(ctx.Done(), w.svcInf.HasSynced, w.epsInf.HasSynced) {
+		b.Fatal("no sync")
+	}
+	for i := range n {
+		w.process(fmt.Sprintf("ns/svc-%05d", i))
+	}
+	w.synced = true
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		w.mu.Lock()
+		w.dirty = true
+		w.mu.Unlock()
+		w.process(fmt.Sprintf("ns/svc-%05d", i%n))
+		w.flush()
+	}
+	if got != n {
+		b.Fatalf("snapshot of %d services, want %d", got, n)
 	}
 }
