@@ -151,7 +151,9 @@ type ServiceWatcher struct {
 	logged   map[string]string           // object ("Service ns/name", "EndpointSlice ns/name") -> resourceVersion whose problems were logged
 	synced   bool
 	dirty    bool
-	flushing bool // a flush is queued
+	flushing bool     // a flush is queued
+	order    []string // keys of the usable Services, sorted by namespace, name
+	reorder  bool     // order is stale: a Service became usable or stopped being
 	stats    ServiceStats
 }
 
@@ -446,7 +448,9 @@ func (w *ServiceWatcher) process(key string) {
 		w.skipped[i] += r.skipped[i] - old.skipped[i]
 	}
 	w.logProblems(key, svc, res.Problems, old, r)
-	if (old.svc == nil) != (r.svc == nil) || (r.svc != nil && !reflect.DeepEqual(old.svc, r.svc)) {
+	if (old.svc == nil) != (r.svc == nil) {
+		w.dirty, w.reorder = true, true
+	} else if r.svc != nil && !reflect.DeepEqual(old.svc, r.svc) {
 		w.dirty = true
 	}
 	if svc == nil {
@@ -505,17 +509,22 @@ func (w *ServiceWatcher) flush() {
 		w.mu.Unlock()
 		return
 	}
-	snap := make([]service.Service, 0, len(w.resolved))
-	for _, r := range w.resolved {
-		if r.svc != nil {
-			snap = append(snap, *r.svc)
+	if w.reorder {
+		w.order = w.order[:0]
+		for k, r := range w.resolved {
+			if r.svc != nil {
+				w.order = append(w.order, k)
+			}
 		}
+		slices.SortFunc(w.order, compareKeys)
+		w.reorder = false
+	}
+	snap := make([]service.Service, len(w.order))
+	for i, k := range w.order {
+		snap[i] = *w.resolved[k].svc
 	}
 	w.dirty = false
 	w.mu.Unlock()
-	slices.SortFunc(snap, func(a, b service.Service) int {
-		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
-	})
 	backends := 0
 	for i := range snap {
 		for _, p := range snap[i].Ports {
@@ -536,6 +545,14 @@ func (w *ServiceWatcher) flush() {
 	} else {
 		w.log.Debug("service snapshot", zap.Int("services", len(snap)), zap.Int("backends", backends))
 	}
+}
+
+// compareKeys orders "namespace/name" keys by namespace, then name (not
+// as strings: "a-b/x" sorts after "a/y").
+func compareKeys(a, b string) int {
+	an, aname, _ := strings.Cut(a, "/")
+	bn, bname, _ := strings.Cut(b, "/")
+	return cmp.Or(strings.Compare(an, bn), strings.Compare(aname, bname))
 }
 
 // Stats returns the watcher's counters.

@@ -1,9 +1,12 @@
 package kube
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -20,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/podrouter/podrouter/router/packet"
 	"github.com/podrouter/podrouter/router/service"
@@ -421,8 +425,8 @@ func (s *svcSink) waitFor(t testing.TB, timeout time.Duration, what string, ok f
 
 // findService finds ns/name in a sorted snapshot.
 func findService(snap []service.Service, ns, name string) (service.Service, bool) {
-	i, ok := slices.BinarySearchFunc(snap, ns+"/"+name, func(s service.Service, key string) int {
-		return strings.Compare(s.Namespace+"/"+s.Name, key)
+	i, ok := slices.BinarySearchFunc(snap, [2]string{ns, name}, func(s service.Service, key [2]string) int {
+		return cmp.Or(strings.Compare(s.Namespace, key[0]), strings.Compare(s.Name, key[1]))
 	})
 	if !ok {
 		return service.Service{}, false
@@ -492,13 +496,15 @@ func TestServiceWatcher(t *testing.T) {
 			s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "dup", Protocol: corev1.ProtocolTCP, Port: 80})
 		}),
 		testSlice("ns", "orphan", "", v4, http, endpoint("", nil, nil, nil, "10.244.1.7")),
+		// sorts after ns's Services (as a string "ns-b/a" would not)
+		testService("ns-b", "a", func(s *corev1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.13", nil }),
 	)
 	core, logs := observer.New(zap.DebugLevel)
 	sink := newSvcSink()
 	w := runServiceWatcher(t, ServiceWatcherConfig{Client: cs, NodeName: "self", Sink: sink.Sink, Batch: 20 * time.Millisecond, Logger: zap.New(core),
 		ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}})
 	snap, _ := sink.waitFor(t, 10*time.Second, "initial snapshot", func([]service.Service) bool { return true })
-	if len(snap) != 3 || snap[0].Name != "bad-port" || snap[1].Name != "db" || snap[2].Name != "web" || len(snap[0].Ports) != 1 {
+	if len(snap) != 4 || snap[0].Name != "bad-port" || snap[1].Name != "db" || snap[2].Name != "web" || snap[3].Namespace != "ns-b" || len(snap[0].Ports) != 1 {
 		t.Fatalf("initial snapshot %+v", snap)
 	}
 	if bs := snap[2].Ports[0].Backends; len(bs) != 3 || !bs[0].Local || bs[1].Local || bs[2].Addr != netip.MustParseAddr("10.244.1.6") {
@@ -508,7 +514,7 @@ func TestServiceWatcher(t *testing.T) {
 		t.Fatalf("%d snapshots for the initial list, want 1", sink.count())
 	}
 	st := w.Stats()
-	if st.Services != 4 || st.Slices != 3 || st.Usable != 3 || st.Backends != 3 ||
+	if st.Services != 5 || st.Slices != 3 || st.Usable != 4 || st.Backends != 3 ||
 		!maps.Equal(st.Skipped, map[SkipReason]int{SkipHeadless: 1, SkipBadPort: 1, SkipBadEndpointAddr: 1}) {
 		t.Fatalf("stats %+v", st)
 	}
@@ -568,11 +574,11 @@ func TestServiceWatcher(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap, _ = sink.waitFor(t, 5*time.Second, "web goes", func(ss []service.Service) bool { _, ok := findService(ss, "ns", "web"); return !ok })
-	if len(snap) != 2 {
+	if len(snap) != 3 {
 		t.Fatalf("snapshot %+v", snap)
 	}
 	st = w.Stats()
-	if st.Services != 3 || st.Usable != 2 || st.Backends != 1 || !maps.Equal(st.Skipped, map[SkipReason]int{SkipHeadless: 1, SkipBadPort: 1}) {
+	if st.Services != 4 || st.Usable != 3 || st.Backends != 1 || !maps.Equal(st.Skipped, map[SkipReason]int{SkipHeadless: 1, SkipBadPort: 1}) {
 		t.Fatalf("stats %+v", st)
 	}
 	// A Service change that changes nothing resolved: no snapshot.
@@ -592,5 +598,200 @@ func TestServiceWatcher(t *testing.T) {
 	sink.mu.Unlock()
 	if overlaps != 0 {
 		t.Fatalf("%d overlapping sink calls", overlaps)
+	}
+}
+
+// TestServiceWatcherRandom checks the incremental watcher against a
+// reference that resolves every Service from scratch, after a seeded
+// random sequence of creates, updates (conditions, addresses, ports, the
+// service-name label) and deletes.
+func TestServiceWatcherRandom(t *testing.T) {
+	for seed := range uint64(3) {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { randomWatcherRun(t, seed) })
+	}
+}
+
+func randomWatcherRun(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	const nsvc, nslice = 12, 30
+	cidrs := []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}
+	cs, watching := newServiceFake()
+	sink := newSvcSink()
+	w := runServiceWatcher(t, ServiceWatcherConfig{Client: cs, NodeName: "self", Sink: sink.Sink, Batch: 5 * time.Millisecond, ServiceCIDRs: cidrs})
+	sink.waitFor(t, 10*time.Second, "initial snapshot", func([]service.Service) bool { return true })
+	<-watching
+	ctx := context.Background()
+	rv := 0
+	nextRV := func() string { rv++; return fmt.Sprint(rv) }
+	randService := func(i int) *corev1.Service {
+		return testService("ns", fmt.Sprint("s", i), func(s *corev1.Service) {
+			s.ResourceVersion = nextRV()
+			s.Spec.ClusterIP, s.Spec.ClusterIPs = fmt.Sprintf("10.96.0.%d", i+1), nil
+			switch rng.IntN(8) {
+			case 0:
+				s.Spec.ClusterIP = corev1.ClusterIPNone
+			case 1:
+				s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "dup", Protocol: corev1.ProtocolTCP, Port: 80})
+			case 2:
+				s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53})
+			case 3:
+				s.Labels = map[string]string{LabelServiceProxyName: "x"}
+			}
+		})
+	}
+	addrPool := []string{"10.244.0.1", "10.244.0.2", "10.244.1.1", "10.244.1.2", "192.168.5.5", "127.0.0.1", "10.96.0.9", "fe80::1"}
+	randSlice := func(i int) *discoveryv1.EndpointSlice {
+		ports := []discoveryv1.EndpointPort{slicePort("http", corev1.ProtocolTCP, int32(8080+rng.IntN(2)))}
+		if rng.IntN(3) == 0 {
+			ports = append(ports, slicePort("dns", corev1.ProtocolUDP, int32(rng.IntN(2)*53))) // 0: bad
+		}
+		var eps []discoveryv1.Endpoint
+		for range rng.IntN(4) {
+			b := func() *bool {
+				switch rng.IntN(3) {
+				case 0:
+					return nil
+				case 1:
+					return yes
+				}
+				return no
+			}
+			node := []string{"", "self", "other"}[rng.IntN(3)]
+			eps = append(eps, endpoint(node, b(), b(), b(), addrPool[rng.IntN(len(addrPool))]))
+		}
+		sl := testSlice("ns", fmt.Sprint("e", i), fmt.Sprint("s", rng.IntN(nsvc)), discoveryv1.AddressTypeIPv4, ports, eps...)
+		sl.ResourceVersion = nextRV()
+		return sl
+	}
+	svcs, eps := cs.CoreV1().Services("ns"), cs.DiscoveryV1().EndpointSlices("ns")
+	haveSvc, haveSlice := map[int]bool{}, map[int]bool{}
+	for range 300 {
+		var err error
+		if rng.IntN(3) == 0 {
+			i := rng.IntN(nsvc)
+			switch {
+			case !haveSvc[i]:
+				_, err = svcs.Create(ctx, randService(i), metav1.CreateOptions{})
+				haveSvc[i] = true
+			case rng.IntN(3) == 0:
+				err = svcs.Delete(ctx, fmt.Sprint("s", i), metav1.DeleteOptions{})
+				haveSvc[i] = false
+			default:
+				_, err = svcs.Update(ctx, randService(i), metav1.UpdateOptions{})
+			}
+		} else {
+			i := rng.IntN(nslice)
+			switch {
+			case !haveSlice[i]:
+				_, err = eps.Create(ctx, randSlice(i), metav1.CreateOptions{})
+				haveSlice[i] = true
+			case rng.IntN(4) == 0:
+				err = eps.Delete(ctx, fmt.Sprint("e", i), metav1.DeleteOptions{})
+				haveSlice[i] = false
+			default:
+				_, err = eps.Update(ctx, randSlice(i), metav1.UpdateOptions{})
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rng.IntN(20) == 0 {
+			time.Sleep(10 * time.Millisecond) // let some batches go out mid-way
+		}
+	}
+
+	// The reference: every Service resolved from the API's objects.
+	sl, err := svcs.List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	el, err := eps.List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []service.Service
+	skipped := map[SkipReason]int{}
+	for i := range sl.Items {
+		s := &sl.Items[i]
+		var mine []*discoveryv1.EndpointSlice
+		for j := range el.Items {
+			if el.Items[j].Labels[discoveryv1.LabelServiceName] == s.Name {
+				mine = append(mine, &el.Items[j])
+			}
+		}
+		res := Resolve(s, mine, "self", cidrs)
+		if res.OK {
+			want = append(want, res.Service)
+		}
+		for _, p := range res.Problems {
+			skipped[p.Reason]++
+		}
+	}
+	slices.SortFunc(want, func(a, b service.Service) int { return strings.Compare(a.Name, b.Name) })
+	backends := 0
+	for _, s := range want {
+		for _, p := range s.Ports {
+			backends += len(p.Backends)
+		}
+	}
+	t.Logf("reference: %d usable services, %d backends, left out %v", len(want), backends, skipped)
+	if len(want) == 0 || backends == 0 || len(skipped) < 4 {
+		t.Fatal("the random sequence exercises too little")
+	}
+	sink.waitFor(t, 10*time.Second, "the reference", func(got []service.Service) bool {
+		return slices.EqualFunc(got, want, sameResolved)
+	})
+	// The last events may change only what is left out: not a snapshot.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st := w.Stats()
+		if maps.Equal(st.Skipped, skipped) && st.Usable == len(want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v, want skipped %v, usable %d", st, skipped, len(want))
+		}
+	}
+}
+
+// BenchmarkServiceWatcherChange is one Service's change at 10,000
+// Services: resolve it again, then the snapshot the sink gets.
+func BenchmarkServiceWatcherChange(b *testing.B) {
+	const n = 10000
+	var objs []runtime.Object
+	for i := range n {
+		name := fmt.Sprintf("svc-%05d", i)
+		objs = append(objs, testService("ns", name, nil), testSlice("ns", name+"-x", name, discoveryv1.AddressTypeIPv4,
+			[]discoveryv1.EndpointPort{slicePort("http", corev1.ProtocolTCP, 8080)},
+			endpoint("self", nil, nil, nil, fmt.Sprintf("10.244.%d.%d", i>>8, i&255)), endpoint("other", nil, nil, nil, "10.245.0.1")))
+	}
+	got := 0
+	w, err := NewServiceWatcher(ServiceWatcherConfig{Client: fake.NewClientset(objs...), NodeName: "self", Sink: func(s []service.Service) { got = len(s) }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w.factory.Start(ctx.Done())
+	defer func() {
+		cancel()
+		w.factory.Shutdown()
+	}()
+	if !cache.WaitForCacheSync(ctx.Done(), w.svcInf.HasSynced, w.epsInf.HasSynced) {
+		b.Fatal("no sync")
+	}
+	for i := range n {
+		w.process(fmt.Sprintf("ns/svc-%05d", i))
+	}
+	w.synced = true
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		w.mu.Lock()
+		w.dirty = true
+		w.mu.Unlock()
+		w.process(fmt.Sprintf("ns/svc-%05d", i%n))
+		w.flush()
+	}
+	if got != n {
+		b.Fatalf("snapshot of %d services, want %d", got, n)
 	}
 }
