@@ -28,7 +28,11 @@ package engine
 //
 // A nodePort flow's source is translated to the gateway too, as
 // kube-proxy masquerades nodePort traffic: its backend may be on another
-// node, and the replies must come back here.
+// node, and the replies must come back here. So is a flow from outside
+// the cluster CIDRs (the node itself, a hostNetwork pod): a backend that
+// is another node's host would answer the node's address directly, past
+// this engine (kube-proxy masquerades what does not come from the
+// cluster CIDR for the same reason).
 //
 // A hairpin (a pod reaching its own Service and picked as the backend) is
 // translated both ways: the source becomes the pod gateway's address with
@@ -315,7 +319,7 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 	if pp.Version == 6 {
 		gw = w.e.gw6
 	}
-	if backend.Addr() == pp.Src || (f.NodePort && pp.Src != gw) {
+	if backend.Addr() == pp.Src || (pp.Src != gw && (f.NodePort || !w.e.inClusterCIDR(pp.Src))) {
 		snat = gw
 	}
 	r, err = s.cfg.Table.TrackDNAT(k, flags, backend, snat, now)
@@ -411,4 +415,14 @@ func (w *worker) unService(frame []byte) {
 	w.svcUndo = conntrack.Result{}
 	_ = conntrack.RewriteDNAT(frame, &w.pp, &u)
 	_ = conntrack.Rewrite(frame, &w.pp, &u)
+}
+
+// inClusterCIDR reports whether a lies in one of the cluster CIDRs.
+func (e *Engine) inClusterCIDR(a netip.Addr) bool {
+	for _, c := range e.cfg.ClusterCIDRs {
+		if c.Contains(a) {
+			return true
+		}
+	}
+	return false
 }

@@ -200,11 +200,17 @@ func TestServiceFromUplink(t *testing.T) {
 	}
 	node := netip.MustParseAddr("172.29.0.1")
 	send(t, r.up, ipPacket(node, vip, header.TCPProtocolNumber, tcpSeg(40000, 80, header.TCPFlagSyn, 1, 0, 0)))
-	expectB(t, r, node, addrB)
-	send(t, r.b, eth(r.e, macB, ipPacket(addrB, node, header.TCPProtocolNumber, tcpSeg(8080, 40000, header.TCPFlagSyn|header.TCPFlagAck, 9, 2, 0))))
+	// From outside the cluster CIDRs: the backend sees the gateway (a
+	// backend that is another node's host must answer through here).
+	got := expectB(t, r, r.e.Gateway(), addrB)
+	np, _ := ports(got)
+	send(t, r.b, eth(r.e, macB, ipPacket(addrB, r.e.Gateway(), header.TCPProtocolNumber, tcpSeg(8080, np, header.TCPFlagSyn|header.TCPFlagAck, 9, 2, 0))))
 	out := r.get(t, r.up)
 	if _, s, d, _ := l4Of(out); s != vip || d != node {
 		t.Fatalf("reply at the host: %s -> %s", s, d)
+	}
+	if sp, dp := ports(out); sp != 80 || dp != 40000 {
+		t.Fatalf("reply at the host: ports %d -> %d", sp, dp)
 	}
 	checkSums(t, out)
 	// From a pod: too big for pod B's port (MTU 1500), DF set: the error
