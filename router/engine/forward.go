@@ -84,8 +84,9 @@ type worker struct {
 	// svc is the load balancer of the batch (nil: off); svcUndo undoes
 	// the service stage's translation of the packet being handled, for
 	// the ICMP errors that quote it (svc.go).
-	svc     *services
-	svcUndo conntrack.Result
+	svc      *services
+	svcUndo  conntrack.Result
+	svcFrags [svcFragSlots]svcFrag // first fragments' translations (svc.go)
 	// originating is set while the worker routes a packet it made itself
 	// (originate): drops then count as the engine's, not w.in's.
 	originating bool

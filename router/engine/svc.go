@@ -256,6 +256,9 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 		}
 		return true
 	}
+	if pp.FragOff {
+		return w.serviceFragment(s, frame, vip)
+	}
 	if !vip && !host {
 		if _, ok := (*s.backends.Load())[pp.Src]; !ok {
 			return true
@@ -351,9 +354,81 @@ func (w *worker) serviceRewrite(s *services, frame []byte, r *conntrack.Result, 
 			w.svcUndo.NATAddr, w.svcUndo.NATPort = pp.Src, pp.SrcPort
 		}
 	}
+	var fk fragKey
+	first := pp.Frag && pp.Version == 4 // a first fragment: FragOff ones never get here
+	if first {
+		fk = fragKeyOf(frame, pp)
+	}
 	if rewrite(frame, pp, r, g) != nil || rewriteDNAT(frame, pp, r, g) != nil {
 		w.svcUndo = conntrack.Result{}
 		w.drop(DropService)
+		return false
+	}
+	if first {
+		w.svcFrags[fk.slot()] = svcFrag{key: fk, src: pp.Src, dst: pp.Dst, at: w.ctNow(s.cfg.Table)}
+	}
+	return true
+}
+
+// Fragments. A datagram larger than the path MTU (a 2 KB DNS answer, a
+// large UDP request) reaches the engine as IPv4 fragments, and only the
+// first carries the ports a Service flow is found by. The worker keeps
+// how it translated each recent first fragment, keyed by the datagram's
+// addresses, protocol and IP ID as sent, and translates the later
+// fragments' addresses the same way (netfilter reassembles instead; the
+// engine never does). Fragments of one datagram arrive on one port, so
+// one worker sees them all. A later fragment with no first one seen is
+// dropped when it is addressed to a Service (IPv6 fragments to a Service
+// too: their identification is in an extension header).
+
+// svcFragSlots is the size of a worker's table of first fragments.
+const svcFragSlots = 64
+
+// svcFragTTL is how long (conntrack seconds) a first fragment's
+// translation is kept for the later ones.
+const svcFragTTL = 5
+
+type fragKey struct {
+	src, dst [4]byte
+	id       uint16
+	proto    uint8
+}
+
+func (k fragKey) slot() int { return int(k.id^uint16(k.src[3])<<8^uint16(k.src[2])) % svcFragSlots }
+
+type svcFrag struct {
+	key      fragKey
+	src, dst netip.Addr // after translation
+	at       conntrack.Time
+}
+
+// fragKeyOf returns the fragment key of the IPv4 packet pp describes.
+func fragKeyOf(frame []byte, pp *packet.Parsed) fragKey {
+	ip := frame[pp.IPOff:pp.IPEnd]
+	return fragKey{src: [4]byte(ip[12:16]), dst: [4]byte(ip[16:20]), id: uint16(ip[4])<<8 | uint16(ip[5]), proto: pp.Proto}
+}
+
+// serviceFragment translates a non-first fragment as its first fragment
+// was (svcFrags); it reports false when it dropped it.
+func (w *worker) serviceFragment(s *services, frame []byte, vip bool) bool {
+	pp := &w.pp
+	if pp.Version == 4 {
+		k := fragKeyOf(frame, pp)
+		if f := &w.svcFrags[k.slot()]; f.key == k && f.src.IsValid() && w.ctNow(s.cfg.Table)-f.at <= svcFragTTL {
+			ip := frame[pp.IPOff:pp.IPEnd]
+			ns, nd := f.src.As4(), f.dst.As4()
+			c := packet.IPv4(ip).HeaderChecksum()
+			c = packet.UpdateChecksumBytes(c, ip[12:16], ns[:])
+			c = packet.UpdateChecksumBytes(c, ip[16:20], nd[:])
+			copy(ip[12:16], ns[:])
+			copy(ip[16:20], nd[:])
+			ip[10], ip[11] = byte(c>>8), byte(c)
+			pp.Src, pp.Dst = f.src, f.dst
+			return true
+		}
+	}
+	if vip {
+		w.drop(DropServicePort)
 		return false
 	}
 	return true

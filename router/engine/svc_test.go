@@ -315,3 +315,86 @@ func TestServiceICMPErrorRelated(t *testing.T) {
 		t.Fatalf("quoted ports %d -> %d", sp, dp)
 	}
 }
+
+// frag4 cuts the IPv4 packet ip into fragments of at most 8*n payload
+// bytes each (RFC 791), ID 77.
+func frag4(ip []byte, n int) [][]byte {
+	payload := ip[20:]
+	var out [][]byte
+	for off := 0; off < len(payload); off += 8 * n {
+		end := min(off+8*n, len(payload))
+		f := make([]byte, 20+end-off)
+		copy(f, ip[:20])
+		copy(f[20:], payload[off:end])
+		h := header.IPv4(f)
+		flags := uint8(0)
+		if end < len(payload) {
+			flags = header.IPv4FlagMoreFragments
+		}
+		h.SetTotalLength(uint16(len(f)))
+		h.SetFlagsFragmentOffset(flags, uint16(off))
+		h.SetID(77)
+		h.SetChecksum(0)
+		h.SetChecksum(^h.CalculateChecksum())
+		out = append(out, f)
+	}
+	return out
+}
+
+// TestServiceFragments: a UDP datagram to a Service that arrives in
+// fragments reaches the backend whole (every fragment translated as the
+// first), and the backend's fragmented answer reaches the client from
+// the Service.
+func TestServiceFragments(t *testing.T) {
+	r, _ := newSvcRig(t)
+	if err := r.e.SetServices(service.NewTable(oneService(packet.ProtoUDP, 53, ready(addrB, 5353)), service.Options{})); err != nil {
+		t.Fatal(err)
+	}
+	dgram := ipPacket(addrA, vip, header.UDPProtocolNumber, udpSeg(7000, 53, 2000))
+	frags := frag4(dgram, 100) // 800-byte fragments
+	for _, f := range frags {
+		send(t, r.a, eth(r.e, macA, f))
+	}
+	var got [][]byte
+	for range frags {
+		ip := checkEth(t, r.e, r.get(t, r.b), macB)
+		h := header.IPv4(ip)
+		if !h.IsChecksumValid() || netip.AddrFrom4(h.SourceAddress().As4()) != addrA || netip.AddrFrom4(h.DestinationAddress().As4()) != addrB {
+			t.Fatalf("fragment at the backend: %s -> %s", h.SourceAddress(), h.DestinationAddress())
+		}
+		got = append(got, ip)
+	}
+	// Reassembled, the datagram's UDP checksum holds for the backend.
+	whole := append([]byte(nil), got[0][:20]...)
+	for _, f := range got {
+		whole = append(whole, f[20:]...)
+	}
+	header.IPv4(whole).SetTotalLength(uint16(len(whole)))
+	header.IPv4(whole).SetFlagsFragmentOffset(0, 0)
+	if p, d := ports(whole); p != 7000 || d != 5353 {
+		t.Fatalf("ports %d -> %d", p, d)
+	}
+	if s := fullSum(whole); s != 0xffff {
+		t.Fatalf("reassembled datagram's checksum wrong (sum %#04x)", s)
+	}
+	// The answer, fragmented by the backend.
+	answer := ipPacket(addrB, addrA, header.UDPProtocolNumber, udpSeg(5353, 7000, 1500))
+	afr := frag4(answer, 100)
+	for _, f := range afr {
+		send(t, r.b, eth(r.e, macB, f))
+	}
+	for range afr {
+		ip := checkEth(t, r.e, r.get(t, r.a), macA)
+		h := header.IPv4(ip)
+		if !h.IsChecksumValid() || netip.AddrFrom4(h.SourceAddress().As4()) != vip || netip.AddrFrom4(h.DestinationAddress().As4()) != addrA {
+			t.Fatalf("answer fragment at the client: %s -> %s", h.SourceAddress(), h.DestinationAddress())
+		}
+	}
+	// A later fragment whose first was never seen is dropped.
+	stray := frag4(ipPacket(addrA, vip, header.UDPProtocolNumber, udpSeg(7001, 53, 2000)), 100)[1]
+	header.IPv4(stray).SetID(78)
+	header.IPv4(stray).SetChecksum(0)
+	header.IPv4(stray).SetChecksum(^header.IPv4(stray).CalculateChecksum())
+	send(t, r.a, eth(r.e, macA, stray))
+	r.noPacket(t, r.b)
+}
