@@ -86,6 +86,10 @@ type worker struct {
 	// the ICMP errors that quote it (svc.go).
 	svc     *services
 	svcUndo conntrack.Result
+	// svcBack, when not 0, is the origin label of the Service flow whose
+	// reply is being handled: forward sends it to that port (backPort)
+	// instead of routing it (svc.go).
+	svcBack uint16
 	// originating is set while the worker routes a packet it made itself
 	// (originate): drops then count as the engine's, not w.in's.
 	originating bool
@@ -314,6 +318,7 @@ func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
 		if w.svcUndo.DNATAddr.IsValid() {
 			w.svcUndo = conntrack.Result{}
 		}
+		w.svcBack = 0
 		if !w.serviceStage(s, frame, g) {
 			return
 		}
@@ -357,6 +362,12 @@ func (w *worker) forward(buf []byte, start, end int, g packet.GSO, originated bo
 	nh, ok := w.snap.table.Lookup(pp.Dst)
 	if !ok {
 		nh.Kind = route.Unreachable
+	}
+	if w.svcBack != 0 && !originated {
+		// A reply of a Service flow that kept its client's address goes
+		// back to the port the flow came from (svc.go), whatever the
+		// route to the client says.
+		nh = w.backPort(w.svcBack)
 	}
 	var q *Port
 	switch nh.Kind {
