@@ -48,9 +48,19 @@ type env struct {
 // goroutine behind, so call it first.
 func newEnv(t *testing.T, mod func(*ingress.Config)) *env {
 	t.Helper()
+	return newEnvWith(t, nil, mod)
+}
+
+// newEnvWith is newEnv with the engine's Config as engMod leaves it.
+func newEnvWith(t *testing.T, engMod func(*engine.Config), mod func(*ingress.Config)) *env {
+	t.Helper()
 	leaktest.Check(t, 10*time.Second)
 	log := zaptest.NewLogger(t)
-	e, err := engine.New(engine.Config{PodCIDR: podCIDR, PodCIDR6: podCIDR6, Logger: log})
+	ecfg := engine.Config{PodCIDR: podCIDR, PodCIDR6: podCIDR6, Logger: log}
+	if engMod != nil {
+		engMod(&ecfg)
+	}
+	e, err := engine.New(ecfg)
 	if err != nil {
 		t.Fatal(err)
 	}
