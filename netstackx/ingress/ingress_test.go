@@ -390,6 +390,23 @@ func TestSetRules(t *testing.T) {
 		t.Fatalf("flow opened before the retarget: %q, %v", ans, err)
 	}
 
+	// KeepSource turned on: the socket stays; a loopback client cannot
+	// be kept (a pod drops loopback sources) and comes from the gateway.
+	ks := tcpRule(a, 8080)
+	ks.KeepSource = true
+	if err := v.fwd.SetRules([]ingress.Rule{ks}); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.fwd.Rules(); len(got) != 1 || got[0] != ks || got[0].String() != "tcp "+a.String()+"->10.244.1.2:8080 keep-source" {
+		t.Fatalf("rules %v, want %v", got, ks)
+	}
+	if got, want := askTCP(t, a, 8080, 10); got != want {
+		t.Fatalf("KeepSource, loopback client: %q, want %q", got, want)
+	}
+	if st := v.fwd.Stats(); st.SourceKept != 0 {
+		t.Fatalf("stats %+v: a loopback client kept its address", st)
+	}
+
 	// Removing a rule resets its flows.
 	live, err := net.DialTimeout("tcp", a.String(), 5*time.Second)
 	if err != nil {
