@@ -7,15 +7,18 @@
 //
 //	client ─► host socket (Rule.Listen, opened by SetRules)
 //	   TCP: accept ─► limits ─► dial Target from the stack (source: the
-//	        pods' gateway address) ─► splice both ways (FIN = half-close,
+//	        pods' gateway address, or the client's own for a KeepSource
+//	        rule) ─► splice both ways (FIN = half-close,
 //	        RST = RST) ─► closed when either side is done
 //	   UDP: datagram ─► flow per client addr:port (limits) ─► stack UDP
 //	        endpoint connected to Target ─► replies back to the client
 //	        from the listening socket ─► idle timeout
-//	stack ── Read ─► engine: Target is a ClusterIP (the engine's service
-//	        stage picks a backend) or a pod's address (hostPort)
+//	stack ── Read ─► engine: Target is a ClusterIP or this node's address
+//	        at a nodePort (the engine's service stage picks a backend) or
+//	        a pod's address (hostPort)
 //	stack ◄─ Write ── engine: replies to the gateway address, from this
-//	        node's pods and, through the underlay, from other nodes' pods
+//	        node's pods and, through the underlay, from other nodes' pods;
+//	        replies of KeepSource flows, to their clients' addresses
 //
 // Design notes. The flows leave from the first address of the node's
 // podCIDR, the gateway: kube-proxy with flannel masquerades NodePort
@@ -335,9 +338,10 @@ func (f *Forwarder) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return f.ep.Read(bufs, sizes, offset)
 }
 
-// Write implements link.Device: packets to the gateway addresses (the
-// targets' replies) go to the stack; the stack answers anything it has no
-// flow for as a host would (RST, ICMP port unreachable).
+// Write implements link.Device: packets to the gateway addresses and the
+// replies of KeepSource flows (to their clients' addresses: the NIC takes
+// packets to any address) go to the stack; the stack answers anything it
+// has no flow for as a host would (RST, ICMP port unreachable).
 func (f *Forwarder) Write(bufs [][]byte, offset int) (int, error) {
 	return f.ep.Write(bufs, offset)
 }
