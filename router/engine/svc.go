@@ -40,7 +40,10 @@ package engine
 // that port (svcBack, forward), not where the route table sends the
 // client's address: the ingress holds the client's connection. Only the
 // gateway port may start such flows; the label is checked against it
-// again for every reply (backPort).
+// again for every reply (backPort). The engine's own answers (ICMP errors)
+// to a packet the gateway port sent from such an address go back to it
+// as well (originate): a Local nodePort without a backend here refuses the
+// flow at once.
 //
 // A hairpin (a pod reaching its own Service and picked as the backend) is
 // translated both ways: the source becomes the pod gateway's address with
@@ -335,7 +338,8 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 	// backends are all on this node). No other port may do this: a pod's
 	// or a peer's nodePort flows are translated as before.
 	origin := w.ingressOrigin(f, gw)
-	if backend.Addr() == pp.Src || (f.NodePort && pp.Src != gw && !(origin != 0 && f.ExternalLocal)) {
+	keep := origin != 0 && f.ExternalLocal
+	if backend.Addr() == pp.Src || (f.NodePort && pp.Src != gw && !keep) {
 		snat = gw
 	}
 	r, err = s.cfg.Table.TrackDNATFrom(k, flags, backend, snat, origin, now)

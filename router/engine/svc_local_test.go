@@ -235,3 +235,24 @@ func TestServiceNodePortLocalGatewayGone(t *testing.T) {
 		t.Fatalf("no-route drops %d, want %d", d, before+1)
 	}
 }
+
+// TestServiceNodePortLocalNoEndpoints: a Local nodePort without a backend
+// on this node refuses the ingress's flow from a client's address with an
+// ICMP port unreachable that goes back to the gateway port (the ingress
+// then resets its client at once), not to the client through the uplink.
+func TestServiceNodePortLocalNoEndpoints(t *testing.T) {
+	r := newLocalRig(t)
+	svcs := []service.Service{{Namespace: "ns", Name: "elsewhere", ClusterIPs: []netip.Addr{vip}, ExternalLocal: true,
+		Ports: []service.Port{{Name: "tcp", Proto: packet.ProtoTCP, Port: 80, NodePort: 30082,
+			Backends: []service.Backend{{Addr: netip.MustParseAddr("10.244.2.9"), Port: 8080, Ready: true, Serving: true}}}}}}
+	if err := r.e.SetServices(service.NewTable(svcs, service.Options{NodeAddrs: []netip.Addr{npNode}})); err != nil {
+		t.Fatal(err)
+	}
+	syn := ipPacket(client, npNode, header.TCPProtocolNumber, tcpSeg(40000, 30082, header.TCPFlagSyn, 1, 0, 0))
+	send(t, r.gw, syn)
+	checkICMPv4(t, r.e, r.get(t, r.gw), client, header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, syn)
+	r.noPacket(t, r.up)
+	if st := r.e.ServiceStats(); st.NoEndpoints != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
