@@ -9,10 +9,12 @@ package ingress_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -117,7 +119,10 @@ func TestKeepSource(t *testing.T) {
 	svcs := []service.Service{{Namespace: "ns", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00:96::10")},
 		ExternalLocal: true, Ports: []service.Port{
 			{Name: "tcp", Proto: packet.ProtoTCP, Port: 80, NodePort: 30080, Backends: bs},
-			{Name: "udp", Proto: packet.ProtoUDP, Port: 80, NodePort: 30080, Backends: bs}}}}
+			{Name: "udp", Proto: packet.ProtoUDP, Port: 80, NodePort: 30080, Backends: bs}}},
+		{Namespace: "ns", Name: "elsewhere", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.11")}, ExternalLocal: true,
+			Ports: []service.Port{{Name: "tcp", Proto: packet.ProtoTCP, Port: 80, NodePort: 30090,
+				Backends: []service.Backend{{Addr: netip.MustParseAddr("10.244.2.9"), Port: 80, Ready: true, Serving: true}}}}}}
 	if err := v.e.SetServices(service.NewTable(svcs, service.Options{NodeAddrs: []netip.Addr{node4, node6}})); err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +149,8 @@ func TestKeepSource(t *testing.T) {
 				ingress.Rule{Proto: proto, Listen: netip.AddrPortFrom(a, 30081), Target: tgt})
 		}
 	}
+	rules = append(rules, ingress.Rule{Proto: packet.ProtoTCP, Listen: netip.MustParseAddrPort("0.0.0.0:30090"),
+		Target: netip.AddrPortFrom(node4, 30090), KeepSource: true})
 	if err := fwd.SetRules(rules); err != nil {
 		t.Fatal(err)
 	}
@@ -202,5 +209,19 @@ func TestKeepSource(t *testing.T) {
 	}
 	if st := fwd.Stats(); st.SourceKept != 4 {
 		t.Fatalf("stats %+v: want 4 flows that kept their source", st)
+	}
+	// No backend on this node: the engine's port unreachable reaches the
+	// stack, and the client is reset at once (not after DialTimeout).
+	start := time.Now()
+	c := dialFrom(t, ns, "tcp", &net.TCPAddr{IP: net.ParseIP("192.0.2.2")}, "192.0.2.1:30090")
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("no local backend: read %v, want a reset", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("reset after %v: the refusal did not reach the ingress", d)
+	}
+	if st := fwd.Stats(); st.TCPDialFailed != 1 {
+		t.Fatalf("stats %+v: want 1 failed dial", st)
 	}
 }
