@@ -210,6 +210,49 @@ func TestKeepSource(t *testing.T) {
 	if st := fwd.Stats(); st.SourceKept != 4 {
 		t.Fatalf("stats %+v: want 4 flows that kept their source", st)
 	}
+	// One client port reaching the node at two addresses: the stack cannot
+	// take that port twice toward the one target, so the second flow keeps
+	// the client's address with another port.
+	reuse := func(network, address string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
+	var first netip.AddrPort
+	for i, dst := range []string{"192.0.2.1:30080", "192.0.2.2:30080"} {
+		var c net.Conn
+		if err := ns.Do(func() error {
+			var err error
+			local := &net.TCPAddr{IP: net.ParseIP("192.0.2.2"), Port: int(first.Port())}
+			c, err = (&net.Dialer{LocalAddr: local, Control: reuse, Timeout: 5 * time.Second}).Dial("tcp", dst)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen, err := netip.ParseAddrPort(string(b))
+		self := netip.MustParseAddrPort(c.LocalAddr().String())
+		switch {
+		case err != nil:
+			t.Fatalf("answer %q", b)
+		case i == 0 && seen != self:
+			t.Fatalf("first flow: the pod saw %s, want %s", seen, self)
+		case i == 1 && (seen.Addr() != self.Addr() || self.Port() != first.Port()):
+			t.Fatalf("second flow from %s: the pod saw %s, want the client's address", self, seen)
+		}
+		t.Logf("flow %d from %s: the pod saw %s", i, self, seen)
+		first = self
+	}
+
 	// No backend on this node: the engine's port unreachable reaches the
 	// stack, and the client is reset at once (not after DialTimeout).
 	start := time.Now()
@@ -221,7 +264,7 @@ func TestKeepSource(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("reset after %v: the refusal did not reach the ingress", d)
 	}
-	if st := fwd.Stats(); st.TCPDialFailed != 1 {
-		t.Fatalf("stats %+v: want 1 failed dial", st)
+	if st := fwd.Stats(); st.TCPDialFailed != 1 || st.SourceKept != 6 {
+		t.Fatalf("stats %+v: want 1 failed dial, 6 flows that kept their source", st)
 	}
 }
