@@ -7,22 +7,32 @@
 //
 //	client ─► host socket (Rule.Listen, opened by SetRules)
 //	   TCP: accept ─► limits ─► dial Target from the stack (source: the
-//	        pods' gateway address) ─► splice both ways (FIN = half-close,
+//	        pods' gateway address, or the client's own for a KeepSource
+//	        rule) ─► splice both ways (FIN = half-close,
 //	        RST = RST) ─► closed when either side is done
 //	   UDP: datagram ─► flow per client addr:port (limits) ─► stack UDP
 //	        endpoint connected to Target ─► replies back to the client
 //	        from the listening socket ─► idle timeout
-//	stack ── Read ─► engine: Target is a ClusterIP (the engine's service
-//	        stage picks a backend) or a pod's address (hostPort)
+//	stack ── Read ─► engine: Target is a ClusterIP or this node's address
+//	        at a nodePort (the engine's service stage picks a backend) or
+//	        a pod's address (hostPort)
 //	stack ◄─ Write ── engine: replies to the gateway address, from this
-//	        node's pods and, through the underlay, from other nodes' pods
+//	        node's pods and, through the underlay, from other nodes' pods;
+//	        replies of KeepSource flows, to their clients' addresses
 //
 // Design notes. The flows leave from the first address of the node's
 // podCIDR, the gateway: kube-proxy with flannel masquerades NodePort
 // traffic to the cni0 address, which is the same address, so a pod on any
 // node routes its replies back to this node, and the engine hands them to
 // the gateway port. The client's own address is therefore not seen by the
-// pod (externalTrafficPolicy: Cluster). A host socket completes the TCP
+// pod (externalTrafficPolicy: Cluster), except through a rule with
+// KeepSource (externalTrafficPolicy: Local): its flows leave from the
+// client's address and port, which the stack may use as it spoofs on its
+// NIC (stack.SetSpoofing) and takes in packets to any address
+// (stack.SetPromiscuousMode); the engine, seeing such a flow come from the
+// gateway port, does not translate it and sends its replies back here
+// (router/engine svc.go), not where the client's address routes. A host
+// socket completes the TCP
 // handshake before we know whether Target answers, so a refused or
 // unreachable Target is a RST to the client after its connect succeeded,
 // where iptables DNAT would have refused the connect itself. A rule whose
@@ -76,11 +86,24 @@ type Rule struct {
 	Listen netip.AddrPort
 	// Target is where flows go: a ClusterIP:port or a pod's address:port.
 	Target netip.AddrPort
+	// KeepSource makes flows leave from their client's own address and
+	// port instead of the gateway (a nodePort of an externalTrafficPolicy
+	// Local Service: Target is this node's address at the nodePort, whose
+	// engine frontend sends the replies back to this port). A client
+	// address that cannot leave the host (loopback, link-local: see
+	// keptSource) or of another family than Target's still uses the
+	// gateway.
+	KeepSource bool
 }
 
-// String returns "tcp 0.0.0.0:30080->10.96.0.10:80".
+// String returns "tcp 0.0.0.0:30080->10.96.0.10:80", with " keep-source"
+// after it for a rule that keeps its clients' addresses.
 func (r Rule) String() string {
-	return protoName(r.Proto) + " " + r.Listen.String() + "->" + r.Target.String()
+	s := protoName(r.Proto) + " " + r.Listen.String() + "->" + r.Target.String()
+	if r.KeepSource {
+		s += " keep-source"
+	}
+	return s
 }
 
 func protoName(p uint8) string {
@@ -294,6 +317,15 @@ func (f *Forwarder) configure() error {
 		routes = append(routes, tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: nicID})
 	}
 	s.SetRouteTable(routes)
+	// KeepSource flows send from their clients' addresses and take the
+	// replies to them: the engine delivers to this port only packets to
+	// the gateway and the replies of such flows.
+	if err := s.SetSpoofing(nicID, true); err != nil {
+		return fmt.Errorf("ingress: spoofing: %s", err)
+	}
+	if err := s.SetPromiscuousMode(nicID, true); err != nil {
+		return fmt.Errorf("ingress: promiscuous mode: %s", err)
+	}
 	return nil
 }
 
@@ -306,9 +338,10 @@ func (f *Forwarder) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return f.ep.Read(bufs, sizes, offset)
 }
 
-// Write implements link.Device: packets to the gateway addresses (the
-// targets' replies) go to the stack; the stack answers anything it has no
-// flow for as a host would (RST, ICMP port unreachable).
+// Write implements link.Device: packets to the gateway addresses and the
+// replies of KeepSource flows (to their clients' addresses: the NIC takes
+// packets to any address) go to the stack; the stack answers anything it
+// has no flow for as a host would (RST, ICMP port unreachable).
 func (f *Forwarder) Write(bufs [][]byte, offset int) (int, error) {
 	return f.ep.Write(bufs, offset)
 }
@@ -347,9 +380,9 @@ func (f *Forwarder) SetRules(rs []Rule) error {
 			gone = append(gone, l)
 			continue
 		}
-		if t := l.target(); t != r.Target {
-			l.setTarget(r.Target)
-			f.log.Info("published port retargeted", zap.Stringer("rule", r), zap.Stringer("was", t))
+		if was := l.rule(); was != r {
+			l.setTarget(r.Target, r.KeepSource)
+			f.log.Info("published port retargeted", zap.Stringer("rule", r), zap.Stringer("was", was))
 		}
 	}
 	var open []Rule
@@ -407,7 +440,16 @@ func compareRules(a, b Rule) int {
 	if c := a.Listen.Compare(b.Listen); c != 0 {
 		return c
 	}
-	return a.Target.Compare(b.Target)
+	if c := a.Target.Compare(b.Target); c != 0 {
+		return c
+	}
+	switch {
+	case a.KeepSource == b.KeepSource:
+		return 0
+	case b.KeepSource:
+		return -1
+	}
+	return 1
 }
 
 // Rules returns the rules whose sockets are open, sorted.
@@ -440,7 +482,7 @@ type listener struct {
 	f     *Forwarder
 	proto uint8
 	addr  netip.AddrPort
-	tgt   atomic.Pointer[netip.AddrPort]
+	tgt   atomic.Pointer[target]
 	ln    net.Listener   // TCP
 	pc    net.PacketConn // UDP
 	done  chan struct{}  // closed when the accept/read loop has returned
@@ -450,13 +492,25 @@ type listener struct {
 	dying bool
 }
 
-func (l *listener) target() netip.AddrPort     { return *l.tgt.Load() }
-func (l *listener) setTarget(t netip.AddrPort) { l.tgt.Store(&t) }
-func (l *listener) rule() Rule                 { return Rule{Proto: l.proto, Listen: l.addr, Target: l.target()} }
+// target is where a listener's new flows go, and whether they keep their
+// client's address (Rule.Target, KeepSource).
+type target struct {
+	addr netip.AddrPort
+	keep bool
+}
+
+func (l *listener) target() target { return *l.tgt.Load() }
+func (l *listener) setTarget(t netip.AddrPort, keep bool) {
+	l.tgt.Store(&target{addr: t, keep: keep})
+}
+func (l *listener) rule() Rule {
+	t := l.target()
+	return Rule{Proto: l.proto, Listen: l.addr, Target: t.addr, KeepSource: t.keep}
+}
 
 func (f *Forwarder) openListener(r Rule) (*listener, error) {
 	l := &listener{f: f, proto: r.Proto, addr: r.Listen, done: make(chan struct{})}
-	l.setTarget(r.Target)
+	l.setTarget(r.Target, r.KeepSource)
 	family := "4"
 	if r.Listen.Addr().Is6() {
 		family = "6"
@@ -586,6 +640,7 @@ type Stats struct {
 	TCPFlowLimited  uint64 // connections reset: too many flows
 	TCPResetsClient uint64 // flows reset toward the client (the target reset, or we aborted)
 	TCPResetsTarget uint64 // flows reset toward the target (the client reset)
+	SourceKept      uint64 // TCP and UDP flows that left from their client's address (Rule.KeepSource)
 	UDPFlows        uint64 // UDP flows opened
 	UDPFlowLimited  uint64 // datagrams dropped: too many flows
 	UDPIdleClosed   uint64 // UDP flows closed after their idle timeout
@@ -599,7 +654,7 @@ type Stats struct {
 type counters struct {
 	conflicts, listenErrors                                  atomic.Uint64
 	tcpAccepted, tcpConnected, tcpDialFailed, tcpFlowLimited atomic.Uint64
-	tcpResetsClient, tcpResetsTarget                         atomic.Uint64
+	tcpResetsClient, tcpResetsTarget, sourceKept             atomic.Uint64
 	udpFlows, udpFlowLimited, udpIdleClosed, udpErrors       atomic.Uint64
 	bytesToTarget, bytesToClient                             atomic.Uint64
 }
@@ -614,7 +669,7 @@ func (f *Forwarder) Stats() Stats {
 		Listeners: n, Conflicts: c.conflicts.Load(), ListenErrors: c.listenErrors.Load(),
 		TCPAccepted: c.tcpAccepted.Load(), TCPConnected: c.tcpConnected.Load(), TCPDialFailed: c.tcpDialFailed.Load(),
 		TCPFlowLimited: c.tcpFlowLimited.Load(), TCPResetsClient: c.tcpResetsClient.Load(), TCPResetsTarget: c.tcpResetsTarget.Load(),
-		UDPFlows: c.udpFlows.Load(), UDPFlowLimited: c.udpFlowLimited.Load(), UDPIdleClosed: c.udpIdleClosed.Load(),
+		SourceKept: c.sourceKept.Load(), UDPFlows: c.udpFlows.Load(), UDPFlowLimited: c.udpFlowLimited.Load(), UDPIdleClosed: c.udpIdleClosed.Load(),
 		UDPErrors: c.udpErrors.Load(), BytesToTarget: c.bytesToTarget.Load(), BytesToClient: c.bytesToClient.Load(),
 		ActiveFlows: f.lim.inUse(), Endpoint: f.ep.Stats(),
 	}
@@ -679,6 +734,40 @@ func (f *Forwarder) netProto(dst netip.Addr) (tcpip.NetworkProtocolNumber, bool)
 		return ipv4.ProtocolNumber, true
 	}
 	return ipv6.ProtocolNumber, f.cfg.Gateway6.IsValid()
+}
+
+// keptSource returns the address a flow from client to the target t
+// leaves from: client itself when t keeps sources and client can be a
+// pod's peer (a unicast address that is not loopback or link-local: a
+// pod drops the former and answers the latter on its own link), of t's
+// family; else the zero AddrPort (the stack's gateway address).
+func keptSource(t target, client netip.AddrPort) netip.AddrPort {
+	a := client.Addr()
+	if !t.keep || !a.IsGlobalUnicast() || a.Is4() != t.addr.Addr().Is4() {
+		return netip.AddrPort{}
+	}
+	return client
+}
+
+// bindSource binds ep to src when src is valid: to its port first, else
+// (the stack still holds that port for the address: a flow from the same
+// client port to another of the host's addresses, or one in TIME-WAIT) to
+// a port of the stack's choosing, so that the target still sees the
+// client's address. Without src it binds ep to the gateway address of
+// dst's family: with spoofing on, the stack would otherwise pick as a
+// flow's source any address it has seen (a kept client's).
+func (f *Forwarder) bindSource(ep tcpip.Endpoint, src, dst netip.AddrPort) tcpip.Error {
+	if !src.IsValid() {
+		gw := f.cfg.Gateway
+		if dst.Addr().Is6() {
+			gw = f.cfg.Gateway6
+		}
+		return ep.Bind(fullAddr(netip.AddrPortFrom(gw, 0)))
+	}
+	if ep.Bind(fullAddr(src)) == nil {
+		return nil
+	}
+	return ep.Bind(fullAddr(netip.AddrPortFrom(src.Addr(), 0)))
 }
 
 // clientAddr returns a host socket's peer address, unmapped.

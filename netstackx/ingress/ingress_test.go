@@ -48,9 +48,19 @@ type env struct {
 // goroutine behind, so call it first.
 func newEnv(t *testing.T, mod func(*ingress.Config)) *env {
 	t.Helper()
+	return newEnvWith(t, nil, mod)
+}
+
+// newEnvWith is newEnv with the engine's Config as engMod leaves it.
+func newEnvWith(t *testing.T, engMod func(*engine.Config), mod func(*ingress.Config)) *env {
+	t.Helper()
 	leaktest.Check(t, 10*time.Second)
 	log := zaptest.NewLogger(t)
-	e, err := engine.New(engine.Config{PodCIDR: podCIDR, PodCIDR6: podCIDR6, Logger: log})
+	ecfg := engine.Config{PodCIDR: podCIDR, PodCIDR6: podCIDR6, Logger: log}
+	if engMod != nil {
+		engMod(&ecfg)
+	}
+	e, err := engine.New(ecfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,6 +388,23 @@ func TestSetRules(t *testing.T) {
 	_ = old.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if ans, err := io.ReadAll(old); err != nil || string(ans) != fmt.Sprintf("80 %s %x", gw4, sha256.Sum256(nil)) {
 		t.Fatalf("flow opened before the retarget: %q, %v", ans, err)
+	}
+
+	// KeepSource turned on: the socket stays; a loopback client cannot
+	// be kept (a pod drops loopback sources) and comes from the gateway.
+	ks := tcpRule(a, 8080)
+	ks.KeepSource = true
+	if err := v.fwd.SetRules([]ingress.Rule{ks}); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.fwd.Rules(); len(got) != 1 || got[0] != ks || got[0].String() != "tcp "+a.String()+"->10.244.1.2:8080 keep-source" {
+		t.Fatalf("rules %v, want %v", got, ks)
+	}
+	if got, want := askTCP(t, a, 8080, 10); got != want {
+		t.Fatalf("KeepSource, loopback client: %q, want %q", got, want)
+	}
+	if st := v.fwd.Stats(); st.SourceKept != 0 {
+		t.Fatalf("stats %+v: a loopback client kept its address", st)
 	}
 
 	// Removing a rule resets its flows.

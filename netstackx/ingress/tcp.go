@@ -81,7 +81,7 @@ type tcpFlow struct {
 	once       sync.Once // the first reset wins
 }
 
-func (fl *tcpFlow) run(target netip.AddrPort) {
+func (fl *tcpFlow) run(t target) {
 	f := fl.f
 	defer f.untrack(fl, fl.client.Addr())
 	ctx, cancel := context.WithTimeout(f.ctx, f.cfg.DialTimeout)
@@ -91,7 +91,8 @@ func (fl *tcpFlow) run(target netip.AddrPort) {
 		cancel()
 	}
 	fl.mu.Unlock()
-	sc, err := f.dialTCP(ctx, target)
+	src := keptSource(t, fl.client)
+	sc, err := f.dialTCP(ctx, src, t.addr)
 	cancel()
 	fl.mu.Lock()
 	aborted := fl.aborted
@@ -105,12 +106,15 @@ func (fl *tcpFlow) run(target netip.AddrPort) {
 			sc.abort()
 		case !aborted:
 			f.c.tcpDialFailed.Add(1)
-			f.log.Debug("dial target failed", zap.Stringer("client", fl.client), zap.Stringer("target", target), zap.Error(err))
+			f.log.Debug("dial target failed", zap.Stringer("client", fl.client), zap.Stringer("target", t.addr), zap.Error(err))
 		}
 		fl.resetClient()
 		return
 	}
 	f.c.tcpConnected.Add(1)
+	if src.IsValid() {
+		f.c.sourceKept.Add(1)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -122,8 +126,9 @@ func (fl *tcpFlow) run(target netip.AddrPort) {
 	_ = fl.host.Close()
 }
 
-// dialTCP connects to dst from the stack.
-func (f *Forwarder) dialTCP(ctx context.Context, dst netip.AddrPort) (*stackConn, error) {
+// dialTCP connects to dst from the stack, from src when it is valid (else
+// from the gateway).
+func (f *Forwarder) dialTCP(ctx context.Context, src, dst netip.AddrPort) (*stackConn, error) {
 	proto, ok := f.netProto(dst.Addr())
 	if !ok {
 		return nil, syscall.ENETUNREACH
@@ -132,6 +137,10 @@ func (f *Forwarder) dialTCP(ctx context.Context, dst netip.AddrPort) (*stackConn
 	ep, terr := f.s.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
 	if terr != nil {
 		return nil, errors.New("netstack: " + terr.String())
+	}
+	if terr := f.bindSource(ep, src, dst); terr != nil {
+		ep.Close()
+		return nil, errors.New("netstack: bind " + src.String() + ": " + terr.String())
 	}
 	_ = ep.SetSockOptInt(tcpip.MTUDiscoverOption, int(tcpip.PMTUDiscoveryDo))
 	ep.SocketOptions().SetKeepAlive(true)

@@ -62,15 +62,19 @@ func (l *listener) flow(client netip.AddrPort) *udpFlow {
 		f.c.udpFlowLimited.Add(1)
 		return nil
 	}
-	target := l.target()
-	proto, ok := f.netProto(target.Addr())
+	t := l.target()
+	src := keptSource(t, client)
+	proto, ok := f.netProto(t.addr.Addr())
 	var wq waiter.Queue
 	var ep tcpip.Endpoint
 	var terr tcpip.Error
 	if ok {
 		ep, terr = f.s.NewEndpoint(udp.ProtocolNumber, proto, &wq)
 		if terr == nil {
-			if terr = ep.Connect(fullAddr(target)); terr != nil {
+			if terr = f.bindSource(ep, src, t.addr); terr == nil {
+				terr = ep.Connect(fullAddr(t.addr))
+			}
+			if terr != nil {
 				ep.Close()
 			}
 		}
@@ -91,6 +95,9 @@ func (l *listener) flow(client netip.AddrPort) *udpFlow {
 	l.udp[client] = fl
 	l.mu.Unlock()
 	f.c.udpFlows.Add(1)
+	if src.IsValid() {
+		f.c.sourceKept.Add(1)
+	}
 	go fl.run()
 	return fl
 }

@@ -213,3 +213,54 @@ func TestRewriteDNATAllocs(t *testing.T) {
 		t.Fatalf("%v allocs per tracked DNAT packet pair", n)
 	}
 }
+
+// TestDNATOrigin: a flow labelled at its creation (TrackDNATFrom) returns
+// the label in every Result, either way (Track, TrackExisting, Lookup,
+// TrackRelated), beside an intact backend port; a later packet's label
+// changes nothing; a flow made without one, in the same record after the
+// first is gone, has none.
+func TestDNATOrigin(t *testing.T) {
+	tb := newTable(t, newClock(), nil)
+	k := tcp(remote, vip, 40000, 30080)
+	backend := netip.AddrPortFrom(pod2, 65535) // every bit of the port set
+	const origin = 0xfffe
+	res, err := tb.TrackDNATFrom(k, syn, backend, netip.Addr{}, origin, tb.Now())
+	if err != nil || !res.IsNew() || res.Origin() != origin || res.DNATAddr != pod2 || res.DNATPort != 65535 {
+		t.Fatalf("SYN: %+v (origin %#x), %v", res, res.Origin(), err)
+	}
+	res, err = tb.TrackDNATFrom(k, syn, backend, netip.Addr{}, 7, tb.Now())
+	if err != nil || res.IsNew() || res.Origin() != origin {
+		t.Fatalf("retransmitted SYN with another label: origin %#x, %v", res.Origin(), err)
+	}
+	rep := tcp(pod2, remote, 65535, 40000)
+	res, err = tb.Track(rep, synack, netip.Addr{}, tb.Now())
+	if err != nil || res.Dir != conntrack.Reply || res.Origin() != origin || res.DNATAddr != vip || res.DNATPort != 30080 {
+		t.Fatalf("SYN/ACK: %+v (origin %#x), %v", res, res.Origin(), err)
+	}
+	res, found, err := tb.TrackExisting(k, ack, tb.Now())
+	if !found || err != nil || res.Dir != conntrack.Original || res.Origin() != origin || res.DNATPort != 65535 {
+		t.Fatalf("ACK: %+v (origin %#x), %v, %v", res, res.Origin(), found, err)
+	}
+	if r, ok := tb.Lookup(rep, tb.Now()); !ok || r.Origin() != origin {
+		t.Fatalf("Lookup(reply) = %+v (origin %#x), %v", r, r.Origin(), ok)
+	}
+	// An ICMP error from the backend about a packet sent to it.
+	q := spec{proto: packet.ProtoTCP, src: ap(remote, 40000), dst: backend, flags: header.TCPFlagAck}.build()
+	e := icmpError(pod2, remote, q, 576)
+	if rel, ok := tb.TrackRelated(e, parse(t, e), tb.Now()); !ok || rel.Dir != conntrack.Reply || rel.Origin() != origin {
+		t.Fatalf("TrackRelated = %+v (origin %#x), %v", rel, rel.Origin(), ok)
+	}
+	if !tb.Delete(k) {
+		t.Fatal("Delete found nothing")
+	}
+	// The freed record is reused: a flow without a label has none.
+	k2 := tcp(remote, vip, 40001, 30080)
+	res, err = tb.TrackDNAT(k2, syn, backend, netip.Addr{}, tb.Now())
+	if err != nil || res.Origin() != 0 {
+		t.Fatalf("unlabelled flow: origin %#x, %v", res.Origin(), err)
+	}
+	res, err = tb.Track(tcp(pod2, remote, 65535, 40001), synack, netip.Addr{}, tb.Now())
+	if err != nil || res.Dir != conntrack.Reply || res.Origin() != 0 {
+		t.Fatalf("unlabelled flow's reply: %+v (origin %#x), %v", res, res.Origin(), err)
+	}
+}

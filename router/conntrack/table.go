@@ -173,6 +173,9 @@ type Result struct {
 	Dir      Dir
 	State    State // after the packet
 	Flags    ResultFlags
+	// origin is the caller's label of a DNAT flow (TrackDNATFrom), in
+	// both directions; 0: none.
+	origin uint16
 }
 
 // ResultFlags are what else happened to a packet in Track.
@@ -192,6 +195,10 @@ func (r *Result) NAT() bool { return r.NATAddr.IsValid() }
 
 // DNAT reports whether the flow's destination is translated.
 func (r *Result) DNAT() bool { return r.DNATAddr.IsValid() }
+
+// Origin returns the label the flow was created with (TrackDNATFrom), or
+// 0.
+func (r *Result) Origin() uint16 { return r.origin }
 
 // IsNew reports whether the packet created the flow.
 func (r *Result) IsNew() bool { return r.Flags&ResultNew != 0 }
@@ -290,6 +297,8 @@ type chunk [chunkSize]record
 // DNAT flow: tables that never translate destinations (egress SNAT) pay
 // nothing, and a DNAT flow costs 24 bytes more than a plain one. Written
 // by the writer before the record's word is published with flagDNAT.
+// port holds the backend's port in bits 0-15 and the flow's origin label
+// (TrackDNATFrom) in bits 16-31.
 type dnatRec struct {
 	addr [2]atomic.Uint64
 	port atomic.Uint64
@@ -575,7 +584,7 @@ func (t *Table) flowOf(ref uint32, w uint64) Flow {
 // caller that forwards invalid packets anyway can rewrite them). Track
 // never allocates once the table has grown to its working size.
 func (t *Table) Track(k Tuple, flags uint8, snat netip.Addr, now Time) (Result, error) {
-	return t.track(k, flags, netip.AddrPort{}, snat, now)
+	return t.track(k, flags, netip.AddrPort{}, snat, 0, now)
 }
 
 // TrackDNAT is Track for a flow whose destination is translated: a packet
@@ -587,15 +596,23 @@ func (t *Table) Track(k Tuple, flags uint8, snat netip.Addr, now Time) (Result, 
 // A new flow whose reply tuple (dnat to k's source) is another flow's
 // fails with ErrClash.
 func (t *Table) TrackDNAT(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr, now Time) (Result, error) {
-	return t.track(k, flags, dnat, snat, now)
+	return t.track(k, flags, dnat, snat, 0, now)
 }
 
-func (t *Table) track(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr, now Time) (Result, error) {
+// TrackDNATFrom is TrackDNAT that labels a flow it creates with origin,
+// which every later Result of the flow, either way, returns (Origin): the
+// engine keeps there where a flow came from, to send its replies back the
+// same way. A packet of a known flow leaves the flow's label as it was.
+func (t *Table) TrackDNATFrom(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr, origin uint16, now Time) (Result, error) {
+	return t.track(k, flags, dnat, snat, origin, now)
+}
+
+func (t *Table) track(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr, origin uint16, now Time) (Result, error) {
 	h := k.hash(t.seed)
 	if res, err, found := t.trackFound(k, h, flags, now); found {
 		return res, err
 	}
-	return t.insert(k, h, flags, dnat, snat, now)
+	return t.insert(k, h, flags, dnat, snat, origin, now)
 }
 
 // TrackExisting is Track for a packet of a flow that must exist already:
@@ -754,11 +771,17 @@ func (t *Table) natResult(ref uint32, w uint64, dir Dir) Result {
 		}
 	}
 	if w&wDNAT != 0 {
+		var dp uint64
+		d := t.dnatOf(ref)
+		if d != nil {
+			dp = d.port.Load()
+			r.origin = uint16(dp >> 16)
+		}
 		if dir == Reply {
 			r.DNATAddr, r.DNATPort = addrOf([2]uint64{rec.key[2].Load(), rec.key[3].Load()}, v6), uint16(m>>16)
-		} else if d := t.dnatOf(ref); d != nil {
+		} else if d != nil {
 			r.DNATAddr = addrOf([2]uint64{d.addr[0].Load(), d.addr[1].Load()}, v6)
-			r.DNATPort = uint16(d.port.Load())
+			r.DNATPort = uint16(dp)
 		}
 	}
 	return r
@@ -783,7 +806,7 @@ func (t *Table) fail(r DropReason, err error) (Result, error) {
 }
 
 // insert is Track's slow path, under the writer lock.
-func (t *Table) insert(k Tuple, h uint64, flags uint8, dnat netip.AddrPort, snat netip.Addr, now Time) (Result, error) {
+func (t *Table) insert(k Tuple, h uint64, flags uint8, dnat netip.AddrPort, snat netip.Addr, origin uint16, now Time) (Result, error) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
 	s := t.shardOf(h)
@@ -840,7 +863,7 @@ func (t *Table) insert(k Tuple, h uint64, flags uint8, dnat netip.AddrPort, snat
 		a := base.src
 		d.addr[0].Store(a[0])
 		d.addr[1].Store(a[1])
-		d.port.Store(uint64(dnat.Port()))
+		d.port.Store(uint64(dnat.Port()) | uint64(origin)<<16)
 	}
 	var st State
 	timeout := t.to.icmpTO

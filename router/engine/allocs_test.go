@@ -9,6 +9,13 @@ package engine
 import (
 	"net/netip"
 	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/podrouter/podrouter/router/conntrack"
+	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/route"
+	"github.com/podrouter/podrouter/router/service"
 )
 
 func TestForwardAllocs(t *testing.T) {
@@ -99,5 +106,75 @@ func TestGatewayAllocs(t *testing.T) {
 	}
 	if got := gw.n.Load(); got != uint64(102*n) {
 		t.Errorf("%d packets to the gateway port, want %d", got, 102*n)
+	}
+}
+
+// TestServiceKeepSourceAllocs: the replies of a nodePort flow that kept
+// its client's address (externalTrafficPolicy Local, from the gateway
+// port), sent back to the gateway port.
+func TestServiceKeepSourceAllocs(t *testing.T) {
+	node := netip.MustParseAddr("172.29.0.2")
+	cl := netip.MustParseAddr("203.0.113.7")
+	e, err := New(Config{PodCIDR: podCIDR, ClusterCIDRs: []netip.Prefix{clusterCIDR}, HostAddrs: []netip.Addr{node}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	sb, sgw, sup := newSink(), newSink(), newSink()
+	pb, err := e.AddPort(sb, PortConfig{Name: "b", Kind: KindPod, L2: true, PeerMAC: macB, MTU: 1500, Addrs: []netip.Addr{addrB}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgw, err := e.AddPort(sgw, PortConfig{Name: "ingress", Kind: KindNetstack, MTU: 1500, Gateway: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pup, err := e.AddPort(sup, PortConfig{Name: "up", Kind: KindUplink, MTU: 1500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetRoutes([]route.Route{{Prefix: netip.MustParsePrefix("0.0.0.0/0"), NextHop: route.ToEgress(pup.idx)}}); err != nil {
+		t.Fatal(err)
+	}
+	ct, err := conntrack.New(conntrack.Config{SNAT: []conntrack.SNATAddr{{Addr: e.Gateway(), PortMin: HairpinPortMin, PortMax: HairpinPortMax}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.EnableServices(ServicesConfig{CIDRs: []netip.Prefix{svcCIDR}, Table: ct}); err != nil {
+		t.Fatal(err)
+	}
+	svcs := []service.Service{{Namespace: "ns", Name: "local", ClusterIPs: []netip.Addr{vip}, ExternalLocal: true,
+		Ports: []service.Port{{Name: "udp", Proto: packet.ProtoUDP, Port: 80, NodePort: 30080,
+			Backends: []service.Backend{{Addr: addrB, Port: 8080, Ready: true, Serving: true, Local: true}}}}}}
+	if err := e.SetServices(service.NewTable(svcs, service.Options{NodeAddrs: []netip.Addr{node}})); err != nil {
+		t.Fatal(err)
+	}
+	// The flow, from the gateway port.
+	wg := newWorker(e, pgw)
+	first := ipPacket(cl, node, header.UDPProtocolNumber, udpSeg(40000, 30080, 32))
+	copy(wg.bufs[0][readOffset:], first)
+	wg.sizes[0] = len(first)
+	wg.process(1)
+	if sb.n.Load() != 1 {
+		t.Fatalf("the flow's first datagram did not reach the backend (drops %v)", pgw.Stats().Drops)
+	}
+	// Its replies.
+	w := newWorker(e, pb)
+	frame := eth(e, macB, ipPacket(addrB, cl, header.UDPProtocolNumber, udpSeg(8080, 40000, 32)))
+	for i := range w.bufs {
+		copy(w.bufs[i][readOffset:], frame)
+		w.sizes[i] = len(frame)
+	}
+	n := len(w.bufs)
+	w.process(n)
+	allocs := testing.AllocsPerRun(100, func() {
+		refillN(w, frame, 14+20+8)
+		w.process(n)
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocs per batch, want 0", allocs)
+	}
+	if got, up := sgw.n.Load(), sup.n.Load(); got != uint64(102*n) || up != 0 {
+		t.Errorf("%d replies to the gateway port, want %d; %d to the uplink", got, 102*n, up)
 	}
 }

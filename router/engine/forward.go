@@ -87,6 +87,12 @@ type worker struct {
 	svc      *services
 	svcUndo  conntrack.Result
 	svcFrags [svcFragSlots]svcFrag // first fragments' translations (svc.go)
+	// svcBack, when not 0, is the origin label of the Service flow whose
+	// reply is being handled, or the gateway port's for the engine's
+	// answer to a packet it sent from a client's address (originate):
+	// forward sends the packet to that port (backPort) instead of routing
+	// it (svc.go).
+	svcBack uint16
 	// originating is set while the worker routes a packet it made itself
 	// (originate): drops then count as the engine's, not w.in's.
 	originating bool
@@ -315,6 +321,7 @@ func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
 		if w.svcUndo.DNATAddr.IsValid() {
 			w.svcUndo = conntrack.Result{}
 		}
+		w.svcBack = 0
 		if !w.serviceStage(s, frame, g) {
 			return
 		}
@@ -358,6 +365,13 @@ func (w *worker) forward(buf []byte, start, end int, g packet.GSO, originated bo
 	nh, ok := w.snap.table.Lookup(pp.Dst)
 	if !ok {
 		nh.Kind = route.Unreachable
+	}
+	if w.svcBack != 0 {
+		// A reply of a Service flow that kept its client's address, or
+		// the engine's answer to one of its packets (originate), goes
+		// back to the port the flow came from (svc.go), whatever the
+		// route to the client says.
+		nh = w.backPort(w.svcBack)
 	}
 	var q *Port
 	switch nh.Kind {
@@ -616,11 +630,20 @@ func (w *worker) icmpError(frame []byte, k icmpKind) {
 // the packet it answers, which arrived on w.in and is counted there once.
 func (w *worker) originate(buf []byte, start, end int) {
 	w.originating = true
+	// An answer to a packet the gateway port sent from another source
+	// than the gateway (a client's address the ingress kept, svc.go)
+	// goes back to that port; any other answer is routed.
+	back := w.svcBack
+	w.svcBack = 0
+	if w.in == w.snap.gateway && w.pp.Src != w.e.gw4 && w.pp.Src != w.e.gw6 && w.in.idx < 0xffff {
+		w.svcBack = uint16(w.in.idx) + 1
+	}
 	if packet.Parse(buf[start:end], false, &w.pp) != packet.OK {
 		w.drop(DropMalformed)
 	} else {
 		w.forward(buf, start, end, packet.GSO{}, true)
 	}
+	w.svcBack = back
 	w.originating = false
 }
 

@@ -78,8 +78,18 @@ func (r *snatRig) tryGet(end *linktest.End, d time.Duration) ([]byte, bool) {
 
 func newSNATRig(t *testing.T, portMin, portMax uint16) *snatRig {
 	t.Helper()
+	return newSNATRigWith(t, portMin, portMax, nil)
+}
+
+// newSNATRigWith is newSNATRig with the engine's Config as mod leaves it.
+func newSNATRigWith(t *testing.T, portMin, portMax uint16, mod func(*Config)) *snatRig {
+	t.Helper()
 	checkGoroutines(t)
-	e, err := New(Config{PodCIDR: podCIDR, PodCIDR6: podCIDR6, ClusterCIDRs: []netip.Prefix{clusterCIDR, podCIDR6}, Logger: zaptest.NewLogger(t)})
+	cfg := Config{PodCIDR: podCIDR, PodCIDR6: podCIDR6, ClusterCIDRs: []netip.Prefix{clusterCIDR, podCIDR6}, Logger: zaptest.NewLogger(t)}
+	if mod != nil {
+		mod(&cfg)
+	}
+	e, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

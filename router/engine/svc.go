@@ -10,10 +10,13 @@ package engine
 //	     new flow: Frontend ─► none: drop (service-port), or route on when
 //	        the address is the node's own (not a nodePort)
 //	        ─► Pick backend ─► none: ICMP port unreachable (no-endpoints)
-//	        ─► TrackDNAT(backend, gateway when the client is the backend)
+//	        ─► TrackDNAT(backend, gateway when the client is the backend
+//	           or a nodePort's but for Local from the ingress; label: the
+//	           gateway port, for a nodePort flow from the ingress)
 //	        ─► remember the backend's address ─► rewrite ─► route
 //	  from an address that was a backend? TrackExisting: a reply of a
-//	     Service flow ─► rewrite back (source = the Service) ─► route
+//	     Service flow ─► rewrite back (source = the Service) ─► route,
+//	     or to the labelled port
 //	  ICMP errors quoting a Service flow: translated with their quote
 //
 // Design notes. The per-packet price for traffic that is not a Service's
@@ -32,7 +35,19 @@ package engine
 // the cluster CIDRs (the node itself, a hostNetwork pod): a backend that
 // is another node's host would answer the node's address directly, past
 // this engine (kube-proxy masquerades what does not come from the
-// cluster CIDR for the same reason).
+// cluster CIDR for the same reason). Except for externalTrafficPolicy
+// Local, whose backends are this node's: a flow the node's ingress (the
+// gateway port, netstackx/ingress) brings from its client's own address
+// keeps it. Every nodePort flow of the ingress from an address other than
+// the gateway is labelled in conntrack with the port it came from
+// (TrackDNATFrom), and its replies, addressed to the client, go back to
+// that port (svcBack, forward), not where the route table sends the
+// client's address: the ingress holds the client's connection. Only the
+// gateway port may start such flows; the label is checked against it
+// again for every reply (backPort). The engine's own answers (ICMP errors)
+// to a packet the gateway port sent from such an address go back to it
+// as well (originate): a Local nodePort without a backend here refuses the
+// flow at once.
 //
 // A hairpin (a pod reaching its own Service and picked as the backend) is
 // translated both ways: the source becomes the pod gateway's address with
@@ -51,6 +66,7 @@ import (
 
 	"github.com/podrouter/podrouter/router/conntrack"
 	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/route"
 	"github.com/podrouter/podrouter/router/service"
 )
 
@@ -322,10 +338,18 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 	if pp.Version == 6 {
 		gw = w.e.gw6
 	}
-	if backend.Addr() == pp.Src || (pp.Src != gw && (f.NodePort || !w.e.inClusterCIDR(pp.Src))) {
+	// A nodePort flow the gateway port (the node's ingress) brings from a
+	// source other than the gateway is labelled with that port, where its
+	// replies go back (serviceRewrite, forward), and keeps its client's
+	// address when the Service is externalTrafficPolicy Local (whose
+	// backends are all on this node). No other port may do this: a pod's
+	// or a peer's nodePort flows are translated as before.
+	origin := w.ingressOrigin(f, gw)
+	keep := origin != 0 && f.ExternalLocal
+	if backend.Addr() == pp.Src || (pp.Src != gw && !keep && (f.NodePort || !w.e.inClusterCIDR(pp.Src))) {
 		snat = gw
 	}
-	r, err = s.cfg.Table.TrackDNAT(k, flags, backend, snat, now)
+	r, err = s.cfg.Table.TrackDNATFrom(k, flags, backend, snat, origin, now)
 	if err != nil {
 		if !errors.Is(err, conntrack.ErrInvalid) {
 			s.refused.Add(1)
@@ -366,6 +390,9 @@ func (w *worker) serviceRewrite(s *services, frame []byte, r *conntrack.Result, 
 	}
 	if first {
 		w.svcFrags[fk.slot()] = svcFrag{key: fk, src: pp.Src, dst: pp.Dst, at: w.ctNow(s.cfg.Table)}
+	}
+	if r.Dir == conntrack.Reply {
+		w.svcBack = r.Origin() // forward sends it there, not by route
 	}
 	return true
 }
@@ -434,6 +461,32 @@ func (w *worker) serviceFragment(s *services, frame []byte, vip bool) bool {
 	return true
 }
 
+// ingressOrigin returns the origin label of a new flow to f whose replies
+// go back to the gateway port (its index + 1), or 0 for one routed as
+// usual: f is not a nodePort, the packet did not come from the gateway
+// port or comes from the gateway address (the ingress did not keep its
+// client's: replies to the gateway reach that port by route), or the
+// index does not fit.
+func (w *worker) ingressOrigin(f *service.Frontend, gw netip.Addr) uint16 {
+	in := w.in
+	if !f.NodePort || in != w.snap.gateway || w.pp.Src == gw || in.idx >= 0xffff {
+		return 0
+	}
+	return uint16(in.idx) + 1
+}
+
+// backPort returns the next hop of a reply of a flow labelled origin
+// (ingressOrigin): the port the flow came from while it is still the
+// gateway port, else a blackhole (that ingress is gone, and the client's
+// address must not be routed: it would leave from the Service's address).
+func (w *worker) backPort(origin uint16) route.NextHop {
+	i := int32(origin) - 1
+	if gw := w.snap.gateway; gw != nil && gw.idx == i {
+		return route.ToLocal(i)
+	}
+	return route.NextHop{Kind: route.Blackhole}
+}
+
 // serviceICMP translates an ICMP error that quotes a Service flow: an
 // error about a packet sent to a backend, on its way to the client (the
 // quote's destination is a backend), or an error from the client about a
@@ -456,6 +509,9 @@ func (w *worker) serviceICMP(s *services, frame []byte, dstService bool) bool {
 	if conntrack.RewriteRelated(frame, pp, &r) != nil || conntrack.RewriteRelatedDNAT(frame, pp, &r) != nil {
 		w.drop(DropService)
 		return false
+	}
+	if r.Dir == conntrack.Reply {
+		w.svcBack = r.Origin() // an error on its way to the client: as replies
 	}
 	return true
 }

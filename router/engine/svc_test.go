@@ -24,7 +24,13 @@ var (
 // svcRig is the SNAT rig with the load balancer on.
 func newSvcRig(t *testing.T) (*snatRig, *conntrack.Table) {
 	t.Helper()
-	r := newSNATRig(t, 0, 0)
+	return newSvcRigWith(t, nil)
+}
+
+// newSvcRigWith is newSvcRig with the engine's Config as mod leaves it.
+func newSvcRigWith(t *testing.T, mod func(*Config)) (*snatRig, *conntrack.Table) {
+	t.Helper()
+	r := newSNATRigWith(t, 0, 0, mod)
 	ct, err := conntrack.New(conntrack.Config{MaxEntries: 1024, MaxPerSource: 1024, SNAT: []conntrack.SNATAddr{
 		{Addr: r.e.Gateway(), PortMin: HairpinPortMin, PortMax: HairpinPortMax},
 		{Addr: r.e.Gateway6(), PortMin: HairpinPortMin, PortMax: HairpinPortMax}}})

@@ -45,6 +45,10 @@ type Frontend struct {
 	Service  string // "namespace/name"
 	PortName string
 	NodePort bool // a node address : nodePort frontend
+	// ExternalLocal: a nodePort frontend of an externalTrafficPolicy
+	// Local Service. Backends are this node's only, and a flow the
+	// node's ingress brings from the client's own address keeps it.
+	ExternalLocal bool
 	// Backends take new flows (uniformly); empty: the frontend rejects.
 	Backends []netip.AddrPort
 	// All are every backend of the port, for the operator view.
@@ -135,16 +139,16 @@ func NewTable(svcs []Service, o Options) *Table {
 			}
 			internal := usable(p.Backends, s.InternalLocal)
 			for _, a := range s.ClusterIPs {
-				t.add(o.Prev, name, &p, Key{a, p.Port, p.Proto}, false, internal, s.Affinity)
+				t.add(o.Prev, name, &p, Key{a, p.Port, p.Proto}, false, false, internal, s.Affinity)
 			}
 			for _, a := range s.ExternalIPs {
-				t.add(o.Prev, name, &p, Key{a, p.Port, p.Proto}, false, internal, s.Affinity)
+				t.add(o.Prev, name, &p, Key{a, p.Port, p.Proto}, false, false, internal, s.Affinity)
 				t.external[a] = true
 			}
 			if p.NodePort != 0 {
 				external := usable(p.Backends, s.ExternalLocal)
 				for _, a := range o.NodeAddrs {
-					t.add(o.Prev, name, &p, Key{a, p.NodePort, p.Proto}, true, external, s.Affinity)
+					t.add(o.Prev, name, &p, Key{a, p.NodePort, p.Proto}, true, s.ExternalLocal, external, s.Affinity)
 				}
 			}
 		}
@@ -184,7 +188,7 @@ func usable(bs []Backend, local bool) (out []netip.AddrPort) {
 	return out
 }
 
-func (t *Table) add(prev *Table, svc string, p *Port, k Key, nodePort bool, backends []netip.AddrPort, aff time.Duration) {
+func (t *Table) add(prev *Table, svc string, p *Port, k Key, nodePort, local bool, backends []netip.AddrPort, aff time.Duration) {
 	if !k.Addr.IsValid() || k.Addr.Is4In6() {
 		return
 	}
@@ -197,7 +201,7 @@ func (t *Table) add(prev *Table, svc string, p *Port, k Key, nodePort bool, back
 			bs = append(bs, b)
 		}
 	}
-	f := &Frontend{Key: k, Service: svc, PortName: p.Name, NodePort: nodePort, Backends: bs, All: p.Backends, Affinity: aff}
+	f := &Frontend{Key: k, Service: svc, PortName: p.Name, NodePort: nodePort, ExternalLocal: local, Backends: bs, All: p.Backends, Affinity: aff}
 	for _, b := range bs {
 		if i := slices.IndexFunc(p.Backends, func(x Backend) bool { return netip.AddrPortFrom(x.Addr, x.Port) == b }); i >= 0 && !p.Backends[i].Ready {
 			f.Terminating = true

@@ -42,15 +42,16 @@ func TestNewTable(t *testing.T) {
 		t.Fatalf("Len = %d services, %d frontends; want 1, 5 (2 ClusterIPs, 1 externalIP, 2 nodePorts)", s, f)
 	}
 	cases := []struct {
-		name string
-		k    Key
-		want []netip.AddrPort
+		name  string
+		k     Key
+		want  []netip.AddrPort
+		local bool // Frontend.ExternalLocal
 	}{
-		{"clusterIP v4: every ready v4 backend", Key{vip, 80, packet.ProtoTCP}, []netip.AddrPort{ap(b1, 8080), ap(b2, 8080)}},
-		{"clusterIP v6", Key{vip6, 80, packet.ProtoTCP}, []netip.AddrPort{ap(b6, 8080)}},
-		{"externalIP", Key{ext, 80, packet.ProtoTCP}, []netip.AddrPort{ap(b1, 8080), ap(b2, 8080)}},
-		{"nodePort, externalTrafficPolicy Local: this node's only", Key{node, 30080, packet.ProtoTCP}, []netip.AddrPort{ap(b1, 8080)}},
-		{"nodePort v6", Key{node6, 30080, packet.ProtoTCP}, []netip.AddrPort{ap(b6, 8080)}},
+		{"clusterIP v4: every ready v4 backend", Key{vip, 80, packet.ProtoTCP}, []netip.AddrPort{ap(b1, 8080), ap(b2, 8080)}, false},
+		{"clusterIP v6", Key{vip6, 80, packet.ProtoTCP}, []netip.AddrPort{ap(b6, 8080)}, false},
+		{"externalIP", Key{ext, 80, packet.ProtoTCP}, []netip.AddrPort{ap(b1, 8080), ap(b2, 8080)}, false},
+		{"nodePort, externalTrafficPolicy Local: this node's only", Key{node, 30080, packet.ProtoTCP}, []netip.AddrPort{ap(b1, 8080)}, true},
+		{"nodePort v6", Key{node6, 30080, packet.ProtoTCP}, []netip.AddrPort{ap(b6, 8080)}, true},
 	}
 	for _, tc := range cases {
 		f := tab.Frontend(tc.k.Addr, tc.k.Port, tc.k.Proto)
@@ -60,6 +61,13 @@ func TestNewTable(t *testing.T) {
 		if !slices.Equal(f.Backends, tc.want) {
 			t.Errorf("%s: backends %v, want %v", tc.name, f.Backends, tc.want)
 		}
+		if f.ExternalLocal != tc.local {
+			t.Errorf("%s: ExternalLocal %v, want %v", tc.name, f.ExternalLocal, tc.local)
+		}
+	}
+	svcs[0].ExternalLocal = false
+	if f := NewTable(svcs, Options{NodeAddrs: []netip.Addr{node}}).Frontend(node, 30080, packet.ProtoTCP); f == nil || f.ExternalLocal || len(f.Backends) != 2 {
+		t.Fatalf("externalTrafficPolicy Cluster: nodePort frontend %+v", f)
 	}
 	if tab.Frontend(vip, 80, packet.ProtoUDP) != nil || tab.Frontend(vip, 0, packet.ProtoUDP) != nil || tab.Frontend(vip, 90, 132) != nil {
 		t.Fatal("a frontend for a protocol, or a port, the Service does not carry")

@@ -17,8 +17,9 @@ package daemon
 // (setNodePorts) add a rule per Service port with a nodePort, listening
 // on every address (0.0.0.0, ::) and dialing this node's address at that
 // nodePort, which the engine's load balancer catches as a nodePort
-// frontend (with its externalTrafficPolicy). A pod's hostPort keeps a
-// socket a nodePort also wants (the API server keeps nodePorts in their
+// frontend (with its externalTrafficPolicy; for Local the rule keeps
+// the client's address, ingress.Rule.KeepSource, and the engine sends the
+// replies back to the forwarder). A pod's hostPort keeps a socket a nodePort also wants (the API server keeps nodePorts in their
 // own range, so this is an operator's conflict), and it is logged.
 
 import (
@@ -159,7 +160,10 @@ func (d *Daemon) setNodePorts(svcs []service.Service) {
 // nodePortRules returns a rule per Service port with a nodePort and per
 // family of its ClusterIPs: listen on every address at the nodePort,
 // dial this node's address of that family at the nodePort (the engine's
-// nodePort frontend), or the ClusterIP:port when the node has none.
+// nodePort frontend), or the ClusterIP:port when the node has none. The
+// rules of externalTrafficPolicy Local Services keep their clients'
+// addresses (KeepSource), when they dial the nodePort frontend: only that
+// frontend sends the replies of such flows back to the forwarder.
 func nodePortRules(svcs []service.Service, nodeIPs []netip.Addr) []ingress.Rule {
 	var out []ingress.Rule
 	seen := map[[2]any]bool{}
@@ -178,14 +182,14 @@ func nodePortRules(svcs []service.Service, nodeIPs []netip.Addr) []ingress.Rule 
 					continue // the API server keeps nodePorts unique; be safe
 				}
 				seen[k] = true
-				target := netip.AddrPortFrom(vip, port.Port)
+				r := ingress.Rule{Proto: port.Proto, Listen: listen, Target: netip.AddrPortFrom(vip, port.Port)}
 				for _, a := range nodeIPs {
 					if a.Is4() == vip.Is4() {
-						target = netip.AddrPortFrom(a, port.NodePort)
+						r.Target, r.KeepSource = netip.AddrPortFrom(a, port.NodePort), s.ExternalLocal
 						break
 					}
 				}
-				out = append(out, ingress.Rule{Proto: port.Proto, Listen: listen, Target: target})
+				out = append(out, r)
 			}
 		}
 	}

@@ -156,4 +156,15 @@ func TestNodePortRules(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("rules\n%v\nwant\n%v", got, want)
 	}
+	// externalTrafficPolicy Local: the rules that dial the node's nodePort
+	// frontend keep their clients' addresses; the ones that fall back to
+	// the ClusterIP (no node address of their family) cannot.
+	svcs[0].ExternalLocal = true
+	got = nodePortRules(svcs, []netip.Addr{node4})
+	for i := range want {
+		want[i].KeepSource = want[i].Target.Addr() == node4
+	}
+	if !slices.Equal(got, want) || !got[0].KeepSource || got[1].KeepSource {
+		t.Fatalf("Local rules\n%v\nwant\n%v", got, want)
+	}
 }
