@@ -359,7 +359,7 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 	}
 	if r.IsNew() {
 		s.flows.Add(1)
-		if snat.IsValid() {
+		if backend.Addr() == pp.Src {
 			s.hairpins.Add(1)
 		}
 		s.noteBackend(backend.Addr())

@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/podrouter/podrouter/router/api"
+	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/link/linktest"
 	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/packet"
@@ -246,7 +247,9 @@ func TestServicesView(t *testing.T) {
 		t.Errorf("bad filter: %v", err)
 	}
 
-	// The Service flow in conntrack: client -> ClusterIP, backend -> client.
+	// The Service flow in conntrack: client -> ClusterIP, backend -> the
+	// pod gateway (the client is outside the cluster CIDRs: translated, as
+	// kube-proxy masquerades it).
 	ct, err := h.Conntrack(ctx, api.ConntrackRequest{})
 	if err != nil || ct.Egress != "uplink" || ct.Stats != nil || ct.ServiceTable == nil || ct.ServiceTable.Flows != 1 ||
 		ct.ServiceTable.Inserts != 1 || len(ct.ServiceTable.Drops) == 0 || len(ct.Flows) != 1 || ct.Truncated {
@@ -254,7 +257,7 @@ func TestServicesView(t *testing.T) {
 	}
 	f := ct.Flows[0]
 	if f.Table != "service" || f.Service != "default/web" || f.Proto != "tcp" || f.Src != client || f.Dst != netip.AddrPortFrom(webVIP, 80) ||
-		f.ReplySrc != webReady || f.ReplyDst != client || f.State != "syn-sent" || f.Expires.Before(time.Now()) || f.Pod != "" {
+		f.ReplySrc != webReady || f.ReplyDst.Addr() != d.eng.Gateway() || f.ReplyDst.Port() < engine.HairpinPortMin || f.ReplyDst.Port() > engine.HairpinPortMax || f.State != "syn-sent" || f.Expires.Before(time.Now()) || f.Pod != "" {
 		t.Errorf("Service flow %+v", f)
 	}
 	if ct, err := h.Conntrack(ctx, api.ConntrackRequest{Pod: svcNodeIP.String(), Max: 1}); err != nil || len(ct.Flows) != 1 || ct.Truncated {
