@@ -147,12 +147,16 @@ func TestMetricsFollowTraffic(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The engine counts a batch after forwarding it; wait for the last.
-	deadline := time.Now().Add(2 * time.Second)
+	// The engine counts a batch after forwarding it (a port's tx after
+	// its Write returned, so after the reader here had the packets): wait
+	// for the last of each.
+	deadline := time.Now().Add(5 * time.Second)
 	var fams map[string]*dto.MetricFamily
 	for {
 		fams = scrape(t, h)
-		if value(t, fams, "podrouter_port_packets_total", map[string]string{"port": "pod-a", "direction": "rx"})-base == sent+spoofed+unrouted || time.Now().After(deadline) {
+		if (value(t, fams, "podrouter_port_packets_total", map[string]string{"port": "pod-a", "direction": "rx"})-base == sent+spoofed+unrouted &&
+			value(t, fams, "podrouter_port_packets_total", map[string]string{"port": "pod-a", "direction": "tx"}) == unrouted &&
+			value(t, fams, "podrouter_port_packets_total", map[string]string{"port": "pod-b", "direction": "tx"}) == sent) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
