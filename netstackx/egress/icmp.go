@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/podrouter/podrouter/netstackx/internal/relaybuf"
 	"github.com/podrouter/podrouter/router/packet"
 )
 
@@ -178,20 +179,20 @@ loop:
 // the pod, from the original destination, with the pod's identifier.
 func (pf *pingFlow) readReplies(conn net.Conn) {
 	for {
-		if err := waitData(conn); err != nil {
+		if err := relaybuf.WaitData(conn); err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue // an ICMP error about an echo: one-shot, consumed
 		}
-		bp := getBuf()
+		bp := relaybuf.Get()
 		n, err := conn.Read(*bp)
 		if err != nil {
-			putBuf(bp)
+			relaybuf.Put(bp)
 			return
 		}
 		pf.reply((*bp)[:n])
-		putBuf(bp)
+		relaybuf.Put(bp)
 	}
 }
 

@@ -26,6 +26,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/podrouter/podrouter/netstackx/internal/relaybuf"
 )
 
 // synInfo is what the forwarder keeps about a SYN while its dial runs:
@@ -228,18 +230,18 @@ func (fl *tcpFlow) run() {
 func (fl *tcpFlow) podToHost() {
 	for {
 		fl.pod.waitData()
-		bp := getBuf()
+		bp := relaybuf.Get()
 		n, err := fl.pod.Read(*bp)
 		if n > 0 {
 			_, werr := fl.host.Write((*bp)[:n])
-			putBuf(bp)
+			relaybuf.Put(bp)
 			if werr != nil {
 				fl.resetPod() // the remote is gone
 				return
 			}
 			fl.f.c.bytesToRemote.Add(uint64(n))
 		} else {
-			putBuf(bp)
+			relaybuf.Put(bp)
 		}
 		switch {
 		case err == nil:
@@ -259,10 +261,10 @@ func (fl *tcpFlow) podToHost() {
 // hostToPod copies what the remote sends to the pod.
 func (fl *tcpFlow) hostToPod() {
 	for {
-		bp, n, err := readBuf(fl.host)
+		bp, n, err := relaybuf.Read(fl.host)
 		if n > 0 {
 			werr := fl.pod.Write((*bp)[:n])
-			putBuf(bp)
+			relaybuf.Put(bp)
 			if werr != nil {
 				if errors.Is(werr, errReset) {
 					fl.resetHost() // the pod reset
@@ -273,7 +275,7 @@ func (fl *tcpFlow) hostToPod() {
 			}
 			fl.f.c.bytesToPod.Add(uint64(n))
 		} else if bp != nil {
-			putBuf(bp)
+			relaybuf.Put(bp)
 		}
 		switch {
 		case err == nil:

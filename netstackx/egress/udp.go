@@ -22,6 +22,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/podrouter/podrouter/netstackx/internal/relaybuf"
 	"github.com/podrouter/podrouter/router/packet"
 )
 
@@ -164,11 +165,11 @@ func (fl *udpFlow) podToHost() {
 				return
 			}
 		}
-		bp := getBuf()
+		bp := relaybuf.Get()
 		w := tcpip.SliceWriter(*bp)
 		res, err := fl.ep.Read(&w, tcpip.ReadOptions{})
 		if err != nil {
-			putBuf(bp)
+			relaybuf.Put(bp)
 			if _, ok := err.(*tcpip.ErrWouldBlock); ok {
 				continue
 			}
@@ -179,17 +180,17 @@ func (fl *udpFlow) podToHost() {
 		if _, werr := fl.host.Write((*bp)[:res.Count]); werr == nil {
 			fl.f.c.bytesToRemote.Add(uint64(res.Count))
 		}
-		putBuf(bp)
+		relaybuf.Put(bp)
 	}
 }
 
 func (fl *udpFlow) hostToPod() {
 	var r bytes.Reader
 	for {
-		bp, n, err := readBuf(fl.host)
+		bp, n, err := relaybuf.Read(fl.host)
 		if err != nil {
 			if bp != nil {
-				putBuf(bp)
+				relaybuf.Put(bp)
 			}
 			// ICMP errors about our datagrams, reported once each: pass
 			// them on to the pod.
@@ -216,6 +217,6 @@ func (fl *udpFlow) hostToPod() {
 		if _, terr := fl.ep.Write(&r, tcpip.WriteOptions{}); terr == nil {
 			fl.f.c.bytesToPod.Add(uint64(n))
 		}
-		putBuf(bp)
+		relaybuf.Put(bp)
 	}
 }

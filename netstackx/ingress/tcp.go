@@ -23,6 +23,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/podrouter/podrouter/netstackx/internal/relaybuf"
 )
 
 // acceptLoop accepts clients until the socket is closed.
@@ -169,10 +171,10 @@ func (f *Forwarder) dialTCP(ctx context.Context, src, dst netip.AddrPort) (*stac
 // clientToTarget copies what the client sends to the target.
 func (fl *tcpFlow) clientToTarget() {
 	for {
-		bp, n, err := readBuf(fl.host)
+		bp, n, err := relaybuf.Read(fl.host)
 		if n > 0 {
 			werr := fl.target.Write((*bp)[:n])
-			putBuf(bp)
+			relaybuf.Put(bp)
 			if werr != nil {
 				if errors.Is(werr, errReset) {
 					fl.resetClient() // the target reset
@@ -183,7 +185,7 @@ func (fl *tcpFlow) clientToTarget() {
 			}
 			fl.f.c.bytesToTarget.Add(uint64(n))
 		} else if bp != nil {
-			putBuf(bp)
+			relaybuf.Put(bp)
 		}
 		switch {
 		case err == nil:
@@ -204,18 +206,18 @@ func (fl *tcpFlow) clientToTarget() {
 func (fl *tcpFlow) targetToClient() {
 	for {
 		fl.target.waitData()
-		bp := getBuf()
+		bp := relaybuf.Get()
 		n, err := fl.target.Read(*bp)
 		if n > 0 {
 			_, werr := fl.host.Write((*bp)[:n])
-			putBuf(bp)
+			relaybuf.Put(bp)
 			if werr != nil {
 				fl.resetTarget() // the client is gone
 				return
 			}
 			fl.f.c.bytesToClient.Add(uint64(n))
 		} else {
-			putBuf(bp)
+			relaybuf.Put(bp)
 		}
 		switch {
 		case err == nil:

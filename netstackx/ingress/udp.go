@@ -20,12 +20,14 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/podrouter/podrouter/netstackx/internal/relaybuf"
 )
 
 // readLoop relays the clients' datagrams until the socket is closed.
 func (l *listener) readLoop() {
 	f := l.f
-	buf := make([]byte, bufSize)
+	buf := make([]byte, relaybuf.Size)
 	var r bytes.Reader
 	for {
 		n, from, err := l.pc.ReadFrom(buf)
@@ -167,11 +169,11 @@ func (fl *udpFlow) targetToClient() {
 				return
 			}
 		}
-		bp := getBuf()
+		bp := relaybuf.Get()
 		w := tcpip.SliceWriter(*bp)
 		res, err := fl.ep.Read(&w, tcpip.ReadOptions{})
 		if err != nil {
-			putBuf(bp)
+			relaybuf.Put(bp)
 			switch err.(type) {
 			case *tcpip.ErrWouldBlock:
 				continue
@@ -185,6 +187,6 @@ func (fl *udpFlow) targetToClient() {
 		if _, werr := fl.l.pc.WriteTo((*bp)[:res.Count], fl.to); werr == nil {
 			f.c.bytesToClient.Add(uint64(res.Count))
 		}
-		putBuf(bp)
+		relaybuf.Put(bp)
 	}
 }

@@ -1,9 +1,10 @@
-package egress
-
-// Idle flows hold no buffers: a relay waits until its source has data,
-// then borrows a buffer from a pool for one read and one write. A node
-// with ten thousand mostly idle connections then pays for goroutine stacks
-// and gVisor's queued data, not for 2 x 64 KiB per connection.
+// Package relaybuf holds what netstack relays share (netstackx/egress,
+// pods' flows to host sockets, and netstackx/ingress, host sockets' flows
+// to pods): idle flows hold no buffers. A relay waits until its source
+// has data, then borrows a buffer from a pool for one read and one write.
+// A node with ten thousand mostly idle connections then pays for goroutine
+// stacks and gVisor's queued data, not for 2 x 64 KiB per connection.
+package relaybuf
 
 import (
 	"errors"
@@ -13,34 +14,35 @@ import (
 	"syscall"
 )
 
-// bufSize fits any datagram and is a good TCP copy size.
-const bufSize = 64 << 10
+// Size fits any datagram and is a good TCP copy size.
+const Size = 64 << 10
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+var bufPool = sync.Pool{New: func() any { b := make([]byte, Size); return &b }}
 
-func getBuf() *[]byte  { return bufPool.Get().(*[]byte) }
-func putBuf(b *[]byte) { bufPool.Put(b) }
+// Get borrows a Size buffer from the pool; Put returns it.
+func Get() *[]byte  { return bufPool.Get().(*[]byte) }
+func Put(b *[]byte) { bufPool.Put(b) }
 
-// readBuf waits for data on c (waitData), then reads it into a buffer from
+// Read waits for data on c (WaitData), then reads it into a buffer from
 // the pool. bp is nil when the wait failed; otherwise the caller puts it
 // back, whatever n and err are.
-func readBuf(c net.Conn) (bp *[]byte, n int, err error) {
-	if err := waitData(c); err != nil {
+func Read(c net.Conn) (bp *[]byte, n int, err error) {
+	if err := WaitData(c); err != nil {
 		return nil, 0, err
 	}
-	bp = getBuf()
+	bp = Get()
 	n, err = c.Read(*bp)
 	return bp, n, err
 }
 
-// waitData blocks until a read on c would not block (data, EOF or an
+// WaitData blocks until a read on c would not block (data, EOF or an
 // error is pending), without a buffer, and returns the socket error it
 // found, if any: the peek consumes it (SO_ERROR), so the caller takes it as
 // its read's error. It peeks rather than just waiting for readiness
 // because the netpoller is edge-triggered and data left by an earlier short
 // read raises no new edge. For connections that are not sockets it
 // returns at once (the caller's Read then blocks with its buffer).
-func waitData(c net.Conn) error {
+func WaitData(c net.Conn) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return nil
