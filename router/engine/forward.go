@@ -84,15 +84,21 @@ type worker struct {
 	// svc is the load balancer of the batch (nil: off); svcUndo undoes
 	// the service stage's translation of the packet being handled, for
 	// the ICMP errors that quote it (svc.go).
-	svc      *services
-	svcUndo  conntrack.Result
-	svcFrags [svcFragSlots]svcFrag // first fragments' translations (svc.go)
+	svc        *services
+	svcUndo    *conntrack.Result // nil, &svcUndoBuf or a cache entry's (svccache.go)
+	svcUndoBuf conntrack.Result
+	svcFrags   [svcFragSlots]svcFrag // first fragments' translations (svc.go)
 	// svcBack, when not 0, is the origin label of the Service flow whose
 	// reply is being handled, or the gateway port's for the engine's
 	// answer to a packet it sent from a client's address (originate):
 	// forward sends the packet to that port (backPort) instead of routing
 	// it (svc.go).
 	svcBack uint16
+	// svcCache holds recent Service flows' translations (svccache.go),
+	// made on first use; svcHint is the last TrackExistingHint's.
+	svcCache *svcCache
+	svcHint  conntrack.Hint
+	svcHits  uint64 // packets the cache translated (read by tests)
 	// originating is set while the worker routes a packet it made itself
 	// (originate): drops then count as the engine's, not w.in's.
 	originating bool
@@ -318,9 +324,7 @@ func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
 		return
 	}
 	if s := w.svc; s != nil {
-		if w.svcUndo.DNATAddr.IsValid() {
-			w.svcUndo = conntrack.Result{}
-		}
+		w.svcUndo = nil
 		w.svcBack = 0
 		if !w.serviceStage(s, frame, g) {
 			return

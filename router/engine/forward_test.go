@@ -61,7 +61,7 @@ func benchRig(tb testing.TB, size int, routed bool) (*worker, *sink, func()) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	pp, err := e.AddPort(newSink(), PortConfig{Name: "peer", Kind: KindPeer, MTU: 1450})
+	pp, err := e.AddPort(newSink(), PortConfig{Name: "peer", Kind: KindPeer, MTU: 1500}) // the service case's 1500 B packets fit
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -55,6 +55,7 @@ package engine
 // peer that is not itself (Linux drops a packet from its own address).
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -107,6 +108,8 @@ type ServiceStats struct {
 
 type services struct {
 	cfg      ServicesConfig
+	nets4    []net4         // cfg.CIDRs' IPv4 prefixes, for isServiceAddr
+	nets6    []netip.Prefix // and their IPv6 ones
 	table    atomic.Pointer[service.Table]
 	backends atomic.Pointer[map[netip.Addr]struct{}] // copy on write, under mu
 	mu       sync.Mutex
@@ -135,6 +138,14 @@ func (e *Engine) EnableServices(cfg ServicesConfig) error {
 	}
 	s := &services{cfg: cfg}
 	s.cfg.CIDRs = slices.Clone(cfg.CIDRs)
+	for _, c := range cfg.CIDRs {
+		if c.Addr().Is4() {
+			a := c.Addr().As4()
+			s.nets4 = append(s.nets4, net4{base: binary.BigEndian.Uint32(a[:]), mask: ^uint32(0) << (32 - c.Bits())})
+		} else {
+			s.nets6 = append(s.nets6, c)
+		}
+	}
 	s.table.Store(service.NewTable(nil, service.Options{}))
 	s.backends.Store(&map[netip.Addr]struct{}{})
 	if !e.svc.CompareAndSwap(nil, s) {
@@ -241,11 +252,24 @@ func (e *Engine) ServiceStats() ServiceStats {
 	}
 }
 
+// net4 is an IPv4 prefix as a masked address and its mask.
+type net4 struct{ base, mask uint32 }
+
 // isServiceAddr reports whether dst may be a frontend's address.
 func (w *worker) isServiceAddr(s *services, t *service.Table, dst netip.Addr) (vip bool, host bool) {
-	for _, c := range s.cfg.CIDRs {
-		if c.Contains(dst) {
-			return true, false
+	if dst.Is4() {
+		a := dst.As4()
+		x := binary.BigEndian.Uint32(a[:])
+		for _, n := range s.nets4 {
+			if x&n.mask == n.base {
+				return true, false
+			}
+		}
+	} else {
+		for _, c := range s.nets6 {
+			if c.Contains(dst) {
+				return true, false
+			}
 		}
 	}
 	if w.e.isHostAddr(dst) {
@@ -280,15 +304,26 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 			return true
 		}
 		// Perhaps a reply of a Service flow, from its backend.
+		now, flags := w.ctNow(s.cfg.Table), tcpFlags(frame, pp)
+		c, hit := w.svcSlot(frame, g)
+		if hit && w.svcCacheHit(s, c, frame, flags, now) {
+			return true
+		}
 		k, ok := conntrack.FromParsed(pp)
 		if !ok {
 			return true
 		}
-		r, found, err := s.cfg.Table.TrackExisting(k, tcpFlags(frame, pp), w.ctNow(s.cfg.Table))
+		r, found, err := s.cfg.Table.TrackExistingHint(k, flags, now, &w.svcHint)
 		if !found || r.Dir != conntrack.Reply || !r.DNAT() || (err != nil && !errors.Is(err, conntrack.ErrInvalid)) {
 			return true
 		}
-		return w.serviceRewrite(s, frame, &r, g)
+		return w.serviceRewrite(s, frame, &r, g, c)
+	}
+	now := w.ctNow(s.cfg.Table)
+	flags := tcpFlags(frame, pp)
+	c, hit := w.svcSlot(frame, g)
+	if hit && w.svcCacheHit(s, c, frame, flags, now) {
+		return true
 	}
 	k, ok := conntrack.FromParsed(pp)
 	if !ok { // a non-first fragment: no ports to balance on
@@ -298,9 +333,7 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 		}
 		return true
 	}
-	now := w.ctNow(s.cfg.Table)
-	flags := tcpFlags(frame, pp)
-	r, found, err := s.cfg.Table.TrackExisting(k, flags, now)
+	r, found, err := s.cfg.Table.TrackExistingHint(k, flags, now, &w.svcHint)
 	if found {
 		if err != nil && !errors.Is(err, conntrack.ErrInvalid) {
 			w.drop(DropService)
@@ -309,7 +342,7 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 		if !r.DNAT() {
 			return true // a flow this table tracks untranslated: none
 		}
-		return w.serviceRewrite(s, frame, &r, g)
+		return w.serviceRewrite(s, frame, &r, g, c)
 	}
 	f := t.Frontend(pp.Dst, pp.DstPort, pp.Proto)
 	if f == nil {
@@ -364,29 +397,42 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 		}
 		s.noteBackend(backend.Addr())
 	}
-	return w.serviceRewrite(s, frame, &r, g)
+	return w.serviceRewrite(s, frame, &r, g, nil)
 }
 
 // serviceRewrite applies a Service flow's translations to the packet.
-func (w *worker) serviceRewrite(s *services, frame []byte, r *conntrack.Result, g packet.GSO) bool {
+// When c is not nil and conntrack gave a hint (w.svcHint), c becomes the
+// flow's cache entry.
+func (w *worker) serviceRewrite(s *services, frame []byte, r *conntrack.Result, g packet.GSO, c *svcCached) bool {
 	pp := &w.pp
 	// A reply's source and an original's destination: what the engine's
 	// own ICMP errors about this packet must quote instead (svcUndo).
 	if r.Dir == conntrack.Original {
-		w.svcUndo = conntrack.Result{Dir: conntrack.Original, DNATAddr: pp.Dst, DNATPort: pp.DstPort}
+		w.svcUndoBuf = conntrack.Result{Dir: conntrack.Original, DNATAddr: pp.Dst, DNATPort: pp.DstPort}
 		if r.NAT() {
-			w.svcUndo.NATAddr, w.svcUndo.NATPort = pp.Src, pp.SrcPort
+			w.svcUndoBuf.NATAddr, w.svcUndoBuf.NATPort = pp.Src, pp.SrcPort
 		}
+		w.svcUndo = &w.svcUndoBuf
 	}
 	var fk fragKey
 	first := pp.Frag && pp.Version == 4 // a first fragment: FragOff ones never get here
 	if first {
 		fk = fragKeyOf(frame, pp)
 	}
+	fill := c != nil && w.svcHint.Valid()
+	if c != nil {
+		c.meta = 0
+		if fill {
+			c.fill(frame[pp.IPOff:], pp, r, &w.svcHint, &w.svcUndoBuf)
+		}
+	}
 	if rewrite(frame, pp, r, g) != nil || rewriteDNAT(frame, pp, r, g) != nil {
-		w.svcUndo = conntrack.Result{}
+		w.svcUndo = nil
 		w.drop(DropService)
 		return false
+	}
+	if fill {
+		c.use()
 	}
 	if first {
 		w.svcFrags[fk.slot()] = svcFrag{key: fk, src: pp.Src, dst: pp.Dst, at: w.ctNow(s.cfg.Table)}
@@ -539,11 +585,11 @@ func rewriteDNAT(frame []byte, pp *packet.Parsed, r *conntrack.Result, g packet.
 // service stage made (w.svcUndo), before an ICMP error quotes it: the
 // client must recognise the packet it sent. It never fails the caller.
 func (w *worker) unService(frame []byte) {
-	if !w.svcUndo.DNAT() {
+	if w.svcUndo == nil || !w.svcUndo.DNAT() {
 		return
 	}
-	u := w.svcUndo
-	w.svcUndo = conntrack.Result{}
+	u := *w.svcUndo
+	w.svcUndo = nil
 	_ = conntrack.RewriteDNAT(frame, &w.pp, &u)
 	_ = conntrack.Rewrite(frame, &w.pp, &u)
 }

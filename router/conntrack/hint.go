@@ -1,0 +1,84 @@
+package conntrack
+
+// Hints: a caller's cache of where a flow lives.
+//
+// A busy flow's packets mostly leave its record as it was: its word
+// changes at most once a second (the expiry refresh) and on TCP state
+// transitions. TrackExistingHint returns, with such a packet's Result, a
+// Hint naming the flow's record, its shard's sequence and the word it
+// saw. The caller keeps the Result beside the Hint (the load balancer
+// keeps both per worker) and, for a later packet of the same tuple, asks
+// Still: two atomic loads and the state machine's step, instead of the
+// hash, the probe and the record reads of a lookup.
+//
+// Why it is safe: a record is freed only after every index slot naming it
+// is removed, each removal under its shard's write lock with a sequence
+// bump (index.go). The Hint's shard is the one holding the slot of the
+// tuple it was made for, so an unchanged sequence means that slot, and so
+// the record, still belong to the flow. An unchanged word means its state,
+// expiry and translations (fixed while live) are as the Result says.
+
+// Hint is where TrackExistingHint found a flow. Its zero value names
+// none; Still reports false for it.
+type Hint struct {
+	shard *shard
+	rec   *record
+	seq   uint64
+	word  uint64
+	dir   Dir
+	proto uint8
+}
+
+// Valid reports whether h names a flow.
+func (h *Hint) Valid() bool { return h.rec != nil }
+
+// TrackExistingHint is TrackExisting that also fills h when the packet
+// left its flow's record unchanged (no state transition, no refresh due),
+// and clears it otherwise.
+func (t *Table) TrackExistingHint(k Tuple, flags uint8, now Time, h *Hint) (res Result, found bool, err error) {
+	hash := k.hash(t.seed)
+	s := t.shardOf(hash)
+	h32 := uint32(hash >> 32)
+	*h = Hint{}
+	for {
+		v := s.readBegin()
+		ref, dir := t.find(s.tab.Load(), &k, h32)
+		if ref == 0 {
+			if s.seq.Load() != v {
+				continue
+			}
+			return Result{}, false, nil
+		}
+		rec := t.rec(ref)
+		w := rec.word.Load()
+		nw, ignored, err, live := t.step(w, dir, k.Proto(), flags, now)
+		if !live || nw != w || ignored || err != nil {
+			break // a change, an error or a torn read: the full path (which retries)
+		}
+		res = t.result(ref, w, dir)
+		if s.seq.Load() != v {
+			continue
+		}
+		*h = Hint{shard: s, rec: rec, seq: v, word: w, dir: dir, proto: k.Proto()}
+		return res, true, nil
+	}
+	res, err, found = t.trackFound(k, hash, flags, now)
+	return res, found, err
+}
+
+// Still reports whether a packet with TCP flags at now, of the tuple h was
+// made for, would find its flow exactly as h saw it, and leave it so: then
+// the Result that came with h is the packet's Result, and nothing in the
+// table needs to change. When it reports false the caller tracks the
+// packet in full (TrackExistingHint).
+func (t *Table) Still(h *Hint, flags uint8, now Time) bool {
+	if h.rec == nil {
+		return false
+	}
+	w := h.rec.word.Load()
+	if w != h.word || h.shard.seq.Load() != h.seq {
+		return false
+	}
+	nw, ignored, err, live := t.step(w, h.dir, h.proto, flags, now)
+	return live && nw == w && !ignored && err == nil
+}
