@@ -1,5 +1,7 @@
 package conntrack
 
+import "github.com/podrouter/podrouter/router/packet"
+
 // Hints: a caller's cache of where a flow lives.
 //
 // A busy flow's packets mostly leave its record as it was: its word
@@ -25,9 +27,14 @@ type Hint struct {
 	rec   *record
 	seq   uint64
 	word  uint64
+	now   Time
+	flags uint8 // the TCP flags that step looks at
 	dir   Dir
-	proto uint8
 }
+
+// stepFlags are the TCP flags the state machine tells packets apart by
+// (tcpClass).
+const stepFlags = packet.TCPFlagRST | packet.TCPFlagSYN | packet.TCPFlagFIN | packet.TCPFlagACK
 
 // Valid reports whether h names a flow.
 func (h *Hint) Valid() bool { return h.rec != nil }
@@ -59,7 +66,7 @@ func (t *Table) TrackExistingHint(k Tuple, flags uint8, now Time, h *Hint) (res 
 		if s.seq.Load() != v {
 			continue
 		}
-		*h = Hint{shard: s, rec: rec, seq: v, word: w, dir: dir, proto: k.Proto()}
+		*h = Hint{shard: s, rec: rec, seq: v, word: w, now: now, flags: flags & stepFlags, dir: dir}
 		return res, true, nil
 	}
 	res, err, found = t.trackFound(k, hash, flags, now)
@@ -71,14 +78,15 @@ func (t *Table) TrackExistingHint(k Tuple, flags uint8, now Time, h *Hint) (res 
 // the Result that came with h is the packet's Result, and nothing in the
 // table needs to change. When it reports false the caller tracks the
 // packet in full (TrackExistingHint).
+//
+// What a packet does to a flow (step) depends only on the flow's word,
+// the direction, the protocol, the flags' class and the time in whole
+// seconds. So a packet of h's tuple with the same flags in the same
+// second as the one that made h, finding the same word in the same
+// record, does what that packet did: nothing.
 func (t *Table) Still(h *Hint, flags uint8, now Time) bool {
-	if h.rec == nil {
+	if h.rec == nil || now != h.now || flags&stepFlags != h.flags {
 		return false
 	}
-	w := h.rec.word.Load()
-	if w != h.word || h.shard.seq.Load() != h.seq {
-		return false
-	}
-	nw, ignored, err, live := t.step(w, h.dir, h.proto, flags, now)
-	return live && nw == w && !ignored && err == nil
+	return h.rec.word.Load() == h.word && h.shard.seq.Load() == h.seq
 }
