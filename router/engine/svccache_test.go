@@ -175,7 +175,7 @@ func TestCsumAdd(t *testing.T) {
 		}
 		var d uint32
 		for j := 0; j < 16; j += 2 {
-			d += uint32(^(uint16(o[j])<<8 | uint16(o[j+1])))&0xffff + uint32(uint16(n[j])<<8|uint16(n[j+1]))
+			d += uint32(^(uint16(o[j])<<8|uint16(o[j+1])))&0xffff + uint32(uint16(n[j])<<8|uint16(n[j+1]))
 		}
 		if got, want := csumAdd(field, d), packet.UpdateChecksumBytes(field, o[:], n[:]); got != want {
 			t.Fatalf("field %#x, address change: %#x, want %#x", field, got, want)
