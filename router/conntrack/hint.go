@@ -30,6 +30,9 @@ type Hint struct {
 	now   Time
 	flags uint8 // the TCP flags that step looks at
 	dir   Dir
+	// absent: the tuple had no flow; it has none while the shard's
+	// sequence stays (an insert of its flow bumps it).
+	absent bool
 }
 
 // stepFlags are the TCP flags the state machine tells packets apart by
@@ -39,9 +42,18 @@ const stepFlags = packet.TCPFlagRST | packet.TCPFlagSYN | packet.TCPFlagFIN | pa
 // Valid reports whether h names a flow.
 func (h *Hint) Valid() bool { return h.rec != nil }
 
+// Absent reports whether h records that its tuple had no flow.
+func (h *Hint) Absent() bool { return h.absent }
+
+// StillAbsent reports whether the tuple h was made for (Absent) still
+// has no flow: no slot was inserted in its shard since.
+func (t *Table) StillAbsent(h *Hint) bool {
+	return h.absent && h.shard.seq.Load() == h.seq
+}
+
 // TrackExistingHint is TrackExisting that also fills h when the packet
 // left its flow's record unchanged (no state transition, no refresh due),
-// and clears it otherwise.
+// or, Absent, when the tuple has no flow; it clears h otherwise.
 func (t *Table) TrackExistingHint(k Tuple, flags uint8, now Time, h *Hint) (res Result, found bool, err error) {
 	hash := k.hash(t.seed)
 	s := t.shardOf(hash)
@@ -54,6 +66,7 @@ func (t *Table) TrackExistingHint(k Tuple, flags uint8, now Time, h *Hint) (res 
 			if s.seq.Load() != v {
 				continue
 			}
+			*h = Hint{shard: s, seq: v, absent: true}
 			return Result{}, false, nil
 		}
 		rec := t.rec(ref)

@@ -306,7 +306,7 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 		// Perhaps a reply of a Service flow, from its backend.
 		now, flags := w.ctNow(s.cfg.Table), tcpFlags(frame, pp)
 		c, hit := w.svcSlot(frame, g)
-		if hit && w.svcCacheHit(s, c, frame, flags, now) {
+		if hit && w.svcCacheHit(s, c, frame, g, flags, now, true) {
 			return true
 		}
 		k, ok := conntrack.FromParsed(pp)
@@ -314,6 +314,9 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 			return true
 		}
 		r, found, err := s.cfg.Table.TrackExistingHint(k, flags, now, &w.svcHint)
+		if !found && c != nil && w.svcHint.Absent() {
+			c.fillPass(frame[pp.IPOff:], pp, &w.svcHint)
+		}
 		if !found || r.Dir != conntrack.Reply || !r.DNAT() || (err != nil && !errors.Is(err, conntrack.ErrInvalid)) {
 			return true
 		}
@@ -322,7 +325,7 @@ func (w *worker) serviceStage(s *services, frame []byte, g packet.GSO) bool {
 	now := w.ctNow(s.cfg.Table)
 	flags := tcpFlags(frame, pp)
 	c, hit := w.svcSlot(frame, g)
-	if hit && w.svcCacheHit(s, c, frame, flags, now) {
+	if hit && w.svcCacheHit(s, c, frame, g, flags, now, false) {
 		return true
 	}
 	k, ok := conntrack.FromParsed(pp)
@@ -419,7 +422,7 @@ func (w *worker) serviceRewrite(s *services, frame []byte, r *conntrack.Result, 
 	if first {
 		fk = fragKeyOf(frame, pp)
 	}
-	fill := c != nil && w.svcHint.Valid()
+	fill := c != nil && w.svcHint.Valid() && !g.NeedsCsum
 	if c != nil {
 		c.meta = 0
 		if fill {

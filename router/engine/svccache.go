@@ -12,6 +12,10 @@ package engine
 //
 // Only what the full path would do identically is cached: TCP and UDP,
 // unfragmented, with a complete checksum (no partial-checksum offload).
+// A packet from a backend's address that belongs to no Service flow (a
+// backend pod's own traffic) is cached as a pass entry: valid while the
+// tuple's conntrack shard saw no insert (StillAbsent), it spares such
+// packets the lookup.
 // An entry is filled by the full path when conntrack found the flow
 // steady (TrackExistingHint) and its rewrite succeeded; it is checked
 // against conntrack on every use, so a state transition, a timeout
@@ -28,7 +32,7 @@ import (
 	"github.com/podrouter/podrouter/router/packet"
 )
 
-const svcCacheSlots = 128 // a power of two
+const svcCacheSlots = 128 // 1<<7: svcIndex
 
 // svcCached is one cached Service flow direction.
 type svcCached struct {
@@ -39,6 +43,10 @@ type svcCached struct {
 	meta uint64
 
 	hint conntrack.Hint
+	// pass: the packet's tuple had no flow (hint.Absent) when a packet
+	// from a backend's address came (serviceStage): it is no Service
+	// flow's reply, and the packet goes on unchanged.
+	pass bool
 	ops  [2]svcOp // applied in order, n of them
 	n    uint8
 	dir  conntrack.Dir
@@ -78,15 +86,21 @@ func svcKey(ip []byte, pp *packet.Parsed) (k0, k1, k2, k3, meta uint64) {
 // not use the cache.
 func (w *worker) svcSlot(frame []byte, g packet.GSO) (*svcCached, bool) {
 	pp := &w.pp
-	if pp.Frag || g.NeedsCsum || (pp.Proto != packet.ProtoTCP && pp.Proto != packet.ProtoUDP) {
+	if pp.Frag || (pp.Proto != packet.ProtoTCP && pp.Proto != packet.ProtoUDP) {
 		return nil, false
 	}
 	if w.svcCache == nil {
 		w.svcCache = new(svcCache)
 	}
 	k0, k1, k2, k3, meta := svcKey(frame[pp.IPOff:], pp)
-	c := &w.svcCache[((k0^k1^k2^k3^meta)*0x9e3779b97f4a7c15)>>(64-7)]
+	c := &w.svcCache[svcIndex(k0, k1, k2, k3, meta)]
 	return c, c.meta == meta && c.key[0] == k0 && c.key[1] == k1 && c.key[2] == k2 && c.key[3] == k3
+}
+
+// svcIndex returns the slot of a key. Two flows of a slot evict each
+// other: the cache is direct-mapped.
+func svcIndex(k0, k1, k2, k3, meta uint64) int {
+	return int(((k0 ^ k1 ^ k2 ^ k3 ^ meta) * 0x9e3779b97f4a7c15) >> (64 - 7))
 }
 
 // fill makes c the entry of the packet w.pp describes, before the full
@@ -194,9 +208,17 @@ func csumAdd(field uint16, d uint32) uint16 {
 
 // svcCacheHit handles a packet of a cached Service flow: it reports
 // false (and changes nothing) unless c holds the packet's flow and
-// conntrack says the flow is as c saw it.
-func (w *worker) svcCacheHit(s *services, c *svcCached, frame []byte, flags uint8, now conntrack.Time) bool {
-	if !s.cfg.Table.Still(&c.hint, flags, now) {
+// conntrack says the flow is as c saw it. Only a reply's lookup (from a
+// backend's address, to no Service address) may take a pass entry.
+func (w *worker) svcCacheHit(s *services, c *svcCached, frame []byte, g packet.GSO, flags uint8, now conntrack.Time, reply bool) bool {
+	if c.pass {
+		if !reply || !s.cfg.Table.StillAbsent(&c.hint) {
+			return false
+		}
+		w.svcHits++
+		return true
+	}
+	if g.NeedsCsum || !s.cfg.Table.Still(&c.hint, flags, now) {
 		return false
 	}
 	pp := &w.pp
@@ -212,4 +234,11 @@ func (w *worker) svcCacheHit(s *services, c *svcCached, frame []byte, flags uint
 	}
 	w.svcHits++
 	return true
+}
+
+// fillPass makes c the pass entry of the packet w.pp describes (h: its
+// tuple's absence).
+func (c *svcCached) fillPass(ip []byte, pp *packet.Parsed, h *conntrack.Hint) {
+	k0, k1, k2, k3, meta := svcKey(ip, pp)
+	*c = svcCached{key: [4]uint64{k0, k1, k2, k3}, meta: meta, hint: *h, pass: true}
 }
