@@ -3,8 +3,9 @@
 # The podrouter image: the node agent (podrouter), the CNI plugin
 # (podrouter-cni) and the host-local IPAM plugin it delegates to, static binaries (CGO_ENABLED=0) on distroless/static.
 #
-#   make image                      # docker build -t podrouter:dev .
-#   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/podrouter:TAG --push .
+#   make image                      # docker build (VERSION, COMMIT from git) -t podrouter:dev .
+#   docker buildx build --platform linux/amd64,linux/arm64 --build-arg VERSION=TAG \
+#     --build-arg COMMIT=$(git rev-parse HEAD) -t REGISTRY/podrouter:TAG --push .
 #
 # The image's user is non-root (65532, distroless "nonroot"). The daemon
 # itself must run as root: it creates the uplink TUN and the pods' TAPs
@@ -17,6 +18,10 @@ ARG GO_VERSION=1.26
 FROM --platform=$BUILDPLATFORM golang:${GO_VERSION}-bookworm AS build
 ARG TARGETOS=linux
 ARG TARGETARCH
+# What `podrouter version` and podrouter_build_info say (router/version);
+# `make image` passes git's (see the Makefile's VERSION and COMMIT).
+ARG VERSION=devel
+ARG COMMIT=
 WORKDIR /src
 # Modules first: a source change does not re-download them.
 COPY go.mod go.sum ./
@@ -26,7 +31,7 @@ COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH GOFLAGS=-buildvcs=false \
-    go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/podrouter ./cmd/podrouter-cni \
+    go build -trimpath -ldflags="-s -w -X github.com/podrouter/podrouter/router/version.version=${VERSION} -X github.com/podrouter/podrouter/router/version.commit=${COMMIT}" -o /out/ ./cmd/podrouter ./cmd/podrouter-cni \
       github.com/containernetworking/plugins/plugins/ipam/host-local
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -9,12 +9,26 @@ PKGS      := ./...
 BENCHTIME ?= 1s
 FUZZTIME  ?= 10s
 
-.PHONY: all build tools kube-tools image images deps lab test check vet race bench bench-e2e fuzz clean cluster-tools cluster cluster-down conformance
+.PHONY: all build tools kube-tools image images deps lab test check vet race bench bench-e2e fuzz clean cluster-tools cluster cluster-down conformance FORCE
 
 all: build
 
+# What `podrouter version` and podrouter_build_info say (router/version),
+# stamped into every podrouter binary built here and passed to the
+# Dockerfile: the nearest v* tag (git describe, -dirty with local
+# changes), else devel; the full commit, -dirty with local changes.
+# Override either: make images VERSION=v0.4.0.
+ifeq ($(origin VERSION),undefined)
+VERSION := $(or $(shell git describe --tags --match 'v*' --dirty 2>/dev/null),devel)
+endif
+ifeq ($(origin COMMIT),undefined)
+COMMIT := $(shell c=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD -- 2>/dev/null || c=$$c-dirty; echo $$c; })
+endif
+VERSION_PKG     := github.com/podrouter/podrouter/router/version
+VERSION_LDFLAGS := -X $(VERSION_PKG).version=$(VERSION) -X $(VERSION_PKG).commit=$(COMMIT)
+
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags='$(VERSION_LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 # The main job on its built-in default: a single-node lab of virtual pods.
 lab: build
@@ -49,7 +63,7 @@ $(KUBE_TOOLS) &: deploy/kubetools/go.mod deploy/kubetools/go.sum deploy/kubetool
 # The container image (Dockerfile; needs a docker daemon or BuildKit).
 IMAGE ?= podrouter:dev
 image:
-	docker build -t $(IMAGE) .
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE) .
 
 # Images without a registry or a docker daemon: deploy/kubetools/imagetool
 # writes docker-archive tarballs into $(IMAGES) that
@@ -110,9 +124,16 @@ $(IMAGETOOL) $(IMAGES_BIN)/pause $(IMAGES_BIN)/nettools &: $(KUBETOOLS_MOD) $(wi
 	cd deploy/kubetools && CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(abspath $(IMAGES_BIN))/ ./imagetool ./pause ./nettools
 	@touch $(IMAGETOOL) $(IMAGES_BIN)/pause $(IMAGES_BIN)/nettools
 
-$(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local &: $(MAIN_SRC)
+# The version stamped into the image's binaries: rewritten only when
+# VERSION or COMMIT change, so a new commit rebuilds them and nothing else does.
+VERSION_STAMP := $(IMAGES_BIN)/.version
+$(VERSION_STAMP): FORCE
+	@mkdir -p $(@D)
+	@echo '$(VERSION) $(COMMIT)' | cmp -s - $@ || echo '$(VERSION) $(COMMIT)' > $@
+
+$(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local &: $(MAIN_SRC) $(VERSION_STAMP)
 	@mkdir -p $(IMAGES_BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $(IMAGES_BIN)/ ./cmd/podrouter ./cmd/podrouter-cni \
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w $(VERSION_LDFLAGS)' -o $(IMAGES_BIN)/ ./cmd/podrouter ./cmd/podrouter-cni \
 	  github.com/containernetworking/plugins/plugins/ipam/host-local
 	@touch $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local
 

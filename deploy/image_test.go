@@ -35,15 +35,25 @@ func TestStaticBinaries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	build := regexp.MustCompile(`CGO_ENABLED=0 [^\n]*\\\n\s*go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/podrouter ./cmd/podrouter-cni \\\n\s*github.com/containernetworking/plugins/plugins/ipam/host-local\n`)
-	if !build.Match(dockerfile) {
+	build := regexp.MustCompile(`CGO_ENABLED=0 [^\n]*\\\n\s*go build -trimpath -ldflags="([^"]*)" -o /out/ ./cmd/podrouter ./cmd/podrouter-cni \\\n\s*github.com/containernetworking/plugins/plugins/ipam/host-local\n`)
+	m := build.FindSubmatch(dockerfile)
+	if m == nil {
 		t.Fatalf("the Dockerfile no longer builds both commands with CGO_ENABLED=0 as this test does; update the test with it")
+	}
+	// The Dockerfile's own -ldflags, its build args given values: the
+	// binary must report them (a -X naming a variable that does not exist
+	// is silently ignored by the linker).
+	ldflags := os.Expand(string(m[1]), func(k string) string {
+		return map[string]string{"VERSION": "v0.0.0-dockerfile", "COMMIT": "0123abcd"}[k]
+	})
+	if !strings.Contains(ldflags, "-s -w") {
+		t.Errorf("the Dockerfile's -ldflags %q lack -s -w", m[1])
 	}
 	if !strings.Contains(string(dockerfile), "FROM gcr.io/distroless/static") {
 		t.Fatalf("the final stage is no longer distroless/static; revisit this test")
 	}
 	out := t.TempDir()
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out+"/", "../cmd/podrouter", "../cmd/podrouter-cni",
+	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags="+ldflags, "-o", out+"/", "../cmd/podrouter", "../cmd/podrouter-cni",
 		"github.com/containernetworking/plugins/plugins/ipam/host-local")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -67,6 +77,31 @@ func TestStaticBinaries(t *testing.T) {
 			t.Errorf("%s: imports shared libraries %v (%v)", name, libs, err)
 		}
 	}
+	checkVersion(t, filepath.Join(out, "podrouter"), "v0.0.0-dockerfile", "0123abcd")
+}
+
+// checkVersion runs the podrouter binary at path with --version and checks
+// that it reports version and commit.
+func checkVersion(t *testing.T, path, version, commit string) {
+	t.Helper()
+	b, err := exec.Command(path, "--version").CombinedOutput()
+	if want := "podrouter " + version + " (commit " + commit + ", go"; err != nil || !strings.HasPrefix(string(b), want) {
+		t.Errorf("%s --version: %v: %q, want it to start %q", path, err, b, want)
+	}
+}
+
+// TestMakefileStampsVersion: make build stamps VERSION and COMMIT into
+// podrouter.
+func TestMakefileStampsVersion(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Fatalf("make: %v", err)
+	}
+	bin := t.TempDir()
+	cmd := exec.Command("make", "-s", "-C", "..", "BIN="+bin, "VERSION=v0.0.0-make", "COMMIT=fedcba98", "build")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make build: %v\n%s", err, b)
+	}
+	checkVersion(t, filepath.Join(bin, "podrouter"), "v0.0.0-make", "fedcba98")
 }
 
 // TestDaemonSetRunsImagePaths checks that every container of the DaemonSet
@@ -314,7 +349,7 @@ func TestGoImageMatchesDockerfile(t *testing.T) {
 	dir := t.TempDir()
 	const ref = "podrouter:imagetest"
 	out := filepath.Join(dir, "podrouter_imagetest.tar")
-	cmd := exec.Command("make", "-s", "-C", "..", "IMAGES="+dir, "IMAGE="+ref, out)
+	cmd := exec.Command("make", "-s", "-C", "..", "IMAGES="+dir, "IMAGE="+ref, "VERSION=v0.0.0-image", "COMMIT=89abcdef", out)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make %s: %v\n%s", out, err, b)
 	}
@@ -394,4 +429,10 @@ func TestGoImageMatchesDockerfile(t *testing.T) {
 			}
 		}
 	}
+	// The image's podrouter carries the version make was given.
+	exe := filepath.Join(dir, "podrouter-from-image")
+	if err := os.WriteFile(exe, img.body["/usr/local/bin/podrouter"], 0o755); err != nil {
+		t.Fatal(err)
+	}
+	checkVersion(t, exe, "v0.0.0-image", "89abcdef")
 }

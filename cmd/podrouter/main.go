@@ -35,7 +35,7 @@ func usage() string {
 	for _, c := range commands {
 		fmt.Fprintf(&b, "  podrouter %-10s %s\n", c.name, c.summary)
 	}
-	b.WriteString("  podrouter help [command]\n\nRun 'podrouter help COMMAND' (or COMMAND -h) for a command's flags.\n")
+	b.WriteString("  podrouter help [command]\n  podrouter --version\n\nRun 'podrouter help COMMAND' (or COMMAND -h) for a command's flags.\n")
 	return b.String()
 }
 
@@ -49,6 +49,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	name := args[0]
+	if name == "--version" || name == "-version" {
+		return runVersion(args[1:], stdout, stderr)
+	}
 	if name == "help" || name == "-h" || name == "-help" || name == "--help" {
 		if len(args) > 1 {
 			for _, c := range commands {

@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/version"
 )
 
 const ns = "podrouter"
@@ -81,13 +82,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descOffload, prometheus.CounterValue, float64(o.ChecksumsFilled), "checksums")
 }
 
-// NewRegistry returns a registry with the engine collector, the Go runtime
+// NewRegistry returns a registry with the engine collector, the build info
+// (podrouter_build_info), the Go runtime
 // and process collectors, and any extra collectors (CNI operations,
 // conntrack, egress, ...).
 func NewRegistry(e *engine.Engine, extra ...prometheus.Collector) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	cs := append([]prometheus.Collector{
 		NewCollector(e),
+		NewBuildInfo(version.Get()),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}, extra...)

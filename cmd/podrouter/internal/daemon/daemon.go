@@ -38,6 +38,7 @@ import (
 	"github.com/podrouter/podrouter/router/metrics"
 	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/route"
+	"github.com/podrouter/podrouter/router/version"
 )
 
 // Daemon is a running node daemon. Its local API is served by handler.
@@ -82,6 +83,8 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger.Named("daemon"), started: time.Now(), apiM: newAPIMetrics()}
 	d.ready.log = d.log
+	v := version.Get()
+	d.log.Info("starting", zap.String("version", v.Version), zap.String("commit", v.Commit), zap.String("goVersion", v.GoVersion))
 	success := false
 	defer func() {
 		if !success {
