@@ -9,7 +9,7 @@ PKGS      := ./...
 BENCHTIME ?= 1s
 FUZZTIME  ?= 10s
 
-.PHONY: all build tools kube-tools image images deps lab test check vet race bench bench-e2e fuzz clean cluster-tools cluster cluster-down conformance FORCE
+.PHONY: all build tools kube-tools manifest image images deps lab test check vet race bench bench-e2e fuzz clean cluster-tools cluster cluster-down conformance FORCE
 
 all: build
 
@@ -59,6 +59,11 @@ $(KUBE_TOOLS) &: deploy/kubetools/go.mod deploy/kubetools/go.sum deploy/kubetool
 	cd deploy/kubetools && $(GO) build -trimpath -buildvcs=false -ldflags='$(KUBE_LDFLAGS)' -o $(abspath $(KUBE_BIN))/ \
 	  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd
 	@touch $(KUBE_TOOLS)
+
+# deploy/podrouter.yaml: deploy/ rendered by kubectl kustomize into one
+# file (`kubectl apply -f`); deploy's TestRenderedManifest keeps it in sync.
+manifest: kube-tools
+	PODROUTER_UPDATE_MANIFEST=1 $(GO) test -count=1 -run '^TestRenderedManifest$$' ./deploy/
 
 # The container image (Dockerfile; needs a docker daemon or BuildKit).
 IMAGE ?= podrouter:dev
