@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 #
 # The podrouter image: the node agent (podrouter), the CNI plugin
-# (podrouter-cni) and the host-local IPAM plugin it delegates to, static binaries (CGO_ENABLED=0) on distroless/static.
+# (podrouter-cni), the host-local IPAM plugin it delegates to and the
+# portmap plugin an operator may chain after it (ConfigMap cni-chain.json),
+# static binaries (CGO_ENABLED=0) on distroless/static.
 #
 #   make image                      # docker build (VERSION, COMMIT from git) -t podrouter:dev .
 #   docker buildx build --platform linux/amd64,linux/arm64 --build-arg VERSION=TAG \
@@ -32,13 +34,13 @@ RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH GOFLAGS=-buildvcs=false \
     go build -trimpath -ldflags="-s -w -X github.com/podrouter/podrouter/router/version.version=${VERSION} -X github.com/podrouter/podrouter/router/version.commit=${COMMIT}" -o /out/ ./cmd/podrouter ./cmd/podrouter-cni \
-      github.com/containernetworking/plugins/plugins/ipam/host-local
+      github.com/containernetworking/plugins/plugins/ipam/host-local github.com/containernetworking/plugins/plugins/meta/portmap
 
 FROM gcr.io/distroless/static-debian12:nonroot
 LABEL org.opencontainers.image.title="podrouter" \
       org.opencontainers.image.description="Userspace virtual router for Kubernetes pod networking: node agent and CNI plugin" \
       org.opencontainers.image.source="https://github.com/podrouter/podrouter"
-COPY --from=build /out/podrouter /out/podrouter-cni /out/host-local /usr/local/bin/
+COPY --from=build /out/podrouter /out/podrouter-cni /out/host-local /out/portmap /usr/local/bin/
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/podrouter"]
 CMD ["help"]

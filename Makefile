@@ -35,7 +35,7 @@ lab: build
 	./$(BIN)/podrouter lab
 
 # Helper binaries the end-to-end tests and benchmarks drive (cnitool,
-# host-local IPAM, wireguard-go: the userspace WireGuard baseline),
+# host-local IPAM, portmap, wireguard-go: the userspace WireGuard baseline),
 # from the tool directives in go.mod, cached under $(CACHE)/bin.
 tools:
 	@mkdir -p $(CACHE)/bin
@@ -136,11 +136,11 @@ $(VERSION_STAMP): FORCE
 	@mkdir -p $(@D)
 	@echo '$(VERSION) $(COMMIT)' | cmp -s - $@ || echo '$(VERSION) $(COMMIT)' > $@
 
-$(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local &: $(MAIN_SRC) $(VERSION_STAMP)
+$(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local $(IMAGES_BIN)/portmap &: $(MAIN_SRC) $(VERSION_STAMP)
 	@mkdir -p $(IMAGES_BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w $(VERSION_LDFLAGS)' -o $(IMAGES_BIN)/ ./cmd/podrouter ./cmd/podrouter-cni \
-	  github.com/containernetworking/plugins/plugins/ipam/host-local
-	@touch $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local
+	  github.com/containernetworking/plugins/plugins/ipam/host-local github.com/containernetworking/plugins/plugins/meta/portmap
+	@touch $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local $(IMAGES_BIN)/portmap
 
 $(IMAGES_BIN)/agnhost: $(KUBETOOLS_MOD)
 	@mkdir -p $(IMAGES_BIN)
@@ -159,7 +159,7 @@ $(IMAGES_BIN)/coredns: $(COREDNS_MOD)
 # The Dockerfile's final stage: distroless/static's nonroot base (users,
 # nsswitch.conf, /tmp, /home/nonroot, PATH, SSL_CERT_FILE) plus its COPY,
 # LABEL, USER, ENTRYPOINT and CMD. deploy/image_test.go checks they agree.
-$(PODROUTER_TAR): $(IMAGETOOL) $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local $(wildcard deploy/kubetools/images/base/etc/*)
+$(PODROUTER_TAR): $(IMAGETOOL) $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-cni $(IMAGES_BIN)/host-local $(IMAGES_BIN)/portmap $(wildcard deploy/kubetools/images/base/etc/*)
 	$(IMAGETOOL) -name $(IMAGE) -o $@ \
 	  -file /etc/passwd=deploy/kubetools/images/base/etc/passwd:0644 \
 	  -file /etc/group=deploy/kubetools/images/base/etc/group:0644 \
@@ -169,6 +169,7 @@ $(PODROUTER_TAR): $(IMAGETOOL) $(IMAGES_BIN)/podrouter $(IMAGES_BIN)/podrouter-c
 	  -file /usr/local/bin/podrouter=$(IMAGES_BIN)/podrouter:0755 \
 	  -file /usr/local/bin/podrouter-cni=$(IMAGES_BIN)/podrouter-cni:0755 \
 	  -file /usr/local/bin/host-local=$(IMAGES_BIN)/host-local:0755 \
+	  -file /usr/local/bin/portmap=$(IMAGES_BIN)/portmap:0755 \
 	  -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 	  -env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
 	  -label org.opencontainers.image.title=podrouter \

@@ -26,7 +26,7 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// TestStaticBinaries builds podrouter, podrouter-cni and host-local as the Dockerfile
+// TestStaticBinaries builds podrouter, podrouter-cni, host-local and portmap as the Dockerfile
 // does (CGO_ENABLED=0, -trimpath) and checks that both are static ELF
 // executables: no program interpreter, no shared libraries. distroless
 // static has no libc, so a dynamic binary would not start in the image.
@@ -35,7 +35,7 @@ func TestStaticBinaries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	build := regexp.MustCompile(`CGO_ENABLED=0 [^\n]*\\\n\s*go build -trimpath -ldflags="([^"]*)" -o /out/ ./cmd/podrouter ./cmd/podrouter-cni \\\n\s*github.com/containernetworking/plugins/plugins/ipam/host-local\n`)
+	build := regexp.MustCompile(`CGO_ENABLED=0 [^\n]*\\\n\s*go build -trimpath -ldflags="([^"]*)" -o /out/ ./cmd/podrouter ./cmd/podrouter-cni \\\n\s*github.com/containernetworking/plugins/plugins/ipam/host-local github.com/containernetworking/plugins/plugins/meta/portmap\n`)
 	m := build.FindSubmatch(dockerfile)
 	if m == nil {
 		t.Fatalf("the Dockerfile no longer builds both commands with CGO_ENABLED=0 as this test does; update the test with it")
@@ -54,12 +54,12 @@ func TestStaticBinaries(t *testing.T) {
 	}
 	out := t.TempDir()
 	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags="+ldflags, "-o", out+"/", "../cmd/podrouter", "../cmd/podrouter-cni",
-		"github.com/containernetworking/plugins/plugins/ipam/host-local")
+		"github.com/containernetworking/plugins/plugins/ipam/host-local", "github.com/containernetworking/plugins/plugins/meta/portmap")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, b)
 	}
-	for _, name := range []string{"podrouter", "podrouter-cni", "host-local"} {
+	for _, name := range []string{"podrouter", "podrouter-cni", "host-local", "portmap"} {
 		f, err := elf.Open(filepath.Join(out, name))
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -122,8 +122,8 @@ func TestDaemonSetRunsImagePaths(t *testing.T) {
 			}
 		}
 	}
-	if !installed["/usr/local/bin/podrouter"] || !installed["/usr/local/bin/podrouter-cni"] || !installed["/usr/local/bin/host-local"] {
-		t.Fatalf("the Dockerfile installs %v, want podrouter, podrouter-cni and host-local in /usr/local/bin", installed)
+	if !installed["/usr/local/bin/podrouter"] || !installed["/usr/local/bin/podrouter-cni"] || !installed["/usr/local/bin/host-local"] || !installed["/usr/local/bin/portmap"] {
+		t.Fatalf("the Dockerfile installs %v, want podrouter, podrouter-cni, host-local and portmap in /usr/local/bin", installed)
 	}
 	var ds struct {
 		Kind string

@@ -31,6 +31,7 @@ type kubeFlags struct {
 	cniConf    string
 	subnetEnv  string
 	cniData    string
+	cniChain   string
 	peersFile  string
 	trustEPs   bool
 	firstRead  time.Duration
@@ -52,6 +53,7 @@ func (k *kubeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.publicIP, "public-ip", "", "underlay address published to the other nodes (--kube; default: --iface's address, else the Node's InternalIP)")
 	fs.StringVar(&k.cniConf, "cni-conf", daemon.DefaultCNIConf, "where --kube writes the node's CNI conflist (atomically; empty: none)")
 	fs.StringVar(&k.cniData, "cni-data-dir", daemon.DefaultCNIData, "host-local's dataDir in the conflist --kube writes")
+	fs.StringVar(&k.cniChain, "cni-chain", daemon.DefaultCNIChain, "--kube: the plugins the conflist chains after podrouter-cni, a JSON array: \"portmap\", \"bandwidth\", \"tuning\" or plugin objects (the ConfigMap's cni-chain.json; a missing file chains none)")
 	fs.StringVar(&k.peersFile, "peers", "", "without --kube: a static peer list (YAML or JSON: name, endpoint IP:port, vtepMAC, publicKey, podCIDRs) over an underlay on --public-ip:--underlay-port with --backend (default vxlan)")
 	fs.BoolVar(&k.trustEPs, "trust-annotated-endpoints", false, "--kube: accept a peer's announced underlay endpoint even when it is none of its Node's addresses (default: such a node is skipped)")
 	fs.DurationVar(&k.firstRead, "kube-first-read", daemon.DefaultFirstRead, "--kube: when the first read of this node's Node gets no answer within this, start at once from the cluster state persisted in --state-dir (podCIDRs, net-conf, peers)")
@@ -115,6 +117,11 @@ func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) i
 		nc.Port = uint16(k.port)
 	}
 	ko.NetConf = nc
+	if k.cniChain != "" {
+		if ko.CNIChain, err = daemon.LoadCNIChain(k.cniChain); err != nil {
+			return fail(2, "--cni-chain: %v", err)
+		}
+	}
 	if k.publicIP != "" {
 		if ko.PublicIP, err = netip.ParseAddr(k.publicIP); err != nil || ko.PublicIP.Zone() != "" {
 			return fail(2, "--public-ip %q: not an IP address", k.publicIP)

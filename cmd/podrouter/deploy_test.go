@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/podrouter/podrouter/cmd/podrouter/internal/daemon"
 )
 
 // TestDaemonSetFlagsParse runs the flags deploy/daemonset.yaml gives each
@@ -55,5 +58,65 @@ func TestDaemonSetFlagsParse(t *testing.T) {
 				t.Errorf("container %s: podrouter %s has no flag %q", c.Name, argv[0], a)
 			}
 		}
+	}
+}
+
+// TestDaemonSetInstallsEveryPlugin: the init container's --src names
+// exactly the plugins install-cni installs by default (cniPlugins), from
+// the image's /usr/local/bin.
+func TestDaemonSetInstallsEveryPlugin(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/daemonset.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					InitContainers []struct {
+						Name    string
+						Command []string
+					} `yaml:"initContainers"`
+				}
+			}
+		}
+	}
+	if err := yaml.Unmarshal(b, &ds); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, p := range cniPlugins {
+		want = append(want, "/usr/local/bin/"+p)
+	}
+	for _, c := range ds.Spec.Template.Spec.InitContainers {
+		for _, a := range c.Command {
+			if v, ok := strings.CutPrefix(a, "--src="); ok {
+				if got := strings.Split(v, ","); !slices.Equal(got, want) {
+					t.Errorf("init container %s installs %q, want %q", c.Name, got, want)
+				}
+				return
+			}
+		}
+	}
+	t.Fatal("no init container runs install-cni --src=...")
+}
+
+// TestConfigMapCNIChain: the ConfigMap's cni-chain.json is one the daemon
+// accepts.
+func TestConfigMapCNIChain(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm struct{ Data map[string]string }
+	if err := yaml.Unmarshal(b, &cm); err != nil {
+		t.Fatal(err)
+	}
+	chain, ok := cm.Data["cni-chain.json"]
+	if !ok {
+		t.Fatal("configmap.yaml has no cni-chain.json")
+	}
+	if _, err := daemon.ParseCNIChain([]byte(chain)); err != nil {
+		t.Errorf("cni-chain.json %q: %v", chain, err)
 	}
 }

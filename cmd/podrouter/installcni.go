@@ -11,7 +11,8 @@ import (
 )
 
 // install-cni is the DaemonSet's init container: it copies the CNI plugin,
-// and the host-local IPAM plugin its conflist delegates to, from the image
+// the host-local IPAM plugin its conflist delegates to and the portmap
+// plugin an operator may chain (cni-chain.json), from the image
 // into the host's CNI bin directory (a hostPath), so the image needs no
 // shell or cp and the node needs no CNI plugins package. The copy is atomic (a temporary file in the
 // destination directory, fsynced, then renamed over the old plugin), so a
@@ -22,10 +23,14 @@ import (
 func init() {
 	register(command{
 		name:    "install-cni",
-		summary: "copy the podrouter-cni and host-local plugins into the host's CNI bin directory, atomically (the DaemonSet's init container)",
+		summary: "copy the podrouter-cni, host-local and portmap plugins into the host's CNI bin directory, atomically (the DaemonSet's init container)",
 		run:     runInstallCNI,
 	})
 }
+
+// cniPlugins are the plugins the image ships next to podrouter and
+// install-cni installs by default.
+var cniPlugins = []string{"podrouter-cni", "host-local", "portmap"}
 
 // ErrNotRegular is returned when the plugin to install is not a regular
 // file.
@@ -34,7 +39,7 @@ var ErrNotRegular = errors.New("not a regular file")
 func runInstallCNI(args []string, stdout, stderr io.Writer) int {
 	var src, dest string
 	fs := flag.NewFlagSet("install-cni", flag.ContinueOnError)
-	fs.StringVar(&src, "src", "", "the plugins to install, comma-separated (default: podrouter-cni and host-local next to this executable)")
+	fs.StringVar(&src, "src", "", "the plugins to install, comma-separated (default: podrouter-cni, host-local and portmap next to this executable)")
 	fs.StringVar(&dest, "dest", "/opt/cni/bin", "the CNI bin directory to install into (it must exist); each file keeps its name")
 	if rc := parseFlags(fs, "Usage: podrouter install-cni [--src PATH[,PATH...]] [--dest DIR]\n\n"+
 		"Copies each plugin into DIR/<its name> atomically: a temporary file in DIR,\n"+
@@ -50,7 +55,7 @@ func runInstallCNI(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "podrouter install-cni: --src not given and own path unknown: %v\n", err)
 			return 2
 		}
-		for _, name := range []string{"podrouter-cni", "host-local"} {
+		for _, name := range cniPlugins {
 			srcs = append(srcs, filepath.Join(filepath.Dir(exe), name))
 		}
 	} else {

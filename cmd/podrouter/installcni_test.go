@@ -142,7 +142,7 @@ func TestHelpInstallCNI(t *testing.T) {
 func TestInstallCNIMany(t *testing.T) {
 	srcDir, dest := t.TempDir(), t.TempDir()
 	var srcs []string
-	for _, name := range []string{"podrouter-cni", "host-local"} {
+	for _, name := range cniPlugins {
 		p := filepath.Join(srcDir, name)
 		if err := os.WriteFile(p, []byte(name+" binary"), 0o600); err != nil {
 			t.Fatal(err)
@@ -153,10 +153,10 @@ func TestInstallCNIMany(t *testing.T) {
 	if rc := run([]string{"install-cni", "--src", strings.Join(srcs, ","), "--dest", dest}, &out, &errb); rc != 0 {
 		t.Fatalf("exit %d: %s", rc, errb.String())
 	}
-	for _, name := range []string{"podrouter-cni", "host-local"} {
+	for _, name := range cniPlugins {
 		if got, err := os.ReadFile(filepath.Join(dest, name)); err != nil || string(got) != name+" binary" {
 			t.Errorf("%s: %q, %v", name, got, err)
 		}
 	}
-	onlyFiles(t, dest, "host-local", "podrouter-cni")
+	onlyFiles(t, dest, "host-local", "podrouter-cni", "portmap")
 }

@@ -82,6 +82,9 @@ type KubeOptions struct {
 	// CNIDataDir is host-local's dataDir in the conflist (default
 	// DefaultCNIData).
 	CNIDataDir string
+	// CNIChain are the plugins the conflist chains after podrouter-cni
+	// (the ConfigMap's cni-chain.json: LoadCNIChain).
+	CNIChain []ChainedPlugin
 	// TrustAnnotatedEndpoints accepts peers' announced underlay endpoints
 	// that are none of their Node's addresses (kube.Config's field).
 	TrustAnnotatedEndpoints bool
@@ -484,26 +487,6 @@ func ifaceOf(addr netip.Addr) string {
 	return ""
 }
 
-// CNIConfList returns the node's CNI conflist (README "CNI plugin") with
-// host-local's dataDir (default DefaultCNIData).
-func CNIConfList(cfg Config, dataDir string) []byte {
-	if dataDir == "" {
-		dataDir = DefaultCNIData
-	}
-	return fmt.Appendf(nil, `{
-  "cniVersion": "1.1.0",
-  "name": "podrouter",
-  "plugins": [{
-    "type": "podrouter-cni",
-    "socket": %q,
-    "mtu": %d,
-    "ipam": {"type": "host-local", "dataDir": %q},
-    "capabilities": {"mac": true, "portMappings": true}
-  }]
-}
-`, cfg.Socket, cfg.MTU, dataDir)
-}
-
 // SubnetEnv returns flannel's subnet.env for the node: FLANNEL_NETWORK,
 // FLANNEL_SUBNET (the gateway with the podCIDR's length, as flannel writes
 // it), FLANNEL_MTU, FLANNEL_IPMASQ and, dual-stack, the IPv6 pair.
@@ -537,7 +520,12 @@ func keepNodeFiles(ctx context.Context, cfg Config, ko KubeOptions, interval tim
 	}
 	want := map[string][]byte{}
 	if ko.CNIConf != "" {
-		want[ko.CNIConf] = CNIConfList(cfg, ko.CNIDataDir)
+		b, err := CNIConfList(cfg, ko.CNIDataDir, ko.CNIChain)
+		if err != nil {
+			log.Error("CNI conflist not kept", zap.Error(err))
+		} else {
+			want[ko.CNIConf] = b
+		}
 	}
 	if ko.SubnetEnv != "" {
 		want[ko.SubnetEnv] = SubnetEnv(cfg, ko.NetConf)
@@ -572,10 +560,18 @@ func writeNodeFiles(cfg Config, ko KubeOptions) error {
 		log = zap.NewNop()
 	}
 	if ko.CNIConf != "" {
-		if err := writeFile(ko.CNIConf, CNIConfList(cfg, ko.CNIDataDir), 0o644); err != nil {
+		b, err := CNIConfList(cfg, ko.CNIDataDir, ko.CNIChain)
+		if err != nil {
+			return err
+		}
+		if err := writeFile(ko.CNIConf, b, 0o644); err != nil {
 			return fmt.Errorf("daemon: cni conflist: %w", err)
 		}
-		log.Info("CNI conflist written", zap.String("file", ko.CNIConf))
+		log.Info("CNI conflist written", zap.String("file", ko.CNIConf), zap.Strings("chained", chainTypes(ko.CNIChain)))
+		if slices.Contains(chainTypes(ko.CNIChain), "portmap") && cfg.Egress.Mode != EgressUplink {
+			log.Warn("portmap chained: it DNATs hostPorts in the host's iptables, but replies to clients outside the cluster leave through egress, not back through the host's conntrack; use --egress uplink",
+				zap.Stringer("egress", cfg.Egress.Mode))
+		}
 	}
 	if ko.SubnetEnv != "" {
 		if err := writeFile(ko.SubnetEnv, SubnetEnv(cfg, ko.NetConf), 0o644); err != nil {
