@@ -162,8 +162,14 @@ func printStatus(w io.Writer, st api.Status) {
 		{"uplink", st.Uplink},
 		{"mtu", fmt.Sprint(st.MTU)},
 	}
+	if st.Version != "" {
+		kvs = append(kvs, [2]string{"version", st.Version + " (commit " + st.Commit + ")"})
+	}
 	if st.Backend != "" {
 		kvs = append(kvs, [2]string{"backend", st.Backend + " on " + st.Endpoint.String()})
+	}
+	if st.VNI != 0 || st.VTEPMAC != (api.MAC{}) {
+		kvs = append(kvs, [2]string{"vni", fmt.Sprint(st.VNI)}, [2]string{"vtep mac", st.VTEPMAC.String()})
 	}
 	if st.PublicKey != "" {
 		kvs = append(kvs, [2]string{"public key", st.PublicKey})

@@ -346,6 +346,14 @@ type Status struct {
 	Backend   string         `json:"backend,omitempty"`
 	Endpoint  netip.AddrPort `json:"endpoint,omitzero"`
 	PublicKey string         `json:"publicKey,omitempty"`
+	// VNI and VTEPMAC, with the vxlan backend, are the node's VXLAN
+	// network identifier and VTEP MAC: what its Node announces, and what a
+	// static peer list elsewhere must give for this node (vtepMAC).
+	VNI     uint32 `json:"vni,omitempty"`
+	VTEPMAC MAC    `json:"vtepMAC,omitzero"`
+	// Version and Commit are the daemon's build (router/version).
+	Version string `json:"version,omitempty"`
+	Commit  string `json:"commit,omitempty"`
 }
 
 // Route is one entry of the engine's table.

@@ -37,6 +37,7 @@ import (
 	"github.com/podrouter/podrouter/router/link/tap"
 	"github.com/podrouter/podrouter/router/metrics"
 	"github.com/podrouter/podrouter/router/node"
+	"github.com/podrouter/podrouter/router/packet"
 	"github.com/podrouter/podrouter/router/route"
 	"github.com/podrouter/podrouter/router/version"
 )
@@ -114,6 +115,9 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d.eng = d.node.Engine()
 	d.cfg.MTU = d.node.MTU()
+	if b := d.node.Backend(); b != nil {
+		d.log.Info("underlay", underlayFields(b.Announce())...)
+	}
 	nodeProbe := d.node.Ready
 	d.ready.node.Store(&nodeProbe)
 	d.pods = pods{eng: d.eng, store: d.store, log: d.log, byID: map[api.AttachmentID]*pod{}, hp: hostPorts{node: d.node}}
@@ -153,6 +157,20 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	success = true
 	return d, nil
+}
+
+// underlayFields are the log fields of what the node announces: backend,
+// endpoint, and the backend's own (vxlan: VNI and VTEP MAC; wireguard: the
+// public key), which a static peer list elsewhere must give for this node.
+func underlayFields(ann node.Announcement) []zap.Field {
+	fs := []zap.Field{zap.String("backend", ann.Backend), zap.Stringer("endpoint", ann.Endpoint)}
+	if ann.VNI != 0 || ann.VTEPMAC != (packet.MAC{}) {
+		fs = append(fs, zap.Uint32("vni", ann.VNI), zap.Stringer("vtepMAC", ann.VTEPMAC))
+	}
+	if !ann.PublicKey.IsZero() {
+		fs = append(fs, zap.Stringer("publicKey", ann.PublicKey))
+	}
+	return fs
 }
 
 // Node returns the daemon's node (its peers are set through it).
@@ -292,7 +310,10 @@ func (d handler) Status(context.Context) (api.Status, error) {
 		if !ann.PublicKey.IsZero() {
 			st.PublicKey = ann.PublicKey.String()
 		}
+		st.VNI, st.VTEPMAC = ann.VNI, api.MAC(ann.VTEPMAC)
 	}
+	v := version.Get()
+	st.Version, st.Commit = v.Version, v.Commit
 	return st, nil
 }
 
