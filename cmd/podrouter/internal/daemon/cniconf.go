@@ -10,9 +10,9 @@ package daemon
 // Design notes. The list's cniVersion is the oldest spec podrouter-cni
 // speaks (1.0.0) and cniVersions lists every one (spec 1.1): a runtime
 // whose libcni reads cniVersions (v1.2 and later) picks the newest it
-// knows, 1.1.0 with STATUS and GC; an older one (containerd 1.7, CRI-O
-// 1.2x) reads cniVersion and still runs the network, where "1.1.0" alone
-// would fail its result parsing. Chained plugins are run by the runtime
+// knows, 1.1.0 with STATUS and GC; an older one (libcni v1.1, spec 1.0.0
+// at most, e.g. containerd 1.7) reads cniVersion and runs 1.0.0 rather
+// than a version it does not know. Chained plugins are run by the runtime
 // after ours, in order, on every ADD (and in reverse on DEL), and get the
 // capabilities they declare (runtimeConfig). portmap, bandwidth and tuning
 // may be named alone ("portmap") for their usual configuration; any plugin
