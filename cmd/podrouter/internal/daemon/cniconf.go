@@ -145,6 +145,22 @@ func LoadCNIChain(path string) ([]ChainedPlugin, error) {
 	return chain, nil
 }
 
+// chainWarnings are what the daemon warns of a chain under egress mode:
+// combinations that are accepted but break some pods.
+func chainWarnings(chain []ChainedPlugin, egress EgressMode) []string {
+	var ws []string
+	ts := chainTypes(chain)
+	if slices.Contains(ts, "portmap") && egress != EgressUplink {
+		ws = append(ws, "portmap chained: it DNATs hostPorts in the host's iptables, but replies to clients outside the cluster "+
+			"leave through egress, not back through the host's conntrack, and fail; use --egress uplink")
+	}
+	if slices.Contains(ts, "bandwidth") {
+		ws = append(ws, "bandwidth chained: it shapes the host side of a pod's veth pair, and podrouter's pods have a TAP, "+
+			"no veth: a pod with a kubernetes.io/ingress-bandwidth or egress-bandwidth annotation fails to start; others pass")
+	}
+	return ws
+}
+
 // chainTypes returns the chain's plugin types, in order.
 func chainTypes(chain []ChainedPlugin) []string {
 	var ts []string

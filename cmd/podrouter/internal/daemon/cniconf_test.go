@@ -164,3 +164,36 @@ func TestLoadCNIChain(t *testing.T) {
 		t.Errorf("bad file: %v, want the path and the bad value", err)
 	}
 }
+
+func TestChainWarnings(t *testing.T) {
+	chain := func(s string) []ChainedPlugin {
+		c, err := ParseCNIChain([]byte(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	for _, tc := range []struct {
+		chain  string
+		egress EgressMode
+		want   []string
+	}{
+		{`[]`, EgressNetstack, nil},
+		{`["tuning"]`, EgressNetstack, nil},
+		{`["portmap"]`, EgressUplink, nil},
+		{`["portmap"]`, EgressNetstack, []string{"portmap chained"}},
+		{`["portmap"]`, EgressSNAT, []string{"portmap chained"}},
+		{`["portmap", "bandwidth"]`, EgressUplink, []string{"bandwidth chained"}},
+	} {
+		got := chainWarnings(chain(tc.chain), tc.egress)
+		if len(got) != len(tc.want) {
+			t.Errorf("%s under %s: warnings %q, want %q", tc.chain, tc.egress, got, tc.want)
+			continue
+		}
+		for i := range got {
+			if !strings.HasPrefix(got[i], tc.want[i]) {
+				t.Errorf("%s under %s: warning %q, want %q...", tc.chain, tc.egress, got[i], tc.want[i])
+			}
+		}
+	}
+}

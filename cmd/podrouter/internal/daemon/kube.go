@@ -568,9 +568,8 @@ func writeNodeFiles(cfg Config, ko KubeOptions) error {
 			return fmt.Errorf("daemon: cni conflist: %w", err)
 		}
 		log.Info("CNI conflist written", zap.String("file", ko.CNIConf), zap.Strings("chained", chainTypes(ko.CNIChain)))
-		if slices.Contains(chainTypes(ko.CNIChain), "portmap") && cfg.Egress.Mode != EgressUplink {
-			log.Warn("portmap chained: it DNATs hostPorts in the host's iptables, but replies to clients outside the cluster leave through egress, not back through the host's conntrack; use --egress uplink",
-				zap.Stringer("egress", cfg.Egress.Mode))
+		for _, w := range chainWarnings(ko.CNIChain, cfg.Egress.Mode) {
+			log.Warn(w, zap.Stringer("egress", cfg.Egress.Mode))
 		}
 	}
 	if ko.SubnetEnv != "" {
