@@ -62,8 +62,10 @@ image:
 #     sandbox image (internal/cri/config DefaultSandboxImage), which is also
 #     the e2e framework's imageutils.Pause;
 #   agnhost: k8s.io/kubernetes/test/images/agnhost under the name of the
-#     e2e framework's imageutils.Agnhost, with the test userland below and
-#     our curl and nc (deploy/kubetools/nettools) for the specs that exec them;
+#     e2e framework's imageutils.Agnhost, with the test userland below,
+#     our curl and nc (deploy/kubetools/nettools) for the specs that exec them,
+#     and /coredns as upstream's image has it (there 1.6.2, here the cluster's
+#     own CoreDNS binary): the DNS specs' test servers run it in agnhost pods;
 #   glibc-dns-testing: the e2e framework's imageutils.GlibcDnsTesting, the
 #     DNS specs' second querier (upstream: Debian bookworm-slim with
 #     dnsutils, and a CoreDNS 1.5.0 no spec runs): the test userland alone,
@@ -191,10 +193,11 @@ $(PAUSE_TAR): $(IMAGETOOL) $(IMAGES_BIN)/pause
 	$(IMAGETOOL) -name $(PAUSE_IMAGE) -o $@ \
 	  -file /pause=$(IMAGES_BIN)/pause:0755 -user 65535:65535 -entrypoint /pause
 
-$(AGNHOST_TAR): $(IMAGETOOL) $(IMAGES_BIN)/agnhost $(TEST_USERLAND_DEPS) Makefile $(wildcard deploy/kubetools/images/agnhost/etc/*)
+$(AGNHOST_TAR): $(IMAGETOOL) $(IMAGES_BIN)/agnhost $(IMAGES_BIN)/coredns $(TEST_USERLAND_DEPS) Makefile $(wildcard deploy/kubetools/images/agnhost/etc/*)
 	$(IMAGETOOL) -name $(AGNHOST_IMAGE) -o $@ \
 	  -file /agnhost=$(IMAGES_BIN)/agnhost:0755 -symlink /agnhost-2=agnhost \
 	  -file /localhost.crt=$(IMAGES_BIN)/localhost.crt:0644 -file /localhost.key=$(IMAGES_BIN)/localhost.key:0644 \
+	  -file /coredns=$(IMAGES_BIN)/coredns:0755 \
 	  -file /etc/passwd=deploy/kubetools/images/agnhost/etc/passwd:0644 \
 	  -file /etc/group=deploy/kubetools/images/agnhost/etc/group:0644 \
 	  -file /etc/nsswitch.conf=deploy/kubetools/images/agnhost/etc/nsswitch.conf:0644 \

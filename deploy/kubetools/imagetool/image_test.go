@@ -245,6 +245,7 @@ func TestBuiltImages(t *testing.T) {
 	}, map[string]tarEntry{
 		"agnhost":                        {tar.TypeReg, 0o755, 0, 0, "", ""},
 		"agnhost-2":                      link("agnhost"),
+		"coredns":                        {tar.TypeReg, 0o755, 0, 0, "", ""},
 		"bin/busybox":                    {tar.TypeReg, 0o755, 0, 0, "", ""},
 		"bin/sh":                         link("dash"),
 		"bin/dash":                       {tar.TypeReg, 0o755, 0, 0, "", ""},
