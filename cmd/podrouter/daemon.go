@@ -121,8 +121,15 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 		"until the routes are synced, the uplink is up, the API serves and the recorded\n"+
 		"pods are re-attached, and again while stopping). SIGTERM or SIGINT stops it\n"+
 		"cleanly: the pods keep their interfaces for the next start.\n"+
+		"Every flag can also come from the environment: --pod-cidr from $PODROUTER_POD_CIDR,\n"+
+		"--kube from $PODROUTER_KUBE, and so on (upper case, '-' as '_'); a flag given on\n"+
+		"the command line wins.\n"+
 		"Exits 0 after a clean stop, 1 when it fails, 2 on bad flags.\n\nFlags:\n", args, stdout, stderr); rc >= 0 {
 		return rc
+	}
+	if err := flagsFromEnv(fs, os.LookupEnv); err != nil {
+		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
+		return 2
 	}
 	log := lf.logger("daemon", stderr)
 	if log == nil {
