@@ -137,18 +137,12 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	}
 	defer func() { _ = log.Sync() }()
 	cfg.Logger = log
+	if err := daemonConflicts(fs, kf.on); err != nil {
+		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
+		return 2
+	}
 	if kf.on {
 		return kf.run(cfg, fs, stderr)
-	}
-	var kubeOnly []string
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "services" || f.Name == "service-cidr" {
-			kubeOnly = append(kubeOnly, "--"+f.Name)
-		}
-	})
-	if len(kubeOnly) > 0 {
-		fmt.Fprintf(stderr, "podrouter daemon: %s: Services come from the cluster; they need --kube\n", strings.Join(kubeOnly, ", "))
-		return 2
 	}
 	if err := kf.static(&cfg); err != nil {
 		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
@@ -170,4 +164,49 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// daemonConflicts refuses flags given (on the command line or from the
+// environment) that make no sense together, naming the first conflict:
+// each mode takes its inputs from one place, and a flag the mode would
+// ignore or overwrite is an operator's mistake, not a no-op.
+func daemonConflicts(fs *flag.FlagSet, kube bool) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	value := func(name string) string { return fs.Lookup(name).Value.String() }
+	conflict := func(names []string, why string) error {
+		for _, n := range names {
+			if given[n] {
+				return fmt.Errorf("--%s %q: %s", n, value(n), why)
+			}
+		}
+		return nil
+	}
+	var errs []error
+	if kube {
+		errs = append(errs,
+			conflict([]string{"pod-cidr", "pod-cidr6"}, "given with --kube, which takes the podCIDRs from this node's Node (spec.podCIDRs)"),
+			conflict([]string{"cluster-cidr"}, "given with --kube, which takes the cluster CIDR from --net-conf's Network (and IPv6Network)"),
+			conflict([]string{"peers"}, "given with --kube, which takes the peers from the cluster's Nodes"))
+		if given["service-cidr"] && value("services") == "off" {
+			errs = append(errs, fmt.Errorf("--service-cidr %q: given with --services=off (the engine then has no Service CIDR)", value("service-cidr")))
+		}
+	} else {
+		errs = append(errs,
+			conflict([]string{"services", "service-cidr"}, "Services come from the cluster; they need --kube"),
+			conflict([]string{"kubeconfig", "node-name", "net-conf", "iface", "cni-conf", "cni-data-dir", "subnet-env", "trust-annotated-endpoints", "kube-first-read"},
+				"only with --kube (Kubernetes mode)"))
+		if !given["pod-cidr"] {
+			errs = append(errs, errors.New("--pod-cidr: required (the node's IPv4 podCIDR), or --kube to take it from the node's Node"))
+		}
+		if !given["peers"] {
+			errs = append(errs, conflict([]string{"backend", "underlay-port", "public-ip"}, "only with --kube or --peers (without them the node has no underlay)"))
+		}
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
