@@ -136,6 +136,7 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	defer func() { _ = log.Sync() }()
+	defer routeKlog(log)()
 	cfg.Logger = log
 	if err := daemonConflicts(fs, kf.on); err != nil {
 		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
