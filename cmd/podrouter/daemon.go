@@ -111,6 +111,7 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	var kf kubeFlags
 	kf.register(fs)
 	fs.Var(listenAddrFlag{&cfg.MetricsAddr}, "metrics-addr", "where to serve /metrics, /healthz and /readyz over HTTP: IP:PORT, :PORT (every address), or off")
+	fs.BoolVar(&cfg.MetricsPerPeer, "metrics-per-peer", false, "give every peer node its own port and underlay-drop series (default: the peers summed, so a node's series do not grow with the cluster)")
 	lf.register(fs, "info")
 	if rc := parseFlags(fs, "Usage: podrouter daemon --pod-cidr CIDR [flags]\n       podrouter daemon --kube [flags]   (Kubernetes mode: README \"Kubernetes mode\")\n\n"+
 		"Runs the node daemon in this network namespace: the engine with the podCIDR and\n"+
@@ -184,6 +185,9 @@ func daemonConflicts(fs *flag.FlagSet, kube bool) error {
 		return nil
 	}
 	var errs []error
+	if given["metrics-per-peer"] && value("metrics-addr") == "off" {
+		errs = append(errs, errors.New("--metrics-per-peer: given with --metrics-addr off (no metrics are served)"))
+	}
 	if kube {
 		errs = append(errs,
 			conflict([]string{"pod-cidr", "pod-cidr6"}, "given with --kube, which takes the podCIDRs from this node's Node (spec.podCIDRs)"),

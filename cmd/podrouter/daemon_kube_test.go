@@ -65,6 +65,7 @@ func TestDaemonConflictingFlags(t *testing.T) {
 		{"uplink route with snat egress", append(static, "--egress", "snat", "--snat-addr", "192.0.2.1", "--uplink-route", "192.168.0.0/16"), "uplink-route [192.168.0.0/16]: only with --egress netstack"},
 		{"snat-addr without snat", append(static, "--snat-addr", "192.0.2.1"), "snat-addr: only with --egress snat"},
 		{"snat without snat-addr", append(static, "--egress", "snat"), "snat-addr: required with --egress snat"},
+		{"per-peer metrics without metrics", append(static, "--metrics-per-peer"), "--metrics-per-peer: given with --metrics-addr off"},
 		{"kube after the static flags", append(static, "--kube"), `--pod-cidr "10.244.1.0/24": given with --kube`},
 	})
 	t.Run("env", func(t *testing.T) {
