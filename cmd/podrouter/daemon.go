@@ -128,7 +128,8 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 		"Exits 0 after a clean stop, 1 when it fails, 2 on bad flags.\n\nFlags:\n", args, stdout, stderr); rc >= 0 {
 		return rc
 	}
-	if err := flagsFromEnv(fs, os.LookupEnv); err != nil {
+	fromEnv, err := flagsFromEnv(fs, os.LookupEnv)
+	if err != nil {
 		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
 		return 2
 	}
@@ -139,7 +140,7 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	defer func() { _ = log.Sync() }()
 	defer routeKlog(log)()
 	cfg.Logger = log
-	if err := daemonConflicts(fs, kf.on); err != nil {
+	if err := daemonConflicts(fs, fromEnv, kf.on); err != nil {
 		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
 		return 2
 	}
@@ -171,14 +172,18 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 // daemonConflicts refuses flags given (on the command line or from the
 // environment) that make no sense together, naming the first conflict:
 // each mode takes its inputs from one place, and a flag the mode would
-// ignore or overwrite is an operator's mistake, not a no-op.
-func daemonConflicts(fs *flag.FlagSet, kube bool) error {
+// ignore or overwrite is an operator's mistake, not a no-op. A flag set
+// from the environment (fromEnv) is named with its variable.
+func daemonConflicts(fs *flag.FlagSet, fromEnv map[string]bool, kube bool) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	value := func(name string) string { return fs.Lookup(name).Value.String() }
 	conflict := func(names []string, why string) error {
 		for _, n := range names {
 			if given[n] {
+				if fromEnv[n] {
+					return fmt.Errorf("--%s %q (from $%s): %s", n, value(n), envName(n), why)
+				}
 				return fmt.Errorf("--%s %q: %s", n, value(n), why)
 			}
 		}

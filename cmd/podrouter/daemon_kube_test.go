@@ -71,7 +71,7 @@ func TestDaemonConflictingFlags(t *testing.T) {
 	t.Run("env", func(t *testing.T) {
 		t.Setenv("PODROUTER_IFACE", "eth1")
 		checkUsageErrors(t, []string{"daemon", "--metrics-addr", "off"}, []usageCase{
-			{"iface from env without kube", static, `--iface "eth1": only with --kube`},
+			{"iface from env without kube", static, `--iface "eth1" (from $PODROUTER_IFACE): only with --kube`},
 		})
 	})
 }

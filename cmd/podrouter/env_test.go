@@ -31,8 +31,12 @@ func TestFlagsFromEnv(t *testing.T) {
 	if err := fs.Parse([]string{"--socket", "/run/cli.sock"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := flagsFromEnv(fs, lookup); err != nil {
+	fromEnv, err := flagsFromEnv(fs, lookup)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if len(fromEnv) != 3 || !fromEnv["mtu"] || fromEnv["socket"] {
+		t.Errorf("fromEnv %v: want mtu, kube and cluster-cidr", fromEnv)
 	}
 	want := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00::/56")}
 	if mtu != 9000 || !kube || socket != "/run/cli.sock" || !slices.Equal(clusters, want) {
@@ -51,7 +55,7 @@ func TestFlagsFromEnv(t *testing.T) {
 	if err := fs2.Parse([]string{"--cluster-cidr", "10.1.0.0/16"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := flagsFromEnv(fs2, lookup); err != nil || len(clusters) != 1 {
+	if _, err := flagsFromEnv(fs2, lookup); err != nil || len(clusters) != 1 {
 		t.Fatalf("clusters %v, %v: want the command line's only", clusters, err)
 	}
 }

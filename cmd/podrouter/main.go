@@ -190,12 +190,12 @@ func envName(name string) string {
 
 // flagsFromEnv sets every flag of fs not given on the command line from its
 // environment variable (envName), when lookup finds one: the command line
-// wins. A flag set so counts as given (fs.Visit sees it). A bad value is an
-// error naming the variable and the value.
-func flagsFromEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
+// wins. A flag set so counts as given (fs.Visit sees it); fromEnv names
+// them. A bad value is an error naming the variable and the value.
+func flagsFromEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) (fromEnv map[string]bool, err error) {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var err error
+	fromEnv = map[string]bool{}
 	fs.VisitAll(func(f *flag.Flag) {
 		if err != nil || given[f.Name] {
 			return
@@ -206,7 +206,9 @@ func flagsFromEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
 		}
 		if e := fs.Set(f.Name, v); e != nil {
 			err = fmt.Errorf("$%s %q (--%s): %v", envName(f.Name), v, f.Name, e)
+			return
 		}
+		fromEnv[f.Name] = true
 	})
-	return err
+	return fromEnv, err
 }
