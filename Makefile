@@ -81,21 +81,29 @@ image:
 #     sandbox image (internal/cri/config DefaultSandboxImage), which is also
 #     the e2e framework's imageutils.Pause;
 #   agnhost: k8s.io/kubernetes/test/images/agnhost under the name of the
-#     e2e framework's imageutils.Agnhost, with busybox's sh and applets and
-#     our curl and nc (deploy/kubetools/nettools) for the specs that exec them;
+#     e2e framework's imageutils.Agnhost, with the test userland below,
+#     our curl and nc (deploy/kubetools/nettools) for the specs that exec them,
+#     and /coredns as upstream's image has it (there 1.6.2, here the cluster's
+#     own CoreDNS binary): the DNS specs' test servers run it in agnhost pods;
+#   glibc-dns-testing: the e2e framework's imageutils.GlibcDnsTesting, the
+#     DNS specs' second querier (upstream: Debian bookworm-slim with
+#     dnsutils, and a CoreDNS 1.5.0 no spec runs): the test userland alone,
+#     i.e. sh, busybox's applets (seq, sleep, cat, hostname, ...), Debian's
+#     glibc-dynamic getent with the libc, and our dig;
 #   coredns: github.com/coredns/coredns at the version its own small module
 #     deploy/kubetools/coredns pins (its dependencies would move
 #     k8s.io/kubernetes's in deploy/kubetools), under the upstream image's
 #     name, laid out as upstream's: distroless/static's nonroot base, uid
 #     65532, /coredns with the file capability cap_net_bind_service (:53).
 # deploy/kubetools/imagetool's TestMakefileNames checks the names against
-# the pinned k8s.io/kubernetes.
+# the pinned k8s.io/kubernetes; TestBuiltImages builds them and reads them back.
 IMAGES        ?= $(CACHE)/images
 IMAGES_BIN    := $(IMAGES)/bin
 PAUSE_IMAGE   := registry.k8s.io/pause:3.10.2
 AGNHOST_IMAGE := registry.k8s.io/e2e-test-images/agnhost:2.66.1
 COREDNS_VERSION := $(shell awk '$$1 == "github.com/coredns/coredns" { print $$2 }' deploy/kubetools/coredns/go.mod)
 COREDNS_IMAGE := registry.k8s.io/coredns/coredns:$(COREDNS_VERSION)
+GLIBC_DNS_IMAGE := registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1
 BUSYBOX       ?= /bin/busybox
 # distroless's CA bundle is Debian's; ours is this machine's, when it has one.
 CA_BUNDLE     := $(wildcard /etc/ssl/certs/ca-certificates.crt)
@@ -104,24 +112,39 @@ PODROUTER_TAR := $(call imagefile,$(IMAGE))
 PAUSE_TAR     := $(call imagefile,$(PAUSE_IMAGE))
 AGNHOST_TAR   := $(call imagefile,$(AGNHOST_IMAGE))
 COREDNS_TAR   := $(call imagefile,$(COREDNS_IMAGE))
+GLIBC_DNS_TAR := $(call imagefile,$(GLIBC_DNS_IMAGE))
 COREDNS_MOD   := deploy/kubetools/coredns/go.mod deploy/kubetools/coredns/go.sum
 IMAGETOOL     := $(IMAGES_BIN)/imagetool
 MAIN_SRC      := go.mod go.sum $(shell find cmd router cni netstackx -name '*.go' -not -name '*_test.go' 2>/dev/null)
 KUBETOOLS_MOD := deploy/kubetools/go.mod deploy/kubetools/go.sum
-# The applets of busybox that agnhost's /bin gets (its nc lacks -u: ours is used).
-# /bin/sh is Debian's dash (with its libc), not busybox's: Debian's busybox
-# runs its own applets before PATH, so `sh -c 'nc -u ...'` would never reach
-# our nc.
+# The test userland of the agnhost and glibc-dns-testing images: the
+# applets of busybox in /bin (its nc lacks -u: ours is used; it has no dig
+# or curl); /bin/sh is Debian's dash (with its libc), not busybox's:
+# Debian's busybox runs its own applets before PATH, so `sh -c 'nc -u ...'`
+# would never reach our nc. Debian's getent (`getent hosts NAME`, the DNS
+# specs' /etc/hosts probe: the libc's own resolver) needs only ld.so and
+# libc.so.6 too (`ldd /usr/bin/getent`; NSS files and dns are in libc.so.6
+# since glibc 2.34). dig is our nettools.
 DASH       := $(firstword $(wildcard /usr/bin/dash /bin/dash))
+GETENT     := /usr/bin/getent
 GLIBC_LD   := $(realpath /lib64/ld-linux-x86-64.so.2)
 GLIBC_LIBC := $(realpath /lib/x86_64-linux-gnu/libc.so.6)
-AGNHOST_APPLETS := ash cat echo grep egrep fgrep ls mkdir rm rmdir sleep test [ true false \
+TEST_APPLETS := ash cat echo grep egrep fgrep ls mkdir rm rmdir sleep test [ true false \
   env hostname ip ping ping6 nslookup wget sed awk head tail tr cut wc sort uniq id ps kill \
   date dd printf touch ln mv cp chmod chown timeout xargs find which nproc netstat tee stat \
   uname whoami readlink dirname basename mktemp seq expr pwd
+TEST_USERLAND_DEPS := $(IMAGES_BIN)/nettools $(BUSYBOX) $(DASH) $(GETENT)
+TEST_USERLAND = \
+  -file /bin/busybox=$(BUSYBOX):0755 $(foreach a,$(TEST_APPLETS),-symlink '/bin/$(a)=busybox') \
+  -file /bin/dash=$(DASH):0755 -symlink /bin/sh=dash \
+  -file /lib64/ld-linux-x86-64.so.2=$(GLIBC_LD):0755 -file /lib/x86_64-linux-gnu/libc.so.6=$(GLIBC_LIBC):0755 \
+  -file /usr/bin/getent=$(GETENT):0755 \
+  -file /usr/bin/nettools=$(IMAGES_BIN)/nettools:0755 -symlink /usr/bin/dig=nettools \
+  -dir /tmp:1777 -dir /root:0700 \
+  -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-images: $(PODROUTER_TAR) $(PAUSE_TAR) $(AGNHOST_TAR) $(COREDNS_TAR)
-	@echo "images in $(IMAGES): $(IMAGE) $(PAUSE_IMAGE) $(AGNHOST_IMAGE) $(COREDNS_IMAGE)"
+images: $(PODROUTER_TAR) $(PAUSE_TAR) $(AGNHOST_TAR) $(COREDNS_TAR) $(GLIBC_DNS_TAR)
+	@echo "images in $(IMAGES): $(IMAGE) $(PAUSE_IMAGE) $(AGNHOST_IMAGE) $(COREDNS_IMAGE) $(GLIBC_DNS_IMAGE)"
 	@echo "sandbox image (containerd sandbox_image / pinned_images.sandbox): $(PAUSE_IMAGE)"
 
 $(IMAGETOOL) $(IMAGES_BIN)/pause $(IMAGES_BIN)/nettools &: $(KUBETOOLS_MOD) $(wildcard deploy/kubetools/imagetool/*.go deploy/kubetools/pause/*.go deploy/kubetools/nettools/*.go)
@@ -197,25 +220,31 @@ $(PAUSE_TAR): $(IMAGETOOL) $(IMAGES_BIN)/pause
 	$(IMAGETOOL) -name $(PAUSE_IMAGE) -o $@ \
 	  -file /pause=$(IMAGES_BIN)/pause:0755 -user 65535:65535 -entrypoint /pause
 
-$(AGNHOST_TAR): $(IMAGETOOL) $(IMAGES_BIN)/agnhost $(IMAGES_BIN)/nettools $(BUSYBOX) $(DASH) Makefile $(wildcard deploy/kubetools/images/agnhost/etc/*)
+$(AGNHOST_TAR): $(IMAGETOOL) $(IMAGES_BIN)/agnhost $(IMAGES_BIN)/coredns $(TEST_USERLAND_DEPS) Makefile $(wildcard deploy/kubetools/images/agnhost/etc/*)
 	$(IMAGETOOL) -name $(AGNHOST_IMAGE) -o $@ \
 	  -file /agnhost=$(IMAGES_BIN)/agnhost:0755 -symlink /agnhost-2=agnhost \
 	  -file /localhost.crt=$(IMAGES_BIN)/localhost.crt:0644 -file /localhost.key=$(IMAGES_BIN)/localhost.key:0644 \
+	  -file /coredns=$(IMAGES_BIN)/coredns:0755 \
 	  -file /etc/passwd=deploy/kubetools/images/agnhost/etc/passwd:0644 \
 	  -file /etc/group=deploy/kubetools/images/agnhost/etc/group:0644 \
 	  -file /etc/nsswitch.conf=deploy/kubetools/images/agnhost/etc/nsswitch.conf:0644 \
-	  -dir /tmp:1777 -dir /uploads:0755 -dir /root:0700 \
-	  -dir /home/user-defined-in-image:0755:1000:1000 \
-	  -file /bin/busybox=$(BUSYBOX):0755 $(foreach a,$(AGNHOST_APPLETS),-symlink '/bin/$(a)=busybox') \
-	  -file /bin/dash=$(DASH):0755 -symlink /bin/sh=dash \
-	  -file /lib64/ld-linux-x86-64.so.2=$(GLIBC_LD):0755 -file /lib/x86_64-linux-gnu/libc.so.6=$(GLIBC_LIBC):0755 \
-	  -file /usr/bin/nettools=$(IMAGES_BIN)/nettools:0755 \
-	  -symlink /usr/bin/curl=nettools -symlink /usr/bin/nc=nettools \
-	  -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+	  -dir /uploads:0755 -dir /home/user-defined-in-image:0755:1000:1000 \
+	  $(TEST_USERLAND) -symlink /usr/bin/curl=nettools -symlink /usr/bin/nc=nettools \
 	  -entrypoint /agnhost -cmd pause
+
+# Debian bookworm-slim's CMD is bash; ours is sh (the specs give a command).
+$(GLIBC_DNS_TAR): $(IMAGETOOL) $(TEST_USERLAND_DEPS) Makefile $(wildcard deploy/kubetools/images/glibc-dns-testing/etc/*)
+	$(IMAGETOOL) -name $(GLIBC_DNS_IMAGE) -o $@ \
+	  -file /etc/passwd=deploy/kubetools/images/glibc-dns-testing/etc/passwd:0644 \
+	  -file /etc/group=deploy/kubetools/images/glibc-dns-testing/etc/group:0644 \
+	  -file /etc/nsswitch.conf=deploy/kubetools/images/glibc-dns-testing/etc/nsswitch.conf:0644 \
+	  $(TEST_USERLAND) -cmd sh
 
 $(BUSYBOX):
 	@echo "$(BUSYBOX) missing: the agnhost image's shell. Run 'make deps' (Debian busybox-static) as root." >&2; exit 1
+
+$(GETENT):
+	@echo "$(GETENT) missing: the test images' getent (Debian libc-bin)." >&2; exit 1
 
 # System packages for the privileged tests and benchmarks (installed when
 # missing and root; otherwise those tests skip and say why).
@@ -290,7 +319,7 @@ $(RUNC):
 $(CLUSTERCTL): go.mod go.sum $(wildcard deploy/cluster/*.go deploy/cluster/clusterctl/*.go router/kube/kubepki/*.go)
 	$(GO) build -o $(BIN)/ ./deploy/cluster/clusterctl
 
-CLUSTER_FLAGS = --bin=$(KUBE_BIN) --nodes=$(NODES) --images=$(PODROUTER_TAR),$(PAUSE_TAR),$(AGNHOST_TAR),$(COREDNS_TAR) \
+CLUSTER_FLAGS = --bin=$(KUBE_BIN) --nodes=$(NODES) --images=$(PODROUTER_TAR),$(PAUSE_TAR),$(AGNHOST_TAR),$(COREDNS_TAR),$(GLIBC_DNS_TAR) \
   --sandbox-image=$(PAUSE_IMAGE) --deploy=deploy --image=$(IMAGE)
 
 # Starts the cluster and holds it (prints the kubeconfig); Ctrl-C or

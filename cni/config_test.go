@@ -183,3 +183,31 @@ func TestParsePortMappings(t *testing.T) {
 		}
 	}
 }
+
+func TestPodFromArgs(t *testing.T) {
+	for _, tc := range []struct {
+		name, args string
+		want       api.PodRef
+		err        string
+	}{
+		{"kubelet", "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-7d9f.x;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u", api.PodRef{Namespace: "shop", Name: "cart-7d9f.x"}, ""},
+		{"none", "", api.PodRef{}, ""},
+		{"other runtime", "FOO=bar", api.PodRef{}, ""},
+		{"namespace only", "K8S_POD_NAMESPACE=shop", api.PodRef{}, ""},
+		{"bad namespace", "K8S_POD_NAMESPACE=Shop_1;K8S_POD_NAME=a", api.PodRef{}, `pod namespace "Shop_1"`},
+		{"bad name", "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=a..b", api.PodRef{}, `pod name "a..b"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := PodFromArgs(tc.args)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("PodFromArgs = %v, %v; want an error naming %s", got, err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("PodFromArgs = %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}

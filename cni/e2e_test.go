@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -147,6 +148,7 @@ func buildBinaries(t *testing.T) (bin, tools string) {
 // configuration that reaches that daemon.
 type node struct {
 	t        *testing.T
+	cniArgs  string // CNI_ARGS for cnitool ("": none)
 	ns       *nstest.NS
 	bin      string
 	cniPath  string
@@ -310,6 +312,9 @@ func (n *node) cnitool(cmd string, netns *nstest.NS) ([]byte, error) {
 func (n *node) cnitoolNet(cmd, name string, netns *nstest.NS) ([]byte, error) {
 	c := exec.Command(filepath.Join(toolDir, "cnitool"), cmd, name, "/run/netns/"+netns.Name)
 	c.Env = append(os.Environ(), "CNI_PATH="+n.cniPath, "NETCONFPATH="+n.netDir)
+	if n.cniArgs != "" {
+		c.Env = append(c.Env, "CNI_ARGS="+n.cniArgs)
+	}
 	var out bytes.Buffer
 	c.Stdout, c.Stderr = &out, &out
 	err := c.Run()
@@ -1010,7 +1015,12 @@ func TestOperability(t *testing.T) {
 	noIPv6 := func(ns *nstest.NS) {
 		ns.Run(t, "sh", "-c", "echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6")
 	}
-	a, b := n.addPod(noIPv6), n.addPod(noIPv6)
+	// a is added as the kubelet does, naming its pod in CNI_ARGS; b as a
+	// runtime that names none.
+	n.cniArgs = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-7d9f;K8S_POD_INFRA_CONTAINER_ID=x"
+	a := n.addPod(noIPv6)
+	n.cniArgs = ""
+	b := n.addPod(noIPv6)
 	portOf := map[netip.Addr]string{}
 	as, err := n.client().Attachments(context.Background())
 	if err != nil || len(as) != 2 {
@@ -1028,8 +1038,21 @@ func TestOperability(t *testing.T) {
 		const pings = 50
 		before := scrape(t, hc)
 		a.ns.Run(t, "ping", "-q", "-c", strconv.Itoa(pings), "-i", "0.01", "-W", "2", b.ip.String())
+		// a's series are labelled with its namespace and pod (and its
+		// interface as the port), b's with its port name.
+		sel := map[string]map[string]string{
+			pa: {"namespace": "shop", "pod": "cart-7d9f", "port": "eth0"},
+			pb: {"namespace": "", "pod": "", "port": pb},
+		}
+		with := func(port string, kv ...string) map[string]string {
+			l := maps.Clone(sel[port])
+			for i := 0; i+1 < len(kv); i += 2 {
+				l[kv[i]] = kv[i+1]
+			}
+			return l
+		}
 		pkts := func(m metricSet, port, dir string) float64 {
-			return m.get("podrouter_port_packets_total", map[string]string{"port": port, "direction": dir})
+			return m.get("podrouter_port_packets_total", with(port, "direction", dir))
 		}
 		// The engine counts a batch once it is written: wait for the last
 		// reply to be counted.
@@ -1054,13 +1077,13 @@ func TestOperability(t *testing.T) {
 		}
 		t.Logf("packets during %d pings: %s", pings, strings.Join(deltas, ", "))
 		// ICMP echo frames are 98 bytes (14 Ethernet + 20 IPv4 + 8 ICMP + 56).
-		if d := after.get("podrouter_port_bytes_total", map[string]string{"port": pb, "direction": "tx"}) -
-			before.get("podrouter_port_bytes_total", map[string]string{"port": pb, "direction": "tx"}); d < 98*pings || d > 98*pings+2*98 {
+		if d := after.get("podrouter_port_bytes_total", with(pb, "direction", "tx")) -
+			before.get("podrouter_port_bytes_total", with(pb, "direction", "tx")); d < 98*pings || d > 98*pings+2*98 {
 			t.Errorf("%s tx bytes: %v during %d pings, want %d (+ at most two ARP frames)", pb, d, pings, 98*pings)
 		}
 		for _, port := range []string{pa, pb} {
-			if d := after.get("podrouter_port_drops_total", map[string]string{"port": port}) -
-				before.get("podrouter_port_drops_total", map[string]string{"port": port}); d != 0 {
+			if d := after.get("podrouter_port_drops_total", with(port)) -
+				before.get("podrouter_port_drops_total", with(port)); d != 0 {
 				t.Errorf("%s: %v drops during the pings", port, d)
 			}
 		}

@@ -69,6 +69,10 @@ func Add(args *skel.CmdArgs) error {
 	if err := (api.AttachmentID{ContainerID: args.ContainerID, IfName: args.IfName}).Validate(); err != nil {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "podrouter-cni: "+err.Error(), "")
 	}
+	pod, err := PodFromArgs(args.Args)
+	if err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "podrouter-cni: CNI_ARGS: "+err.Error(), "")
+	}
 	ctx := context.Background()
 	st, err := readyStatus(ctx, conf)
 	if err != nil {
@@ -125,6 +129,7 @@ func Add(args *skel.CmdArgs) error {
 		MTU:          pi.mtu,
 		Addrs:        addrs,
 		PortMappings: conf.portMappings,
+		Pod:          pod,
 	}
 	_, err = client(conf).Attach(ctx, req, f)
 	_ = f.Close()
@@ -577,4 +582,28 @@ func checkAddrsRoutes(l netlink.Link, prev *current.Result) error {
 		}
 	}
 	return nil
+}
+
+// PodFromArgs returns the pod that CNI_ARGS names: the kubelet's (and
+// every CRI runtime's) K8S_POD_NAMESPACE and K8S_POD_NAME, checked as
+// Kubernetes names. Without both, the zero PodRef (a runtime that is not
+// Kubernetes'); other keys are ignored.
+func PodFromArgs(cniArgs string) (api.PodRef, error) {
+	var r api.PodRef
+	for _, kv := range strings.Split(cniArgs, ";") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			r.Namespace = v
+		case "K8S_POD_NAME":
+			r.Name = v
+		}
+	}
+	if r.Namespace == "" || r.Name == "" {
+		return api.PodRef{}, nil
+	}
+	if err := r.Validate(); err != nil {
+		return api.PodRef{}, err
+	}
+	return r, nil
 }

@@ -111,6 +111,7 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	var kf kubeFlags
 	kf.register(fs)
 	fs.Var(listenAddrFlag{&cfg.MetricsAddr}, "metrics-addr", "where to serve /metrics, /healthz and /readyz over HTTP: IP:PORT, :PORT (every address), or off")
+	fs.BoolVar(&cfg.MetricsPerPeer, "metrics-per-peer", false, "give every peer node its own port and underlay-drop series (default: the peers summed, so a node's series do not grow with the cluster)")
 	lf.register(fs, "info")
 	if rc := parseFlags(fs, "Usage: podrouter daemon --pod-cidr CIDR [flags]\n       podrouter daemon --kube [flags]   (Kubernetes mode: README \"Kubernetes mode\")\n\n"+
 		"Runs the node daemon in this network namespace: the engine with the podCIDR and\n"+
@@ -121,27 +122,30 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 		"until the routes are synced, the uplink is up, the API serves and the recorded\n"+
 		"pods are re-attached, and again while stopping). SIGTERM or SIGINT stops it\n"+
 		"cleanly: the pods keep their interfaces for the next start.\n"+
+		"Every flag can also come from the environment: --pod-cidr from $PODROUTER_POD_CIDR,\n"+
+		"--kube from $PODROUTER_KUBE, and so on (upper case, '-' as '_'); a flag given on\n"+
+		"the command line wins.\n"+
 		"Exits 0 after a clean stop, 1 when it fails, 2 on bad flags.\n\nFlags:\n", args, stdout, stderr); rc >= 0 {
 		return rc
+	}
+	fromEnv, err := flagsFromEnv(fs, os.LookupEnv)
+	if err != nil {
+		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
+		return 2
 	}
 	log := lf.logger("daemon", stderr)
 	if log == nil {
 		return 2
 	}
 	defer func() { _ = log.Sync() }()
+	defer routeKlog(log)()
 	cfg.Logger = log
+	if err := daemonConflicts(fs, fromEnv, kf.on); err != nil {
+		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
+		return 2
+	}
 	if kf.on {
 		return kf.run(cfg, fs, stderr)
-	}
-	var kubeOnly []string
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "services" || f.Name == "service-cidr" {
-			kubeOnly = append(kubeOnly, "--"+f.Name)
-		}
-	})
-	if len(kubeOnly) > 0 {
-		fmt.Fprintf(stderr, "podrouter daemon: %s: Services come from the cluster; they need --kube\n", strings.Join(kubeOnly, ", "))
-		return 2
 	}
 	if err := kf.static(&cfg); err != nil {
 		fmt.Fprintf(stderr, "podrouter daemon: %v\n", err)
@@ -163,4 +167,56 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// daemonConflicts refuses flags given (on the command line or from the
+// environment) that make no sense together, naming the first conflict:
+// each mode takes its inputs from one place, and a flag the mode would
+// ignore or overwrite is an operator's mistake, not a no-op. A flag set
+// from the environment (fromEnv) is named with its variable.
+func daemonConflicts(fs *flag.FlagSet, fromEnv map[string]bool, kube bool) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	value := func(name string) string { return fs.Lookup(name).Value.String() }
+	conflict := func(names []string, why string) error {
+		for _, n := range names {
+			if given[n] {
+				if fromEnv[n] {
+					return fmt.Errorf("--%s %q (from $%s): %s", n, value(n), envName(n), why)
+				}
+				return fmt.Errorf("--%s %q: %s", n, value(n), why)
+			}
+		}
+		return nil
+	}
+	var errs []error
+	if given["metrics-per-peer"] && value("metrics-addr") == "off" {
+		errs = append(errs, errors.New("--metrics-per-peer: given with --metrics-addr off (no metrics are served)"))
+	}
+	if kube {
+		errs = append(errs,
+			conflict([]string{"pod-cidr", "pod-cidr6"}, "given with --kube, which takes the podCIDRs from this node's Node (spec.podCIDRs)"),
+			conflict([]string{"cluster-cidr"}, "given with --kube, which takes the cluster CIDR from --net-conf's Network (and IPv6Network)"),
+			conflict([]string{"peers"}, "given with --kube, which takes the peers from the cluster's Nodes"))
+		if given["service-cidr"] && value("services") == "off" {
+			errs = append(errs, fmt.Errorf("--service-cidr %q: given with --services=off (the engine then has no Service CIDR)", value("service-cidr")))
+		}
+	} else {
+		errs = append(errs,
+			conflict([]string{"services", "service-cidr"}, "Services come from the cluster; they need --kube"),
+			conflict([]string{"kubeconfig", "node-name", "net-conf", "iface", "cni-conf", "cni-data-dir", "cni-chain", "subnet-env", "trust-annotated-endpoints", "kube-first-read"},
+				"only with --kube (Kubernetes mode)"))
+		if !given["pod-cidr"] {
+			errs = append(errs, errors.New("--pod-cidr: required (the node's IPv4 podCIDR), or --kube to take it from the node's Node"))
+		}
+		if !given["peers"] {
+			errs = append(errs, conflict([]string{"backend", "underlay-port", "public-ip"}, "only with --kube or --peers (without them the node has no underlay)"))
+		}
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

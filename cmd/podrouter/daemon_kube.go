@@ -87,10 +87,7 @@ func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) i
 		if len(cfg.Services.CIDRs) == 0 {
 			cfg.Services.CIDRs = []netip.Prefix{DefaultServiceCIDR}
 		}
-	case "off":
-		if len(k.svcCIDRs) > 0 {
-			return fail(2, "--service-cidr: given with --services=off")
-		}
+	case "off": // --service-cidr with it: daemonConflicts
 	default:
 		return fail(2, "--services %q: want on or off", k.services)
 	}

@@ -33,3 +33,46 @@ func TestDaemonStaticPeersBadFlags(t *testing.T) {
 		{"bad file", []string{"--peers", pf + ".absent", "--public-ip", "192.0.2.1"}, "--peers"},
 	})
 }
+
+func TestDaemonConflictingFlags(t *testing.T) {
+	pf := filepath.Join(t.TempDir(), "peers.yaml")
+	if err := os.WriteFile(pf, []byte("- name: b\n  endpoint: 192.0.2.2:8472\n  vtepMAC: 0a:00:00:00:00:02\n  podCIDRs: [10.244.2.0/24]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NODE_NAME", "n1") // the DaemonSet's: not a flag given, no conflict without --kube
+	kube := []string{"--kube", "--net-conf", "/nonexistent"}
+	static := []string{"--pod-cidr", "10.244.1.0/24", "--cluster-cidr", "10.244.0.0/16"}
+	checkUsageErrors(t, []string{"daemon", "--metrics-addr", "off"}, []usageCase{
+		{"kube with pod-cidr", append(kube, "--pod-cidr", "10.244.1.0/24"), `--pod-cidr "10.244.1.0/24": given with --kube`},
+		{"kube with pod-cidr6", append(kube, "--pod-cidr6", "fd00::/64"), `--pod-cidr6 "fd00::/64": given with --kube`},
+		{"kube with cluster-cidr", append(kube, "--cluster-cidr", "10.244.0.0/16"), `--cluster-cidr "10.244.0.0/16": given with --kube`},
+		{"kube with peers", append(kube, "--peers", pf), "--peers " + `"` + pf + `": given with --kube`},
+		{"kube services off with service-cidr", append(kube, "--services", "off", "--service-cidr", "10.96.0.0/12"), `--service-cidr "10.96.0.0/12": given with --services=off`},
+		{"iface without kube", append(static, "--iface", "eth0"), `--iface "eth0": only with --kube`},
+		{"kubeconfig without kube", append(static, "--kubeconfig", "/k"), `--kubeconfig "/k": only with --kube`},
+		{"node-name without kube", append(static, "--node-name", "n1"), `--node-name "n1": only with --kube`},
+		{"net-conf without kube", append(static, "--net-conf", "/n"), `--net-conf "/n": only with --kube`},
+		{"cni-conf without kube", append(static, "--cni-conf", ""), `--cni-conf "": only with --kube`},
+		{"cni-chain without kube", append(static, "--cni-chain", "/c"), `--cni-chain "/c": only with --kube`},
+		{"subnet-env without kube", append(static, "--subnet-env", "/s"), `--subnet-env "/s": only with --kube`},
+		{"trust without kube", append(static, "--trust-annotated-endpoints"), `--trust-annotated-endpoints "true": only with --kube`},
+		{"first read without kube", append(static, "--kube-first-read", "1s"), `--kube-first-read "1s": only with --kube`},
+		{"services without kube", append(static, "--services", "off"), "Services come from the cluster; they need --kube"},
+		{"backend without peers", append(static, "--backend", "udp"), `--backend "udp": only with --kube or --peers`},
+		{"port without peers", append(static, "--underlay-port", "9000"), `--underlay-port "9000": only with --kube or --peers`},
+		{"public ip without peers", append(static, "--public-ip", "192.0.2.1"), `--public-ip "192.0.2.1": only with --kube or --peers`},
+		{"no pod-cidr", []string{"--cluster-cidr", "10.244.0.0/16"}, "--pod-cidr: required"},
+		{"netstack limit with uplink egress", append(static, "--egress", "uplink", "--egress-max-flows", "10"), "egress-max-flows 10: only with --egress netstack (egress is uplink)"},
+		{"uplink route with snat egress", append(static, "--egress", "snat", "--snat-addr", "192.0.2.1", "--uplink-route", "192.168.0.0/16"), "uplink-route [192.168.0.0/16]: only with --egress netstack"},
+		{"snat-addr without snat", append(static, "--snat-addr", "192.0.2.1"), "snat-addr: only with --egress snat"},
+		{"snat without snat-addr", append(static, "--egress", "snat"), "snat-addr: required with --egress snat"},
+		{"per-peer metrics without metrics", append(static, "--metrics-per-peer"), "--metrics-per-peer: given with --metrics-addr off"},
+		{"kube after the static flags", append(static, "--kube"), `--pod-cidr "10.244.1.0/24": given with --kube`},
+	})
+	t.Run("env", func(t *testing.T) {
+		t.Setenv("PODROUTER_IFACE", "eth1")
+		checkUsageErrors(t, []string{"daemon", "--metrics-addr", "off"}, []usageCase{
+			{"iface from env without kube", static, `--iface "eth1" (from $PODROUTER_IFACE): only with --kube`},
+		})
+	})
+}

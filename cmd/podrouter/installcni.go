@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/podrouter/podrouter/router/atomicfile"
 )
 
 // install-cni is the DaemonSet's init container: it copies the CNI plugin,
@@ -102,39 +104,9 @@ func installFile(src, dst string) (int64, error) {
 	if dstat, err := os.Stat(dst); err == nil && os.SameFile(st, dstat) {
 		return st.Size(), nil // installing a file over itself: already there
 	}
-	dir := filepath.Dir(dst)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".tmp-")
+	n, err := atomicfile.Copy(dst, in, 0o755)
 	if err != nil {
-		return 0, err
-	}
-	success := false
-	defer func() {
-		if !success {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	n, err := io.Copy(tmp, in)
-	if err != nil {
-		return 0, fmt.Errorf("copy %s to %s: %w", src, tmp.Name(), err)
-	}
-	if err := tmp.Chmod(0o755); err != nil {
-		return 0, err
-	}
-	if err := tmp.Sync(); err != nil {
-		return 0, err
-	}
-	if err := tmp.Close(); err != nil {
-		return 0, err
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return 0, err
-	}
-	success = true
-	// Persist the rename itself; a failure here leaves a complete file.
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
+		return 0, fmt.Errorf("install %s as %s: %w", src, dst, err)
 	}
 	return n, nil
 }

@@ -180,3 +180,38 @@ func firstLine(s string) string {
 	}
 	return s
 }
+
+// EnvPrefix starts the environment variable of each daemon flag: --pod-cidr
+// is also $PODROUTER_POD_CIDR (as flanneld's --iface is $FLANNELD_IFACE).
+const EnvPrefix = "PODROUTER_"
+
+// envName is the environment variable of flag name: EnvPrefix, then the
+// name in upper case with '-' as '_'.
+func envName(name string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// flagsFromEnv sets every flag of fs not given on the command line from its
+// environment variable (envName), when lookup finds one: the command line
+// wins. A flag set so counts as given (fs.Visit sees it); fromEnv names
+// them. A bad value is an error naming the variable and the value.
+func flagsFromEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) (fromEnv map[string]bool, err error) {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	fromEnv = map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) {
+		if err != nil || given[f.Name] {
+			return
+		}
+		v, ok := lookup(envName(f.Name))
+		if !ok {
+			return
+		}
+		if e := fs.Set(f.Name, v); e != nil {
+			err = fmt.Errorf("$%s %q (--%s): %v", envName(f.Name), v, f.Name, e)
+			return
+		}
+		fromEnv[f.Name] = true
+	})
+	return fromEnv, err
+}

@@ -5,7 +5,7 @@ package cluster_test
 // subtest, in an order that keeps the disruptive ones last:
 //
 //	dns ─► egress-outside ─► stream: rolling-update, daemon-killed
-//	    ─► churn-100-pods ─► faults: missing-conflist, daemon-down
+//	    ─► churn-100-pods ─► faults: missing-conflist, daemon-down, wrong-socket
 //	    ─► node-readd
 
 import (
@@ -285,9 +285,9 @@ func TestLifecycle(t *testing.T) {
 					writeConflist(t, n, conf)
 				}
 			}()
-			// The daemon writes its conflist at start only: a removed one
-			// stays removed until the daemon restarts or someone puts it
-			// back. What matters is what a new pod says meanwhile.
+			// The daemon puts a removed conflist back within 5 s (it keeps
+			// its node files); the test puts it back itself after the
+			// event. What matters is what a new pod says meanwhile.
 			p := shPod("noconf", "node-2", "sleep 3600")
 			if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
@@ -339,6 +339,44 @@ func TestLifecycle(t *testing.T) {
 			if out, err := c.Kubectl(ctx, "-n", daemonNS, "rollout", "status", "ds/podrouter", "--timeout=120s"); err != nil {
 				t.Fatalf("daemons back: %v: %s", err, out)
 			}
+		})
+
+		t.Run("wrong-socket", func(t *testing.T) {
+			// The conflist names a socket that is not there. A conflist
+			// naming another path would be rewritten by the daemon within
+			// 5 s (it keeps its node files), so the path is made wrong
+			// from the other side: the daemon's socket is moved away while
+			// the daemon runs, and put back.
+			n := c.Nodes[0]
+			moved := daemonSocket + ".moved"
+			if out, err := n.Exec(ctx, "mv", daemonSocket, moved); err != nil {
+				t.Fatalf("mv: %v: %s", err, out)
+			}
+			restored := false
+			defer func() {
+				if !restored {
+					n.Exec(ctx, "mv", moved, daemonSocket)
+				}
+			}()
+			p := shPod("wrongsock", "node-1", "sleep 3600")
+			if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			msg := waitEvent(t, c, ns, "wrongsock", daemonSocket)
+			t.Logf("event: %s", msg)
+			if !strings.Contains(msg, "podrouter daemon not ready") {
+				t.Errorf("the event does not say the plugin found no daemon: %s", msg)
+			}
+			if got := podPhase(t, c, ns, "wrongsock"); got != corev1.PodPending {
+				t.Errorf("pod wrongsock is %s without the daemon's socket", got)
+			}
+			fixed := time.Now()
+			if out, err := n.Exec(ctx, "mv", moved, daemonSocket); err != nil {
+				t.Fatalf("mv back: %v: %s", err, out)
+			}
+			restored = true
+			waitReady(t, c, ns, "wrongsock", 3*time.Minute)
+			t.Logf("pod wrongsock Ready %v after the socket came back", time.Since(fixed).Round(time.Millisecond))
 		})
 	})
 

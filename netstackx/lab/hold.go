@@ -16,6 +16,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
+
+	"github.com/podrouter/podrouter/router/atomicfile"
 )
 
 // Errors of Hold and exec.
@@ -86,12 +88,7 @@ func (l *Lab) Hold(ctx context.Context, out io.Writer) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("lab: state file: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("lab: state file: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
+	if err := atomicfile.Write(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("lab: state file: %w", err)
 	}
 	defer os.Remove(path)

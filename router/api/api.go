@@ -230,6 +230,55 @@ type AttachRequest struct {
 	// capability): the daemon publishes them on the node for as long as
 	// the attachment lives.
 	PortMappings []PortMapping `json:"portMappings,omitempty"`
+	// Pod is the Kubernetes pod the attachment belongs to, from the
+	// runtime's CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME); zero when the
+	// runtime passes none. Metrics label the pod's port with it.
+	Pod PodRef `json:"pod,omitzero"`
+}
+
+// PodRef names a Kubernetes pod.
+type PodRef struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+}
+
+// IsZero reports whether r names no pod.
+func (r PodRef) IsZero() bool { return r == PodRef{} }
+
+// String returns "namespace/name".
+func (r PodRef) String() string { return r.Namespace + "/" + r.Name }
+
+// Validate checks r as Kubernetes names: a namespace is a DNS label (1..63
+// of a-z, 0-9, '-', alphanumeric at both ends), a pod name a DNS
+// subdomain (1..253, labels joined by '.'). The zero PodRef is valid.
+func (r PodRef) Validate() error {
+	if r.IsZero() {
+		return nil
+	}
+	if !dnsLabel(r.Namespace) {
+		return fmt.Errorf("%w: pod namespace %.80q: want a DNS label (a-z, 0-9, '-', at most 63)", ErrBadRequest, r.Namespace)
+	}
+	if len(r.Name) > 253 || r.Name == "" {
+		return fmt.Errorf("%w: pod name %.80q: want a DNS subdomain (at most 253)", ErrBadRequest, r.Name)
+	}
+	for _, l := range strings.Split(r.Name, ".") {
+		if !dnsLabel(l) {
+			return fmt.Errorf("%w: pod name %.80q: want a DNS subdomain (a-z, 0-9, '-', '.')", ErrBadRequest, r.Name)
+		}
+	}
+	return nil
+}
+
+func dnsLabel(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // PortMapping publishes a pod's port on the node's addresses (a
@@ -284,6 +333,9 @@ func (r *AttachRequest) Validate() error {
 		if err := m.Validate(); err != nil {
 			return err
 		}
+	}
+	if err := r.Pod.Validate(); err != nil {
+		return err
 	}
 	return nil
 }

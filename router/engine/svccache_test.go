@@ -45,13 +45,7 @@ func testServiceCacheSameBytes(t *testing.T, v6 bool, proto uint8, hairpin bool)
 	if err := r.e.SetServices(service.NewTable(oneService(proto, 80, ready(backend, 8080)), service.Options{})); err != nil {
 		t.Fatal(err)
 	}
-	var pb *Port
-	for _, p := range r.e.Ports() {
-		if p.cfg.Name == "b" {
-			pb = p
-		}
-	}
-	wa, wb := newWorker(r.e, r.pa), newWorker(r.e, pb)
+	wa, wb := svcWorkers(r)
 	tp := tcpip.TransportProtocolNumber(proto)
 	rng := rand.New(rand.NewPCG(1, uint64(proto)))
 	seg := func(sp, dp uint16, flags header.TCPFlags) []byte {
@@ -75,11 +69,7 @@ func testServiceCacheSameBytes(t *testing.T, v6 bool, proto uint8, hairpin bool)
 		}
 		return eth(r.e, mac, ip)
 	}
-	run := func(w *worker, f []byte) {
-		copy(w.bufs[0][readOffset:], f)
-		w.sizes[0] = len(f)
-		w.process(1)
-	}
+	run := runFrame
 	// The flow, its reply port: the hairpin's reply comes from pod A to
 	// the gateway port the flow's source was translated to.
 	wr, replyMAC := wb, macB
@@ -160,6 +150,24 @@ func slotOf(t *testing.T, f []byte) int {
 	return svcIndex(svcKey(f[pp.IPOff:], &pp))
 }
 
+// svcWorkers returns workers for the rig's pods A and B that the test
+// drives itself (runFrame), beside the engine's own.
+func svcWorkers(r *snatRig) (wa, wb *worker) {
+	for _, p := range r.e.Ports() {
+		if p.cfg.Name == "b" {
+			wb = newWorker(r.e, p)
+		}
+	}
+	return newWorker(r.e, r.pa), wb
+}
+
+// runFrame has w handle the frame f as read from its port.
+func runFrame(w *worker, f []byte) {
+	copy(w.bufs[0][readOffset:], f)
+	w.sizes[0] = len(f)
+	w.process(1)
+}
+
 // l4Sum returns the UDP or TCP checksum field of the IP packet ip.
 func l4Sum(ip []byte) uint16 {
 	proto, _, _, l4 := l4Of(ip)
@@ -205,18 +213,8 @@ func TestServiceCachePass(t *testing.T) {
 	if err := r.e.SetServices(service.NewTable(oneService(packet.ProtoUDP, 80, ready(addrB, 8080)), service.Options{})); err != nil {
 		t.Fatal(err)
 	}
-	var pb *Port
-	for _, p := range r.e.Ports() {
-		if p.cfg.Name == "b" {
-			pb = p
-		}
-	}
-	wa, wb := newWorker(r.e, r.pa), newWorker(r.e, pb)
-	run := func(w *worker, f []byte) {
-		copy(w.bufs[0][readOffset:], f)
-		w.sizes[0] = len(f)
-		w.process(1)
-	}
+	wa, wb := svcWorkers(r)
+	run := runFrame
 	// B is a backend (SetServices), so its packets are looked up; none is
 	// a Service flow's.
 	direct := eth(r.e, macB, ipPacket(addrB, addrA, header.UDPProtocolNumber, udpSeg(8080, 40000, 8)))

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -87,7 +89,7 @@ next:
 // as Degraded (200 with a reason).
 func newServer(t *testing.T, e *engine.Engine) (srv *Server, ready, stale *atomic.Bool) {
 	t.Helper()
-	reg, err := NewRegistry(e)
+	reg, err := NewRegistry(e, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,4 +222,131 @@ func TestHealthAndReadiness(t *testing.T) {
 	if code, body := get("/readyz"); code != 200 || body != "ok: stale: API server unreachable\n" {
 		t.Fatalf("/readyz degraded: %d %q", code, body)
 	}
+}
+
+// series counts the series of family name.
+func series(fams map[string]*dto.MetricFamily, name string) int {
+	if f, ok := fams[name]; ok {
+		return len(f.GetMetric())
+	}
+	return 0
+}
+
+// TestSeriesBoundedByNode: a node's series do not grow with the cluster:
+// peers are one summed set (monotonic when a peer goes) unless PerPeer;
+// pod ports are labelled with their namespace and pod, not container IDs.
+func TestSeriesBoundedByNode(t *testing.T) {
+	e, err := engine.New(engine.Config{PodCIDR: podCIDR, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	_, da := linktest.Pipe(16, 2000, 16)
+	podPort, err := e.AddPort(da, engine.PortConfig{Name: "4f3c9a1b2e/eth0", Kind: engine.KindPod, MTU: 1500, Addrs: []netip.Addr{addrA}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, db := linktest.Pipe(16, 2000, 16)
+	if _, err := e.AddPort(db, engine.PortConfig{Name: "77aa/eth0", Kind: engine.KindPod, MTU: 1500, Addrs: []netip.Addr{addrB}}); err != nil {
+		t.Fatal(err)
+	}
+	const peers = 40
+	var peerPorts []*engine.Port
+	var peerHosts []*linktest.End
+	for i := range peers {
+		h, d := linktest.Pipe(16, 2000, 16)
+		p, err := e.AddPort(d, engine.PortConfig{Name: fmt.Sprintf("node-%d", i), Kind: engine.KindPeer, MTU: 1500})
+		if err != nil {
+			t.Fatal(err)
+		}
+		peerPorts, peerHosts = append(peerPorts, p), append(peerHosts, h)
+	}
+	pods := func() map[*engine.Port]PodPort {
+		return map[*engine.Port]PodPort{podPort: {Namespace: "shop", Pod: "cart-7d9f", Interface: "eth0"}}
+	}
+	scrapeWith := func(c *Collector) map[string]*dto.MetricFamily {
+		reg := prometheus.NewRegistry()
+		if err := reg.Register(c); err != nil {
+			t.Fatal(err)
+		}
+		return scrape(t, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	}
+	agg := NewCollector(e, Options{Pods: pods})
+
+	// Every peer sends 3 packets for no pod of this node: rx counted,
+	// dropped (not-local: a peer's traffic must end here).
+	for _, h := range peerHosts {
+		for range 3 {
+			_, _ = h.Write([][]byte{udp4(netip.MustParseAddr("10.244.2.5"), netip.MustParseAddr("10.99.0.1"), 64, 100)}, 0)
+		}
+	}
+	var fams map[string]*dto.MetricFamily
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		fams = scrapeWith(agg)
+		if value(t, fams, "podrouter_port_packets_total", map[string]string{"port": PeersPort, "direction": "rx"}) == 3*peers || time.Now().After(deadline) {
+			break
+		}
+	}
+	// 2 pods + the peers' sum, rx and tx.
+	if n := series(fams, "podrouter_port_packets_total"); n != 3*2 {
+		t.Errorf("%d packet series with %d peers, want 6 (two pods and the peers' sum)", n, peers)
+	}
+	if got := value(t, fams, "podrouter_port_packets_total", map[string]string{"port": PeersPort, "kind": "peer", "direction": "rx"}); got != 3*peers {
+		t.Errorf("peers' rx %v, want %d", got, 3*peers)
+	}
+	if got := value(t, fams, "podrouter_port_drops_total", map[string]string{"port": PeersPort, "reason": "not-local"}); got != 3*peers {
+		t.Errorf("peers' not-local drops %v, want %d", got, 3*peers)
+	}
+	// The named pod: namespace, pod, its interface; no container ID.
+	value(t, fams, "podrouter_port_packets_total", map[string]string{"namespace": "shop", "pod": "cart-7d9f", "port": "eth0", "kind": "pod", "direction": "rx"})
+	for _, m := range fams["podrouter_port_packets_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if strings.Contains(l.GetValue(), "4f3c9a1b2e") {
+				t.Errorf("series labelled with the named pod's container ID: %v", m.GetLabel())
+			}
+		}
+	}
+	// An unnamed pod (a runtime without CNI_ARGS) keeps its port name.
+	value(t, fams, "podrouter_port_packets_total", map[string]string{"port": "77aa/eth0", "namespace": "", "pod": ""})
+
+	// A peer goes: the sum does not go down (a counter reset to Prometheus).
+	if err := e.RemovePort(peerPorts[0]); err != nil {
+		t.Fatal(err)
+	}
+	fams = scrapeWith(agg)
+	if got := value(t, fams, "podrouter_port_packets_total", map[string]string{"port": PeersPort, "direction": "rx"}); got != 3*peers {
+		t.Errorf("peers' rx %v after a peer left, want still %d", got, 3*peers)
+	}
+
+	// Per peer on request.
+	fams = scrapeWith(NewCollector(e, Options{PerPeer: true, Pods: pods}))
+	if n := series(fams, "podrouter_port_packets_total"); n != 2*(2+peers-1) {
+		t.Errorf("%d packet series per peer, want %d", n, 2*(2+peers-1))
+	}
+	if got := value(t, fams, "podrouter_port_packets_total", map[string]string{"port": "node-7", "kind": "peer", "direction": "rx"}); got != 3 {
+		t.Errorf("node-7 rx %v, want 3", got)
+	}
+}
+
+// TestOffloadSeriesOneQuantityEach: every offload family counts one kind
+// of thing (super-packets, segments, checksums), never mixed under one
+// label.
+func TestOffloadSeriesOneQuantityEach(t *testing.T) {
+	e, err := engine.New(engine.Config{PodCIDR: podCIDR})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	reg, err := NewRegistry(e, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fams := scrape(t, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if _, ok := fams["podrouter_offload_total"]; ok {
+		t.Error("podrouter_offload_total still mixes super-packets, segments and checksums")
+	}
+	value(t, fams, "podrouter_offload_superpackets_total", map[string]string{"result": "whole"})
+	value(t, fams, "podrouter_offload_superpackets_total", map[string]string{"result": "segmented"})
+	value(t, fams, "podrouter_offload_segments_total", nil)
+	value(t, fams, "podrouter_offload_checksums_total", nil)
 }

@@ -102,8 +102,11 @@ func (u *UnderlayConfig) validate() error {
 	if _, ok := backendKind(u.Backend); !ok {
 		return configErr("backend %s: want one of %s", u.Backend, strings.Join(BackendNames(), ", "))
 	}
-	if !u.Listen.IsValid() || u.Listen.Addr().Zone() != "" || u.Listen.Addr().Is4In6() {
-		return configErr("underlay address %s: want IP:port", u.Listen)
+	if !u.Listen.IsValid() {
+		return configErr("underlay address: required with backend %s (this node's underlay IP:port)", u.Backend)
+	}
+	if u.Listen.Addr().Zone() != "" || u.Listen.Addr().Is4In6() {
+		return configErr("underlay address %s: want a plain IP and a port", u.Listen)
 	}
 	if u.MTU != 0 && (u.MTU < 576 || u.MTU > 65535) {
 		return configErr("underlay mtu %d: out of range 576..65535", u.MTU)

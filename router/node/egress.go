@@ -194,6 +194,21 @@ func (c *EgressConfig) validate(cluster []netip.Prefix) error {
 	if c.Mode != EgressSNAT && (c.SNATAddr.IsValid() || c.SNATAddr6.IsValid()) {
 		return configErr("snat-addr: only with --egress snat (egress is %s)", c.Mode)
 	}
+	if c.Mode != EgressNetstack {
+		// The netstack forwarder's limits and routes mean nothing to
+		// another kind: refused rather than silently ignored.
+		for _, l := range []struct {
+			name string
+			set  bool
+			v    any
+		}{{"egress-max-flows", c.MaxFlows != 0, c.MaxFlows}, {"egress-max-flows-per-pod", c.MaxFlowsPerPod != 0, c.MaxFlowsPerPod},
+			{"egress-max-dials", c.MaxDials != 0, c.MaxDials}, {"egress-max-dials-per-pod", c.MaxDialsPerPod != 0, c.MaxDialsPerPod},
+			{"egress-dial-timeout", c.DialTimeout != 0, c.DialTimeout}, {"uplink-route", len(c.UplinkRoutes) > 0, c.UplinkRoutes}} {
+			if l.set {
+				return configErr("%s %v: only with --egress netstack (egress is %s)", l.name, l.v, c.Mode)
+			}
+		}
+	}
 	if k.Validate != nil {
 		if err := k.Validate(c, cluster); err != nil {
 			return fmt.Errorf("%w: %w", ErrConfig, err)
@@ -218,8 +233,11 @@ func (c *EgressConfig) validate(cluster []netip.Prefix) error {
 		return configErr("egress-dial-timeout %v: negative", c.DialTimeout)
 	}
 	for _, p := range c.UplinkRoutes {
-		if !p.IsValid() || p != p.Masked() {
-			return configErr("uplink-route %q: want a masked prefix", p)
+		if !p.IsValid() {
+			return configErr("uplink-route: an unset prefix in the list")
+		}
+		if p != p.Masked() {
+			return configErr("uplink-route %s: want a masked prefix (%s)", p, p.Masked())
 		}
 		for _, cc := range cluster {
 			if cc.Overlaps(p) {

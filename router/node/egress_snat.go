@@ -53,11 +53,14 @@ var (
 
 // validateSNAT checks the snat-addr flags against the cluster.
 func validateSNAT(c *EgressConfig, cluster []netip.Prefix) error {
-	if a := c.SNATAddr; !a.IsValid() || !a.Is4() || !a.IsGlobalUnicast() {
-		return fmt.Errorf("snat-addr %q: --egress snat needs a unicast IPv4 address", a)
+	if !c.SNATAddr.IsValid() {
+		return errors.New("snat-addr: required with --egress snat (the unicast IPv4 address pods' flows leave with)")
+	}
+	if a := c.SNATAddr; !a.Is4() || !a.IsGlobalUnicast() {
+		return fmt.Errorf("snat-addr %s: --egress snat needs a unicast IPv4 address", a)
 	}
 	if a := c.SNATAddr6; a.IsValid() && (!a.Is6() || a.Is4In6() || a.Zone() != "" || !a.IsGlobalUnicast()) {
-		return fmt.Errorf("snat-addr6 %q: want a global unicast IPv6 address", a)
+		return fmt.Errorf("snat-addr6 %s: want a global unicast IPv6 address", a)
 	}
 	for _, a := range []netip.Addr{c.SNATAddr, c.SNATAddr6} {
 		for _, cc := range cluster {

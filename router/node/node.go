@@ -93,19 +93,27 @@ type Config struct {
 // Validate fills in defaults and checks every field, naming the bad one.
 // Errors wrap ErrConfig.
 func (c *Config) Validate() error {
-	if !c.PodCIDR.IsValid() || !c.PodCIDR.Addr().Is4() || c.PodCIDR != c.PodCIDR.Masked() || c.PodCIDR.Bits() > 30 {
-		return configErr("pod-cidr %q: want a masked IPv4 prefix of at most /30", c.PodCIDR)
+	// An unset value is said to be missing, never printed: its text is a
+	// Go zero value ("invalid Prefix") that names nothing the operator gave.
+	if !c.PodCIDR.IsValid() {
+		return configErr("pod-cidr: required (the node's IPv4 podCIDR)")
+	}
+	if !c.PodCIDR.Addr().Is4() || c.PodCIDR != c.PodCIDR.Masked() || c.PodCIDR.Bits() > 30 {
+		return configErr("pod-cidr %s: want a masked IPv4 prefix of at most /30", c.PodCIDR)
 	}
 	if c.PodCIDR6.IsValid() && (!c.PodCIDR6.Addr().Is6() || c.PodCIDR6 != c.PodCIDR6.Masked() || c.PodCIDR6.Bits() > 126) {
-		return configErr("pod-cidr6 %q: want a masked IPv6 prefix of at most /126", c.PodCIDR6)
+		return configErr("pod-cidr6 %s: want a masked IPv6 prefix of at most /126", c.PodCIDR6)
 	}
 	pods := c.PodCIDRs()
 	if len(c.ClusterCIDRs) == 0 {
 		c.ClusterCIDRs = pods
 	}
 	for _, cc := range c.ClusterCIDRs {
-		if !cc.IsValid() || cc != cc.Masked() {
-			return configErr("cluster-cidr %q: want a masked prefix", cc)
+		if !cc.IsValid() {
+			return configErr("cluster-cidr: an unset prefix in the list")
+		}
+		if cc != cc.Masked() {
+			return configErr("cluster-cidr %s: want a masked prefix (%s)", cc, cc.Masked())
 		}
 	}
 	for _, p := range pods {
@@ -114,8 +122,11 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, a := range c.NodeIPs {
-		if !a.IsValid() || a.Zone() != "" || a.Is4In6() {
-			return configErr("node-ip %q: want a plain IPv4 or IPv6 address", a)
+		if !a.IsValid() {
+			return configErr("node-ip: an unset address in the list")
+		}
+		if a.Zone() != "" || a.Is4In6() {
+			return configErr("node-ip %s: want a plain IPv4 or IPv6 address", a)
 		}
 		for _, cc := range c.ClusterCIDRs {
 			if cc.Contains(a) {

@@ -64,7 +64,24 @@ func TestConfig(t *testing.T) {
 		{"underlay mtu", base(func(c *Config) {
 			c.Underlay = UnderlayConfig{Backend: "udp", Listen: netip.MustParseAddrPort("127.0.0.1:0"), MTU: 100}
 		}), "underlay mtu"},
-		{"negative flows", base(func(c *Config) { c.Egress = EgressConfig{Mode: EgressUplink, MaxFlows: -1} }), "egress-max-flows"},
+		{"negative flows", base(func(c *Config) { c.Egress = EgressConfig{Mode: EgressUplink, MaxFlows: -1} }), "egress-max-flows -1"},
+		// Unset values are said to be missing, never printed as a Go zero
+		// value (checked for every case below).
+		{"no podCIDR is required", Config{}, "pod-cidr: required"},
+		{"unset cluster CIDR", base(func(c *Config) { c.ClusterCIDRs = []netip.Prefix{{}} }), "cluster-cidr: an unset prefix"},
+		{"unset node IP", base(func(c *Config) { c.NodeIPs = []netip.Addr{{}} }), "node-ip: an unset address"},
+		{"snat without address", base(func(c *Config) { c.Egress = EgressConfig{Mode: EgressSNAT} }), "snat-addr: required with --egress snat"},
+		{"unset service CIDR", base(func(c *Config) { c.Services.CIDRs = []netip.Prefix{{}} }), "service-cidr: an unset prefix"},
+
+		{"backend without address names it", base(func(c *Config) { c.Underlay = UnderlayConfig{Backend: "vxlan"} }), "underlay address: required with backend vxlan"},
+		// The netstack forwarder's limits mean nothing to another kind.
+		{"flow limit with uplink egress", base(func(c *Config) { c.Egress = EgressConfig{Mode: EgressUplink, MaxFlows: 10} }), "egress-max-flows 10: only with --egress netstack (egress is uplink)"},
+		{"dial timeout with snat egress", base(func(c *Config) {
+			c.Egress = EgressConfig{Mode: EgressSNAT, SNATAddr: netip.MustParseAddr("192.0.2.1"), DialTimeout: time.Second}
+		}), "egress-dial-timeout 1s: only with --egress netstack (egress is snat)"},
+		{"uplink route with uplink egress", base(func(c *Config) {
+			c.Egress = EgressConfig{Mode: EgressUplink, UplinkRoutes: []netip.Prefix{pfx("192.168.0.0/16")}}
+		}), "uplink-route [192.168.0.0/16]: only with --egress netstack"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()
@@ -76,6 +93,11 @@ func TestConfig(t *testing.T) {
 			}
 			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.field) {
 				t.Fatalf("Validate = %v, want ErrConfig naming %q", err, tc.field)
+			}
+			for _, zero := range []string{"invalid Prefix", "invalid IP", "invalid AddrPort"} {
+				if strings.Contains(err.Error(), zero) {
+					t.Fatalf("Validate = %v: prints a Go zero value", err)
+				}
 			}
 		})
 	}

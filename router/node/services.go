@@ -37,8 +37,11 @@ func (c *ServicesConfig) enabled() bool { return len(c.CIDRs) > 0 }
 
 func (c *ServicesConfig) validate(cluster []netip.Prefix) error {
 	for _, p := range c.CIDRs {
-		if !p.IsValid() || p != p.Masked() || p.Addr().Is4In6() {
-			return configErr("service-cidr %q: want a masked prefix", p)
+		if !p.IsValid() {
+			return configErr("service-cidr: an unset prefix in the list")
+		}
+		if p != p.Masked() || p.Addr().Is4In6() {
+			return configErr("service-cidr %s: want a masked prefix", p)
 		}
 		for _, cc := range cluster {
 			if cc.Overlaps(p) {

@@ -211,6 +211,9 @@ func TestMakefileNames(t *testing.T) {
 	if got, want := makeVar(t, mk, "PAUSE_IMAGE"), imageutils.GetPauseImageName(); got != want {
 		t.Errorf("Makefile PAUSE_IMAGE %s, the e2e framework expects %s", got, want)
 	}
+	if got, want := makeVar(t, mk, "GLIBC_DNS_IMAGE"), imageutils.GetE2EImage(imageutils.GlibcDnsTesting); got != want {
+		t.Errorf("Makefile GLIBC_DNS_IMAGE %s, the e2e framework runs %s", got, want)
+	}
 }
 
 // TestBuiltImages runs `make images` (seconds when cached; a cold agnhost
@@ -229,7 +232,7 @@ func TestBuiltImages(t *testing.T) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make images: %v\n%s", err, b)
 	}
-	pause, agnhost := makeVar(t, mk, "PAUSE_IMAGE"), makeVar(t, mk, "AGNHOST_IMAGE")
+	pause, agnhost, glibcDNS := makeVar(t, mk, "PAUSE_IMAGE"), makeVar(t, mk, "AGNHOST_IMAGE"), makeVar(t, mk, "GLIBC_DNS_IMAGE")
 	file := func(ref string) string {
 		return filepath.Join(dir, strings.NewReplacer("/", "_", ":", "_").Replace(ref)+".tar")
 	}
@@ -240,17 +243,38 @@ func TestBuiltImages(t *testing.T) {
 		Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"},
 		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 	}, map[string]tarEntry{
-		"agnhost":          {tar.TypeReg, 0o755, 0, 0, "", ""},
-		"agnhost-2":        link("agnhost"),
-		"bin/busybox":      {tar.TypeReg, 0o755, 0, 0, "", ""},
-		"bin/sh":           link("dash"),
-		"bin/dash":         {tar.TypeReg, 0o755, 0, 0, "", ""},
-		"bin/grep":         link("busybox"),
-		"usr/bin/curl":     link("nettools"),
-		"usr/bin/nc":       link("nettools"),
-		"usr/bin/nettools": {tar.TypeReg, 0o755, 0, 0, "", ""},
-		"tmp/":             {tar.TypeDir, 0o1777, 0, 0, "", ""},
-		"uploads/":         {tar.TypeDir, 0o755, 0, 0, "", ""},
+		"agnhost":                        {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"agnhost-2":                      link("agnhost"),
+		"coredns":                        {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"bin/busybox":                    {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"bin/sh":                         link("dash"),
+		"bin/dash":                       {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"bin/grep":                       link("busybox"),
+		"usr/bin/curl":                   link("nettools"),
+		"usr/bin/nc":                     link("nettools"),
+		"usr/bin/dig":                    link("nettools"),
+		"usr/bin/nettools":               {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"usr/bin/getent":                 {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"lib/x86_64-linux-gnu/libc.so.6": {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"tmp/":                           {tar.TypeDir, 0o1777, 0, 0, "", ""},
+		"uploads/":                       {tar.TypeDir, 0o755, 0, 0, "", ""},
+	})
+	// The DNS specs' glibc querier: sh, seq and sleep, dig, and getent
+	// with the libc it links (ldd /usr/bin/getent).
+	checkTarball(t, file(glibcDNS), glibcDNS, v1.Config{
+		Cmd: []string{"sh"},
+		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+	}, map[string]tarEntry{
+		"bin/sh":                         link("dash"),
+		"bin/dash":                       {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"bin/seq":                        link("busybox"),
+		"bin/sleep":                      link("busybox"),
+		"usr/bin/dig":                    link("nettools"),
+		"usr/bin/getent":                 {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"lib64/ld-linux-x86-64.so.2":     {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"lib/x86_64-linux-gnu/libc.so.6": {tar.TypeReg, 0o755, 0, 0, "", ""},
+		"etc/nsswitch.conf":              {tar.TypeReg, 0o644, 0, 0, "", ""},
+		"tmp/":                           {tar.TypeDir, 0o1777, 0, 0, "", ""},
 	})
 	// CoreDNS as upstream lays it out: distroless/static's nonroot base,
 	// /coredns with cap_net_bind_service (it binds :53 as uid 65532).

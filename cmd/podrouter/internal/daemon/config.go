@@ -77,6 +77,10 @@ type Config struct {
 	// serves none; the command's flag defaults to DefaultMetricsAddr. An
 	// unspecified address (0.0.0.0, ::) listens on every address.
 	MetricsAddr netip.AddrPort
+	// MetricsPerPeer gives every peer node its own port and underlay drop
+	// series. The default sums the peers, so that a node's series do not
+	// grow with the cluster (router/metrics Options.PerPeer).
+	MetricsPerPeer bool
 	// Egress is how pods reach the outside (router/node); the zero value
 	// is netstack egress with the default limits.
 	Egress EgressConfig

@@ -179,7 +179,8 @@ func (d *Daemon) Node() *node.Node { return d.node }
 // startMetrics listens on cfg.MetricsAddr and serves the engine's and the
 // daemon's metrics, /healthz and /readyz from there on.
 func (d *Daemon) startMetrics() error {
-	reg, err := metrics.NewRegistry(d.eng, collector{d}, d.apiM.requests, d.apiM.latency)
+	opts := metrics.Options{PerPeer: d.cfg.MetricsPerPeer, Pods: d.pods.metricPorts}
+	reg, err := metrics.NewRegistry(d.eng, opts, collector{d}, d.apiM.requests, d.apiM.latency)
 	if err != nil {
 		return fmt.Errorf("daemon: metrics: %w", err)
 	}

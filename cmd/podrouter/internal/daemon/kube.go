@@ -46,6 +46,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/podrouter/podrouter/router/atomicfile"
 	"github.com/podrouter/podrouter/router/kube"
 	"github.com/podrouter/podrouter/router/metrics"
 	"github.com/podrouter/podrouter/router/service"
@@ -581,11 +582,11 @@ func writeNodeFiles(cfg Config, ko KubeOptions) error {
 	return nil
 }
 
-// writeFile writes data to path with writeAtomic, making path's directory
-// first when it is missing.
+// writeFile writes data to path atomically (atomicfile), making path's
+// directory first when it is missing.
 func writeFile(path string, data []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	return writeAtomic(path, data, mode)
+	return atomicfile.Write(path, data, mode)
 }

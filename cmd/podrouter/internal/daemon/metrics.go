@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/podrouter/podrouter/router/api"
+	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/metrics"
 	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/underlay"
@@ -151,7 +152,7 @@ var (
 	descUnderlayDrops = prometheus.NewDesc("podrouter_underlay_drops_total",
 		"Datagrams and packets the underlay dropped, by reason (unknown-sender, foreign-source, bad-vni, short, bad-checksum, ...).", []string{"reason"}, nil)
 	descUnderlayPeerDrops = prometheus.NewDesc("podrouter_underlay_peer_drops_total",
-		"Underlay drops counted on a peer node, by peer and reason (non-zero reasons only).", []string{"peer", "reason"}, nil)
+		"Underlay drops counted on a peer node, by peer and reason (non-zero reasons only; with --metrics-per-peer).", []string{"peer", "reason"}, nil)
 )
 
 // apiMetrics counts the local API's requests (the CNI plugin's attach and
@@ -234,6 +235,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descUnderlayDrops, prometheus.CounterValue, float64(drops[r]), r.String())
 		}
 		for _, q := range b.Peers() {
+			if !c.d.cfg.MetricsPerPeer {
+				break // podrouter_underlay_drops_total has the sum
+			}
 			ps, ok := b.PeerStats(q.Name)
 			if !ok {
 				continue
@@ -257,4 +261,18 @@ func (p *pods) count() (attached, unattached int) {
 		}
 	}
 	return attached, unattached
+}
+
+// metricPorts names the pod of each attached pod port, for the metrics'
+// namespace and pod labels (router/metrics Options.Pods).
+func (p *pods) metricPorts() map[*engine.Port]metrics.PodPort {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := make(map[*engine.Port]metrics.PodPort, len(p.byID))
+	for _, pd := range p.byID {
+		if pd.port != nil {
+			m[pd.port] = metrics.PodPort{Namespace: pd.rec.Pod.Namespace, Pod: pd.rec.Pod.Name, Interface: pd.rec.IfName}
+		}
+	}
+	return m
 }

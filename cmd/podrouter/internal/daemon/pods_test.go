@@ -11,6 +11,7 @@ import (
 	"github.com/podrouter/podrouter/router/api"
 	"github.com/podrouter/podrouter/router/engine"
 	"github.com/podrouter/podrouter/router/link/linktest"
+	"github.com/podrouter/podrouter/router/metrics"
 )
 
 // TestReattachKeepsOldUntilNewWorks: a repeated attach of the same
@@ -110,5 +111,44 @@ func TestStoreLongContainerID(t *testing.T) {
 		if recs, _, _ := st.load(); len(recs) != 0 {
 			t.Fatalf("%d-byte ID: record left after remove", n)
 		}
+	}
+}
+
+// TestPodPortsLabelledByPod: the pod the CNI plugin named (CNI_ARGS) labels
+// its port's metrics, and is kept in the record, so a re-attach after a
+// restart labels it the same.
+func TestPodPortsLabelledByPod(t *testing.T) {
+	log := zaptest.NewLogger(t)
+	e, err := engine.New(engine.Config{PodCIDR: netip.MustParsePrefix("10.244.1.0/24"), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Close() })
+	dir := t.TempDir()
+	st, err := openStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pods{eng: e, store: st, log: log, byID: map[api.AttachmentID]*pod{}}
+	req := api.AttachRequest{AttachmentID: api.AttachmentID{ContainerID: "4f3c9a1b2e", IfName: "eth0"}, Netns: "/run/netns/x", MTU: 1500,
+		MAC: api.MAC{2, 0, 0, 0, 0, 9}, Addrs: []netip.Addr{netip.MustParseAddr("10.244.1.5")}, Pod: api.PodRef{Namespace: "shop", Name: "cart-7d9f"}}
+	_, dev := linktest.Pipe(16, 2048, 8)
+	pd, err := p.attach(req, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := metrics.PodPort{Namespace: "shop", Pod: "cart-7d9f", Interface: "eth0"}
+	if got := p.metricPorts()[pd.port]; got != want {
+		t.Fatalf("metricPorts = %+v, want %+v", got, want)
+	}
+	_ = st.Close()
+	st, err = openStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	recs, bad, err := st.load()
+	if err != nil || len(bad) != 0 || len(recs) != 1 || recs[0].Pod != req.Pod {
+		t.Fatalf("records after a restart: %+v, bad %v, %v; want the pod %v kept", recs, bad, err, req.Pod)
 	}
 }

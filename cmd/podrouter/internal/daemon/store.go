@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podrouter/podrouter/router/api"
+	"github.com/podrouter/podrouter/router/atomicfile"
 	"github.com/podrouter/podrouter/router/kube"
 	"github.com/podrouter/podrouter/router/underlay"
 )
@@ -96,49 +97,15 @@ func (s *store) put(r record) error {
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(s.path(r.AttachmentID), b, 0o600); err != nil {
+	if err := atomicfile.Write(s.path(r.AttachmentID), b, 0o600); err != nil {
 		return fmt.Errorf("daemon: record %s: %w", r.AttachmentID, err)
 	}
-	return s.syncDir()
-}
-
-// tmpPrefix starts the name of writeAtomic's temporary files; load removes
-// those left by a crash.
-const tmpPrefix = ".tmp-"
-
-// writeAtomic writes data to path through a temporary file in the same
-// directory, with mode, synced and renamed over path: readers see the old
-// file or the whole new one. The directory must exist.
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
-	if err != nil {
-		return err
-	}
-	success := false
-	defer func() {
-		if !success {
-			_ = f.Close()
-			_ = os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	success = true
 	return nil
 }
+
+// tmpPrefix starts the name of atomicfile's temporary files; load removes
+// those left by a crash.
+const tmpPrefix = atomicfile.TempPrefix
 
 // remove deletes id's record; a missing record is not an error.
 func (s *store) remove(id api.AttachmentID) error {
@@ -148,17 +115,7 @@ func (s *store) remove(id api.AttachmentID) error {
 	return s.syncDir()
 }
 
-func (s *store) syncDir() error { return syncDir(s.dir) }
-
-// syncDir fsyncs the directory dir (a rename in it is then durable).
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
+func (s *store) syncDir() error { return atomicfile.SyncDir(s.dir) }
 
 // load returns every record. Leftover temp files are removed; a record
 // that does not decode is reported in bad (by file name) and left alone
@@ -216,15 +173,15 @@ type kubeState struct {
 // ErrNoKubeState: the state directory holds no (usable) Kubernetes state.
 var ErrNoKubeState = errors.New("daemon: no persisted kubernetes state")
 
-// saveKubeState writes st to stateDir atomically (temp file, fsync,
-// rename), readable by root only: it names every node's address.
+// saveKubeState writes st to stateDir atomically (atomicfile: temp file,
+// fsync, rename, directory fsync), readable by root only: it names every node's address.
 func saveKubeState(stateDir string, st kubeState) error {
 	st.V = kubeStateVersion
 	b, err := json.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("daemon: kube state: %w", err)
 	}
-	if err := writeAtomic(filepath.Join(stateDir, kubeStateFile), b, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(stateDir, kubeStateFile), b, 0o600); err != nil {
 		return fmt.Errorf("daemon: kube state: %w", err)
 	}
 	return nil

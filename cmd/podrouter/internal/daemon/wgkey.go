@@ -14,12 +14,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/podrouter/podrouter/router/atomicfile"
 	"github.com/podrouter/podrouter/router/node"
 	"github.com/podrouter/podrouter/router/underlay"
 )
@@ -45,10 +45,7 @@ func loadOrCreateKey(path string, log *zap.Logger) (node.Key, error) {
 	if k, err = node.GenerateKey(); err != nil {
 		return node.Key{}, err
 	}
-	if err := writeAtomic(path, []byte(k.String()+"\n"), 0o600); err != nil {
-		return node.Key{}, fmt.Errorf("%w: %s: %w", ErrKeyFile, path, err)
-	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := atomicfile.Write(path, []byte(k.String()+"\n"), 0o600); err != nil {
 		return node.Key{}, fmt.Errorf("%w: %s: %w", ErrKeyFile, path, err)
 	}
 	log.Info("wireguard private key generated", zap.String("file", path), zap.Stringer("publicKey", node.PublicKey(k)))
