@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/podrouter/podrouter/cmd/podrouter/internal/daemon"
 	"github.com/podrouter/podrouter/router/kube"
 	"github.com/podrouter/podrouter/router/node"
@@ -70,9 +72,13 @@ func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) i
 	}
 	ko := daemon.KubeOptions{Kubeconfig: k.kubeconfig, NodeName: k.nodeName, Iface: k.iface, CNIConf: k.cniConf, SubnetEnv: k.subnetEnv, CNIDataDir: k.cniData,
 		TrustAnnotatedEndpoints: k.trustEPs, FirstRead: k.firstRead}
+	ipMasqSet := false
 	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "mtu" {
+		switch f.Name {
+		case "mtu":
 			ko.MTUSet = true
+		case "ip-masq":
+			ipMasqSet = true
 		}
 	})
 	if ko.NodeName == "" {
@@ -91,27 +97,9 @@ func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) i
 	default:
 		return fail(2, "--services %q: want on or off", k.services)
 	}
-	nc, err := kube.LoadNetConf(k.netConf)
+	nc, err := k.loadNetConf(cfg, ipMasqSet)
 	if err != nil {
-		return fail(2, "--net-conf: %v", err)
-	}
-	if k.backend != "" {
-		e, err := kube.ParseBackend(k.backend)
-		if err != nil {
-			return fail(2, "--backend: %v", err)
-		}
-		if e != nc.Backend {
-			nc.Backend, nc.Port, nc.VNI = e, e.DefaultPort(), 0
-			if e == kube.BackendVXLAN {
-				nc.VNI = underlay.DefaultVNI
-			}
-		}
-	}
-	if k.port != 0 {
-		if k.port > 65535 {
-			return fail(2, "--underlay-port %d: out of range 1..65535", k.port)
-		}
-		nc.Port = uint16(k.port)
+		return fail(2, "%v", err)
 	}
 	ko.NetConf = nc
 	if k.cniChain != "" {
@@ -130,6 +118,42 @@ func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) i
 		return fail(1, "%v", err)
 	}
 	return 0
+}
+
+// loadNetConf reads --net-conf (its warnings logged once on cfg.Logger)
+// and applies the flags that override it: --backend, --underlay-port and,
+// when given (ipMasqSet), --ip-masq. Errors name the flag.
+func (k *kubeFlags) loadNetConf(cfg daemon.Config, ipMasqSet bool) (kube.NetConf, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	nc, err := kube.LoadNetConf(k.netConf, log.Named("net-conf"))
+	if err != nil {
+		return kube.NetConf{}, fmt.Errorf("--net-conf: %w", err)
+	}
+	if k.backend != "" {
+		e, err := kube.ParseBackend(k.backend)
+		if err != nil {
+			return kube.NetConf{}, fmt.Errorf("--backend: %w", err)
+		}
+		if e != nc.Backend {
+			nc.Backend, nc.Port, nc.VNI = e, e.DefaultPort(), 0
+			if e == kube.BackendVXLAN {
+				nc.VNI = underlay.DefaultVNI
+			}
+		}
+	}
+	if k.port != 0 {
+		if k.port > 65535 {
+			return kube.NetConf{}, fmt.Errorf("--underlay-port %d: out of range 1..65535", k.port)
+		}
+		nc.Port = uint16(k.port)
+	}
+	if ipMasqSet {
+		nc.Masquerade = !cfg.Egress.NoMasquerade
+	}
+	return nc, nil
 }
 
 // static configures the underlay and its static peers from --peers,

@@ -1,9 +1,18 @@
 package main
 
 import (
+	"flag"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/podrouter/podrouter/cmd/podrouter/internal/daemon"
+	"github.com/podrouter/podrouter/router/kube"
 )
 
 func TestDaemonKubeBadFlags(t *testing.T) {
@@ -75,4 +84,53 @@ func TestDaemonConflictingFlags(t *testing.T) {
 			{"iface from env without kube", static, `--iface "eth1" (from $PODROUTER_IFACE): only with --kube`},
 		})
 	})
+}
+
+// TestKubeNetConfFlags: flannel's kube-flannel.yml net-conf.json is read
+// unchanged (EnableNFTables warned about once), and --ip-masq, when given,
+// overrides its masquerade.
+func TestKubeNetConfFlags(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "net-conf.json")
+	kubeFlannel := "{\n  \"Network\": \"10.244.0.0/16\",\n  \"EnableNFTables\": false,\n  \"Backend\": {\n    \"Type\": \"vxlan\"\n  }\n}\n"
+	if err := os.WriteFile(p, []byte(kubeFlannel), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+		set  bool
+		want bool
+	}{
+		{"default", nil, false, true},
+		{"ip-masq=false", []string{"--ip-masq=false"}, true, false},
+		{"ip-masq", []string{"--ip-masq"}, true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var cfg daemon.Config
+			fs := flag.NewFlagSet("t", flag.ContinueOnError)
+			registerEgressFlags(fs, &cfg.Egress)
+			if err := fs.Parse(c.args); err != nil {
+				t.Fatal(err)
+			}
+			core, logs := observer.New(zap.WarnLevel)
+			cfg.Logger = zap.New(core)
+			k := kubeFlags{netConf: p}
+			nc, err := k.loadNetConf(cfg, c.set)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if nc.Masquerade != c.want || nc.Network.String() != "10.244.0.0/16" || nc.Backend != kube.BackendVXLAN || nc.VNI != 1 || nc.Port != 8472 {
+				t.Fatalf("net-conf %+v, want masquerade %v", nc, c.want)
+			}
+			if all := logs.All(); len(all) != 1 || all[0].ContextMap()["key"] != "EnableNFTables" || all[0].LoggerName != "net-conf" {
+				t.Fatalf("logged %+v, want one warning naming EnableNFTables", all)
+			}
+		})
+	}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	registerEgressFlags(fs, &daemon.EgressConfig{})
+	if err := fs.Parse([]string{"--ip-masq=sometimes"}); err == nil || !strings.Contains(err.Error(), "ip-masq") {
+		t.Fatalf("--ip-masq=sometimes: %v", err)
+	}
 }
