@@ -36,10 +36,16 @@ func TestDaemonStaticPeersBadFlags(t *testing.T) {
 	if err := os.WriteFile(pf, []byte("- name: b\n  endpoint: 192.0.2.2:8472\n  vtepMAC: 0a:00:00:00:00:02\n  podCIDRs: [10.244.2.0/24]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	bare := filepath.Join(t.TempDir(), "bare.yaml")
+	if err := os.WriteFile(bare, []byte("- name: b\n  endpoint: 192.0.2.2\n  vtepMAC: 0a:00:00:00:00:02\n  podCIDRs: [10.244.2.0/24]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	checkUsageErrors(t, []string{"daemon", "--pod-cidr", "10.244.1.0/24", "--cluster-cidr", "10.244.0.0/16", "--metrics-addr", "off"}, []usageCase{
 		{"no public ip", []string{"--peers", pf}, "--public-ip"},
 		{"bad backend", []string{"--peers", pf, "--public-ip", "192.0.2.1", "--backend", "gre"}, "--backend"},
 		{"bad file", []string{"--peers", pf + ".absent", "--public-ip", "192.0.2.1"}, "--peers"},
+		{"no port for vxlan", []string{"--peers", bare, "--public-ip", "192.0.2.1"}, "--peers"},
+		{"direct routing udp", []string{"--peers", pf, "--public-ip", "192.0.2.1", "--backend", "udp", "--direct-routing"}, "--direct-routing"},
 	})
 }
 

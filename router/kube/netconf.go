@@ -61,6 +61,10 @@ type NetConf struct {
 	// UnderlayMTU is flannel's Backend.MTU: the MTU of the underlay (the
 	// pods' is this less the encapsulation); 0: the interface's.
 	UnderlayMTU int
+	// DirectRouting (vxlan, flannel's Backend.DirectRouting): peers on a
+	// subnet of the underlay interface are reached through host routes,
+	// unencapsulated.
+	DirectRouting bool
 	// Masquerade: SNAT traffic leaving the cluster (default true).
 	Masquerade bool
 }
@@ -367,14 +371,10 @@ func (n *NetConf) parseBackend(be *backendJSON) ([]Warning, error) {
 	if be.Type != "" {
 		t := strings.ToLower(be.Type)
 		e, err := ParseBackend(t)
-		switch {
-		case err == nil:
-			n.Backend = e
-		case t == "host-gw":
-			return nil, fmt.Errorf("Backend.Type %q: not supported (want udp, vxlan or wireguard)", be.Type)
-		default:
-			return nil, fmt.Errorf("Backend.Type %.32q: want udp, vxlan or wireguard", be.Type)
+		if err != nil {
+			return nil, fmt.Errorf("Backend.Type %.32q: want udp, vxlan, wireguard or host-gw", be.Type)
 		}
+		n.Backend = e
 	}
 	wg, vx := n.Backend == BackendWireGuard, n.Backend == BackendVXLAN
 	other := func(key, owner string) {
@@ -426,7 +426,14 @@ func (n *NetConf) parseBackend(be *backendJSON) ([]Warning, error) {
 		warn("Learning", "ignored: podrouter's vxlan takes peers' VTEP MACs from their Node annotations, never learns them")
 	}
 	if be.DirectRouting != nil {
-		warn("DirectRouting", "ignored: every peer is reached through the %s underlay, same subnet or not", n.Backend)
+		switch {
+		case vx:
+			n.DirectRouting = *be.DirectRouting
+		case n.Backend == BackendHostGW:
+			// host-gw is direct routing already.
+		default:
+			other("DirectRouting", "vxlan (and ipip)")
+		}
 	}
 	if be.MacPrefix != nil {
 		warn("MacPrefix", "ignored: flannel uses it on Windows only")

@@ -427,6 +427,7 @@ func kubeConfig(cfg *Config, ko KubeOptions, self kube.Self) error {
 	cfg.Underlay.Backend = nc.Backend.String()
 	cfg.Underlay.Listen = netip.AddrPortFrom(addr, nc.Port)
 	cfg.Underlay.VNI = nc.VNI
+	cfg.Underlay.DirectRouting = nc.DirectRouting
 	if nc.UnderlayMTU != 0 {
 		cfg.Underlay.MTU = nc.UnderlayMTU
 	}
