@@ -140,3 +140,44 @@ func TestKubeNetConfFlags(t *testing.T) {
 		t.Fatalf("--ip-masq=sometimes: %v", err)
 	}
 }
+
+// TestKubeDirectRoutingFlag: net-conf's DirectRouting reaches the
+// configuration, --direct-routing overrides it, and is refused with a
+// backend other than vxlan; --backend away from vxlan drops net-conf's.
+func TestKubeDirectRoutingFlag(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	direct := write("direct.json", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}`)
+	udp := write("udp.json", `{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)
+	for _, c := range []struct {
+		name string
+		k    kubeFlags
+		want bool
+		err  string
+	}{
+		{"net-conf", kubeFlags{netConf: direct}, true, ""},
+		{"flag off", kubeFlags{netConf: direct, directRoutingSet: true}, false, ""},
+		{"flag on", kubeFlags{netConf: write("plain.json", `{"Network":"10.244.0.0/16"}`), directRouting: true, directRoutingSet: true}, true, ""},
+		{"backend udp drops it", kubeFlags{netConf: direct, backend: "udp"}, false, ""},
+		{"flag with udp", kubeFlags{netConf: udp, directRouting: true, directRoutingSet: true}, false, "--direct-routing"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			nc, err := c.k.loadNetConf(daemon.Config{}, false)
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("err %v, want one naming %s", err, c.err)
+				}
+				return
+			}
+			if err != nil || nc.DirectRouting != c.want {
+				t.Fatalf("DirectRouting %v, %v; want %v", nc.DirectRouting, err, c.want)
+			}
+		})
+	}
+}
