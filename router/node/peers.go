@@ -67,7 +67,12 @@ func (n *Node) SetPeers(peers []Peer) error {
 				continue
 			}
 			for _, c := range q.PodCIDRs {
-				rs = append(rs, route.Route{Prefix: c, NextHop: route.ToEgress(n.upPort.Index())})
+				// Host routes go via the peer's address: a podCIDR of
+				// the other family has none, and stays unrouted rather
+				// than follow the host's default route.
+				if c.Addr().Is4() == q.Addr.Addr().Unmap().Is4() {
+					rs = append(rs, route.Route{Prefix: c, NextHop: route.ToEgress(n.upPort.Index())})
+				}
 			}
 			for _, a := range peerHostAddrs(q) {
 				rs = append(rs, route.Route{Prefix: netip.PrefixFrom(a, a.BitLen()), NextHop: route.ToEgress(n.upPort.Index())})
