@@ -76,6 +76,7 @@ func TestDaemonConflictingFlags(t *testing.T) {
 		{"backend without peers", append(static, "--backend", "udp"), `--backend "udp": only with --kube or --peers`},
 		{"port without peers", append(static, "--underlay-port", "9000"), `--underlay-port "9000": only with --kube or --peers`},
 		{"public ip without peers", append(static, "--public-ip", "192.0.2.1"), `--public-ip "192.0.2.1": only with --kube or --peers`},
+		{"direct routing without peers", append(static, "--direct-routing"), `--direct-routing "true": only with --kube or --peers`},
 		{"no pod-cidr", []string{"--cluster-cidr", "10.244.0.0/16"}, "--pod-cidr: required"},
 		{"netstack limit with uplink egress", append(static, "--egress", "uplink", "--egress-max-flows", "10"), "egress-max-flows 10: only with --egress netstack (egress is uplink)"},
 		{"uplink route with snat egress", append(static, "--egress", "snat", "--snat-addr", "192.0.2.1", "--uplink-route", "192.168.0.0/16"), "uplink-route [192.168.0.0/16]: only with --egress netstack"},
