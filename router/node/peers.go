@@ -81,19 +81,20 @@ func (n *Node) SetPeers(peers []Peer) error {
 			continue
 		}
 		port := p.ports[q.Name]
-		if port == nil && p.b.PeerDevice(q.Name) == nil {
-			continue // the backend cannot reach it (logged by the backend)
-		}
-		routed = append(routed, q)
 		if port == nil {
+			dev := p.b.PeerDevice(q.Name)
+			if dev == nil {
+				continue // the backend cannot reach it (logged by the backend)
+			}
 			var err error
-			port, err = n.eng.AddPort(p.b.PeerDevice(q.Name), engine.PortConfig{Name: "peer-" + q.Name, Kind: engine.KindPeer, MTU: p.b.MTU()})
+			port, err = n.eng.AddPort(dev, engine.PortConfig{Name: "peer-" + q.Name, Kind: engine.KindPeer, MTU: p.b.MTU()})
 			if err != nil {
 				rollback()
 				return fmt.Errorf("node: peer %s: %w", q.Name, err)
 			}
 			added[q.Name] = port
 		}
+		routed = append(routed, q)
 		for _, c := range q.PodCIDRs {
 			rs = append(rs, route.Route{Prefix: c, NextHop: route.ToPeer(port.Index())})
 		}
