@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
+	"strconv"
 
 	"github.com/podrouter/podrouter/cmd/podrouter/internal/daemon"
 )
@@ -55,8 +56,24 @@ func (f snatAddrFlag) Set(s string) error {
 	return nil
 }
 
+// ipMasqFlag holds --ip-masq (flannel's name) as e.NoMasquerade's
+// negation.
+type ipMasqFlag struct{ e *daemon.EgressConfig }
+
+func (f ipMasqFlag) String() string   { return strconv.FormatBool(f.e == nil || !f.e.NoMasquerade) }
+func (f ipMasqFlag) IsBoolFlag() bool { return true }
+func (f ipMasqFlag) Set(s string) error {
+	on, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("%q: want true or false", s)
+	}
+	f.e.NoMasquerade = !on
+	return nil
+}
+
 // registerEgressFlags adds the egress flags to fs, filling e.
 func registerEgressFlags(fs *flag.FlagSet, e *daemon.EgressConfig) {
+	fs.Var(ipMasqFlag{e}, "ip-masq", "flannel's --ip-masq: translate pods' traffic to the outside (--egress decides how); false: it leaves through the uplink with the pods' own addresses and the host forwards it (--kube: overrides net-conf's masquerade); default true")
 	fs.Var(egressModeFlag{&e.Mode}, "egress", "how pods reach addresses outside the cluster: netstack (flows re-originated from the daemon's own sockets, no iptables) uplink (routed to the uplink TUN; the host kernel masquerades) or snat (source NAT in the engine to --snat-addr, routed to the uplink TUN; the host forwards); default netstack")
 	fs.Var(snatAddrFlag{a: &e.SNATAddr}, "snat-addr", "snat egress: the IPv4 address pods' flows leave with; routed to this node but not assigned to it (the daemon routes it to the uplink TUN); required with --egress snat")
 	fs.Var(snatAddrFlag{a: &e.SNATAddr6, v6: true}, "snat-addr6", "snat egress: the IPv6 address pods' IPv6 flows leave with (optional; without it they leave untranslated)")

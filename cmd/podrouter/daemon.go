@@ -210,7 +210,7 @@ func daemonConflicts(fs *flag.FlagSet, fromEnv map[string]bool, kube bool) error
 			errs = append(errs, errors.New("--pod-cidr: required (the node's IPv4 podCIDR), or --kube to take it from the node's Node"))
 		}
 		if !given["peers"] {
-			errs = append(errs, conflict([]string{"backend", "underlay-port", "public-ip"}, "only with --kube or --peers (without them the node has no underlay)"))
+			errs = append(errs, conflict([]string{"backend", "underlay-port", "public-ip", "direct-routing"}, "only with --kube or --peers (without them the node has no underlay)"))
 		}
 	}
 	for _, err := range errs {

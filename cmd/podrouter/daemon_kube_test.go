@@ -1,9 +1,18 @@
 package main
 
 import (
+	"flag"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/podrouter/podrouter/cmd/podrouter/internal/daemon"
+	"github.com/podrouter/podrouter/router/kube"
 )
 
 func TestDaemonKubeBadFlags(t *testing.T) {
@@ -27,10 +36,16 @@ func TestDaemonStaticPeersBadFlags(t *testing.T) {
 	if err := os.WriteFile(pf, []byte("- name: b\n  endpoint: 192.0.2.2:8472\n  vtepMAC: 0a:00:00:00:00:02\n  podCIDRs: [10.244.2.0/24]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	bare := filepath.Join(t.TempDir(), "bare.yaml")
+	if err := os.WriteFile(bare, []byte("- name: b\n  endpoint: 192.0.2.2\n  vtepMAC: 0a:00:00:00:00:02\n  podCIDRs: [10.244.2.0/24]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	checkUsageErrors(t, []string{"daemon", "--pod-cidr", "10.244.1.0/24", "--cluster-cidr", "10.244.0.0/16", "--metrics-addr", "off"}, []usageCase{
 		{"no public ip", []string{"--peers", pf}, "--public-ip"},
 		{"bad backend", []string{"--peers", pf, "--public-ip", "192.0.2.1", "--backend", "gre"}, "--backend"},
 		{"bad file", []string{"--peers", pf + ".absent", "--public-ip", "192.0.2.1"}, "--peers"},
+		{"no port for vxlan", []string{"--peers", bare, "--public-ip", "192.0.2.1"}, "--peers"},
+		{"direct routing udp", []string{"--peers", pf, "--public-ip", "192.0.2.1", "--backend", "udp", "--direct-routing"}, "--direct-routing"},
 	})
 }
 
@@ -61,6 +76,7 @@ func TestDaemonConflictingFlags(t *testing.T) {
 		{"backend without peers", append(static, "--backend", "udp"), `--backend "udp": only with --kube or --peers`},
 		{"port without peers", append(static, "--underlay-port", "9000"), `--underlay-port "9000": only with --kube or --peers`},
 		{"public ip without peers", append(static, "--public-ip", "192.0.2.1"), `--public-ip "192.0.2.1": only with --kube or --peers`},
+		{"direct routing without peers", append(static, "--direct-routing"), `--direct-routing "true": only with --kube or --peers`},
 		{"no pod-cidr", []string{"--cluster-cidr", "10.244.0.0/16"}, "--pod-cidr: required"},
 		{"netstack limit with uplink egress", append(static, "--egress", "uplink", "--egress-max-flows", "10"), "egress-max-flows 10: only with --egress netstack (egress is uplink)"},
 		{"uplink route with snat egress", append(static, "--egress", "snat", "--snat-addr", "192.0.2.1", "--uplink-route", "192.168.0.0/16"), "uplink-route [192.168.0.0/16]: only with --egress netstack"},
@@ -75,4 +91,94 @@ func TestDaemonConflictingFlags(t *testing.T) {
 			{"iface from env without kube", static, `--iface "eth1" (from $PODROUTER_IFACE): only with --kube`},
 		})
 	})
+}
+
+// TestKubeNetConfFlags: flannel's kube-flannel.yml net-conf.json is read
+// unchanged (EnableNFTables warned about once), and --ip-masq, when given,
+// overrides its masquerade.
+func TestKubeNetConfFlags(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "net-conf.json")
+	kubeFlannel := "{\n  \"Network\": \"10.244.0.0/16\",\n  \"EnableNFTables\": false,\n  \"Backend\": {\n    \"Type\": \"vxlan\"\n  }\n}\n"
+	if err := os.WriteFile(p, []byte(kubeFlannel), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+		set  bool
+		want bool
+	}{
+		{"default", nil, false, true},
+		{"ip-masq=false", []string{"--ip-masq=false"}, true, false},
+		{"ip-masq", []string{"--ip-masq"}, true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var cfg daemon.Config
+			fs := flag.NewFlagSet("t", flag.ContinueOnError)
+			registerEgressFlags(fs, &cfg.Egress)
+			if err := fs.Parse(c.args); err != nil {
+				t.Fatal(err)
+			}
+			core, logs := observer.New(zap.WarnLevel)
+			cfg.Logger = zap.New(core)
+			k := kubeFlags{netConf: p}
+			nc, err := k.loadNetConf(cfg, c.set)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if nc.Masquerade != c.want || nc.Network.String() != "10.244.0.0/16" || nc.Backend != kube.BackendVXLAN || nc.VNI != 1 || nc.Port != 8472 {
+				t.Fatalf("net-conf %+v, want masquerade %v", nc, c.want)
+			}
+			if all := logs.All(); len(all) != 1 || all[0].ContextMap()["key"] != "EnableNFTables" || all[0].LoggerName != "net-conf" {
+				t.Fatalf("logged %+v, want one warning naming EnableNFTables", all)
+			}
+		})
+	}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	registerEgressFlags(fs, &daemon.EgressConfig{})
+	if err := fs.Parse([]string{"--ip-masq=sometimes"}); err == nil || !strings.Contains(err.Error(), "ip-masq") {
+		t.Fatalf("--ip-masq=sometimes: %v", err)
+	}
+}
+
+// TestKubeDirectRoutingFlag: net-conf's DirectRouting reaches the
+// configuration, --direct-routing overrides it, and is refused with a
+// backend other than vxlan; --backend away from vxlan drops net-conf's.
+func TestKubeDirectRoutingFlag(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	direct := write("direct.json", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}`)
+	udp := write("udp.json", `{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`)
+	for _, c := range []struct {
+		name string
+		k    kubeFlags
+		want bool
+		err  string
+	}{
+		{"net-conf", kubeFlags{netConf: direct}, true, ""},
+		{"flag off", kubeFlags{netConf: direct, directRoutingSet: true}, false, ""},
+		{"flag on", kubeFlags{netConf: write("plain.json", `{"Network":"10.244.0.0/16"}`), directRouting: true, directRoutingSet: true}, true, ""},
+		{"backend udp drops it", kubeFlags{netConf: direct, backend: "udp"}, false, ""},
+		{"flag with udp", kubeFlags{netConf: udp, directRouting: true, directRoutingSet: true}, false, "--direct-routing"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			nc, err := c.k.loadNetConf(daemon.Config{}, false)
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("err %v, want one naming %s", err, c.err)
+				}
+				return
+			}
+			if err != nil || nc.DirectRouting != c.want {
+				t.Fatalf("DirectRouting %v, %v; want %v", nc.DirectRouting, err, c.want)
+			}
+		})
+	}
 }

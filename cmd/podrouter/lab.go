@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -38,7 +39,7 @@ func runLab(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Nodes, "nodes", 1, "number of nodes (1..64), each with its own engine, podCIDR and underlay")
 	fs.IntVar(&cfg.Pods, "pods", 4, "pods per node (2..250 on one node, 1..250 on several)")
 	fs.StringVar(&podMode, "pod-mode", "virtual", "virtual (gVisor netstacks, no privileges) or netns (namespaces with TAPs, as root)")
-	fs.StringVar(&backend, "backend", "vxlan", "underlay backend between nodes: "+strings.Join(node.BackendNames(), ", "))
+	fs.StringVar(&backend, "backend", "vxlan", "underlay backend between nodes: "+strings.Join(slices.DeleteFunc(node.BackendNames(), func(s string) bool { return s == node.BackendHostGW }), ", "))
 	fs.Var(prefixFlag{&cfg.ClusterCIDR}, "cluster-cidr", "cluster CIDR (default 10.244.0.0/16)")
 	fs.Var(prefixFlag{&cfg.ClusterCIDR6}, "cluster-cidr6", "IPv6 cluster CIDR (default: --pod-cidr6 widened by 8 bits)")
 	fs.Var(prefixFlag{&cfg.PodCIDR}, "pod-cidr", "the first node's podCIDR, inside the cluster CIDR; node i gets the i-th next (default: the cluster CIDR's first /24)")

@@ -148,6 +148,9 @@ func (c *Config) Validate() error {
 	if _, err := node.LookupBackend(c.Backend); err != nil {
 		return fmt.Errorf("%s: %w", name("backend", "backend"), err)
 	}
+	if c.Backend == node.BackendHostGW {
+		return fmt.Errorf("%s host-gw: not in the lab: it routes through each node's host kernel, and the lab's nodes share one host (try two node netns: go test -run TestStaticPeersHostGW ./router/kube)", name("backend", "backend"))
+	}
 	if c.UnderlayMTU == 0 {
 		c.UnderlayMTU = 1500
 	}

@@ -391,6 +391,10 @@ type Status struct {
 	// mode the engine's conntrack table's.
 	EgressMode string  `json:"egressMode,omitempty"`
 	Egress     *Egress `json:"egress,omitempty"`
+	// NoMasquerade: masquerade is off (--ip-masq=false, net-conf's
+	// masquerade: false): EgressMode is then uplink, whatever --egress
+	// says, and pods leave with their own addresses.
+	NoMasquerade bool `json:"noMasquerade,omitempty"`
 	// Backend is the underlay backend (empty: none, a single node) and
 	// Endpoint where peers send to; PublicKey, with the wireguard
 	// backend, the node's WireGuard public key in base64 (what its Node

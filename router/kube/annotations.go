@@ -102,6 +102,8 @@ func (l Local) Annotations() map[string]string {
 	case BackendWireGuard:
 		m[AnnotPublicKey] = l.PublicKey.String()
 		data, _ = json.Marshal(flannelWireGuardData{PublicKey: l.PublicKey.String()})
+	case BackendHostGW:
+		data = []byte("null") // flannel's host-gw publishes no backend data
 	default:
 		return m
 	}
@@ -178,7 +180,7 @@ func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 		}
 		if s := a[AnnotEndpoint]; s != "" {
 			ap, err := netip.ParseAddrPort(s)
-			if err != nil || len(s) > maxAnnotation || ap.Port() == 0 || !validUnicast(ap.Addr()) {
+			if err != nil || len(s) > maxAnnotation || (ap.Port() == 0 && e != BackendHostGW) || !validUnicast(ap.Addr()) {
 				return p, fmt.Errorf("%w: %s %.64q: want IP:port", ErrBadAnnotation, AnnotEndpoint, s)
 			}
 			addr, port = ap.Addr(), ap.Port()
@@ -203,7 +205,7 @@ func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 	case a[FlannelBackendType] != "":
 		e, err := ParseBackend(a[FlannelBackendType])
 		if err != nil || e == BackendUDP {
-			return p, fmt.Errorf("%w: flannel backend %.32q (only vxlan and wireguard interoperate)", ErrIncompatible, a[FlannelBackendType])
+			return p, fmt.Errorf("%w: flannel backend %.32q (only vxlan, wireguard and host-gw interoperate)", ErrIncompatible, a[FlannelBackendType])
 		}
 		if e != local.Backend {
 			return p, fmt.Errorf("%w: flannel %s node, our backend %s", ErrIncompatible, e, local.Backend)
@@ -213,7 +215,7 @@ func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 			dataKey, ipKey = FlannelBackendV6Data, FlannelPublicIPv6
 		}
 		s := a[dataKey]
-		if s == "" || len(s) > maxAnnotation {
+		if (s == "" && e != BackendHostGW) || len(s) > maxAnnotation {
 			return p, fmt.Errorf("%w: %s missing or too long", ErrBadAnnotation, dataKey)
 		}
 		if s := a[ipKey]; s != "" {
@@ -222,6 +224,9 @@ func ParsePeer(n NodeInfo, local Local) (underlay.Peer, error) {
 				return p, fmt.Errorf("%w: %s %.64q: want an IP address", ErrBadAnnotation, ipKey, s)
 			}
 			addr = ip
+		}
+		if e == BackendHostGW {
+			break // host routes via the node's address: no backend data
 		}
 		if e == BackendWireGuard {
 			var d flannelWireGuardData

@@ -234,3 +234,35 @@ func FuzzParsePeerWireGuard(f *testing.F) {
 		}
 	})
 }
+
+// TestHostGWAnnotations: a host-gw node publishes its address (port 0) in
+// podrouter's annotations and flannel's host-gw ones (backend-data null,
+// public-ip); both read back as a peer, and a flannel host-gw node's own
+// annotations (no backend data at all) too.
+func TestHostGWAnnotations(t *testing.T) {
+	local := Local{Backend: BackendHostGW, Endpoint: netip.MustParseAddrPort("192.0.2.1:0")}
+	l := Local{Backend: BackendHostGW, Endpoint: netip.MustParseAddrPort("192.0.2.5:0")}
+	a := l.Annotations()
+	if a[AnnotBackend] != "host-gw" || a[AnnotEndpoint] != "192.0.2.5:0" || a[FlannelBackendType] != "host-gw" ||
+		a[FlannelBackendData] != "null" || a[FlannelPublicIP] != "192.0.2.5" {
+		t.Fatalf("annotations %v", a)
+	}
+	want := netip.MustParseAddrPort("192.0.2.5:0")
+	for name, ann := range map[string]map[string]string{
+		"podrouter":            a,
+		"flannel":              {FlannelBackendType: "host-gw", FlannelBackendData: "null", FlannelPublicIP: "192.0.2.5", FlannelKubeSubnetManager: "true"},
+		"flannel without data": {FlannelBackendType: "host-gw", FlannelPublicIP: "192.0.2.5"},
+	} {
+		p, err := ParsePeer(NodeInfo{Name: "x", PodCIDRs: []string{"10.244.9.0/24"}, InternalIPs: []string{"192.0.2.5"}, Annotations: ann}, local)
+		if err != nil || p.Addr != want {
+			t.Errorf("%s: %+v, %v; want %v", name, p, err, want)
+		}
+	}
+	// Another backend's node is no host-gw peer, nor the other way round.
+	if _, err := ParsePeer(NodeInfo{Name: "x", PodCIDRs: []string{"10.244.9.0/24"}, Annotations: a}, localVXLAN); !errors.Is(err, ErrIncompatible) {
+		t.Errorf("host-gw node as a vxlan peer: %v", err)
+	}
+	if _, err := ParsePeer(NodeInfo{Name: "x", PodCIDRs: []string{"10.244.9.0/24"}, Annotations: map[string]string{AnnotBackend: "udp", AnnotEndpoint: "192.0.2.5:0"}}, localUDP); !errors.Is(err, ErrBadAnnotation) {
+		t.Errorf("udp endpoint with port 0: %v", err)
+	}
+}

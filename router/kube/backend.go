@@ -22,6 +22,10 @@ const (
 	// BackendWireGuard is router/node's wireguard backend (wire-compatible
 	// with flannel's wireguard backend without a pre-shared key).
 	BackendWireGuard Backend = 3
+	// BackendHostGW is router/node's host-gw backend: host routes to the
+	// peers' podCIDRs via their addresses, no encapsulation (flannel's
+	// host-gw).
+	BackendHostGW Backend = 4
 )
 
 // DefaultWireGuardPort is WireGuard's (and flannel's IPv4) port.
@@ -36,23 +40,28 @@ func (b Backend) String() string {
 		return "vxlan"
 	case BackendWireGuard:
 		return "wireguard"
+	case BackendHostGW:
+		return "host-gw"
 	}
 	return fmt.Sprintf("Backend(%d)", uint8(b))
 }
 
-// ParseBackend parses "udp", "vxlan" or "wireguard".
+// ParseBackend parses "udp", "vxlan", "wireguard" or "host-gw".
 func ParseBackend(s string) (Backend, error) {
-	for _, b := range []Backend{BackendUDP, BackendVXLAN, BackendWireGuard} {
+	for _, b := range []Backend{BackendUDP, BackendVXLAN, BackendWireGuard, BackendHostGW} {
 		if s == b.String() {
 			return b, nil
 		}
 	}
-	return 0, fmt.Errorf("backend %.32q: want udp, vxlan or wireguard", s)
+	return 0, fmt.Errorf("backend %.32q: want udp, vxlan, wireguard or host-gw", s)
 }
 
-// DefaultPort is the backend's well-known UDP port: 8285, 8472 or 51820.
+// DefaultPort is the backend's well-known UDP port: 8285, 8472 or 51820
+// (0 for host-gw: no socket).
 func (b Backend) DefaultPort() uint16 {
 	switch b {
+	case BackendHostGW:
+		return 0
 	case BackendVXLAN:
 		return underlay.DefaultVXLANPort
 	case BackendWireGuard:
@@ -61,4 +70,4 @@ func (b Backend) DefaultPort() uint16 {
 	return underlay.DefaultUDPPort
 }
 
-func (b Backend) valid() bool { return b >= BackendUDP && b <= BackendWireGuard }
+func (b Backend) valid() bool { return b >= BackendUDP && b <= BackendHostGW }

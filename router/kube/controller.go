@@ -152,7 +152,7 @@ func New(cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("%w: no sink", ErrConfigInvalid)
 	case !cfg.Local.Backend.valid():
 		return nil, fmt.Errorf("%w: backend %v", ErrConfigInvalid, cfg.Local.Backend)
-	case !cfg.Local.Endpoint.IsValid() || cfg.Local.Endpoint.Port() == 0 || !validUnicast(cfg.Local.Endpoint.Addr()):
+	case !cfg.Local.Endpoint.IsValid() || (cfg.Local.Endpoint.Port() == 0 && cfg.Local.Backend != BackendHostGW) || !validUnicast(cfg.Local.Endpoint.Addr()):
 		return nil, fmt.Errorf("%w: endpoint %v: want a unicast IP:port", ErrConfigInvalid, cfg.Local.Endpoint)
 	case cfg.Local.Backend == BackendVXLAN && (cfg.Local.VNI == 0 || cfg.Local.VNI > 1<<24-1):
 		return nil, fmt.Errorf("%w: VNI %d", ErrConfigInvalid, cfg.Local.VNI)

@@ -54,6 +54,7 @@ func proxyInto(t *testing.T, ns *nstest.NS, target string) int {
 
 type e2eNode struct {
 	name, podCIDR, ip string
+	veth              string // the underlay link (nodePair)
 	ns                *nstest.NS
 	dir               string
 	logs              bytes.Buffer
@@ -93,6 +94,7 @@ func nodePair(t *testing.T, dir, underlay, vethPrefix string) []*e2eNode {
 	veth := fmt.Sprintf("%s%05x", vethPrefix, rand.IntN(1<<20))
 	nodes[0].ns.Run(t, "ip", "link", "add", veth, "type", "veth", "peer", "name", veth, "netns", nodes[1].ns.Name)
 	for _, n := range nodes {
+		n.veth = veth
 		n.ns.Run(t, "ip", "addr", "add", n.ip+"/24", "dev", veth)
 		n.ns.Run(t, "ip", "link", "set", veth, "up")
 	}
@@ -131,6 +133,10 @@ func TestKubeModeDaemons(t *testing.T) { kubeModeDaemons(t, "vxlan") }
 // public key from its Node's annotations.
 func TestKubeModeDaemonsWireGuard(t *testing.T) { kubeModeDaemons(t, "wireguard") }
 
+// TestKubeModeDaemonsHostGW: the same over host-gw: each node's host
+// routes the other's podCIDR via its InternalIP, nothing encapsulated.
+func TestKubeModeDaemonsHostGW(t *testing.T) { kubeModeDaemons(t, "host-gw") }
+
 func kubeModeDaemons(t *testing.T, backend string) {
 	nstest.RequireRoot(t)
 	c, admin, _ := startWithRBAC(t)
@@ -150,6 +156,9 @@ func kubeModeDaemons(t *testing.T, backend string) {
 	}
 	token := c.ServiceAccountConfig(t, "kube-podrouter", "podrouter").BearerToken
 	for _, n := range nodes {
+		if backend == "host-gw" { // the hosts route the pods' packets
+			n.ns.Run(t, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+		}
 		port := proxyInto(t, n.ns, strings.TrimPrefix(c.Host, "https://"))
 		kc := filepath.Join(dir, n.name+".kubeconfig")
 		if err := os.WriteFile(kc, fmt.Appendf(nil, `apiVersion: v1
@@ -168,11 +177,22 @@ current-context: k
 		n.start(t)
 	}
 
-	// Each daemon's peer table names the other node with its podCIDR.
+	// Each daemon's peer table names the other node with its podCIDR
+	// (host-gw: its host routes the other's podCIDR via its address).
 	for i, n := range nodes {
 		other := nodes[1-i]
 		deadline := time.Now().Add(60 * time.Second)
-		for {
+		for backend == "host-gw" {
+			r := n.ns.Run(t, "ip", "route", "show", other.podCIDR)
+			if strings.Contains(r, "via "+other.ip+" dev "+n.veth) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: host route to %s: %q, want via %s", n.name, other.podCIDR, r, other.ip)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		for backend != "host-gw" {
 			out, err := exec.CommandContext(ctx, bin, "peers", "--json", "--socket", filepath.Join(n.dir, "api.sock")).Output()
 			var peers []struct {
 				Name     string   `json:"name"`
@@ -202,8 +222,11 @@ current-context: k
 	// wireguard node announces the public key of the private key in its
 	// state directory, which podrouter status shows too.
 	port, mtu := "8472", "1450"
-	if backend == "wireguard" {
+	switch backend {
+	case "wireguard":
 		port, mtu = "51820", "1440"
+	case "host-gw":
+		port, mtu = "0", "1500"
 	}
 	for _, n := range nodes {
 		wantKey := ""
@@ -290,7 +313,7 @@ func buildE2E(t *testing.T, ctx context.Context, dir string) (bin, cniBin, tools
 // pingAcross adds a pod to each node with the CNI plugin and the conflist in
 // the node's dir/net.d, and pings between them both ways (the second time
 // with 1400-byte DF packets: the pod MTU is 1450).
-func pingAcross(t *testing.T, ctx context.Context, nodes []*e2eNode, cniBin, tools string) {
+func pingAcross(t *testing.T, ctx context.Context, nodes []*e2eNode, cniBin, tools string) []string {
 	t.Helper()
 	var podIPs []string
 	var pods []*nstest.NS
@@ -315,4 +338,5 @@ func pingAcross(t *testing.T, ctx context.Context, nodes []*e2eNode, cniBin, too
 	}
 	pods[0].Run(t, "ping", "-c", "3", "-i", "0.2", "-W", "5", podIPs[1])
 	pods[1].Run(t, "ping", "-c", "3", "-i", "0.2", "-W", "5", "-s", "1400", "-M", "do", podIPs[0])
+	return podIPs
 }

@@ -3,8 +3,9 @@ package node
 // Backends: how a node's packets for another node's podCIDR reach that
 // node. udp and vxlan (backend_underlay.go) are router/underlay's batched
 // UDP encapsulations, wireguard (backend_wireguard.go) userspace
-// WireGuard; host-gw is next, each one file that
-// implements Backend and registers itself.
+// WireGuard, host-gw (backend_hostgw.go) host routes with no
+// encapsulation; each one file that implements Backend and registers
+// itself.
 
 import (
 	"fmt"
@@ -87,6 +88,10 @@ type UnderlayConfig struct {
 	// interface.
 	MTU       int
 	Interface string
+	// DirectRouting (vxlan): peers on a subnet of the underlay interface
+	// are reached through host routes, unencapsulated (flannel's vxlan
+	// DirectRouting; backend_hostgw.go).
+	DirectRouting bool
 	// Peers is a static peer set applied by Start (optional; a control
 	// plane replaces it through SetPeers).
 	Peers []Peer

@@ -4,6 +4,8 @@ package node
 // batched with sendmmsg/recvmmsg and UDP GSO/GRO.
 
 import (
+	"fmt"
+
 	"go.uber.org/zap"
 
 	"github.com/podrouter/podrouter/router/underlay"
@@ -21,7 +23,21 @@ func init() {
 				if err != nil {
 					return nil, err
 				}
-				return underlayBackend{u}, nil
+				if !cfg.DirectRouting {
+					return underlayBackend{u}, nil
+				}
+				if e != underlay.EncapVXLAN {
+					_ = u.Close()
+					return nil, fmt.Errorf("direct routing: only with vxlan (backend is %s)", e)
+				}
+				h, err := openHostRoutes(cfg.Interface, u.LocalAddr().Addr(), log.Named("direct-routing"))
+				if err != nil {
+					_ = u.Close()
+					return nil, fmt.Errorf("direct routing: %w", err)
+				}
+				log.Info("vxlan with direct routing: peers on the underlay's subnets through host routes, the others encapsulated",
+					zap.String("interface", h.name), zap.Stringers("subnets", h.nets))
+				return directBackend{underlayBackend{u}, h}, nil
 			},
 		})
 	}

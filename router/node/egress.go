@@ -10,6 +10,8 @@ package node
 //	    (routing, and iptables MASQUERADE if the operator set it up) ─► out.
 //	snat (egress_snat.go): pod ─► engine (conntrack + source NAT to
 //	    SNATAddr on the uplink port) ─► uplink TUN ─► host kernel forwards.
+//	masquerade off (EgressConfig.NoMasquerade, any mode): pod ─► engine
+//	    ─► uplink TUN ─► host kernel forwards, the pod's address kept.
 //
 // Design notes. Modes used to be told apart by nil checks in the daemon.
 // Each is now a kind registered by name (RegisterEgress) that implements
@@ -60,6 +62,12 @@ const EgressPortName = "egress"
 type EgressConfig struct {
 	// Mode is the kind (a registered name); "" means no egress.
 	Mode EgressMode
+	// NoMasquerade is flannel's --ip-masq=false (net-conf's masquerade:
+	// false): pods' traffic to the outside keeps the pod's own address.
+	// Whatever Mode says, the node then routes it to the uplink untouched
+	// and the host forwards it (uplink egress with the default routes);
+	// the outside must route the podCIDRs back to the node.
+	NoMasquerade bool
 	// MaxFlows and MaxFlowsPerPod bound the live flows (TCP, UDP, ICMP
 	// echo) in total and per pod address; MaxDials and MaxDialsPerPod the
 	// TCP dials in flight (netstack).

@@ -93,7 +93,7 @@ func checkForwarding(v6 bool) error {
 			return fmt.Errorf("read %s: %w", path, err)
 		}
 		if string(bytes.TrimSpace(b)) != "1" {
-			return fmt.Errorf("%s is off: the host must forward the pods' translated packets (sysctl -w %s=1)", name, name)
+			return fmt.Errorf("%s is off: the host must forward the pods' packets (sysctl -w %s=1)", name, name)
 		}
 		return nil
 	}

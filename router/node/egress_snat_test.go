@@ -8,9 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zaptest"
+
 	"github.com/podrouter/podrouter/router/conntrack"
 	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/link/linktest"
 	"github.com/podrouter/podrouter/router/packet"
+	"github.com/podrouter/podrouter/router/route"
 )
 
 func TestCheckForwarding(t *testing.T) {
@@ -86,5 +90,60 @@ func TestSNATConntrackList(t *testing.T) {
 		if f.Proto == "udp" && f.State != "unreplied" {
 			t.Fatalf("udp flow state %q", f.State)
 		}
+	}
+}
+
+// TestNoMasquerade: with masquerade off every mode routes the outside to
+// the uplink untranslated (no SNAT on the uplink port, no forwarder), and
+// the node refuses to start where the host does not forward.
+func TestNoMasquerade(t *testing.T) {
+	dir := t.TempDir()
+	v4 := filepath.Join(dir, "ip_forward")
+	old4 := ipv4ForwardSysctl
+	ipv4ForwardSysctl = v4
+	t.Cleanup(func() { ipv4ForwardSysctl = old4 })
+	pfx, ip := netip.MustParsePrefix, netip.MustParseAddr
+	cfg := func(e EgressConfig) Config {
+		up, _ := linktest.Pipe(16, 2048, 8)
+		e.NoMasquerade = true
+		return Config{
+			PodCIDR: pfx("10.244.1.0/24"), ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")},
+			NodeIPs: []netip.Addr{ip("192.168.1.10")},
+			Uplink:  UplinkConfig{Name: "podr0", Device: up},
+			Egress:  e, Logger: zaptest.NewLogger(t),
+		}
+	}
+	if err := os.WriteFile(v4, []byte("0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(cfg(EgressConfig{Mode: EgressUplink})); err == nil || !strings.Contains(err.Error(), "masquerade off: net.ipv4.ip_forward is off") {
+		t.Fatalf("ip_forward=0: %v", err)
+	}
+	if err := os.WriteFile(v4, []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []EgressConfig{{Mode: EgressUplink}, {Mode: EgressSNAT, SNATAddr: ip("198.51.100.7")}} {
+		t.Run(e.Mode.String(), func(t *testing.T) {
+			n, err := New(cfg(e))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer n.Close()
+			if err := n.Start(); err != nil {
+				t.Fatal(err)
+			}
+			if n.EgressMode() != EgressUplink || n.Egress().Stats() != nil {
+				t.Fatalf("mode %s, stats %+v: want uplink egress, no table", n.EgressMode(), n.Egress().Stats())
+			}
+			for _, dst := range []string{"93.184.216.34", "192.168.1.10", "198.51.100.7"} {
+				nh, ok := n.Engine().Routes().Lookup(ip(dst))
+				if !ok || nh.Kind != route.Egress || nh.Port != n.UplinkPort().Index() {
+					t.Errorf("%s -> %+v, %v; want the uplink", dst, nh, ok)
+				}
+			}
+			if nh, ok := n.Engine().Routes().Lookup(ip("10.244.7.7")); ok && nh.Kind != route.Unreachable {
+				t.Errorf("the cluster's remainder -> %+v, want unreachable", nh)
+			}
+		})
 	}
 }

@@ -255,6 +255,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.Egress.Mode != "" {
 		kind, _ := egressKind(cfg.Egress.Mode) // Validate checked it
+		if cfg.Egress.NoMasquerade {
+			kind.New = newUnmasqueradedEgress
+		}
 		env := &Env{Config: &n.cfg, Engine: n.eng, Uplink: n.up, Logger: cfg.Logger, UnderlayEndpoint: n.UnderlayEndpoint}
 		if n.egress, err = kind.New(env); err != nil {
 			return nil, fmt.Errorf("node: egress %s: %w", cfg.Egress.Mode, err)
@@ -352,6 +355,15 @@ func (n *Node) UplinkPort() *engine.Port { return n.upPort }
 
 // Egress returns the node's egress, or nil without one.
 func (n *Node) Egress() Egress { return n.egress }
+
+// EgressMode returns the mode the node's egress runs: Config.Egress.Mode,
+// but uplink with masquerade off ("" without egress).
+func (n *Node) EgressMode() EgressMode {
+	if n.cfg.Egress.Mode != "" && n.cfg.Egress.NoMasquerade {
+		return EgressUplink
+	}
+	return n.cfg.Egress.Mode
+}
 
 // Backend returns the node's underlay backend, or nil without one.
 func (n *Node) Backend() Backend { return n.peers.b }

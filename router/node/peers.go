@@ -55,17 +55,46 @@ func (n *Node) SetPeers(peers []Peer) error {
 		}
 	}
 	var rs []route.Route
+	hr, _ := p.b.(HostRouter)
+	routed := keep[:0:0]
 	for _, q := range keep {
+		if hr != nil && hr.HostRouted(q) {
+			// Through the host (host-gw, vxlan DirectRouting): the
+			// podCIDRs and the peer's addresses go to the uplink, and
+			// the host routes them via the peer's address.
+			if n.upPort == nil {
+				n.log.Warn("peer left out: direct routes need the uplink", zap.String("peer", q.Name))
+				continue
+			}
+			for _, c := range q.PodCIDRs {
+				// Host routes go via the peer's address: a podCIDR of
+				// the other family has none, and stays unrouted rather
+				// than follow the host's default route.
+				if c.Addr().Is4() == q.Addr.Addr().Unmap().Is4() {
+					rs = append(rs, route.Route{Prefix: c, NextHop: route.ToEgress(n.upPort.Index())})
+				}
+			}
+			for _, a := range peerHostAddrs(q) {
+				rs = append(rs, route.Route{Prefix: netip.PrefixFrom(a, a.BitLen()), NextHop: route.ToEgress(n.upPort.Index())})
+			}
+			routed = append(routed, q)
+			continue
+		}
 		port := p.ports[q.Name]
 		if port == nil {
+			dev := p.b.PeerDevice(q.Name)
+			if dev == nil {
+				continue // the backend cannot reach it (logged by the backend)
+			}
 			var err error
-			port, err = n.eng.AddPort(p.b.PeerDevice(q.Name), engine.PortConfig{Name: "peer-" + q.Name, Kind: engine.KindPeer, MTU: p.b.MTU()})
+			port, err = n.eng.AddPort(dev, engine.PortConfig{Name: "peer-" + q.Name, Kind: engine.KindPeer, MTU: p.b.MTU()})
 			if err != nil {
 				rollback()
 				return fmt.Errorf("node: peer %s: %w", q.Name, err)
 			}
 			added[q.Name] = port
 		}
+		routed = append(routed, q)
 		for _, c := range q.PodCIDRs {
 			rs = append(rs, route.Route{Prefix: c, NextHop: route.ToPeer(port.Index())})
 		}
@@ -86,7 +115,7 @@ func (n *Node) SetPeers(peers []Peer) error {
 	}
 	var gone []string
 	for name, port := range p.ports {
-		if !slices.ContainsFunc(keep, func(q Peer) bool { return q.Name == name }) {
+		if !slices.ContainsFunc(routed, func(q Peer) bool { return q.Name == name && (hr == nil || !hr.HostRouted(q)) }) {
 			gone = append(gone, name)
 			_ = n.eng.RemovePort(port)
 		}
@@ -98,8 +127,8 @@ func (n *Node) SetPeers(peers []Peer) error {
 		p.ports[name] = port
 	}
 	n.setEndpoints(keep)
-	n.log.Info("peers set", zap.Int("peers", len(keep)), zap.Int("added", len(added)), zap.Int("removed", len(gone)),
-		zap.Int("skipped", len(peers)-len(keep)))
+	n.log.Info("peers set", zap.Int("peers", len(routed)), zap.Int("added", len(added)), zap.Int("removed", len(gone)),
+		zap.Int("skipped", len(peers)-len(routed)))
 	return nil
 }
 

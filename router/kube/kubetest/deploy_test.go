@@ -99,7 +99,7 @@ func TestDeploy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := kube.ParseNetConf([]byte(cm.Data["net-conf.json"]))
+	nc, err := kube.ParseNetConf([]byte(cm.Data["net-conf.json"]), nil)
 	if err != nil {
 		t.Fatalf("the ConfigMap's net-conf.json: %v", err)
 	}

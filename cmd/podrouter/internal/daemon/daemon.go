@@ -297,7 +297,8 @@ func (d handler) Status(context.Context) (api.Status, error) {
 		ReattachTime:   rs.took,
 		Goroutines:     runtime.NumGoroutine(),
 		FDs:            openFDs(),
-		EgressMode:     d.cfg.Egress.Mode.String(),
+		EgressMode:     d.node.EgressMode().String(),
+		NoMasquerade:   d.cfg.Egress.NoMasquerade,
 	}
 	if s := d.ready.stale.Load(); s != nil {
 		st.Stale = *s
@@ -379,7 +380,7 @@ func (d handler) Conntrack(_ context.Context, req api.ConntrackRequest) (api.Con
 	if err := req.Normalize(); err != nil {
 		return api.Conntrack{}, err
 	}
-	out := api.Conntrack{Egress: d.cfg.Egress.Mode.String(), Flows: []api.Flow{}}
+	out := api.Conntrack{Egress: d.node.EgressMode().String(), Flows: []api.Flow{}}
 	var srcs []netip.Addr
 	if req.Pod != "" {
 		if a, err := netip.ParseAddr(req.Pod); err == nil {

@@ -396,6 +396,13 @@ func kubeConfig(cfg *Config, ko KubeOptions, self kube.Self) error {
 		return fmt.Errorf("%w: node %s: no IPv4 podCIDR (IPv6-only nodes are not supported)", ErrConfig, ko.NodeName)
 	}
 	cfg.ClusterCIDRs = nc.ClusterCIDRs()
+	cfg.Egress.NoMasquerade = !nc.Masquerade
+	for _, p := range self.PodCIDRs {
+		if err := nc.CheckPodCIDR(p); err != nil && cfg.Logger != nil {
+			cfg.Logger.Warn("net-conf.json does not match the node's podCIDR (kube-controller-manager assigns it; podrouter uses it)",
+				zap.String("node", ko.NodeName), zap.Error(err))
+		}
+	}
 	if len(cfg.NodeIPs) == 0 {
 		cfg.NodeIPs = self.InternalIPs
 	}
@@ -420,6 +427,10 @@ func kubeConfig(cfg *Config, ko KubeOptions, self kube.Self) error {
 	cfg.Underlay.Backend = nc.Backend.String()
 	cfg.Underlay.Listen = netip.AddrPortFrom(addr, nc.Port)
 	cfg.Underlay.VNI = nc.VNI
+	cfg.Underlay.DirectRouting = nc.DirectRouting
+	if nc.UnderlayMTU != 0 {
+		cfg.Underlay.MTU = nc.UnderlayMTU
+	}
 	cfg.Underlay.Interface = ko.Iface
 	if cfg.Underlay.Interface == "" {
 		cfg.Underlay.Interface = ifaceOf(addr)

@@ -34,7 +34,7 @@ func TestKubeStateRoundTrip(t *testing.T) {
 	if _, err := loadKubeState(dir, "n"); !errors.Is(err, ErrNoKubeState) || !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("no file: %v", err)
 	}
-	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":4}}`))
+	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":4}}`), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestKubeSurvivesAPIServer(t *testing.T) {
 	mkNode("self", "10.244.1.0/24", selfIP, nil)
 	mkNode("peer", "10.244.2.0/24", peerIP, map[string]string{kube.AnnotBackend: "udp", kube.AnnotEndpoint: peerIP + ":8285"})
 
-	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`))
+	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,12 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/podrouter/podrouter/cni"
 	"github.com/podrouter/podrouter/router/kube"
 )
 
 func TestKubeConfig(t *testing.T) {
-	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan","VNI":4}}`))
+	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan","VNI":4}}`), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +70,7 @@ func TestKubeConfig(t *testing.T) {
 
 func TestNodeFiles(t *testing.T) {
 	dir := t.TempDir()
-	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","masquerade":false}`))
+	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","masquerade":false}`), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +127,7 @@ func TestNodeFiles(t *testing.T) {
 // written again within the check interval.
 func TestKeepNodeFiles(t *testing.T) {
 	dir := t.TempDir()
-	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16"}`))
+	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16"}`), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,4 +162,41 @@ func TestKeepNodeFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	await("an edit")
+}
+
+// TestKubeConfigFlannelKeys: net-conf's masquerade, Backend.MTU and
+// SubnetLen/SubnetMin/SubnetMax reach the daemon's configuration: SNAT
+// off, the underlay MTU, and a warning naming the key when the node's
+// podCIDR does not match.
+func TestKubeConfigFlannelKeys(t *testing.T) {
+	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","SubnetLen":25,"SubnetMax":"10.244.2.0","masquerade":false,"Backend":{"Type":"vxlan","MTU":9000}}`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := kube.Self{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.3.0/24")}, InternalIPs: []netip.Addr{netip.MustParseAddr("192.0.2.5")}}
+	core, logs := observer.New(zap.WarnLevel)
+	cfg := Config{Logger: zap.New(core)}
+	if err := kubeConfig(&cfg, KubeOptions{NodeName: "n", NetConf: nc}, self); err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Egress.NoMasquerade || cfg.Underlay.MTU != 9000 || cfg.MTU != 0 {
+		t.Fatalf("config: noMasquerade %v, underlay MTU %d, MTU %d; want true, 9000, 0 (derived)", cfg.Egress.NoMasquerade, cfg.Underlay.MTU, cfg.MTU)
+	}
+	all := logs.All()
+	if len(all) != 1 || !strings.Contains(all[0].ContextMap()["error"].(string), "SubnetLen 25: the node's podCIDR 10.244.3.0/24 is a /24") {
+		t.Fatalf("logged %+v, want one warning naming SubnetLen", all)
+	}
+	// Masquerade on (the default) and a matching podCIDR: no warning.
+	nc, err = kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMin":"10.244.1.0"}`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs = observer.New(zap.WarnLevel)
+	cfg = Config{Logger: zap.New(core)}
+	if err := kubeConfig(&cfg, KubeOptions{NodeName: "n", NetConf: nc}, self); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Egress.NoMasquerade || cfg.Underlay.MTU != 0 || logs.Len() != 0 {
+		t.Fatalf("config: noMasquerade %v, underlay MTU %d, logged %+v", cfg.Egress.NoMasquerade, cfg.Underlay.MTU, logs.All())
+	}
 }

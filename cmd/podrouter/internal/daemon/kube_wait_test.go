@@ -32,7 +32,7 @@ func TestKubeWaitingReadyz(t *testing.T) {
 	addr := netip.MustParseAddrPort(l.Addr().String())
 	l.Close()
 	cs := fake.NewClientset()
-	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`))
+	nc, err := kube.ParseNetConf([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}`), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

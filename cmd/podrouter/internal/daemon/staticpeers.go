@@ -27,7 +27,7 @@ type peerEntry struct {
 }
 
 // LoadPeers reads a static peer list (--peers FILE): a YAML or JSON list of
-// {name, endpoint: "IP:port", vtepMAC (vxlan), publicKey (wireguard, base64),
+// {name, endpoint: "IP:port" (host-gw: "IP"), vtepMAC (vxlan), publicKey (wireguard, base64),
 // podCIDRs: [...]}, validated
 // strictly (unknown fields, bad addresses and duplicate names are errors
 // naming the entry).
@@ -54,7 +54,13 @@ func LoadPeers(path string) ([]underlay.Peer, error) {
 		seen[e.Name] = true
 		p := underlay.Peer{Name: e.Name}
 		if p.Addr, err = netip.ParseAddrPort(e.Endpoint); err != nil || p.Addr.Port() == 0 || p.Addr.Addr().Zone() != "" {
-			return nil, bad(i, "endpoint %q: want IP:port", e.Endpoint)
+			// A bare IP: host-gw's peers have no port (the others get
+			// it refused by the daemon).
+			a, aerr := netip.ParseAddr(e.Endpoint)
+			if aerr != nil || a.Zone() != "" {
+				return nil, bad(i, "endpoint %q: want IP:port (host-gw: IP)", e.Endpoint)
+			}
+			p.Addr = netip.AddrPortFrom(a, 0)
 		}
 		if e.VTEPMAC != "" {
 			var m packet.MAC

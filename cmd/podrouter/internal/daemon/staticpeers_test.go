@@ -26,13 +26,17 @@ func TestLoadPeers(t *testing.T) {
 	if ps, err := LoadPeers(write(`[{"name":"c","endpoint":"192.0.2.3:8285","podCIDRs":["10.244.3.0/24"]}]`)); err != nil || len(ps) != 1 {
 		t.Fatalf("json: %+v %v", ps, err)
 	}
+	if ps, err := LoadPeers(write("- {name: h, endpoint: 192.0.2.5, podCIDRs: [10.244.5.0/24]}\n")); err != nil || len(ps) != 1 || ps[0].Addr != netip.MustParseAddrPort("192.0.2.5:0") {
+		t.Fatalf("host-gw (no port): %+v %v", ps, err)
+	}
 	key := "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="
 	if ps, err := LoadPeers(write("- {name: w, endpoint: '192.0.2.4:51820', publicKey: " + key + ", podCIDRs: [10.244.4.0/24]}\n")); err != nil ||
 		len(ps) != 1 || ps[0].PublicKey.String() != key {
 		t.Fatalf("wireguard: %+v %v", ps, err)
 	}
 	for in, want := range map[string]string{
-		"- name: b\n  endpoint: 192.0.2.2\n  podCIDRs: [10.244.2.0/24]\n":                                                                "endpoint",
+		"- name: b\n  endpoint: 192.0.2.2:0\n  podCIDRs: [10.244.2.0/24]\n":                                                              "endpoint",
+		"- name: b\n  endpoint: nowhere\n  podCIDRs: [10.244.2.0/24]\n":                                                                  "endpoint",
 		"- name: b\n  endpoint: 192.0.2.2:1\n  podCIDRs: [10.244.2.1/24]\n":                                                              "podCIDR",
 		"- name: b\n  endpoint: 192.0.2.2:1\n":                                                                                           "podCIDRs",
 		"- name: b\n  endpoint: 192.0.2.2:1\n  vtepMAC: 01:00:00:00:00:01\n  podCIDRs: [10.0.0.0/24]\n":                                  "vtepMAC",
