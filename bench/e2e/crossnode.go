@@ -11,6 +11,9 @@ package main
 //	                 (flannel's vxlan backend, the baseline)
 //	podrouter-udp:   pod eth0 (TAP) ─ engine ─ underlay udp 192.168.251.1:8285 ─ ul0 ═══ ul0 ─ underlay ─ engine ─ TAP
 //	podrouter-vxlan: the same with vxlan (8472)
+//	podrouter-host-gw: pod eth0 (TAP) ─ engine ─ podr0 (TUN uplink) ─ host route 10.251.2.0/24 via
+//	                 192.168.251.2 ─ ul0 ═══ ul0 ─ route 10.251.2.0/24 dev podr0 ─ engine ─ TAP
+//	                 (no encapsulation; the host-gw baseline above is the kernel's)
 //
 // podrouter's nodes are built in this process by router/node, as the
 // daemon builds its node (the underlay socket opened inside the node's
@@ -39,6 +42,7 @@ import (
 
 func init() {
 	register(Case{Name: "cross-node", Baselines: []string{"kernel-vxlan"}, Run: runCrossNode})
+	register(Case{Name: "cross-node-host-gw", Baselines: []string{"host-gw"}, Run: runCrossNodeHostGW})
 }
 
 // The case's addresses: node i (0, 1) has underlay address xnUnder[i] and
@@ -56,20 +60,37 @@ func xnPodAddr(i int) netip.Addr { return xnPodCIDR(i).Addr().Next().Next() }
 
 func xnGateway(i int) netip.Addr { return xnPodCIDR(i).Addr().Next() }
 
+// xnImpl is one way of building the cross-node topology.
+type xnImpl struct {
+	name  string
+	build func(*xnTopo) (func(), error)
+}
+
+// runCrossNodeHostGW is case cross-node-host-gw: podrouter's host-gw
+// backend against the kernel's host-gw (issue 16's target: at least
+// 0.8x for TCP), same run.
+func runCrossNodeHostGW(ctx context.Context, opt Options) ([]Result, error) {
+	return runXN(ctx, opt, "cross-node-host-gw", []xnImpl{
+		{"host-gw", (*xnTopo).hostGW},
+		{"podrouter-host-gw", func(t *xnTopo) (func(), error) { return t.podrouter(node.BackendHostGW) }},
+	})
+}
+
 func runCrossNode(ctx context.Context, opt Options) ([]Result, error) {
-	for _, c := range []string{"iperf3", "ip", "bridge", "ethtool"} {
-		if _, err := exec.LookPath(c); err != nil {
-			return nil, fmt.Errorf("%s is not installed (make deps)", c)
-		}
-	}
-	impls := []struct {
-		name  string
-		build func(*xnTopo) (func(), error)
-	}{
+	return runXN(ctx, opt, "cross-node", []xnImpl{
 		{"host-gw", (*xnTopo).hostGW},
 		{"kernel-vxlan", (*xnTopo).kernelVXLAN},
 		{"podrouter-udp", func(t *xnTopo) (func(), error) { return t.podrouter("udp") }},
 		{"podrouter-vxlan", func(t *xnTopo) (func(), error) { return t.podrouter("vxlan") }},
+	})
+}
+
+// runXN measures each of impls on a fresh topology.
+func runXN(ctx context.Context, opt Options, name string, impls []xnImpl) ([]Result, error) {
+	for _, c := range []string{"iperf3", "ip", "bridge", "ethtool"} {
+		if _, err := exec.LookPath(c); err != nil {
+			return nil, fmt.Errorf("%s is not installed (make deps)", c)
+		}
 	}
 	var res []Result
 	var errs []error
@@ -79,7 +100,7 @@ func runCrossNode(ctx context.Context, opt Options) ([]Result, error) {
 		}
 		r, err := crossNodeOnce(ctx, opt, impl.name, impl.build)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "case=cross-node impl=%s error: %v\n", impl.name, err)
+			fmt.Fprintf(os.Stderr, "case=%s impl=%s error: %v\n", name, impl.name, err)
 			errs = append(errs, fmt.Errorf("%s: %w", impl.name, err))
 			continue
 		}
@@ -271,11 +292,18 @@ func (t *xnTopo) podrouter(backend string) (stop func(), err error) {
 			}
 		}
 		if err := t.nodes[i].do(func() (err error) {
-			nodes[i], err = node.New(node.Config{
+			cfg := node.Config{
 				PodCIDR: xnPodCIDR(i), ClusterCIDRs: []netip.Prefix{xnCluster},
 				Underlay: node.UnderlayConfig{Backend: backend, Listen: netip.AddrPortFrom(xnUnder[i], kind.DefaultPort), Interface: "ul0", PrivateKey: key},
 				Services: node.ServicesConfig{CIDRs: t.services},
-			})
+			}
+			if backend == node.BackendHostGW {
+				// The host carries the pods' packets: the node's uplink
+				// (its podCIDR routed there) and the backend's host route.
+				cfg.Uplink = node.UplinkConfig{Name: "podr0"}
+				cfg.NodeIPs = []netip.Addr{xnUnder[i]}
+			}
+			nodes[i], err = node.New(cfg)
 			return err
 		}); err != nil {
 			return nil, err
