@@ -54,6 +54,9 @@ var (
 // validateSNAT checks the snat-addr flags against the cluster.
 func validateSNAT(c *EgressConfig, cluster []netip.Prefix) error {
 	if !c.SNATAddr.IsValid() {
+		if c.NoMasquerade && !c.SNATAddr6.IsValid() {
+			return nil // nothing is translated: the address would go unused
+		}
 		return errors.New("snat-addr: required with --egress snat (the unicast IPv4 address pods' flows leave with)")
 	}
 	if a := c.SNATAddr; !a.Is4() || !a.IsGlobalUnicast() {
