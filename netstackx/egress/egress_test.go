@@ -437,9 +437,10 @@ func TestTCPUnreachable(t *testing.T) {
 	if !errors.Is(err, syscall.EHOSTUNREACH) {
 		t.Fatalf("dial with no route: %v, want EHOSTUNREACH", err)
 	}
-	if st := v.fwd.Stats(); st.TCPUnreachable != 1 || st.ICMPErrorsSent != 1 {
-		t.Fatalf("stats %+v", st)
-	}
+	// The forwarder counts the ICMP error after sending it: the pod's dial
+	// may return first (a CI flake under load).
+	waitFor(t, func() bool { st := v.fwd.Stats(); return st.TCPUnreachable == 1 && st.ICMPErrorsSent == 1 },
+		"the forwarder to count the unreachable dial and its ICMP error")
 	if st := p.Stats(); st.ICMPDstUnreachable != 1 {
 		t.Fatalf("the pod received %d destination unreachable", st.ICMPDstUnreachable)
 	}
