@@ -276,18 +276,22 @@ func TestLifecycle(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v: %s", conflistPath, err, conf)
 			}
-			if out, err := n.Exec(ctx, "rm", conflistPath); err != nil {
-				t.Fatalf("rm: %v: %s", err, out)
+			// The daemon puts a removed conflist back within 5 s (it keeps
+			// its node files), often before the kubelet tries the pod. So
+			// the fault is held: a directory takes the conflist's name
+			// (the runtime's config loader skips directories, and the
+			// daemon cannot write over it); removing it is the fix, and
+			// the daemon must then put the conflist back by itself.
+			if out, err := n.Exec(ctx, "sh", "-c", `rm "$1" && mkdir "$1"`, "sh", conflistPath); err != nil {
+				t.Fatalf("rm, mkdir: %v: %s", err, out)
 			}
 			restored := false
 			defer func() {
 				if !restored {
+					n.Exec(ctx, "rmdir", conflistPath)
 					writeConflist(t, n, conf)
 				}
 			}()
-			// The daemon puts a removed conflist back within 5 s (it keeps
-			// its node files); the test puts it back itself after the
-			// event. What matters is what a new pod says meanwhile.
 			p := shPod("noconf", "node-2", "sleep 3600")
 			if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
@@ -298,10 +302,15 @@ func TestLifecycle(t *testing.T) {
 				t.Errorf("pod noconf is %s without a conflist", got)
 			}
 			fixed := time.Now()
-			writeConflist(t, n, conf)
+			if out, err := n.Exec(ctx, "rmdir", conflistPath); err != nil {
+				t.Fatalf("rmdir: %v: %s", err, out)
+			}
 			restored = true
 			waitReady(t, c, ns, "noconf", 2*time.Minute)
-			t.Logf("pod noconf Ready %v after the conflist came back", time.Since(fixed).Round(time.Millisecond))
+			if got, err := n.Exec(ctx, "cat", conflistPath); err != nil || got != conf {
+				t.Errorf("the conflist the daemon put back differs: %v\n%s\nwant\n%s", err, got, conf)
+			}
+			t.Logf("pod noconf Ready %v after the fault was removed (the daemon rewrote the conflist)", time.Since(fixed).Round(time.Millisecond))
 		})
 
 		t.Run("daemon-down", func(t *testing.T) {
