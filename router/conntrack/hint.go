@@ -55,34 +55,7 @@ func (t *Table) StillAbsent(h *Hint) bool {
 // left its flow's record unchanged (no state transition, no refresh due),
 // or, Absent, when the tuple has no flow; it clears h otherwise.
 func (t *Table) TrackExistingHint(k Tuple, flags uint8, now Time, h *Hint) (res Result, found bool, err error) {
-	hash := k.hash(t.seed)
-	s := t.shardOf(hash)
-	h32 := uint32(hash >> 32)
-	*h = Hint{}
-	for {
-		v := s.readBegin()
-		ref, dir := t.find(s.tab.Load(), &k, h32)
-		if ref == 0 {
-			if s.seq.Load() != v {
-				continue
-			}
-			*h = Hint{shard: s, seq: v, absent: true}
-			return Result{}, false, nil
-		}
-		rec := t.rec(ref)
-		w := rec.word.Load()
-		nw, ignored, err, live := t.step(w, dir, k.Proto(), flags, now)
-		if !live || nw != w || ignored || err != nil {
-			break // a change, an error or a torn read: the full path (which retries)
-		}
-		res = t.result(ref, w, dir)
-		if s.seq.Load() != v {
-			continue
-		}
-		*h = Hint{shard: s, rec: rec, seq: v, word: w, now: now, flags: flags & stepFlags, dir: dir}
-		return res, true, nil
-	}
-	res, err, found = t.trackFound(k, hash, flags, now)
+	res, err, found = t.trackFound(k, k.hash(t.seed), flags, now, h)
 	return res, found, err
 }
 

@@ -609,7 +609,7 @@ func (t *Table) TrackDNATFrom(k Tuple, flags uint8, dnat netip.AddrPort, snat ne
 
 func (t *Table) track(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr, origin uint16, now Time) (Result, error) {
 	h := k.hash(t.seed)
-	if res, err, found := t.trackFound(k, h, flags, now); found {
+	if res, err, found := t.trackFound(k, h, flags, now, nil); found {
 		return res, err
 	}
 	return t.insert(k, h, flags, dnat, snat, origin, now)
@@ -620,23 +620,31 @@ func (t *Table) track(k Tuple, flags uint8, dnat netip.AddrPort, snat netip.Addr
 // The load balancer calls it first and picks a backend (TrackDNAT) only
 // for a packet that starts a flow.
 func (t *Table) TrackExisting(k Tuple, flags uint8, now Time) (res Result, found bool, err error) {
-	res, err, found = t.trackFound(k, k.hash(t.seed), flags, now)
+	res, err, found = t.trackFound(k, k.hash(t.seed), flags, now, nil)
 	return res, found, err
 }
 
 // trackFound advances the live flow k belongs to, and reports
 // found=false when there is none (or it is expired or dying: insert
-// replaces it).
-func (t *Table) trackFound(k Tuple, h uint64, flags uint8, now Time) (Result, error, bool) {
+// replaces it). A non-nil hint is filled when the packet left the flow
+// unchanged, or when k has no flow (Absent), and cleared otherwise
+// (hint.go).
+func (t *Table) trackFound(k Tuple, h uint64, flags uint8, now Time, hint *Hint) (Result, error, bool) {
 	s := t.shardOf(h)
 	h32 := uint32(h >> 32)
 	proto := k.Proto()
+	if hint != nil {
+		*hint = Hint{}
+	}
 	for {
 		v := s.readBegin()
 		ref, dir := t.find(s.tab.Load(), &k, h32)
 		if ref == 0 {
 			if s.seq.Load() != v {
 				continue
+			}
+			if hint != nil {
+				*hint = Hint{shard: s, seq: v, absent: true}
 			}
 			return Result{}, nil, false // new flow
 		}
@@ -657,6 +665,9 @@ func (t *Table) trackFound(k Tuple, h uint64, flags uint8, now Time) (Result, er
 			return Result{}, nil, false // expired or being deleted: the insert path replaces it
 		}
 		if nw == w {
+			if hint != nil && !ignored && err == nil {
+				*hint = Hint{shard: s, rec: rec, seq: v, word: w, now: now, flags: flags & stepFlags, dir: dir}
+			}
 			return res, t.count1(err), true
 		}
 		// The record must change: hold the read lock (the record cannot

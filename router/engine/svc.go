@@ -422,11 +422,11 @@ func (w *worker) serviceRewrite(s *services, frame []byte, r *conntrack.Result, 
 	if first {
 		fk = fragKeyOf(frame, pp)
 	}
-	fill := c != nil && w.svcHint.Valid() && !g.NeedsCsum
+	var meta uint64 // the filled entry's, published once the rewrite succeeded
 	if c != nil {
 		c.meta = 0
-		if fill {
-			c.fill(frame[pp.IPOff:], pp, r, &w.svcHint, &w.svcUndoBuf)
+		if w.svcHint.Valid() && !g.NeedsCsum {
+			meta = c.fill(frame[pp.IPOff:], pp, r, &w.svcHint, &w.svcUndoBuf)
 		}
 	}
 	if rewrite(frame, pp, r, g) != nil || rewriteDNAT(frame, pp, r, g) != nil {
@@ -434,8 +434,8 @@ func (w *worker) serviceRewrite(s *services, frame []byte, r *conntrack.Result, 
 		w.drop(DropService)
 		return false
 	}
-	if fill {
-		c.use()
+	if meta != 0 {
+		c.meta = meta
 	}
 	if first {
 		w.svcFrags[fk.slot()] = svcFrag{key: fk, src: pp.Src, dst: pp.Dst, at: w.ctNow(s.cfg.Table)}

@@ -52,9 +52,6 @@ type svcCached struct {
 	dir  conntrack.Dir
 	back uint16           // the Result's origin, for a reply (svcBack)
 	undo conntrack.Result // for an original (svcUndo)
-	// pending is the meta fill computed: the caller publishes it once
-	// the full path's rewrite succeeded (use).
-	pending uint64
 }
 
 // svcOp rewrites one side (source or destination) of a packet to addr:port.
@@ -104,9 +101,10 @@ func svcIndex(k0, k1, k2, k3, meta uint64) int {
 }
 
 // fill makes c the entry of the packet w.pp describes, before the full
-// path rewrites it with r; c stays unusable until the rewrite succeeded
-// (c.ok, set by the caller).
-func (c *svcCached) fill(ip []byte, pp *packet.Parsed, r *conntrack.Result, h *conntrack.Hint, undo *conntrack.Result) {
+// path rewrites it with r. c stays unusable (meta 0) until the caller,
+// once the rewrite succeeded, sets c.meta to the key's meta that fill
+// returns.
+func (c *svcCached) fill(ip []byte, pp *packet.Parsed, r *conntrack.Result, h *conntrack.Hint, undo *conntrack.Result) (meta uint64) {
 	k0, k1, k2, k3, meta := svcKey(ip, pp)
 	*c = svcCached{key: [4]uint64{k0, k1, k2, k3}, hint: *h, dir: r.Dir}
 	if r.NAT() {
@@ -120,7 +118,7 @@ func (c *svcCached) fill(ip []byte, pp *packet.Parsed, r *conntrack.Result, h *c
 	} else {
 		c.undo = *undo
 	}
-	c.pending = meta
+	return meta
 }
 
 func (c *svcCached) add(pp *packet.Parsed, src bool, addr netip.Addr, port uint16) {
@@ -192,9 +190,6 @@ func (c *svcCached) apply(frame []byte, pp *packet.Parsed) bool {
 	}
 	return true
 }
-
-// use makes a filled entry usable.
-func (c *svcCached) use() { c.meta = c.pending }
 
 // csumAdd folds the precomputed sum d into the checksum field as
 // packet.UpdateChecksum(Bytes) does: ~(~field + d).
