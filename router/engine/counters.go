@@ -29,6 +29,7 @@ const (
 	DropNoEndpoints                   // a new flow to a Service port with no usable backend (ICMP port unreachable sent)
 	DropServicePort                   // to a Service address, on no Service port or with a protocol Services do not carry (SCTP, ...)
 	DropService                       // a Service flow conntrack refused (table full, clash) or that cannot be rewritten
+	DropPolicy                        // a NetworkPolicy denies the flow (policy.go)
 	numDropReasons
 )
 
@@ -36,7 +37,7 @@ var dropNames = [numDropReasons]string{
 	"too-short", "malformed", "bad-checksum", "ethertype", "not-for-us", "multicast",
 	"spoofed-source", "no-route", "ttl-exceeded", "too-big", "to-gateway", "neighbor",
 	"not-local", "tx-error", "no-buffer", "no-conntrack", "snat",
-	"bad-offload", "no-endpoints", "service-port", "service",
+	"bad-offload", "no-endpoints", "service-port", "service", "policy",
 }
 
 // String returns the reason's kebab-case name, as metrics and the CLI show it.

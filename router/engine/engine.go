@@ -132,6 +132,7 @@ type Engine struct {
 	workers sync.WaitGroup
 
 	svc atomic.Pointer[services] // the load balancer (svc.go); nil: off
+	pol *netpol                  // NetworkPolicy (policy.go), under mu; nil: off
 
 	icmpSent, icmpLimited atomic.Uint64
 	origDrops             atomic.Uint64 // packets the engine made and could not deliver
@@ -163,6 +164,8 @@ type snapshot struct {
 	ports []*Port
 	// gateway is the port with PortConfig.Gateway, or nil.
 	gateway *Port
+	// pol is the NetworkPolicy state (policy.go); nil: enforcement off.
+	pol *polState
 }
 
 // Port is an attached port.
@@ -183,6 +186,9 @@ type Port struct {
 	// icmp is the budget of the ICMP errors sent about this port's packets
 	// (see worker.icmpError); only the port's worker takes from it.
 	icmp *packet.RateLimiter
+	// polRecent is the ring of flows the policy stage judged on this
+	// port's packets (policy.go).
+	polRecent polRecent
 }
 
 // Direction says which way a tapped packet crossed a port.
@@ -562,7 +568,7 @@ func (e *Engine) publishLocked() error {
 			}
 		}
 	}
-	e.state.Store(&snapshot{table: b.Build(), ports: slices.Clone(e.ports), gateway: gw})
+	e.state.Store(&snapshot{table: b.Build(), ports: slices.Clone(e.ports), gateway: gw, pol: e.buildPolStateLocked()})
 	return nil
 }
 

@@ -79,8 +79,8 @@ type worker struct {
 	segBufs   [][]byte // one buffer for a segment to be fragmented (emit)
 	segSizes  []int
 	// conntrack clock of the batch, read once per table (snat.go).
-	ctTab  *conntrack.Table
-	ctTime conntrack.Time
+	ctTab, ctTab2   *conntrack.Table
+	ctTime, ctTime2 conntrack.Time
 	// svc is the load balancer of the batch (nil: off); svcUndo undoes
 	// the service stage's translation of the packet being handled, for
 	// the ICMP errors that quote it (svc.go).
@@ -99,6 +99,12 @@ type worker struct {
 	svcCache *svcCache
 	svcHint  conntrack.Hint
 	svcHits  uint64 // packets the cache translated (read by tests)
+	// svcReply is set when the service stage translated a packet back
+	// to its client (a reply, or an ICMP error on its way to the client):
+	// the policy stage lets it pass (policy.go).
+	svcReply bool
+	// polFrags holds first IPv4 fragments' policy verdicts (policy.go).
+	polFrags [polFragSlots]polFrag
 	// originating is set while the worker routes a packet it made itself
 	// (originate): drops then count as the engine's, not w.in's.
 	originating bool
@@ -162,7 +168,7 @@ func (e *Engine) run(p *Port) {
 // process handles n frames of w.bufs and flushes what it staged.
 func (w *worker) process(n int) {
 	w.snap = w.e.state.Load()
-	w.ctTab = nil
+	w.ctTab, w.ctTab2 = nil, nil
 	w.svc = w.e.svc.Load()
 	if len(w.staged) < len(w.snap.ports) {
 		w.staged = append(w.staged, make([][][]byte, len(w.snap.ports)-len(w.staged))...)
@@ -326,6 +332,7 @@ func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
 	if s := w.svc; s != nil {
 		w.svcUndo = nil
 		w.svcBack = 0
+		w.svcReply = false
 		if !w.serviceStage(s, frame, g) {
 			return
 		}
@@ -397,6 +404,20 @@ func (w *worker) forward(buf []byte, start, end int, g packet.GSO, originated bo
 			w.unreachable(buf[start:end])
 		}
 		return
+	}
+	if st := w.snap.pol; st != nil && !originated {
+		// NetworkPolicy: only flows to or from an isolated pod pay more
+		// than these loads (policy.go).
+		var sp, dp *portPol
+		if w.in.cfg.Kind == KindPod && int(w.in.idx) < len(st.ports) && st.ports[w.in.idx].isolated() {
+			sp = &st.ports[w.in.idx]
+		}
+		if q.cfg.Kind == KindPod && int(q.idx) < len(st.ports) && st.ports[q.idx].isolated() {
+			dp = &st.ports[q.idx]
+		}
+		if (sp != nil || dp != nil) && !w.policyStage(st, sp, dp, buf[start:end]) {
+			return
+		}
 	}
 	ipOff := start + pp.IPOff
 	ip := buf[ipOff : start+pp.IPEnd]

@@ -86,9 +86,16 @@ func (s *SNAT) addrFor(v uint8) netip.Addr {
 
 // ctNow returns t's clock, read once per batch.
 func (w *worker) ctNow(t *conntrack.Table) conntrack.Time {
-	if w.ctTab != t {
-		w.ctTab, w.ctTime = t, t.Now()
+	switch t {
+	case w.ctTab:
+		return w.ctTime
+	case w.ctTab2:
+		return w.ctTime2
 	}
+	// A batch may use two tables (Services', and SNAT's or policy's):
+	// keep both clocks; a third replaces the older.
+	w.ctTab2, w.ctTime2 = w.ctTab, w.ctTime
+	w.ctTab, w.ctTime = t, t.Now()
 	return w.ctTime
 }
 

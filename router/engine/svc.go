@@ -442,6 +442,7 @@ func (w *worker) serviceRewrite(s *services, frame []byte, r *conntrack.Result, 
 	}
 	if r.Dir == conntrack.Reply {
 		w.svcBack = r.Origin() // forward sends it there, not by route
+		w.svcReply = true
 	}
 	return true
 }
@@ -562,6 +563,7 @@ func (w *worker) serviceICMP(s *services, frame []byte, dstService bool) bool {
 	if r.Dir == conntrack.Reply {
 		w.svcBack = r.Origin() // an error on its way to the client: as replies
 	}
+	w.svcReply = true // related to a Service flow, judged on its first packet
 	return true
 }
 

@@ -226,6 +226,7 @@ func (w *worker) svcCacheHit(s *services, c *svcCached, frame []byte, g packet.G
 	}
 	if c.dir == conntrack.Reply {
 		w.svcBack = c.back
+		w.svcReply = true
 	}
 	w.svcHits++
 	return true

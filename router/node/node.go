@@ -86,6 +86,8 @@ type Config struct {
 	Underlay UnderlayConfig
 	// Services turns the load balancer on (zero value: off).
 	Services ServicesConfig
+	// Policy turns NetworkPolicy enforcement on (zero value: off).
+	Policy PolicyConfig
 	// Logger (default zap.NewNop()).
 	Logger *zap.Logger
 }
@@ -146,6 +148,9 @@ func (c *Config) Validate() error {
 	if err := c.Underlay.validate(); err != nil {
 		return err
 	}
+	if err := c.Policy.validate(); err != nil {
+		return err
+	}
 	if err := c.Services.validate(c.ClusterCIDRs); err != nil {
 		return err
 	}
@@ -203,7 +208,8 @@ type Node struct {
 	upPort *engine.Port
 	egress Egress
 	peers  peering
-	svc    *serviceLB // nil: no load balancer
+	svc    *serviceLB   // nil: no load balancer
+	pol    *tableReaper // nil: no NetworkPolicy enforcement
 	closed atomic.Bool
 	// endpoints are the underlay endpoints of this node and its peers,
 	// which no egress may send to (UnderlayEndpoint).
@@ -233,6 +239,11 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Services.enabled() {
 		if err := n.startServices(); err != nil {
 			return nil, fmt.Errorf("node: services: %w", err)
+		}
+	}
+	if cfg.Policy.Enabled {
+		if err := n.startPolicy(); err != nil {
+			return nil, fmt.Errorf("node: policy: %w", err)
 		}
 	}
 	if cfg.Underlay.Backend != "" {
@@ -409,6 +420,9 @@ func (n *Node) teardown() error {
 	}
 	if n.up != nil {
 		n.up.close()
+	}
+	if n.pol != nil {
+		n.pol.close()
 	}
 	if n.svc != nil {
 		n.svc.close()

@@ -57,8 +57,13 @@ func (c *ServicesConfig) validate(cluster []netip.Prefix) error {
 
 // serviceLB is the node's part of the load balancer.
 type serviceLB struct {
+	tableReaper
+	mu sync.Mutex // serializes SetServices
+}
+
+// tableReaper reaps a conntrack table's expired flows until close.
+type tableReaper struct {
 	table *conntrack.Table
-	mu    sync.Mutex // serializes SetServices
 	stop  chan struct{}
 	done  chan struct{}
 }
@@ -79,12 +84,12 @@ func (n *Node) startServices() error {
 	if err := n.eng.EnableServices(engine.ServicesConfig{CIDRs: n.cfg.Services.CIDRs, Table: tab}); err != nil {
 		return err
 	}
-	n.svc = &serviceLB{table: tab, stop: make(chan struct{}), done: make(chan struct{})}
+	n.svc = &serviceLB{tableReaper: tableReaper{table: tab, stop: make(chan struct{}), done: make(chan struct{})}}
 	go n.svc.reap()
 	return nil
 }
 
-func (s *serviceLB) reap() {
+func (s *tableReaper) reap() {
 	defer close(s.done)
 	t := time.NewTicker(snatReapInterval)
 	defer t.Stop()
@@ -100,7 +105,7 @@ func (s *serviceLB) reap() {
 	}
 }
 
-func (s *serviceLB) close() {
+func (s *tableReaper) close() {
 	close(s.stop)
 	<-s.done
 }
