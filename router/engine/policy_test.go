@@ -65,7 +65,7 @@ func setPolicies(t *testing.T, r *snatRig, pols ...*networkingv1.NetworkPolicy) 
 func npObj(name string, sel map[string]string, types []networkingv1.PolicyType, in []networkingv1.NetworkPolicyIngressRule, eg []networkingv1.NetworkPolicyEgressRule) *networkingv1.NetworkPolicy {
 	return &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
-		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: sel}, PolicyTypes: types, Ingress: in, Egress: eg},
+		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: sel}, PolicyTypes: types, Ingress: in, Egress: eg},
 	}
 }
 
@@ -157,28 +157,30 @@ func icmpProto(v6 bool) tcpip.TransportProtocolNumber {
 	return header.ICMPv4ProtocolNumber
 }
 
-// TestPolicyEgress: A isolated for egress with one rule to app=b: A
-// reaches B, not the outside; the outside's flows into A (not isolated
-// for ingress) pass, and so do their replies.
+// TestPolicyEgress: A isolated for egress with one rule, UDP 53 to
+// app=b: A reaches B there, not on TCP, not the outside; B's flows into A
+// (A not isolated for ingress) pass, and so do A's answers, which its
+// egress rules alone would deny.
 func TestPolicyEgress(t *testing.T) {
 	r, _ := newPolicyRig(t)
 	setPolicies(t, r, npObj("a-out", map[string]string{"app": "a"}, []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}, nil,
-		[]networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}}}}}}))
+		[]networkingv1.NetworkPolicyEgressRule{{
+			To:    []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}}}},
+			Ports: []networkingv1.NetworkPolicyPort{{Protocol: ptr(corev1.ProtocolUDP), Port: ptr(intstr.FromInt32(53))}},
+		}}))
 	send(t, r.a, eth(r.e, macA, ipPacket(addrA, addrB, header.UDPProtocolNumber, udpSeg(5000, 53, 10))))
 	expectB(t, r, addrA, addrB)
-	send(t, r.a, eth(r.e, macA, synTo(addrA, outside, 40000, 80)))
+	send(t, r.a, eth(r.e, macA, synTo(addrA, addrB, 40000, 53)))
+	r.noPacket(t, r.b)
+	send(t, r.a, eth(r.e, macA, ipPacket(addrA, outside, header.UDPProtocolNumber, udpSeg(5000, 53, 10))))
 	r.noPacket(t, r.up)
-	if st := r.e.PolicyStats(); st.DeniedEgress != 1 || st.DeniedByPolicy[PolicyKey{"ns/a-out", policy.Egress}] != 1 {
+	if st := r.e.PolicyStats(); st.DeniedEgress != 2 || st.DeniedByPolicy[PolicyKey{"ns/a-out", policy.Egress}] != 2 {
 		t.Fatalf("stats %+v", st)
 	}
-	// A flow from the uplink into A and A's answer.
-	send(t, r.up, ipPacket(outside, addrA, header.TCPProtocolNumber, tcpSeg(1234, 22, header.TCPFlagSyn, 1, 0, 0)))
-	expectPod(t, r, outside, addrA)
-	send(t, r.a, eth(r.e, macA, ipPacket(addrA, outside, header.TCPProtocolNumber, tcpSeg(22, 1234, header.TCPFlagSyn|header.TCPFlagAck, 1, 2, 0))))
-	out := r.get(t, r.up)
-	if _, s, d, _ := l4Of(out); s != snatAddr || d != outside {
-		t.Fatalf("answer left as %s -> %s", s, d)
-	}
+	send(t, r.b, eth(r.e, macB, synTo(addrB, addrA, 1234, 22)))
+	expectPod(t, r, addrB, addrA)
+	send(t, r.a, eth(r.e, macA, ipPacket(addrA, addrB, header.TCPProtocolNumber, tcpSeg(22, 1234, header.TCPFlagSyn|header.TCPFlagAck, 1, 2, 0))))
+	expectB(t, r, addrA, addrB)
 }
 
 // TestPolicyNodeAllowed: a default-deny ingress policy on B leaves the
