@@ -64,6 +64,8 @@ type Daemon struct {
 	closed   atomic.Bool
 	// services is the Kubernetes mode's Service watcher (nil: none).
 	services atomic.Pointer[kube.ServiceWatcher]
+	// policies is the Kubernetes mode's NetworkPolicy watcher (nil: none).
+	policies atomic.Pointer[kube.PolicyWatcher]
 }
 
 // handler serves the local API (api.Handler, api.CaptureHandler,

@@ -48,6 +48,7 @@ import (
 
 	"github.com/podrouter/podrouter/router/atomicfile"
 	"github.com/podrouter/podrouter/router/kube"
+	"github.com/podrouter/podrouter/router/policy"
 	"github.com/podrouter/podrouter/router/metrics"
 	"github.com/podrouter/podrouter/router/service"
 	"github.com/podrouter/podrouter/router/underlay"
@@ -222,6 +223,29 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 			}
 		}()
 		defer func() { cancel(); <-sdone }()
+	}
+	if d.node.PolicyEnabled() {
+		pw, err := kube.NewPolicyWatcher(kube.PolicyWatcherConfig{
+			Client: client, NodeName: ko.NodeName, Logger: log,
+			Sink: func(s *policy.Set) {
+				if err := d.node.SetPolicy(s); err != nil {
+					log.Error("network policies not applied", zap.Error(err))
+				}
+			},
+		})
+		if err != nil {
+			cancel()
+			return errors.Join(err, <-cdone, d.Close())
+		}
+		d.policies.Store(pw)
+		pdone := make(chan struct{})
+		go func() {
+			defer close(pdone)
+			if err := pw.Run(cctx); err != nil && cctx.Err() == nil {
+				log.Error("policy watcher stopped; NetworkPolicies are no longer updated", zap.Error(err))
+			}
+		}()
+		defer func() { cancel(); <-pdone }()
 	}
 	ddone := make(chan error, 1)
 	go func() { ddone <- d.Run(cctx) }()
