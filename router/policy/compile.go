@@ -442,13 +442,13 @@ func parseIPBlock(b *networkingv1.IPBlock) (ipBlock, error) {
 	if err != nil {
 		return ipBlock{}, fmt.Errorf("cidr: %w", err)
 	}
-	out := ipBlock{cidr: cidr.Masked()}
+	out := ipBlock{cidr: prefixOf(cidr)}
 	for _, e := range b.Except {
 		ep, err := netip.ParsePrefix(e)
 		if err != nil {
 			return ipBlock{}, fmt.Errorf("except: %w", err)
 		}
-		out.except = append(out.except, ep.Masked())
+		out.except = append(out.except, prefixOf(ep))
 	}
 	return out, nil
 }

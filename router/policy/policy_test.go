@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -557,5 +558,33 @@ func TestCheckAllocs(t *testing.T) {
 	})
 	if n != 0 {
 		t.Errorf("Check allocates %v times per run", n)
+	}
+}
+
+// TestPrefix checks the hot path's prefix form against netip.Prefix.
+func TestPrefix(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	randAddr := func(v4 bool) netip.Addr {
+		var b [16]byte
+		for i := range b {
+			b[i] = byte(rng.IntN(4)) // few distinct bytes: many near misses
+		}
+		if v4 {
+			return netip.AddrFrom4([4]byte(b[:4]))
+		}
+		return netip.AddrFrom16(b)
+	}
+	for range 20000 {
+		v4 := rng.IntN(2) == 0
+		a := randAddr(v4)
+		bits := rng.IntN(a.BitLen() + 1)
+		p := netip.PrefixFrom(a, bits).Masked()
+		pp := prefixOf(p)
+		for range 4 {
+			q := randAddr(rng.IntN(4) != 0 == v4)
+			if got, want := pp.contains(addrOf(q)), p.Contains(q); got != want {
+				t.Fatalf("%s contains %s = %v, want %v", p, q, got, want)
+			}
+		}
 	}
 }
