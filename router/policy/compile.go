@@ -222,8 +222,6 @@ func Compile(in Input) (*Set, []Problem) {
 			}
 		}
 	}
-	s.idents = c.idents
-	s.nsNames = c.nsNames
 	return s, c.problems
 }
 

@@ -45,7 +45,8 @@ type RuleInfo struct {
 	Peers []string `json:"peers"`
 	// Ports: "any" (every protocol and port), "TCP/80", "UDP/1000-2000",
 	// "TCP/all", "TCP/http (=8080)", "TCP/http (unresolved)" or
-	// "TCP/http (the peer's)" for egress, "... (invalid: ...)".
+	// "TCP/http (the peer's)" for egress, "... (invalid: ...)"; named
+	// ports come last.
 	Ports []string `json:"ports"`
 }
 

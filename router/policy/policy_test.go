@@ -588,3 +588,30 @@ func TestPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentReaders reads one Set from several goroutines (run with
+// -race): a Set is immutable after Compile.
+func TestConcurrentReaders(t *testing.T) {
+	in, peers := randomInput(rand.New(rand.NewPCG(7, 7)))
+	s, _ := Compile(in)
+	done := make(chan struct{})
+	for g := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 2000 {
+				local := peers[(i+g)%len(peers)]
+				for d := Ingress; d <= Egress; d++ {
+					s.Rules(d, local).Check(peers[i%len(peers)], pTCP, 80)
+				}
+				if i%100 == 0 {
+					for _, lp := range s.LocalPods() {
+						s.Explain(lp.Namespace, lp.Name)
+					}
+				}
+			}
+		}()
+	}
+	for range 4 {
+		<-done
+	}
+}

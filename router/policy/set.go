@@ -34,8 +34,6 @@ type Set struct {
 	local    map[netip.Addr]*localPod
 	locals   []*localPod // sorted by namespace/name
 	peers    map[netip.Addr]*podRec
-	idents   []*identity
-	nsNames  []string
 }
 
 // localPod is a pod of this node and its rule sets.
