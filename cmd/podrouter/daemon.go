@@ -198,12 +198,16 @@ func daemonConflicts(fs *flag.FlagSet, fromEnv map[string]bool, kube bool) error
 			conflict([]string{"pod-cidr", "pod-cidr6"}, "given with --kube, which takes the podCIDRs from this node's Node (spec.podCIDRs)"),
 			conflict([]string{"cluster-cidr"}, "given with --kube, which takes the cluster CIDR from --net-conf's Network (and IPv6Network)"),
 			conflict([]string{"peers"}, "given with --kube, which takes the peers from the cluster's Nodes"))
+		if given["policy-log-denied"] && value("network-policy") == "off" {
+			errs = append(errs, errors.New("--policy-log-denied: given with --network-policy=off (nothing is enforced, nothing denied)"))
+		}
 		if given["service-cidr"] && value("services") == "off" {
 			errs = append(errs, fmt.Errorf("--service-cidr %q: given with --services=off (the engine then has no Service CIDR)", value("service-cidr")))
 		}
 	} else {
 		errs = append(errs,
 			conflict([]string{"services", "service-cidr"}, "Services come from the cluster; they need --kube"),
+			conflict([]string{"network-policy", "policy-log-denied"}, "NetworkPolicies come from the cluster; they need --kube"),
 			conflict([]string{"kubeconfig", "node-name", "net-conf", "iface", "cni-conf", "cni-data-dir", "cni-chain", "subnet-env", "trust-annotated-endpoints", "kube-first-read"},
 				"only with --kube (Kubernetes mode)"))
 		if !given["pod-cidr"] {

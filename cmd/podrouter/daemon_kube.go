@@ -42,6 +42,8 @@ type kubeFlags struct {
 	firstRead        time.Duration
 	services         string
 	svcCIDRs         []netip.Prefix
+	netpol           string
+	polLogDenied     bool
 }
 
 // DefaultServiceCIDR is kube-apiserver's default --service-cluster-ip-range.
@@ -65,6 +67,8 @@ func (k *kubeFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&k.firstRead, "kube-first-read", daemon.DefaultFirstRead, "--kube: when the first read of this node's Node gets no answer within this, start at once from the cluster state persisted in --state-dir (podCIDRs, net-conf, peers)")
 	fs.StringVar(&k.services, "services", "on", "--kube: on: the engine load-balances the cluster's Services (ClusterIP, externalIPs, NodePort) with no kube-proxy; off: leave Services to an existing kube-proxy")
 	fs.Var(prefixListFlag(&k.svcCIDRs), "service-cidr", "--kube: the Service CIDR (kube-apiserver's --service-cluster-ip-range), repeatable for dual-stack (default "+DefaultServiceCIDR.String()+")")
+	fs.StringVar(&k.netpol, "network-policy", "on", "--kube: on: the engine enforces the cluster's NetworkPolicies on this node's pods; off: no NetworkPolicy (every pod reaches every other, as with flannel alone)")
+	fs.BoolVar(&k.polLogDenied, "policy-log-denied", false, "--kube: log the first packet of every flow a NetworkPolicy denies (at most 10 a second)")
 	fs.StringVar(&k.subnetEnv, "subnet-env", daemon.DefaultSubnetEnv, "where --kube writes flannel's subnet.env (empty: none)")
 }
 
@@ -102,6 +106,13 @@ func (k *kubeFlags) run(cfg daemon.Config, fs *flag.FlagSet, stderr io.Writer) i
 	case "off": // --service-cidr with it: daemonConflicts
 	default:
 		return fail(2, "--services %q: want on or off", k.services)
+	}
+	switch k.netpol {
+	case "on":
+		cfg.Policy = node.PolicyConfig{Enabled: true, LogDenied: k.polLogDenied}
+	case "off": // --policy-log-denied with it: daemonConflicts
+	default:
+		return fail(2, "--network-policy %q: want on or off", k.netpol)
 	}
 	nc, err := k.loadNetConf(cfg, ipMasqSet)
 	if err != nil {

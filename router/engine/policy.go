@@ -37,9 +37,11 @@ package engine
 // a new policy denies is cut within 250 ms.
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,6 +119,7 @@ type netpol struct {
 	retiring map[*polState]bool
 
 	allowed, untracked, deniedIn, deniedEg, cut atomic.Uint64
+	seq                                         atomic.Uint64 // orders the ports' recent verdicts
 
 	logTokens atomic.Int64 // denied-flow log budget, refilled each second
 	logLeft   atomic.Uint64
@@ -423,7 +426,7 @@ func (w *worker) policyStage(st *polState, sp, dp *portPol, frame []byte) bool {
 				st.denied[dir][i].Add(1)
 			}
 		}
-		w.in.polRecent.add(now, PolicyVerdict{Src: pp.Src, Dst: pp.Dst, Proto: pp.Proto, Port: port, Direction: dir}, st.set, isolating)
+		w.in.polRecent.add(np.seq.Add(1), now, PolicyVerdict{Src: pp.Src, Dst: pp.Dst, Proto: pp.Proto, Port: port, Direction: dir}, st.set, isolating)
 		np.logDenied(pp, port, dir, st.set, isolating)
 		return false
 	}
@@ -434,7 +437,7 @@ func (w *worker) policyStage(st *polState, sp, dp *portPol, frame []byte) bool {
 			if idx >= 0 {
 				names = []int32{idx}
 			}
-			w.in.polRecent.add(now, PolicyVerdict{Src: pp.Src, Dst: pp.Dst, Proto: pp.Proto, Port: port, Allowed: true, Direction: dir}, st.set, names)
+			w.in.polRecent.add(np.seq.Add(1), now, PolicyVerdict{Src: pp.Src, Dst: pp.Dst, Proto: pp.Proto, Port: port, Allowed: true, Direction: dir}, st.set, names)
 			return true
 		}
 	}
@@ -487,64 +490,65 @@ const polRecentLen = 64
 
 type polRecord struct {
 	v   PolicyVerdict
+	seq uint64
 	at  conntrack.Time
 	set *policy.Set
 	pol [4]int32 // the policies named (at most 4 kept), -1 padded
 	np  uint8
 }
 
-func (r *polRecent) add(now conntrack.Time, v PolicyVerdict, set *policy.Set, pols []int32) {
+func (r *polRecent) add(seq uint64, now conntrack.Time, v PolicyVerdict, set *policy.Set, pols []int32) {
 	r.mu.Lock()
 	rec := &r.ring[r.n%polRecentLen]
 	r.n++
-	rec.v, rec.at, rec.set = v, now, set
+	rec.v, rec.seq, rec.at, rec.set = v, seq, now, set
 	rec.np = uint8(min(len(pols), len(rec.pol)))
 	copy(rec.pol[:], pols)
 	r.mu.Unlock()
 }
 
 // PolicyRecent returns the flows the engine judged most recently (at
-// most 64 per port), newest first, for the pod port with address a, or
-// for every port when a is the zero Addr.
+// most 64 per port), newest first: those to or from the pod port with
+// address a (any of its addresses), or every one when a is the zero Addr.
 func (e *Engine) PolicyRecent(a netip.Addr) []PolicyVerdict {
+	e.mu.Lock()
 	np := e.pol
+	e.mu.Unlock()
 	if np == nil {
 		return nil
 	}
-	var out []PolicyVerdict
-	var t *conntrack.Table = np.cfg.Table
-	type rec struct {
-		v PolicyVerdict
-		n uint64
+	ports := e.Ports()
+	var addrs []netip.Addr
+	if a.IsValid() {
+		for _, p := range ports {
+			if p.cfg.Kind == KindPod && p.hasAddr(a) {
+				addrs = p.addrs
+			}
+		}
+		if addrs == nil {
+			addrs = []netip.Addr{a}
+		}
 	}
-	var all []rec
-	for _, p := range e.Ports() {
+	var recs []polRecord
+	for _, p := range ports {
 		r := &p.polRecent
 		r.mu.Lock()
 		for i := uint64(0); i < min(r.n, polRecentLen); i++ {
 			x := r.ring[(r.n-1-i)%polRecentLen]
-			if a.IsValid() && x.v.Src != a && x.v.Dst != a {
-				continue
+			if addrs == nil || slices.Contains(addrs, x.v.Src) || slices.Contains(addrs, x.v.Dst) {
+				recs = append(recs, x)
 			}
-			v := x.v
-			v.At = t.Wall(x.at)
-			if x.set != nil {
-				v.Policy = policyNames(x.set, x.pol[:x.np])
-			}
-			all = append(all, rec{v, r.n - i})
 		}
 		r.mu.Unlock()
 	}
-	// Newest first across ports: by time, then by ring order.
-	for len(all) > 0 {
-		best := 0
-		for i := range all {
-			if all[i].v.At.After(all[best].v.At) || (all[i].v.At.Equal(all[best].v.At) && all[i].n > all[best].n) {
-				best = i
-			}
+	slices.SortFunc(recs, func(x, y polRecord) int { return cmp.Compare(y.seq, x.seq) })
+	out := make([]PolicyVerdict, len(recs))
+	for i, x := range recs {
+		out[i] = x.v
+		out[i].At = np.cfg.Table.Wall(x.at)
+		if x.set != nil {
+			out[i].Policy = policyNames(x.set, x.pol[:x.np])
 		}
-		out = append(out, all[best].v)
-		all = append(all[:best], all[best+1:]...)
 	}
 	return out
 }

@@ -91,6 +91,10 @@ type Config struct {
 	// Kubernetes mode feeds it the cluster's Services. The zero value is
 	// off (Services, if any, are kube-proxy's).
 	Services node.ServicesConfig
+	// Policy turns NetworkPolicy enforcement on (router/node): the
+	// Kubernetes mode feeds it the cluster's policies. The zero value is
+	// off.
+	Policy node.PolicyConfig
 	// Logger (default zap.NewNop()).
 	Logger *zap.Logger
 
@@ -103,7 +107,7 @@ type Config struct {
 func (c *Config) nodeConfig() node.Config {
 	return node.Config{
 		PodCIDR: c.PodCIDR, PodCIDR6: c.PodCIDR6, ClusterCIDRs: c.ClusterCIDRs, NodeIPs: c.NodeIPs, MTU: c.MTU,
-		Uplink: node.UplinkConfig{Name: c.Uplink}, Egress: c.Egress, Underlay: c.Underlay, Services: c.Services, Logger: c.Logger,
+		Uplink: node.UplinkConfig{Name: c.Uplink}, Egress: c.Egress, Underlay: c.Underlay, Services: c.Services, Policy: c.Policy, Logger: c.Logger,
 	}
 }
 

@@ -203,6 +203,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	node.DescribeEgress(ch)
 	describeServices(ch)
+	describePolicy(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -229,6 +230,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		eg.Collect(ch)
 	}
 	c.d.collectServices(ch)
+	c.d.collectPolicy(ch)
 	if b := c.d.node.Backend(); b != nil {
 		drops := b.Stats().Drops
 		for _, r := range underlay.DropReasons() {
