@@ -124,7 +124,7 @@ const (
 
 // Ops returns every known operation (not OpUnknown).
 func Ops() []Op {
-	return []Op{OpAttach, OpDetach, OpStatus, OpRoutes, OpPorts, OpAttachments, OpCapture, OpConntrack, OpServices}
+	return []Op{OpAttach, OpDetach, OpStatus, OpRoutes, OpPorts, OpAttachments, OpCapture, OpConntrack, OpServices, OpPolicy}
 }
 
 // known reports whether op is one of Ops.
@@ -554,6 +554,8 @@ type request struct {
 	Conntrack *ConntrackRequest `json:"conntrack,omitempty"`
 	// Services: OpServices' request (services.go).
 	Services *ServicesRequest `json:"services,omitempty"`
+	// Policy: OpPolicy's request (policy.go).
+	Policy *PolicyRequest `json:"policy,omitempty"`
 }
 
 // wireError is the wire form of an error.
@@ -575,4 +577,5 @@ type reply struct {
 	Capture     *CaptureStats `json:"capture,omitempty"`
 	Conntrack   *Conntrack    `json:"conntrack,omitempty"`
 	Services    *Services     `json:"services,omitempty"`
+	Policy      *Policy       `json:"policy,omitempty"`
 }

@@ -70,6 +70,10 @@ func checkOps(req request) error {
 		s := *req.Services
 		errs = append(errs, s.Normalize())
 	}
+	if req.Policy != nil {
+		p := *req.Policy
+		errs = append(errs, p.Normalize())
+	}
 	for _, err := range errs {
 		if err != nil {
 			return err

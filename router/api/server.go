@@ -406,6 +406,10 @@ func (s *Server) dispatch(ctx context.Context, req request, files []*os.File) (r
 		if err := s.serveServices(ctx, req, &rep); err != nil {
 			return rep, err
 		}
+	case OpPolicy:
+		if err := s.servePolicy(ctx, req, &rep); err != nil {
+			return rep, err
+		}
 	default:
 		return rep, fmt.Errorf("%w: unknown op %q", ErrBadRequest, req.Op)
 	}
