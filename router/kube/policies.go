@@ -24,9 +24,9 @@ package kube
 // to an equal value and cause no compile at all; those that do (an IP
 // assigned, a label) wait Batch for others, so a rollout is one compile,
 // not one per pod. Problems of a policy depend on its spec alone, so
-// they are reported once per policy resourceVersion. Events are recorded
-// by every node's watcher (host NodeName): the API server's correlator
-// does not merge them across sources.
+// they are reported once per policy resourceVersion. Every node's watcher
+// records its own Event (source host NodeName): a cluster of N nodes gets
+// N Events per bad policy version.
 
 import (
 	"context"
@@ -125,7 +125,7 @@ func (r PodSkipReason) String() string {
 
 // PolicyStats are the watcher's counters.
 type PolicyStats struct {
-	Pods, Namespaces, Policies int // objects in the informer caches
+	Pods, Namespaces, Policies int // objects in the caches (as the worker has seen them)
 	InputPods                  int // pods in the last Input
 	// PodsSkipped counts the cached pods not listed in the Inputs, per
 	// reason.
@@ -493,7 +493,9 @@ func (w *PolicyWatcher) Run(ctx context.Context) error {
 	defer w.queue.ShutDown()
 	w.rec = w.cfg.Recorder
 	if w.rec == nil {
-		b := record.NewBroadcaster(record.WithContext(ctx))
+		// Shut down after the worker stopped (defers run last first): no
+		// Event is recorded into a stopped broadcaster.
+		b := record.NewBroadcaster()
 		defer b.Shutdown()
 		b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: w.cfg.Client.CoreV1().Events("")})
 		w.rec = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: EventComponent, Host: w.cfg.NodeName})
@@ -754,9 +756,7 @@ func (w *PolicyWatcher) Stats() PolicyStats {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := w.stats
-	s.Pods = len(w.podInf.GetStore().ListKeys())
-	s.Namespaces = len(w.nsInf.GetStore().ListKeys())
-	s.Policies = len(w.polInf.GetStore().ListKeys())
+	s.Pods, s.Namespaces, s.Policies = len(w.pods.m), len(w.namespaces.m), len(w.policies.m)
 	s.PodsSkipped = map[PodSkipReason]int{}
 	for i, n := range w.skipped {
 		if n != 0 {
