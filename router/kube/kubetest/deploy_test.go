@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -325,6 +326,40 @@ func checkControllerRBAC(ctx context.Context, t *testing.T, c *Cluster) {
 		t.Errorf("NetworkUnavailable not stored False: %+v", got.Status.Conditions)
 	}
 
+	// The NetworkPolicy watcher lists and watches pods, namespaces and
+	// networkpolicies, and records (creates, then patches) Events.
+	for what, do := range map[string]func() error{
+		"list pods": func() error { _, err := sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{Limit: 1}); return err },
+		"watch pods": func() error {
+			w, err := sa.CoreV1().Pods("").Watch(ctx, metav1.ListOptions{})
+			if err == nil {
+				w.Stop()
+			}
+			return err
+		},
+		"list namespaces": func() error { _, err := sa.CoreV1().Namespaces().List(ctx, metav1.ListOptions{Limit: 1}); return err },
+		"list networkpolicies": func() error {
+			_, err := sa.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{Limit: 1})
+			return err
+		},
+		"create and patch an event": func() error {
+			ev, err := sa.CoreV1().Events(deployNS).Create(ctx, &corev1.Event{
+				ObjectMeta:     metav1.ObjectMeta{Name: "podrouter-rbac-check"},
+				InvolvedObject: corev1.ObjectReference{Kind: "NetworkPolicy", Namespace: deployNS, Name: "x"},
+				Type:           corev1.EventTypeWarning, Reason: kube.EventPolicyNotEnforceable, Count: 1,
+			}, metav1.CreateOptions{})
+			if err != nil {
+				return err
+			}
+			_, err = sa.CoreV1().Events(deployNS).Patch(ctx, ev.Name, types.MergePatchType, []byte(`{"count":2}`), metav1.PatchOptions{})
+			return err
+		},
+	} {
+		if err := do(); err != nil {
+			t.Errorf("serviceaccount may not %s: %v", what, err)
+		}
+	}
+
 	// Denied: everything else the controller does not do.
 	denied := []struct {
 		what string
@@ -359,15 +394,28 @@ func checkControllerRBAC(ctx context.Context, t *testing.T, c *Cluster) {
 			_, err := sa.CoreV1().ConfigMaps(deployNS).Get(ctx, deployCM, metav1.GetOptions{})
 			return err
 		}},
-		{"list pods", func() error {
-			_, err := sa.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+		{"get a pod", func() error {
+			_, err := sa.CoreV1().Pods(deployNS).Get(ctx, "any", metav1.GetOptions{})
 			return err
 		}},
-		{"create events", func() error {
-			_, err := sa.CoreV1().Events(deployNS).Create(ctx, &corev1.Event{
-				ObjectMeta:     metav1.ObjectMeta{Name: "x"},
-				InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: "node-self"},
-			}, metav1.CreateOptions{})
+		{"create a pod", func() error {
+			_, err := sa.CoreV1().Pods(deployNS).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "evil"},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "x", Image: "x"}}}}, metav1.CreateOptions{})
+			return err
+		}},
+		{"label a namespace", func() error {
+			_, err := sa.CoreV1().Namespaces().Patch(ctx, deployNS, types.MergePatchType, []byte(`{"metadata":{"labels":{"x":"y"}}}`), metav1.PatchOptions{})
+			return err
+		}},
+		{"create a networkpolicy", func() error {
+			_, err := sa.NetworkingV1().NetworkPolicies(deployNS).Create(ctx, &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "evil"}}, metav1.CreateOptions{})
+			return err
+		}},
+		{"delete events", func() error {
+			return sa.CoreV1().Events(deployNS).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		}},
+		{"list events", func() error {
+			_, err := sa.CoreV1().Events(deployNS).List(ctx, metav1.ListOptions{})
 			return err
 		}},
 		{"change its own RBAC", func() error {
