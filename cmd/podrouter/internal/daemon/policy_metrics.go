@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podrouter/podrouter/router/engine"
+	"github.com/podrouter/podrouter/router/policy"
 )
 
 // maxPolicySeries bounds podrouter_policy_denied_packets_total's series.
@@ -34,10 +35,18 @@ var (
 		"Established flows cut because a changed policy denies them.", nil, nil)
 	descPolicyTracked = prometheus.NewDesc("podrouter_policy_tracked_flows",
 		"Live flows of isolated pods (the policy flow table's entries).", nil, nil)
+	descPolicyProblems = prometheus.NewDesc("podrouter_policy_problems",
+		"Parts of the current NetworkPolicies the engine cannot represent as written, by reason (each matches no traffic: "+
+			"it never allows more than written; each is also a Warning Event PolicyNotEnforceable on its policy).", []string{"reason"}, nil)
+	descPolicyCompile = prometheus.NewDesc("podrouter_policy_compile_seconds",
+		"How long the last compile of the cluster's NetworkPolicies over its pods took.", nil, nil)
+	descPolicySets = prometheus.NewDesc("podrouter_policy_sets_total",
+		"Compiled policy sets handed to the engine (one per batch of changes).", nil, nil)
 )
 
 func describePolicy(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPolicyPolicies, descPolicyIsolated, descPolicyFlows, descPolicyDenied, descPolicyCut, descPolicyTracked} {
+	for _, d := range []*prometheus.Desc{descPolicyPolicies, descPolicyIsolated, descPolicyFlows, descPolicyDenied, descPolicyCut, descPolicyTracked,
+		descPolicyProblems, descPolicyCompile, descPolicySets} {
 		ch <- d
 	}
 }
@@ -58,6 +67,14 @@ func (d *Daemon) collectPolicy(ch chan<- prometheus.Metric) {
 	}
 	for _, e := range policySeries(s.DeniedByPolicy) {
 		ch <- prometheus.MustNewConstMetric(descPolicyDenied, prometheus.CounterValue, float64(e.n), e.key.Direction.String(), e.key.Policy)
+	}
+	if w := d.policies.Load(); w != nil {
+		ws := w.Stats()
+		for r := range policy.NumProblemReasons {
+			ch <- prometheus.MustNewConstMetric(descPolicyProblems, prometheus.GaugeValue, float64(ws.Problems[r]), r.String())
+		}
+		ch <- prometheus.MustNewConstMetric(descPolicyCompile, prometheus.GaugeValue, ws.CompileTime.Seconds())
+		ch <- prometheus.MustNewConstMetric(descPolicySets, prometheus.CounterValue, float64(ws.Snapshots))
 	}
 }
 
