@@ -48,8 +48,8 @@ import (
 
 	"github.com/podrouter/podrouter/router/atomicfile"
 	"github.com/podrouter/podrouter/router/kube"
-	"github.com/podrouter/podrouter/router/policy"
 	"github.com/podrouter/podrouter/router/metrics"
+	"github.com/podrouter/podrouter/router/policy"
 	"github.com/podrouter/podrouter/router/service"
 	"github.com/podrouter/podrouter/router/underlay"
 )
