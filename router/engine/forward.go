@@ -345,14 +345,7 @@ func (w *worker) handle(buf []byte, start, end int, g packet.GSO) {
 }
 
 // sourceOK reports whether a pod port may send from src.
-func (w *worker) sourceOK(src netip.Addr) bool {
-	for _, a := range w.in.addrs {
-		if a == src {
-			return true
-		}
-	}
-	return false
-}
+func (w *worker) sourceOK(src netip.Addr) bool { return w.in.hasAddr(src) }
 
 func (w *worker) isBroadcast4(a netip.Addr) bool {
 	if a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {

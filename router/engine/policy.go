@@ -236,8 +236,8 @@ func (st *polState) sumDenied(m map[PolicyKey]uint64) {
 	}
 }
 
-// buildPolState makes the policy part of a snapshot for ports (by
-// index); nil when enforcement is off.
+// buildPolStateLocked makes the policy part of a snapshot for e.ports
+// (by index); nil when enforcement is off.
 func (e *Engine) buildPolStateLocked() *polState {
 	np := e.pol
 	if np == nil {
@@ -269,8 +269,8 @@ func (e *Engine) buildPolStateLocked() *polState {
 	return st
 }
 
-// portRules returns the rules of the pod with address a among st's
-// ports, by its host route, or nil.
+// portRules returns the rules of the pod port with address a in snap, by
+// its host route, or nil.
 func (e *Engine) portRules(snap *snapshot, a netip.Addr) *portPol {
 	nh, ok := snap.table.Lookup(a)
 	if !ok || nh.Kind != route.Local || int(nh.Port) >= len(snap.pol.ports) {
@@ -282,6 +282,8 @@ func (e *Engine) portRules(snap *snapshot, a netip.Addr) *portPol {
 	return &snap.pol.ports[nh.Port]
 }
 
+// hasAddr reports whether a is one of the port's addresses (a pod port's
+// source check, and the policy stage's pod lookup).
 func (p *Port) hasAddr(a netip.Addr) bool {
 	for _, x := range p.addrs {
 		if x == a {
